@@ -1,0 +1,36 @@
+# Fusebox: `make demo` and `make test` work on a fresh Debian/Ubuntu machine with Swift installed.
+SWIFT ?= swift
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := libhiredis-dev redis-server redis-tools
+
+.PHONY: deps build test demo bench clean
+
+## Installs what is missing: hiredis headers, redis-server, redis-cli (apt-get update first; sudo when not root).
+deps:
+	@missing=""; \
+	[ -f /usr/include/hiredis/hiredis.h ] || missing="$$missing libhiredis-dev"; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null 2>&1 || missing="$$missing redis-tools"; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "make deps: $(APT_PACKAGES) already installed"; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+## Builds and runs every test against real redis-server processes the tests start themselves.
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test
+
+## Builds and runs the main job against a private redis-server.
+demo: deps
+	$(SWIFT) build --product fusebox
+	$(SWIFT) run fusebox demo
+
+clean:
+	rm -rf .build

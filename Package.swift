@@ -1,0 +1,63 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "fusebox",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Hiredis", targets: ["Hiredis"]),
+        .library(name: "Fusebox", targets: ["Fusebox"]),
+        .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
+        .executable(name: "fusebox", targets: ["FuseboxCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
+        // warning on every build. The headers and library are in the default paths; `make deps` checks for them
+        // with pkg-config and installs libhiredis-dev when they are missing.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
+        ),
+        .target(
+            name: "Hiredis",
+            dependencies: ["CHiredis"]
+        ),
+        .target(
+            name: "Fusebox",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
+            name: "FuseboxTestKit",
+            dependencies: ["Hiredis"]
+        ),
+        .executableTarget(
+            name: "FuseboxCLI",
+            dependencies: [
+                "Hiredis", "Fusebox", "FuseboxTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "HiredisTests",
+            dependencies: ["Hiredis", "FuseboxTestKit"]
+        ),
+        .testTarget(
+            name: "FuseboxTests",
+            dependencies: [
+                "Fusebox",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

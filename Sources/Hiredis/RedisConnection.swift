@@ -1,0 +1,96 @@
+/// A connection to one Redis server, shared by any number of concurrent tasks.
+///
+/// The socket is owned by a thread of the connection's own (started on first use): hiredis' blocking work
+/// never runs on Swift's cooperative pool. Callers enqueue and await; requests that arrive while a round trip
+/// is in flight are written together (automatic pipelining), and replies are matched to callers in order.
+///
+/// Timeouts: a command fails with ``RedisError/Code/timeout`` when its reply has not arrived within
+/// ``RedisConfiguration/commandTimeout`` of being written; making the connection first may add up to
+/// ``RedisConfiguration/connectTimeout``. After a timeout or a broken socket the connection is re-made on the
+/// next command; after failed attempts, new attempts are spaced out (25 ms doubling to 1 s) and commands in
+/// between fail at once.
+///
+/// Cancelling a waiting task does not take back a command already queued; the wait stays bounded by the
+/// timeouts above.
+public final class RedisConnection: Sendable {
+    /// What this connection connects to.
+    public let configuration: RedisConfiguration
+    private let loop: CommandLoop
+
+    /// Makes a connection; nothing is connected until the first command.
+    public init(configuration: RedisConfiguration) throws(RedisError) {
+        self.configuration = configuration
+        self.loop = try CommandLoop(configuration: configuration)
+    }
+
+    /// Makes a connection from a URL (see ``RedisConfiguration/init(url:)``).
+    public convenience init(url: String) throws(RedisError) {
+        try self.init(configuration: RedisConfiguration(url: url))
+    }
+
+    deinit { loop.shutdown() }
+
+    /// Closes the connection: commands queued or in flight fail with ``RedisError/Code/connectionClosed``,
+    /// and so does every later command.
+    public func close() { loop.shutdown() }
+
+    /// Sends one command and returns its reply; an error reply throws ``RedisError/Code/serverError``.
+    public func send(_ command: RedisCommand) async throws(RedisError) -> RESPValue {
+        let replies = try await exchange(command.encoded, replyCount: 1)
+        return try replies[0].get(endpoint: configuration.endpoint.description)
+    }
+
+    /// Sends one command built from its name and arguments, e.g. `send("HGETALL", key)`.
+    public func send(_ name: String, _ arguments: any RedisArgument...) async throws(RedisError) -> RESPValue {
+        try await send(RedisCommand(name, arguments: arguments))
+    }
+
+    /// Sends many commands in one write and returns their replies in the same order.
+    ///
+    /// Error replies are returned in place as ``RESPValue/error(_:)``, so one failing command does not hide
+    /// the others' results; only a connection failure or timeout throws.
+    public func pipeline(_ commands: [RedisCommand]) async throws(RedisError) -> [RESPValue] {
+        guard !commands.isEmpty else { return [] }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(commands.reduce(0) { $0 + $1.encoded.count })
+        for command in commands { bytes.append(contentsOf: command.encoded) }
+        return try await exchange(bytes, replyCount: commands.count)
+    }
+
+    /// Runs a script with `EVALSHA`; on `NOSCRIPT` loads it with `SCRIPT LOAD` and retries once.
+    ///
+    /// A script error (a Lua `error_reply` or runtime error) throws ``RedisError/Code/serverError`` with the
+    /// server's message.
+    public func run(_ script: RedisScript, keys: [String] = [], arguments: [any RedisArgument] = []) async throws(RedisError) -> RESPValue {
+        let command = RedisCommand("EVALSHA", arguments: [script.sha1, keys.count] + keys + arguments)
+        do {
+            return try await send(command)
+        } catch where error.serverErrorPrefix == "NOSCRIPT" {
+            let loaded = try await send(RedisCommand("SCRIPT", "LOAD", script.source))
+            guard loaded.string == script.sha1 else {
+                throw RedisError(
+                    code: .unexpectedReply, message: "SCRIPT LOAD returned \(loaded.summary), expected SHA-1 \(script.sha1)",
+                    endpoint: configuration.endpoint.description)
+            }
+            return try await send(command)
+        }
+    }
+
+    /// Loads scripts into the server's script cache ahead of their first use.
+    public func load(_ scripts: [RedisScript]) async throws(RedisError) {
+        let replies = try await pipeline(scripts.map { RedisCommand("SCRIPT", "LOAD", $0.source) })
+        for reply in replies { _ = try reply.get(endpoint: configuration.endpoint.description) }
+    }
+
+    private func exchange(_ bytes: [UInt8], replyCount: Int) async throws(RedisError) -> [RESPValue] {
+        do {
+            return try await withCheckedThrowingContinuation { continuation in
+                loop.submit(CommandLoop.Request(bytes: bytes, replyCount: replyCount, continuation: continuation))
+            }
+        } catch let error as RedisError {
+            throw error
+        } catch {
+            throw RedisError(code: .connectionFailed, message: "\(error)", endpoint: configuration.endpoint.description)
+        }
+    }
+}

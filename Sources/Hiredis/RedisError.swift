@@ -1,0 +1,62 @@
+/// An error from the Redis wrapper: what went wrong (``code``), a message a person can act on, and the endpoint.
+///
+/// Every failure of this module is a `RedisError`; nothing in it traps on input from a user or from the network.
+public struct RedisError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is. Compare with the static members, e.g. `error.code == .timeout`.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let raw: String
+        private init(_ raw: String) { self.raw = raw }
+
+        /// The URL or an option of ``RedisConfiguration`` is not valid.
+        public static let invalidConfiguration = Code("invalid configuration")
+        /// Nothing listens at the endpoint.
+        public static let connectionRefused = Code("connection refused")
+        /// The connection could not be made for another reason (unknown host, no route, socket error).
+        public static let connectionFailed = Code("connection failed")
+        /// The operation did not finish within its configured timeout.
+        public static let timeout = Code("timeout")
+        /// The connection was closed, by the server or by ``RedisConnection/close()``.
+        public static let connectionClosed = Code("connection closed")
+        /// The server sent bytes that are not valid RESP.
+        public static let protocolError = Code("protocol error")
+        /// The server answered with an error reply; ``RedisError/message`` holds the server's text.
+        public static let serverError = Code("server error")
+        /// `AUTH` was refused.
+        public static let authenticationFailed = Code("authentication failed")
+        /// A reply did not have the type or shape the caller asked for.
+        public static let unexpectedReply = Code("unexpected reply")
+
+        public var description: String { raw }
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// A message a person can act on; for ``Code/serverError`` the server's own text.
+    public var message: String
+    /// The endpoint concerned, e.g. `127.0.0.1:6379` or `/run/redis.sock`; empty when there is none.
+    public var endpoint: String
+    /// The error this one wraps, if any.
+    public var underlying: (any Error & Sendable)?
+
+    /// Makes an error.
+    public init(code: Code, message: String, endpoint: String = "", underlying: (any Error & Sendable)? = nil) {
+        self.code = code
+        self.message = message
+        self.endpoint = endpoint
+        self.underlying = underlying
+    }
+
+    /// The server error's prefix, such as `NOSCRIPT`, `WRONGTYPE` or `NOPERM`; `nil` for other codes.
+    public var serverErrorPrefix: Substring? {
+        guard code == .serverError else { return nil }
+        return message.split(separator: " ", maxSplits: 1).first
+    }
+
+    public var description: String {
+        var text = "Redis \(code)"
+        if !endpoint.isEmpty { text += " (\(endpoint))" }
+        text += ": \(message)"
+        if let underlying { text += " [\(underlying)]" }
+        return text
+    }
+}
