@@ -36,7 +36,7 @@ let package = Package(
         ),
         .target(
             name: "FuseboxTestKit",
-            dependencies: ["Hiredis"]
+            dependencies: ["Hiredis", "Fusebox"]
         ),
         .executableTarget(
             name: "FuseboxCLI",
@@ -53,9 +53,10 @@ let package = Package(
         .testTarget(
             name: "FuseboxTests",
             dependencies: [
-                "Fusebox",
+                "Fusebox", "FuseboxTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
     ],

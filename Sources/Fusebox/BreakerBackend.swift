@@ -1,0 +1,59 @@
+import Logging
+
+/// The state behind one named breaker. Both adapters, `local` and `distributed`, implement it; the
+/// ``CircuitBreaker`` handle and the ``BreakerRegistry`` work with either unchanged.
+///
+/// ## Requirements for implementers
+/// - ``acquire()`` and ``record(_:for:)`` are the hot path: synchronous, they must not block on I/O, must not
+///   allocate in the closed state, and must take a lock for nanoseconds at most. An implementation backed by a
+///   remote store serves them from a local cache and writes behind.
+/// - The rules are those of ``BreakerStateMachine``: same trip rules with `≥` thresholds, same window, same
+///   half-open permits, same versioning of tokens, same manual transitions. The conformance suite
+///   (`Tests/FuseboxTests/Conformance`) checks an implementation against them scenario by scenario.
+/// - Every admitted call's token must be accepted by ``record(_:for:)`` exactly once; a token whose version is
+///   stale counts in the totals only. A half-open permit is given back by an ignored outcome.
+/// - Every transition is logged at info level through the `Logger` the adapter was given, as
+///   `CircuitBreaker 'NAME': FROM → TO (reason)` with metadata `breaker.name` and `breaker.state`, published to
+///   ``events()``, and reflected in the metrics named in `Docs/semantics.md`.
+/// - Manual transitions (``isolate(reason:)``, ``reset()``, ``forceHalfOpen()``) apply from every state.
+/// - Errors are ``FuseboxError``s; nothing traps on bad input or a failing store.
+public protocol BreakerBackend: AnyObject, Sendable {
+    /// The breaker's name.
+    var name: String { get }
+    /// The validated policy it runs.
+    var policy: BreakerPolicy { get }
+
+    /// Decides whether a call may run now. Hot path: synchronous, no I/O.
+    func acquire() -> BreakerAdmission
+    /// Records the outcome of a call admitted with `token`. Hot path: synchronous, no I/O.
+    func record(_ outcome: CallOutcome, for token: PermitToken)
+
+    /// Forces the breaker open until reset; rejections carry `reason`.
+    func isolate(reason: String) async throws(FuseboxError)
+    /// Closes the breaker with an empty window.
+    func reset() async throws(FuseboxError)
+    /// Moves the breaker to half-open with every probe permit free.
+    func forceHalfOpen() async throws(FuseboxError)
+    /// Everything known about the breaker now.
+    func snapshot() async throws(FuseboxError) -> BreakerSnapshot
+    /// The last transitions (up to 100), oldest first.
+    func timeline() async throws(FuseboxError) -> [BreakerTransition]
+    /// A new stream of this breaker's events from now on; it ends when the consumer stops iterating.
+    func events() -> AsyncStream<BreakerEvent>
+}
+
+/// Makes backends: the one thing that differs between the `local` and `distributed` adapters.
+public protocol BreakerAdapter: Sendable {
+    /// `local` or `distributed`.
+    var kind: AdapterKind { get }
+    /// Makes the backend of the breaker `name`; called once per name by the registry.
+    func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend
+}
+
+/// Which adapter a registry uses, as written in configuration.
+public enum AdapterKind: String, Sendable, Hashable, CaseIterable, Codable {
+    /// Breakers live in this process.
+    case local
+    /// Breakers live in Redis, shared by every instance.
+    case distributed
+}

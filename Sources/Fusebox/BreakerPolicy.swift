@@ -1,0 +1,251 @@
+/// How a breaker decides: when it trips, how long it stays open, how it probes, which outcomes count.
+///
+/// Build one and call ``validated()`` (the registry does it for you): a bad value throws ``FuseboxError`` with
+/// code ``FuseboxError/Code/invalidPolicy`` naming the field and its allowed range. Every field has a default;
+/// `Docs/semantics.md` gives the reason for each.
+///
+/// The *state rules* (everything but ``classification`` and ``callTimeout``) are shared by every handle of a
+/// breaker and, with the distributed adapter, by every instance; ``classification`` and ``callTimeout`` belong
+/// to the handle that was asked for with this policy.
+public struct BreakerPolicy: Sendable {
+    // MARK: Trip rules (any of them trips the breaker)
+
+    /// Trip when failures / calls ≥ this ratio, once ``minimumThroughput`` calls are in the window.
+    /// `nil` turns the rule off. Range 0 < R ≤ 1. Default 0.5.
+    public var failureRateThreshold: Double? = 0.5
+    /// Trip after this many failures in a row (any success resets the streak). `nil` (default) turns it off.
+    /// Range ≥ 1.
+    public var consecutiveFailureThreshold: Int? = nil
+    /// Trip when slow calls / calls ≥ this ratio, once ``minimumThroughput`` calls are in the window.
+    /// `nil` (default) turns it off. Range 0 < R ≤ 1.
+    public var slowCallRateThreshold: Double? = nil
+    /// A call that takes longer than this is slow. Default 5 s. Range > 0.
+    public var slowCallDuration: Duration = .seconds(5)
+    /// The ratio rules wait until the window holds at least this many calls. Default 10. Range ≥ 1.
+    public var minimumThroughput: Int = 10
+    /// Which recent calls the ratio rules look at. Default: the last 10 s, in 10 buckets of 1 s.
+    public var window: Window = .time(samplingDuration: .seconds(10), buckets: 10)
+
+    // MARK: Open and half-open
+
+    /// How long the breaker stays open before it lets probes through. Default: a fixed 30 s.
+    public var breakDuration: BreakDuration = .fixed(.seconds(30))
+    /// Probes allowed in flight at once while half-open. Default 1. Range 1…10,000.
+    public var permittedCallsInHalfOpen: Int = 1
+    /// Probe successes needed to close. Default 1. Range 1…10,000.
+    public var successThreshold: Int = 1
+    /// A half-open breaker that has not closed within this time reopens (it covers probes whose outcome is
+    /// never reported, e.g. a process that died holding a permit). Default 60 s. Range > 0.
+    public var maxHalfOpenDuration: Duration = .seconds(60)
+
+    // MARK: Mode
+
+    /// Normal, metrics-only or disabled. Default normal.
+    public var mode: Mode = .normal
+
+    // MARK: Per handle
+
+    /// Which errors and results are failures. Default: every error but `CancellationError` is a failure.
+    public var classification: Classification = .init()
+    /// A call running longer than this is cancelled and counts as a failure. `nil` (default): no limit.
+    public var callTimeout: Duration? = nil
+
+    /// The default policy.
+    public init() {}
+
+    /// The sliding window the ratio rules read.
+    public enum Window: Sendable, Hashable, Codable {
+        /// The calls of the last `samplingDuration`, counted in `buckets` equal buckets: a whole bucket ages out
+        /// at a time. Range: samplingDuration ≥ 1 ms, buckets 1…1,000, samplingDuration / buckets ≥ 1 ms.
+        case time(samplingDuration: Duration, buckets: Int)
+        /// The last `size` calls. Range 1…100,000.
+        case count(Int)
+    }
+
+    /// How long the breaker stays open; `attempt` counts consecutive opens (1 for the first) and resets on close.
+    public enum BreakDuration: Sendable, CustomStringConvertible {
+        /// Always `duration`.
+        case fixed(Duration)
+        /// `base × factor^(attempt−1)`, at most `maximum`.
+        case exponential(base: Duration, factor: Double, maximum: Duration)
+        /// `base + increment × (attempt−1)`, at most `maximum`.
+        case linear(base: Duration, increment: Duration, maximum: Duration)
+        /// 30 s for the 1st and 2nd consecutive open, 60 s for the 3rd to 5th, 120 s after.
+        case adaptive
+        /// Any function of the attempt. `id` names it: two policies with the same `id` are the same rule.
+        case custom(id: String, @Sendable (Int) -> Duration)
+
+        /// The break for the `attempt`-th consecutive open (values below 1 count as 1).
+        public func duration(forAttempt attempt: Int) -> Duration {
+            let attempt = max(1, attempt)
+            switch self {
+            case .fixed(let duration):
+                return duration
+            case .exponential(let base, let factor, let maximum):
+                let scaled = base.seconds * pow(factor, Double(attempt - 1))
+                return scaled.isFinite && scaled < maximum.seconds ? .seconds(scaled) : maximum
+            case .linear(let base, let increment, let maximum):
+                let steps = Int64(min(attempt - 1, 1_000_000))
+                let total = base + increment * steps
+                return total < maximum ? total : maximum
+            case .adaptive:
+                switch attempt {
+                case 1...2: return .seconds(30)
+                case 3...5: return .seconds(60)
+                default: return .seconds(120)
+                }
+            case .custom(_, let function):
+                return max(.zero, function(attempt))
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .fixed(let duration): "fixed(\(duration))"
+            case .exponential(let base, let factor, let maximum): "exponential(base: \(base), factor: \(factor), maximum: \(maximum))"
+            case .linear(let base, let increment, let maximum): "linear(base: \(base), increment: \(increment), maximum: \(maximum))"
+            case .adaptive: "adaptive"
+            case .custom(let id, _): "custom(\(id))"
+            }
+        }
+    }
+
+    /// What the breaker does with calls.
+    public enum Mode: String, Sendable, Hashable, Codable {
+        /// Trips, rejects, probes.
+        case normal
+        /// Records outcomes and keeps figures, never trips and never rejects (to try a policy in production).
+        case metricsOnly = "metrics_only"
+        /// Admits every call and records nothing.
+        case disabled
+    }
+
+    /// Which outcomes are failures, which are ignored.
+    public struct Classification: Sendable {
+        /// What to make of an error.
+        public enum Verdict: Sendable, Hashable {
+            /// Counts as a failure.
+            case failure
+            /// Counts neither way; a half-open permit is given back.
+            case ignored
+        }
+
+        /// Classifies an error thrown by the call. Default: `CancellationError` is ignored, the rest are failures.
+        public var classifyError: @Sendable (any Error) -> Verdict
+
+        /// Makes a classification.
+        public init(classifyError: @escaping @Sendable (any Error) -> Verdict = Classification.defaultVerdict) {
+            self.classifyError = classifyError
+        }
+
+        /// Treats errors of the given types as ignored, and every other error but `CancellationError` as a failure.
+        public static func ignoring(_ types: [any Error.Type]) -> Classification {
+            let identifiers = Set(types.map { ObjectIdentifier($0) })
+            return Classification { error in
+                identifiers.contains(ObjectIdentifier(type(of: error))) ? .ignored : defaultVerdict(error)
+            }
+        }
+
+        /// Counts only errors for which `isFailure` is true as failures; others (and `CancellationError`) are ignored.
+        public static func failures(where isFailure: @escaping @Sendable (any Error) -> Bool) -> Classification {
+            Classification { error in
+                error is CancellationError ? .ignored : (isFailure(error) ? .failure : .ignored)
+            }
+        }
+
+        /// `CancellationError` is ignored; every other error is a failure.
+        @Sendable public static func defaultVerdict(_ error: any Error) -> Verdict {
+            error is CancellationError ? .ignored : .failure
+        }
+    }
+}
+
+// MARK: - Validation
+
+extension BreakerPolicy {
+    /// The policy, checked: throws ``FuseboxError/Code/invalidPolicy`` naming the first bad field and its range.
+    public func validated() throws(FuseboxError) -> BreakerPolicy {
+        func fail(_ field: String, _ value: Any, _ range: String) -> FuseboxError {
+            FuseboxError(code: .invalidPolicy, message: "policy field '\(field)' is \(value); allowed: \(range)")
+        }
+        if let ratio = failureRateThreshold, !(ratio > 0 && ratio <= 1) {
+            throw fail("failureRateThreshold", ratio, "0 < value ≤ 1, or nil to turn the rule off")
+        }
+        if let ratio = slowCallRateThreshold, !(ratio > 0 && ratio <= 1) {
+            throw fail("slowCallRateThreshold", ratio, "0 < value ≤ 1, or nil to turn the rule off")
+        }
+        if let count = consecutiveFailureThreshold, !(1...1_000_000).contains(count) {
+            throw fail("consecutiveFailureThreshold", count, "1…1,000,000, or nil to turn the rule off")
+        }
+        if slowCallDuration <= .zero { throw fail("slowCallDuration", slowCallDuration, "> 0") }
+        if !(1...1_000_000).contains(minimumThroughput) { throw fail("minimumThroughput", minimumThroughput, "1…1,000,000") }
+        switch window {
+        case .time(let sampling, let buckets):
+            if !(1...1000).contains(buckets) { throw fail("window.buckets", buckets, "1…1,000") }
+            if sampling < .milliseconds(1) { throw fail("window.samplingDuration", sampling, "≥ 1 ms") }
+            if sampling / buckets < .milliseconds(1) {
+                throw fail("window.samplingDuration / window.buckets", sampling / buckets, "≥ 1 ms per bucket")
+            }
+        case .count(let size):
+            if !(1...100_000).contains(size) { throw fail("window.size", size, "1…100,000") }
+        }
+        if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && mode == .normal {
+            throw fail("failureRateThreshold, slowCallRateThreshold and consecutiveFailureThreshold", "nil", "at least one trip rule")
+        }
+        switch breakDuration {
+        case .fixed(let duration):
+            if duration <= .zero { throw fail("breakDuration", duration, "> 0") }
+        case .exponential(let base, let factor, let maximum):
+            if base <= .zero { throw fail("breakDuration.base", base, "> 0") }
+            if !(factor >= 1 && factor.isFinite) { throw fail("breakDuration.factor", factor, "≥ 1") }
+            if maximum < base { throw fail("breakDuration.maximum", maximum, "≥ base (\(base))") }
+        case .linear(let base, let increment, let maximum):
+            if base <= .zero { throw fail("breakDuration.base", base, "> 0") }
+            if increment < .zero { throw fail("breakDuration.increment", increment, "≥ 0") }
+            if maximum < base { throw fail("breakDuration.maximum", maximum, "≥ base (\(base))") }
+        case .adaptive:
+            break
+        case .custom(let id, _):
+            if id.isEmpty { throw fail("breakDuration.id", "empty", "a non-empty name for the function") }
+        }
+        if !(1...10_000).contains(permittedCallsInHalfOpen) {
+            throw fail("permittedCallsInHalfOpen", permittedCallsInHalfOpen, "1…10,000")
+        }
+        if !(1...10_000).contains(successThreshold) { throw fail("successThreshold", successThreshold, "1…10,000") }
+        if maxHalfOpenDuration <= .zero { throw fail("maxHalfOpenDuration", maxHalfOpenDuration, "> 0") }
+        if let timeout = callTimeout, timeout <= .zero { throw fail("callTimeout", timeout, "> 0, or nil for no limit") }
+        return self
+    }
+
+    /// `true` when `other` has the same state rules (every field but ``classification`` and ``callTimeout``).
+    /// A custom break duration is compared by its `id`.
+    public func hasSameStateRules(as other: BreakerPolicy) -> Bool {
+        stateRulesDescription == other.stateRulesDescription
+    }
+
+    /// The state rules as one line, e.g. for logs and for the `policy` field in Redis.
+    public var stateRulesDescription: String {
+        var parts: [String] = []
+        parts.append("failureRateThreshold=\(failureRateThreshold.map { "\($0)" } ?? "off")")
+        parts.append("consecutiveFailureThreshold=\(consecutiveFailureThreshold.map { "\($0)" } ?? "off")")
+        parts.append("slowCallRateThreshold=\(slowCallRateThreshold.map { "\($0)" } ?? "off")")
+        parts.append("slowCallDuration=\(slowCallDuration)")
+        parts.append("minimumThroughput=\(minimumThroughput)")
+        switch window {
+        case .time(let sampling, let buckets): parts.append("window=time(\(sampling), \(buckets) buckets)")
+        case .count(let size): parts.append("window=count(\(size))")
+        }
+        parts.append("breakDuration=\(breakDuration)")
+        parts.append("permittedCallsInHalfOpen=\(permittedCallsInHalfOpen)")
+        parts.append("successThreshold=\(successThreshold)")
+        parts.append("maxHalfOpenDuration=\(maxHalfOpenDuration)")
+        parts.append("mode=\(mode.rawValue)")
+        return parts.joined(separator: " ")
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

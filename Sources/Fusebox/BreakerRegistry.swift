@@ -1,0 +1,126 @@
+import Logging
+import Synchronization
+
+/// Where an application's breakers come from: one registry per process, built with an adapter.
+///
+/// The application chooses the adapter in configuration (``FuseboxConfiguration``); its code asks the
+/// registry for breakers by name and does not change with the adapter.
+///
+/// A name is created on first request with the policy given. Asking again with a policy that has the same
+/// state rules returns a handle on the same breaker (with the new request's classification and call timeout);
+/// asking with different state rules throws ``FuseboxError/Code/policyConflict``. Names: 1 to 200 bytes of
+/// UTF-8, no control characters, no `{` or `}` (they delimit the Redis Cluster hash tag).
+public final class BreakerRegistry: Sendable {
+    /// The adapter breakers are made with.
+    public let adapter: any BreakerAdapter
+    private let logger: Logger
+    private let backends = Mutex<[String: any BreakerBackend]>([:])
+    private let switchboard = FuseboxSwitch()
+
+    /// Makes a registry with an adapter; transitions are logged through `logger` (default: not logged).
+    public init(adapter: any BreakerAdapter, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.adapter = adapter
+        self.logger = logger
+    }
+
+    /// Makes a registry with the `local` adapter when the configuration says `local`.
+    ///
+    /// For `distributed`, import `FuseboxRedis` and use its `BreakerRegistry.make(configuration:logger:)`,
+    /// which handles both.
+    public convenience init(configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
+        guard configuration.adapter == .local else {
+            throw FuseboxError(
+                code: .invalidConfiguration,
+                message: "adapter 'distributed' is provided by the FuseboxRedis module: import it and call BreakerRegistry.make(configuration:logger:)")
+        }
+        self.init(adapter: LocalAdapter(), logger: logger)
+    }
+
+    /// The breaker `name`, made with `policy` on first request.
+    public func breaker(_ name: String, policy: BreakerPolicy = BreakerPolicy()) throws(FuseboxError) -> CircuitBreaker {
+        try Self.validate(name: name)
+        let policy = try policy.validated()
+        let backend: any BreakerBackend = try backends.withLock { (backends) throws(FuseboxError) -> any BreakerBackend in
+            if let existing = backends[name] {
+                guard existing.policy.hasSameStateRules(as: policy) else {
+                    throw FuseboxError(
+                        code: .policyConflict,
+                        message: "breaker '\(name)' already exists with other state rules: existing [\(existing.policy.stateRulesDescription)], requested [\(policy.stateRulesDescription)]",
+                        breakerName: name)
+                }
+                return existing
+            }
+            let made = try adapter.makeBackend(name: name, policy: policy, logger: logger)
+            backends[name] = made
+            return made
+        }
+        return CircuitBreaker(backend: backend, policy: policy, switchboard: switchboard)
+    }
+
+    /// The names of every breaker made so far, sorted.
+    public var names: [String] { backends.withLock { $0.keys.sorted() } }
+
+    /// A snapshot of every breaker, sorted by name.
+    public func snapshots() async throws(FuseboxError) -> [BreakerSnapshot] {
+        var result: [BreakerSnapshot] = []
+        for backend in backends.withLock({ $0.values.sorted { $0.name < $1.name } }) {
+            result.append(try await backend.snapshot())
+        }
+        return result
+    }
+
+    /// Resets every breaker.
+    public func resetAll() async throws(FuseboxError) {
+        for backend in backends.withLock({ Array($0.values) }) { try await backend.reset() }
+    }
+
+    /// The global switch: when `false`, every breaker of this registry admits every call and records nothing.
+    public var isEnabled: Bool {
+        get { switchboard.isEnabled }
+        set { switchboard.isEnabled = newValue }
+    }
+
+    /// Checks a breaker name; throws ``FuseboxError/Code/invalidName`` saying what is wrong.
+    public static func validate(name: String) throws(FuseboxError) {
+        func fail(_ reason: String) -> FuseboxError {
+            FuseboxError(code: .invalidName, message: "breaker name \(reason)", breakerName: name)
+        }
+        if name.isEmpty { throw fail("is empty") }
+        if name.utf8.count > 200 { throw fail("is \(name.utf8.count) bytes long; at most 200 are allowed") }
+        if let bad = name.unicodeScalars.first(where: { $0.properties.generalCategory == .control || $0 == "{" || $0 == "}" }) {
+            let shown = bad.value < 0x20 || bad.value == 0x7F ? "U+\(String(bad.value, radix: 16, uppercase: true))" : "'\(bad)'"
+            throw fail("'\(name.unicodeScalars.map { $0.value < 0x20 ? "?" : String($0) }.joined())' contains \(shown); control characters, '{' and '}' are not allowed")
+        }
+    }
+}
+
+/// The configuration an application gives Fusebox: which adapter, and for `distributed`, where Redis is.
+public struct FuseboxConfiguration: Sendable, Hashable {
+    /// `local` or `distributed`.
+    public var adapter: AdapterKind
+    /// The Redis URL for the `distributed` adapter.
+    public var redisURL: String
+    /// The key prefix in Redis.
+    public var namespace: String
+
+    /// Makes a configuration.
+    public init(adapter: AdapterKind = .local, redisURL: String = "redis://127.0.0.1:6379", namespace: String = "fusebox") {
+        self.adapter = adapter
+        self.redisURL = redisURL
+        self.namespace = namespace
+    }
+
+    /// Reads `FUSEBOX_ADAPTER` (`local` or `distributed`, default `local`), `FUSEBOX_REDIS_URL` and
+    /// `FUSEBOX_NAMESPACE` from `environment`; an unknown adapter throws ``FuseboxError/Code/invalidConfiguration``.
+    public init(environment: [String: String]) throws(FuseboxError) {
+        self.init()
+        if let adapter = environment["FUSEBOX_ADAPTER"] {
+            guard let kind = AdapterKind(rawValue: adapter.lowercased()) else {
+                throw FuseboxError(code: .invalidConfiguration, message: "FUSEBOX_ADAPTER is '\(adapter)'; use 'local' or 'distributed'")
+            }
+            self.adapter = kind
+        }
+        if let url = environment["FUSEBOX_REDIS_URL"], !url.isEmpty { redisURL = url }
+        if let namespace = environment["FUSEBOX_NAMESPACE"], !namespace.isEmpty { self.namespace = namespace }
+    }
+}

@@ -1,0 +1,167 @@
+/// The state of a breaker.
+public enum BreakerState: String, Sendable, Hashable, Codable, CaseIterable, CustomStringConvertible {
+    /// Calls pass; outcomes are counted; a trip rule may open it.
+    case closed
+    /// Calls are rejected until the break ends.
+    case open
+    /// A limited number of probe calls pass; their outcomes close or reopen it.
+    case halfOpen = "half_open"
+    /// Forced open by an operator until reset; rejections carry the reason.
+    case isolated
+    /// Mode `disabled`: every call passes, nothing is recorded.
+    case disabled
+    /// Mode `metricsOnly`: every call passes, outcomes are recorded, it never trips.
+    case metricsOnly = "metrics_only"
+
+    /// `CLOSED`, `OPEN`, `HALF_OPEN`, … as in logs and the CLI.
+    public var label: String { rawValue.uppercased() }
+
+    /// The value of the state gauge: 0 closed (and the modes that never reject), 1 half-open, 2 open or isolated.
+    public var gaugeValue: Int {
+        switch self {
+        case .closed, .disabled, .metricsOnly: 0
+        case .halfOpen: 1
+        case .open, .isolated: 2
+        }
+    }
+
+    /// `true` when the state rejects calls that are not probes.
+    public var rejectsCalls: Bool { self == .open || self == .isolated }
+
+    public var description: String { label }
+}
+
+/// One state change.
+public struct BreakerTransition: Sendable, Hashable, CustomStringConvertible {
+    /// The state before.
+    public var from: BreakerState
+    /// The state after.
+    public var to: BreakerState
+    /// Why, e.g. `failure ratio 0.62 ≥ 0.50 over 13 calls` or `isolated: maintenance`.
+    public var reason: String
+    /// The breaker's version after the change (+1 on every transition).
+    public var version: Int
+    /// When, as time since the backend's epoch (the local adapter) or since the Unix epoch (distributed).
+    public var at: Duration
+
+    /// Makes a transition.
+    public init(from: BreakerState, to: BreakerState, reason: String, version: Int, at: Duration) {
+        self.from = from
+        self.to = to
+        self.reason = reason
+        self.version = version
+        self.at = at
+    }
+
+    public var description: String { "\(from.label) → \(to.label) (\(reason))" }
+}
+
+/// Lifetime counts of a breaker.
+public struct BreakerTotals: Sendable, Hashable, Codable {
+    /// Calls whose outcome was recorded: successes + failures + ignored.
+    public var calls = 0
+    /// Successful calls (slow or not).
+    public var successes = 0
+    /// Failed calls.
+    public var failures = 0
+    /// Calls whose outcome was ignored.
+    public var ignored = 0
+    /// Calls rejected without running.
+    public var rejected = 0
+    /// Calls slower than the policy's `slowCallDuration` (successes and failures).
+    public var slow = 0
+
+    /// All zero.
+    public init() {}
+}
+
+/// Everything known about a breaker at one moment.
+public struct BreakerSnapshot: Sendable, Hashable {
+    /// The breaker's name.
+    public var name: String
+    /// Its state.
+    public var state: BreakerState
+    /// +1 on every transition.
+    public var version: Int
+    /// How long it has been in this state.
+    public var timeInState: Duration
+    /// Calls in the sliding window.
+    public var windowCalls: Int
+    /// Failures in the sliding window.
+    public var windowFailures: Int
+    /// Slow calls in the sliding window.
+    public var windowSlowCalls: Int
+    /// Failures / calls in the window (0 when empty).
+    public var failureRate: Double
+    /// Slow calls / calls in the window (0 when empty).
+    public var slowCallRate: Double
+    /// The current failure streak.
+    public var consecutiveFailures: Int
+    /// Failures by error type name since the breaker was made (not cleared by transitions or reset).
+    public var errorCounts: [String: Int]
+    /// Lifetime counts.
+    public var totals: BreakerTotals
+    /// While open: the time until probes are let through; otherwise `nil`.
+    public var timeUntilProbe: Duration?
+    /// While isolated: the reason given.
+    public var isolationReason: String?
+    /// Consecutive opens so far (0 once closed).
+    public var attempt: Int
+    /// Half-open probe permits currently out.
+    public var probesInFlight: Int
+    /// Half-open probe successes so far.
+    public var probeSuccesses: Int
+    /// Why the last transition happened.
+    public var lastReason: String
+
+    /// Makes a snapshot.
+    public init(
+        name: String, state: BreakerState, version: Int, timeInState: Duration, windowCalls: Int, windowFailures: Int,
+        windowSlowCalls: Int, consecutiveFailures: Int, errorCounts: [String: Int], totals: BreakerTotals,
+        timeUntilProbe: Duration?, isolationReason: String?, attempt: Int, probesInFlight: Int, probeSuccesses: Int,
+        lastReason: String
+    ) {
+        self.name = name
+        self.state = state
+        self.version = version
+        self.timeInState = timeInState
+        self.windowCalls = windowCalls
+        self.windowFailures = windowFailures
+        self.windowSlowCalls = windowSlowCalls
+        self.failureRate = windowCalls == 0 ? 0 : Double(windowFailures) / Double(windowCalls)
+        self.slowCallRate = windowCalls == 0 ? 0 : Double(windowSlowCalls) / Double(windowCalls)
+        self.consecutiveFailures = consecutiveFailures
+        self.errorCounts = errorCounts
+        self.totals = totals
+        self.timeUntilProbe = timeUntilProbe
+        self.isolationReason = isolationReason
+        self.attempt = attempt
+        self.probesInFlight = probesInFlight
+        self.probeSuccesses = probeSuccesses
+        self.lastReason = lastReason
+    }
+}
+
+/// What a breaker reports through ``BreakerBackend/events()``.
+public enum BreakerEvent: Sendable, Hashable {
+    /// The state changed.
+    case stateChanged(BreakerTransition)
+    /// A call was rejected in `state`.
+    case callRejected(state: BreakerState)
+    /// A call succeeded after `duration`.
+    case success(duration: Duration)
+    /// A call failed after `duration` with an error of type `errorType`.
+    case failure(duration: Duration, errorType: String)
+    /// A call's outcome was ignored.
+    case ignored
+}
+
+/// The outcome of one admitted call, as reported to a backend.
+public enum CallOutcome: Sendable {
+    /// The call succeeded.
+    case success
+    /// The call failed with an error of this type (types are counted by name in ``BreakerSnapshot/errorCounts``).
+    case failure(any Error.Type)
+    /// The outcome counts neither way; a half-open permit is given back.
+    case ignored
+}

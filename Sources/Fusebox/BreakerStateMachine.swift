@@ -1,0 +1,303 @@
+/// Proof that a call was admitted: what it was admitted under, and when it started.
+///
+/// An outcome counts toward transitions only while the breaker is still at the ``version`` that admitted the
+/// call; later it counts in the totals only. So a slow straggler from before a reset cannot trip the new closed
+/// period, and a probe's outcome cannot land in a later half-open period.
+public struct PermitToken: Sendable, Hashable {
+    /// The breaker's version when the call was admitted.
+    public var version: Int
+    /// `true` for a half-open probe: its outcome closes or reopens the breaker, and it holds a permit.
+    public var isProbe: Bool
+    /// `false` in mode `disabled` and when Fusebox is switched off: the outcome is not recorded at all.
+    public var isRecorded: Bool
+    /// When the call was admitted, as time since the backend's epoch (for the slow-call rule).
+    public var startedAt: Duration
+
+    /// Makes a token.
+    public init(version: Int, isProbe: Bool, isRecorded: Bool, startedAt: Duration) {
+        self.version = version
+        self.isProbe = isProbe
+        self.isRecorded = isRecorded
+        self.startedAt = startedAt
+    }
+
+    /// The token of a call that is neither limited nor recorded.
+    public static let unrecorded = PermitToken(version: -1, isProbe: false, isRecorded: false, startedAt: .zero)
+}
+
+/// The answer to "may this call run?".
+public enum BreakerAdmission: Sendable {
+    /// It may; report its outcome with this token.
+    case admitted(PermitToken)
+    /// It may not; the error says why (code ``FuseboxError/Code/circuitOpen``).
+    case rejected(FuseboxError)
+}
+
+/// Every rule of the breaker, as a pure value: no clock, no lock, no I/O.
+///
+/// Time comes in as `now`, an offset from an epoch the owner chooses. Each mutating method returns the
+/// transition it caused, if any; the owner logs it, publishes it and updates metrics outside its lock.
+/// The `local` adapter holds one of these behind a `Mutex`; `lua/breaker.lua` implements the same rules for
+/// Redis, and the conformance suite runs the same scenarios against both.
+public struct BreakerStateMachine: Sendable {
+    /// The breaker's name.
+    public let name: String
+    /// Its policy (validated by the caller).
+    public let policy: BreakerPolicy
+
+    /// The current state.
+    public private(set) var state: BreakerState
+    /// +1 on every transition.
+    public private(set) var version = 0
+    /// When the current state began.
+    public private(set) var since: Duration
+    /// While open: when probes may start.
+    public private(set) var openUntil: Duration = .zero
+    /// Consecutive opens; 0 once closed.
+    public private(set) var attempt = 0
+    /// The reason of the last transition.
+    public private(set) var reason = "created"
+    /// While isolated: the operator's reason.
+    public private(set) var isolationReason: String?
+    /// The current failure streak.
+    public private(set) var consecutiveFailures = 0
+    /// Half-open permits out.
+    public private(set) var probesInFlight = 0
+    /// Half-open successes so far.
+    public private(set) var probeSuccesses = 0
+    /// Lifetime counts.
+    public private(set) var totals = BreakerTotals()
+
+    private var window: SlidingWindow
+    private var errorCounts: [ObjectIdentifier: Int] = [:]
+    private var errorNames: [ObjectIdentifier: String] = [:]
+    private var recentTransitions: [BreakerTransition] = []
+    private var oldestTransition = 0
+
+    /// How many transitions ``timeline`` keeps.
+    public static let timelineCapacity = 100
+
+    /// A new breaker in its mode's base state (closed, metrics-only or disabled).
+    public init(name: String, policy: BreakerPolicy, now: Duration) {
+        self.name = name
+        self.policy = policy
+        self.state = Self.baseState(of: policy.mode)
+        self.since = now
+        self.window = SlidingWindow(policy.window)
+        recentTransitions.reserveCapacity(Self.timelineCapacity)
+    }
+
+    private static func baseState(of mode: BreakerPolicy.Mode) -> BreakerState {
+        switch mode {
+        case .normal: .closed
+        case .metricsOnly: .metricsOnly
+        case .disabled: .disabled
+        }
+    }
+
+    // MARK: - Admission
+
+    /// Decides whether a call may run at `now`. Applies a due time-based transition first (end of the break,
+    /// half-open timeout) and returns it with the decision.
+    public mutating func acquire(now: Duration) -> (BreakerAdmission, BreakerTransition?) {
+        let transition = advance(now: now)
+        switch state {
+        case .closed, .metricsOnly:
+            return (.admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)), transition)
+        case .disabled:
+            return (.admitted(.unrecorded), transition)
+        case .halfOpen where probesInFlight < policy.permittedCallsInHalfOpen:
+            probesInFlight += 1
+            return (.admitted(PermitToken(version: version, isProbe: true, isRecorded: true, startedAt: now)), transition)
+        case .halfOpen:
+            totals.rejected += 1
+            return (.rejected(.rejection(name: name, state: .halfOpen, retryAfter: nil, isolationReason: nil)), transition)
+        case .open:
+            totals.rejected += 1
+            let wait = openUntil - now
+            return (.rejected(.rejection(name: name, state: .open, retryAfter: max(.zero, wait), isolationReason: nil)), transition)
+        case .isolated:
+            totals.rejected += 1
+            return (.rejected(.rejection(name: name, state: .isolated, retryAfter: nil, isolationReason: isolationReason)), transition)
+        }
+    }
+
+    /// Applies the transitions time alone causes: open → half-open when the break has ended, half-open → open
+    /// when it has lasted ``BreakerPolicy/maxHalfOpenDuration`` without closing.
+    public mutating func advance(now: Duration) -> BreakerTransition? {
+        switch state {
+        case .open where now >= openUntil:
+            return transition(to: .halfOpen, reason: "break of \(FuseboxError.format(policy.breakDuration.duration(forAttempt: attempt))) ended", now: now)
+        case .halfOpen where now - since >= policy.maxHalfOpenDuration:
+            return trip(reason: "half-open for \(FuseboxError.format(policy.maxHalfOpenDuration)) without closing", now: now)
+        default:
+            return nil
+        }
+    }
+
+    // MARK: - Outcomes
+
+    /// Records the outcome of a call admitted with `token`; returns the transition it caused, if any.
+    public mutating func record(_ outcome: CallOutcome, token: PermitToken, now: Duration) -> BreakerTransition? {
+        guard token.isRecorded else { return nil }
+        let isSlow: Bool
+        let isFailure: Bool
+        switch outcome {
+        case .success:
+            isFailure = false
+            isSlow = now - token.startedAt > policy.slowCallDuration
+            totals.successes += 1
+        case .failure(let type):
+            isFailure = true
+            isSlow = now - token.startedAt > policy.slowCallDuration
+            totals.failures += 1
+            let key = ObjectIdentifier(type)
+            if let count = errorCounts[key] {
+                errorCounts[key] = count + 1
+            } else {
+                errorCounts[key] = 1
+                errorNames[key] = String(describing: type)
+            }
+        case .ignored:
+            totals.calls += 1
+            totals.ignored += 1
+            if token.isProbe && token.version == version && state == .halfOpen { probesInFlight -= 1 }
+            return nil
+        }
+        totals.calls += 1
+        if isSlow { totals.slow += 1 }
+        guard token.version == version else { return nil }
+
+        switch state {
+        case .closed, .metricsOnly:
+            window.record(failure: isFailure, slow: isSlow, now: now)
+            consecutiveFailures = isFailure ? consecutiveFailures + 1 : 0
+            guard state == .closed, let reason = tripReason() else { return nil }
+            return trip(reason: reason, now: now)
+        case .halfOpen where token.isProbe:
+            probesInFlight -= 1
+            if isFailure {
+                return trip(reason: "probe failed (\(errorName(of: outcome)))", now: now)
+            }
+            probeSuccesses += 1
+            guard probeSuccesses >= policy.successThreshold else { return nil }
+            return transition(
+                to: Self.baseState(of: policy.mode),
+                reason: "\(probeSuccesses) probe success\(probeSuccesses == 1 ? "" : "es") ≥ \(policy.successThreshold)", now: now)
+        default:
+            return nil
+        }
+    }
+
+    /// The first trip rule the window breaks, as the reason to log; `nil` when none does.
+    private func tripReason() -> String? {
+        if let threshold = policy.consecutiveFailureThreshold, consecutiveFailures >= threshold {
+            return "\(consecutiveFailures) consecutive failures ≥ \(threshold)"
+        }
+        let calls = window.calls
+        guard calls >= policy.minimumThroughput else { return nil }
+        if let threshold = policy.failureRateThreshold {
+            let ratio = Double(window.failures) / Double(calls)
+            if ratio >= threshold {
+                return "failure ratio \(Self.twoDecimals(ratio)) ≥ \(Self.twoDecimals(threshold)) over \(calls) calls"
+            }
+        }
+        if let threshold = policy.slowCallRateThreshold {
+            let ratio = Double(window.slow) / Double(calls)
+            if ratio >= threshold {
+                return "slow-call ratio \(Self.twoDecimals(ratio)) ≥ \(Self.twoDecimals(threshold)) over \(calls) calls"
+            }
+        }
+        return nil
+    }
+
+    // MARK: - Manual control
+
+    /// Forces the breaker open until ``reset(now:)``; rejections carry `reason`. Works from every state.
+    public mutating func isolate(reason: String, now: Duration) -> BreakerTransition {
+        isolationReason = reason
+        return transition(to: .isolated, reason: "isolated: \(reason)", now: now)
+    }
+
+    /// Returns to the mode's base state (closed, unless metrics-only or disabled) with an empty window,
+    /// no streak and attempt 0. Works from every state.
+    public mutating func reset(now: Duration) -> BreakerTransition {
+        transition(to: Self.baseState(of: policy.mode), reason: "reset", now: now)
+    }
+
+    /// Moves to half-open at once, with every probe permit free. Works from every state.
+    public mutating func forceHalfOpen(now: Duration) -> BreakerTransition {
+        transition(to: .halfOpen, reason: "forced half-open", now: now)
+    }
+
+    // MARK: - Reading
+
+    /// Everything known at `now`, after applying due time-based transitions (returned too).
+    public mutating func snapshot(now: Duration) -> (BreakerSnapshot, BreakerTransition?) {
+        let transition = advance(now: now)
+        window.expire(now: now)
+        var errors: [String: Int] = [:]
+        for (key, count) in errorCounts { errors[errorNames[key] ?? "Error", default: 0] += count }
+        let snapshot = BreakerSnapshot(
+            name: name, state: state, version: version, timeInState: now - since, windowCalls: window.calls,
+            windowFailures: window.failures, windowSlowCalls: window.slow, consecutiveFailures: consecutiveFailures,
+            errorCounts: errors, totals: totals, timeUntilProbe: state == .open ? max(.zero, openUntil - now) : nil,
+            isolationReason: state == .isolated ? isolationReason : nil, attempt: attempt, probesInFlight: probesInFlight,
+            probeSuccesses: probeSuccesses, lastReason: reason)
+        return (snapshot, transition)
+    }
+
+    /// The last ``timelineCapacity`` transitions, oldest first.
+    public var timeline: [BreakerTransition] {
+        Array(recentTransitions[oldestTransition...] + recentTransitions[..<oldestTransition])
+    }
+
+    // MARK: - Transitions
+
+    private mutating func trip(reason: String, now: Duration) -> BreakerTransition {
+        attempt += 1
+        openUntil = now + policy.breakDuration.duration(forAttempt: attempt)
+        return transition(to: .open, reason: reason, now: now)
+    }
+
+    private mutating func transition(to next: BreakerState, reason: String, now: Duration) -> BreakerTransition {
+        let change = BreakerTransition(from: state, to: next, reason: reason, version: version + 1, at: now)
+        version += 1
+        state = next
+        since = now
+        self.reason = reason
+        probesInFlight = 0
+        probeSuccesses = 0
+        consecutiveFailures = 0
+        window.clear()
+        switch next {
+        case .open: break
+        case .isolated: openUntil = .zero
+        case .halfOpen: openUntil = .zero
+        case .closed, .metricsOnly, .disabled:
+            attempt = 0
+            openUntil = .zero
+            isolationReason = nil
+        }
+        if next != .isolated { isolationReason = nil }
+        if recentTransitions.count < Self.timelineCapacity {
+            recentTransitions.append(change)
+        } else {
+            recentTransitions[oldestTransition] = change
+            oldestTransition = (oldestTransition + 1) % Self.timelineCapacity
+        }
+        return change
+    }
+
+    private func errorName(of outcome: CallOutcome) -> String {
+        if case .failure(let type) = outcome { return errorNames[ObjectIdentifier(type)] ?? String(describing: type) }
+        return "ignored"
+    }
+
+    /// `0.62` for 0.6154: two decimals, no Foundation.
+    static func twoDecimals(_ value: Double) -> String {
+        let hundredths = Int((value * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}

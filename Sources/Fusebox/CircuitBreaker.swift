@@ -1,0 +1,189 @@
+import Synchronization
+
+/// A handle on one named breaker: run calls through it, or take permits for code that cannot wrap a closure.
+///
+/// Handles are cheap values; every handle of a name shares one state (with the distributed adapter, across
+/// every instance). The handle applies the ``BreakerPolicy/classification`` and ``BreakerPolicy/callTimeout``
+/// of the policy it was asked for with.
+public struct CircuitBreaker: Sendable {
+    /// The breaker's name.
+    public var name: String { backend.name }
+    /// The state behind the handle.
+    public let backend: any BreakerBackend
+    /// How this handle classifies errors.
+    public let classification: BreakerPolicy.Classification
+    /// This handle's call timeout.
+    public let callTimeout: Duration?
+    let switchboard: FuseboxSwitch
+
+    init(backend: any BreakerBackend, policy: BreakerPolicy, switchboard: FuseboxSwitch) {
+        self.backend = backend
+        self.classification = policy.classification
+        self.callTimeout = policy.callTimeout
+        self.switchboard = switchboard
+    }
+
+    // MARK: - Permits
+
+    /// Asks to run one call now; throws a rejection (code ``FuseboxError/Code/circuitOpen``) when the breaker
+    /// will not let it through.
+    ///
+    /// Synchronous and allocation-free: use it where a call cannot be wrapped in a closure, then report the
+    /// outcome on the permit. A permit dropped without an outcome is released as ignored.
+    public func acquire() throws(FuseboxError) -> BreakerPermit {
+        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
+        switch backend.acquire() {
+        case .admitted(let token): return BreakerPermit(backend: backend, token: token, classification: classification)
+        case .rejected(let error): throw error
+        }
+    }
+
+    /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
+    public func tryAcquire() -> BreakerPermit? {
+        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
+        if case .admitted(let token) = backend.acquire() {
+            return BreakerPermit(backend: backend, token: token, classification: classification)
+        }
+        return nil
+    }
+
+    // MARK: - Running calls
+
+    /// Runs `operation` if the breaker lets it through and records its outcome.
+    ///
+    /// Throws a rejection (``FuseboxError/Code/circuitOpen``) without running it when the breaker is open;
+    /// rethrows the operation's own error; throws ``FuseboxError/Code/callTimedOut`` (and cancels the
+    /// operation) when the policy's call timeout passes first. A value for which `isFailure` returns `true`
+    /// (e.g. an HTTP 503) is returned to the caller and counted as a failure.
+    public func run<T: Sendable>(
+        isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let permit = try acquire()
+        let value: T
+        do {
+            if let callTimeout {
+                value = try await Self.run(operation, timeout: callTimeout, name: name)
+            } else {
+                value = try await operation()
+            }
+        } catch let error as FuseboxError where error.code == .callTimedOut {
+            permit.failure(CallTimedOut())
+            throw error
+        } catch {
+            permit.failure(error)
+            throw error
+        }
+        if let isFailure, isFailure(value) {
+            permit.failure(UnacceptableResult())
+        } else {
+            permit.success()
+        }
+        return value
+    }
+
+    /// Runs `operation` through the breaker; on a rejection or any error, returns `fallback(error)` instead.
+    ///
+    /// Throws only what `fallback` throws: with a fallback that cannot fail, no `try` is needed.
+    public func run<T: Sendable, E: Error>(
+        isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T,
+        fallback: (any Error) async throws(E) -> T
+    ) async throws(E) -> T {
+        do {
+            return try await run(isFailure: isFailure, operation)
+        } catch {
+            return try await fallback(error)
+        }
+    }
+
+    private static func run<T: Sendable>(
+        _ operation: @escaping @Sendable () async throws -> T, timeout: Duration, name: String
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw FuseboxError(
+                    code: .callTimedOut, message: "call through circuit '\(name)' exceeded its timeout of \(FuseboxError.format(timeout)) and was cancelled",
+                    breakerName: name)
+            }
+            return value
+        }
+    }
+
+    // MARK: - Control and inspection
+
+    /// Forces the breaker open until ``reset()``; rejections carry `reason`.
+    public func isolate(reason: String) async throws(FuseboxError) { try await backend.isolate(reason: reason) }
+    /// Closes the breaker with an empty window.
+    public func reset() async throws(FuseboxError) { try await backend.reset() }
+    /// Moves the breaker to half-open with every probe permit free.
+    public func forceHalfOpen() async throws(FuseboxError) { try await backend.forceHalfOpen() }
+    /// Everything known about the breaker now.
+    public func snapshot() async throws(FuseboxError) -> BreakerSnapshot { try await backend.snapshot() }
+    /// The last transitions (up to 100), oldest first.
+    public func timeline() async throws(FuseboxError) -> [BreakerTransition] { try await backend.timeline() }
+    /// The breaker's events from now on.
+    public func events() -> AsyncStream<BreakerEvent> { backend.events() }
+}
+
+/// The failure recorded when a call exceeds its timeout.
+struct CallTimedOut: Error {}
+/// The failure recorded when a call's result is classified as a failure.
+struct UnacceptableResult: Error {}
+
+/// Permission to run one call; report its outcome exactly once.
+///
+/// Non-copyable, so an outcome cannot be reported twice; dropping it without an outcome releases it as
+/// ignored, so a half-open permit is never leaked.
+public struct BreakerPermit: ~Copyable, Sendable {
+    private let backend: any BreakerBackend
+    /// What the call was admitted under.
+    public let token: PermitToken
+    private let classification: BreakerPolicy.Classification
+    /// Set by the consuming methods, so `deinit` (which runs after them too) releases only a dropped permit.
+    private var isSettled = false
+
+    init(backend: any BreakerBackend, token: PermitToken, classification: BreakerPolicy.Classification) {
+        self.backend = backend
+        self.token = token
+        self.classification = classification
+    }
+
+    /// The call succeeded.
+    public consuming func success() {
+        backend.record(.success, for: token)
+        isSettled = true
+    }
+
+    /// The call failed with `error`; the classification decides whether it counts as a failure or is ignored.
+    public consuming func failure(_ error: any Error) {
+        switch classification.classifyError(error) {
+        case .failure: backend.record(.failure(type(of: error)), for: token)
+        case .ignored: backend.record(.ignored, for: token)
+        }
+        isSettled = true
+    }
+
+    /// The outcome counts neither way (a half-open permit is given back).
+    public consuming func ignore() {
+        backend.record(.ignored, for: token)
+        isSettled = true
+    }
+
+    deinit {
+        if !isSettled { backend.record(.ignored, for: token) }
+    }
+}
+
+/// The global enabled switch of a registry: when off, every breaker admits every call and records nothing.
+final class FuseboxSwitch: Sendable {
+    private let enabled = Atomic<Bool>(true)
+    var isEnabled: Bool {
+        get { enabled.load(ordering: .relaxed) }
+        set { enabled.store(newValue, ordering: .relaxed) }
+    }
+}

@@ -1,0 +1,137 @@
+/// An error from Fusebox: what went wrong (``code``), a message a person can act on, and the breaker concerned.
+///
+/// Rejections are `FuseboxError`s with code ``Code/circuitOpen``; they carry the breaker's name, its state, the
+/// time until the next probe and the isolation reason, and build their message only when it is read, so
+/// rejecting a call allocates nothing.
+public struct FuseboxError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let raw: UInt8
+        private init(_ raw: UInt8) { self.raw = raw }
+
+        /// The breaker rejected the call: it is open, isolated, or half-open with every probe permit taken.
+        public static let circuitOpen = Code(1)
+        /// A policy value is out of its allowed range.
+        public static let invalidPolicy = Code(2)
+        /// A breaker name is empty, too long, or has control characters.
+        public static let invalidName = Code(3)
+        /// A breaker of that name already exists with different state rules.
+        public static let policyConflict = Code(4)
+        /// The call exceeded the policy's call timeout and was cancelled.
+        public static let callTimedOut = Code(5)
+        /// The store behind the breaker (Redis) could not be reached or answered in error.
+        public static let backendUnavailable = Code(6)
+        /// The breaker's stored state is malformed (for example a Redis key edited by hand).
+        public static let corruptState = Code(7)
+        /// The configuration (adapter name, URL, option) is not valid.
+        public static let invalidConfiguration = Code(8)
+
+        public var description: String {
+            switch raw {
+            case 1: "circuit open"
+            case 2: "invalid policy"
+            case 3: "invalid name"
+            case 4: "policy conflict"
+            case 5: "call timed out"
+            case 6: "backend unavailable"
+            case 7: "corrupt state"
+            default: "invalid configuration"
+            }
+        }
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// The breaker concerned, if any.
+    public var breakerName: String?
+    /// For rejections: the state that rejected the call.
+    public var state: BreakerState?
+    /// For rejections: the time until the breaker lets a probe through; `nil` when isolated or when every
+    /// half-open permit is taken.
+    public var retryAfter: Duration?
+    /// For rejections of an isolated breaker: the reason given to `isolate(reason:)`.
+    public var isolationReason: String?
+    /// The underlying error, if any.
+    public var underlying: (any Error & Sendable)?
+    private var detail: String?
+
+    /// Makes an error with a message.
+    public init(code: Code, message: String, breakerName: String? = nil, underlying: (any Error & Sendable)? = nil) {
+        self.code = code
+        self.detail = message
+        self.breakerName = breakerName
+        self.underlying = underlying
+    }
+
+    /// Makes a rejection; its message is built when read.
+    public static func rejection(
+        name: String, state: BreakerState, retryAfter: Duration?, isolationReason: String?
+    ) -> FuseboxError {
+        var error = FuseboxError(code: .circuitOpen, detail: nil, breakerName: name)
+        error.state = state
+        error.retryAfter = retryAfter
+        error.isolationReason = isolationReason
+        return error
+    }
+
+    private init(code: Code, detail: String?, breakerName: String?) {
+        self.code = code
+        self.detail = detail
+        self.breakerName = breakerName
+    }
+
+    /// A message a person can act on, e.g. `circuit 'payments' is OPEN; next probe in 4.2 s`.
+    public var message: String {
+        if let detail { return detail }
+        guard code == .circuitOpen else { return "\(code)" }
+        let name = breakerName ?? "?"
+        switch state {
+        case .isolated?:
+            return "circuit '\(name)' is ISOLATED (\(isolationReason ?? "no reason given")): calls are rejected until it is reset"
+        case .halfOpen?:
+            return "circuit '\(name)' is HALF_OPEN and every probe permit is taken"
+        default:
+            let wait = retryAfter.map { "; next probe in \(Self.format($0))" } ?? ""
+            return "circuit '\(name)' is \(state?.label ?? "OPEN")\(wait)"
+        }
+    }
+
+    public var description: String {
+        var text = message
+        if let underlying { text += " [\(underlying)]" }
+        return text
+    }
+
+    /// `1.25 s`, `320 ms`, `2 min 5 s`.
+    static func format(_ duration: Duration) -> String {
+        let millis = duration.milliseconds
+        if millis < 1000 { return "\(millis) ms" }
+        if millis < 60_000 {
+            let tenths = (millis + 50) / 100
+            return "\(tenths / 10).\(tenths % 10) s"
+        }
+        return "\(millis / 60_000) min \((millis % 60_000) / 1000) s"
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    public var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    /// Whole nanoseconds, rounded down (saturating at ±292 years).
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        return product &+ attoseconds / 1_000_000_000
+    }
+
+    /// The duration in seconds as a `Double`.
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

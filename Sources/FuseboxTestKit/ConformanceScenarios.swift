@@ -1,0 +1,267 @@
+import Fusebox
+
+extension ConformanceScenario {
+    private static func policy(_ edit: (inout BreakerPolicy) -> Void) -> BreakerPolicy {
+        var policy = BreakerPolicy()
+        edit(&policy)
+        return policy
+    }
+
+    /// Trips on the first failure, so scenarios about open and half-open start quickly.
+    private static func tripsOnFirstFailure(_ edit: (inout BreakerPolicy) -> Void = { _ in }) -> BreakerPolicy {
+        policy {
+            $0.failureRateThreshold = nil
+            $0.consecutiveFailureThreshold = 1
+            edit(&$0)
+        }
+    }
+
+    /// Every scenario: each transition, each policy field, the boundaries.
+    public static let all: [ConformanceScenario] = tripRules + windows + breakDurations + halfOpen + manualControl + modes + accounting
+
+    /// Failure ratio, consecutive failures, slow-call ratio, with their boundaries.
+    public static let tripRules: [ConformanceScenario] = [
+        ConformanceScenario("failure ratio trips exactly at the threshold", policy: BreakerPolicy(), [
+            .succeed(5), .fail(4),
+            .expect([.windowCalls(9), .windowFailures(4), .failureRate(4.0 / 9.0), .consecutiveFailures(4), .version(0)]),
+            .expectState(.closed),
+            .fail(1),
+            .expectState(.open),
+            .expect([.attempt(1), .timeUntilProbe(.seconds(30)), .windowCalls(0), .version(1)]),
+            .rejected(2, in: .open, retryAfter: .seconds(30)),
+            .expect([.totals(calls: 10, successes: 5, failures: 5, ignored: 0, rejected: 2, slow: 0), .errorCount("ConformanceErrorA", 5)]),
+            .expectTimeline([(.closed, .open)]),
+        ]),
+        ConformanceScenario("one call below minimumThroughput never trips", policy: BreakerPolicy(), [
+            .fail(9), .expectState(.closed), .expect([.failureRate(1), .windowCalls(9)]),
+            .fail(1), .expectState(.open),
+        ]),
+        ConformanceScenario("just below the failure ratio stays closed", policy: BreakerPolicy(), [
+            .fail(4), .succeed(6), .expectState(.closed),
+            .fail(1), .expectState(.closed), .expect([.windowCalls(11), .windowFailures(5)]),
+            .fail(1), .expectState(.open),
+        ]),
+        ConformanceScenario("consecutive failures: a success resets the streak", policy: policy {
+            $0.failureRateThreshold = nil
+            $0.consecutiveFailureThreshold = 3
+        }, [
+            .fail(2), .succeed(1), .fail(2),
+            .expect([.consecutiveFailures(2)]), .expectState(.closed),
+            .fail(1), .expectState(.open), .expect([.consecutiveFailures(0)]),
+        ]),
+        ConformanceScenario("slow-call ratio trips; a call of exactly slowCallDuration is not slow", policy: policy {
+            $0.failureRateThreshold = nil
+            $0.slowCallRateThreshold = 0.5
+            $0.slowCallDuration = .seconds(1)
+            $0.minimumThroughput = 4
+        }, [
+            .succeed(2, taking: .seconds(1)),
+            .expect([.windowSlowCalls(0), .windowCalls(2)]),
+            .succeed(1, taking: .milliseconds(1001)),
+            .expectState(.closed), .expect([.windowSlowCalls(1), .slowCallRate(1.0 / 3.0)]),
+            .succeed(1, taking: .seconds(2)),
+            .expectState(.open),
+            .expect([.totals(calls: 4, successes: 4, failures: 0, ignored: 0, rejected: 0, slow: 2)]),
+        ]),
+        ConformanceScenario("a slow failure counts in both ratios", policy: policy {
+            $0.failureRateThreshold = 0.9
+            $0.slowCallRateThreshold = 0.5
+            $0.slowCallDuration = .milliseconds(100)
+            $0.minimumThroughput = 2
+        }, [
+            .succeed(1), .fail(1, taking: .milliseconds(200)),
+            .expectState(.open),
+            .expect([.totals(calls: 2, successes: 1, failures: 1, ignored: 0, rejected: 0, slow: 1)]),
+        ]),
+    ]
+
+    /// Time buckets ageing out, the count window wrapping.
+    public static let windows: [ConformanceScenario] = [
+        ConformanceScenario("time window: failures still inside the window count", policy: policy { $0.minimumThroughput = 4 }, [
+            .fail(3), .advance(.seconds(9)), .succeed(1), .expectState(.open),
+        ]),
+        ConformanceScenario("time window: a whole bucket ages out", policy: policy { $0.minimumThroughput = 4 }, [
+            .fail(3), .advance(.seconds(10)), .succeed(1),
+            .expectState(.closed), .expect([.windowCalls(1), .windowFailures(0)]),
+            .succeed(3), .expectState(.closed), .expect([.windowCalls(4), .failureRate(0)]),
+        ]),
+        ConformanceScenario("time window: buckets age out one by one", policy: policy { $0.minimumThroughput = 100 }, [
+            .fail(3), .advance(.seconds(5)), .fail(1), .advance(.seconds(5)),
+            .expect([.windowCalls(1), .windowFailures(1)]),
+            .advance(.seconds(5)), .expect([.windowCalls(0)]),
+        ]),
+        ConformanceScenario("count window wraps: the oldest call drops out", policy: policy {
+            $0.window = .count(5)
+            $0.minimumThroughput = 5
+            $0.failureRateThreshold = 0.6
+        }, [
+            .succeed(2), .fail(2), .succeed(1),
+            .expectState(.closed), .expect([.windowCalls(5), .failureRate(0.4)]),
+            .fail(1),
+            .expectState(.open),
+        ]),
+        ConformanceScenario("count window ignores time", policy: policy {
+            $0.window = .count(4)
+            $0.minimumThroughput = 4
+        }, [
+            .fail(2), .advance(.seconds(3600)), .succeed(1), .fail(1),
+            .expectState(.open),
+        ]),
+    ]
+
+    /// Every break-duration kind, with attempts counted and reset on close.
+    public static let breakDurations: [ConformanceScenario] = [
+        ConformanceScenario("fixed break: rejected until exactly its end, then one probe", policy: tripsOnFirstFailure(), [
+            .fail(1), .expectState(.open),
+            .advance(.milliseconds(29_999)), .rejected(1, in: .open, retryAfter: .milliseconds(1)),
+            .advance(.milliseconds(1)),
+            .hold("probe", probe: true), .expectState(.halfOpen),
+            .rejected(1, in: .halfOpen),
+            .settle("probe", .success),
+            .expectState(.closed), .expect([.attempt(0), .version(3)]),
+            .expectTimeline([(.closed, .open), (.open, .halfOpen), (.halfOpen, .closed)]),
+        ]),
+        ConformanceScenario("exponential break, capped, reset on close", policy: tripsOnFirstFailure {
+            $0.breakDuration = .exponential(base: .seconds(1), factor: 2, maximum: .seconds(5))
+        }, [
+            .fail(1), .expect([.attempt(1), .timeUntilProbe(.seconds(1))]),
+            .advance(.seconds(1)), .fail(1), .expect([.attempt(2), .timeUntilProbe(.seconds(2))]),
+            .advance(.seconds(2)), .fail(1), .expect([.attempt(3), .timeUntilProbe(.seconds(4))]),
+            .advance(.seconds(4)), .fail(1), .expect([.attempt(4), .timeUntilProbe(.seconds(5))]),
+            .advance(.seconds(5)), .succeed(1), .expectState(.closed), .expect([.attempt(0)]),
+            .fail(1), .expect([.attempt(1), .timeUntilProbe(.seconds(1))]),
+        ]),
+        ConformanceScenario("linear break, capped", policy: tripsOnFirstFailure {
+            $0.breakDuration = .linear(base: .seconds(1), increment: .seconds(2), maximum: .seconds(4))
+        }, [
+            .fail(1), .expect([.timeUntilProbe(.seconds(1))]),
+            .advance(.seconds(1)), .fail(1), .expect([.timeUntilProbe(.seconds(3))]),
+            .advance(.seconds(3)), .fail(1), .expect([.timeUntilProbe(.seconds(4))]),
+        ]),
+        ConformanceScenario("adaptive break: 30 s, 30 s, 60 s × 3, then 120 s", policy: tripsOnFirstFailure { $0.breakDuration = .adaptive }, [
+            .fail(1), .expect([.timeUntilProbe(.seconds(30))]),
+            .advance(.seconds(30)), .fail(1), .expect([.timeUntilProbe(.seconds(30)), .attempt(2)]),
+            .advance(.seconds(30)), .fail(1), .expect([.timeUntilProbe(.seconds(60)), .attempt(3)]),
+            .advance(.seconds(60)), .fail(1), .expect([.timeUntilProbe(.seconds(60))]),
+            .advance(.seconds(60)), .fail(1), .expect([.timeUntilProbe(.seconds(60)), .attempt(5)]),
+            .advance(.seconds(60)), .fail(1), .expect([.timeUntilProbe(.seconds(120)), .attempt(6)]),
+        ]),
+        ConformanceScenario("custom break: a function of the attempt", policy: tripsOnFirstFailure {
+            $0.breakDuration = .custom(id: "seven-per-attempt") { .seconds(7 * $0) }
+        }, [
+            .fail(1), .expect([.timeUntilProbe(.seconds(7))]),
+            .advance(.seconds(7)), .fail(1), .expect([.timeUntilProbe(.seconds(14))]),
+        ]),
+    ]
+
+    /// Probe permits, success threshold, probe failure, half-open timeout, ignored probes.
+    public static let halfOpen: [ConformanceScenario] = [
+        ConformanceScenario("half-open permits run out; an ignored probe gives its permit back", policy: tripsOnFirstFailure {
+            $0.permittedCallsInHalfOpen = 2
+            $0.successThreshold = 2
+            $0.breakDuration = .fixed(.seconds(1))
+        }, [
+            .fail(1), .advance(.seconds(1)),
+            .hold("a", probe: true), .hold("b", probe: true),
+            .rejected(1, in: .halfOpen), .expect([.probesInFlight(2)]),
+            .settle("a", .ignored), .expect([.probesInFlight(1)]), .expectState(.halfOpen),
+            .hold("c", probe: true),
+            .settle("b", .success), .expectState(.halfOpen),
+            .settle("c", .success), .expectState(.closed),
+            .expect([.totals(calls: 4, successes: 2, failures: 1, ignored: 1, rejected: 1, slow: 0)]),
+        ]),
+        ConformanceScenario("successThreshold probes are needed to close", policy: tripsOnFirstFailure {
+            $0.successThreshold = 3
+            $0.breakDuration = .fixed(.seconds(1))
+        }, [
+            .fail(1), .advance(.seconds(1)),
+            .succeed(2), .expectState(.halfOpen),
+            .succeed(1), .expectState(.closed),
+        ]),
+        ConformanceScenario("any probe failure reopens, even after successes", policy: tripsOnFirstFailure {
+            $0.permittedCallsInHalfOpen = 2
+            $0.successThreshold = 2
+            $0.breakDuration = .exponential(base: .seconds(1), factor: 3, maximum: .seconds(100))
+        }, [
+            .fail(1), .advance(.seconds(1)),
+            .hold("a", probe: true), .hold("b", probe: true),
+            .settle("a", .success), .settle("b", .failure),
+            .expectState(.open), .expect([.attempt(2), .timeUntilProbe(.seconds(3))]),
+        ]),
+        ConformanceScenario("a half-open breaker whose probe never reports reopens after maxHalfOpenDuration", policy: tripsOnFirstFailure {
+            $0.breakDuration = .fixed(.seconds(1))
+            $0.maxHalfOpenDuration = .seconds(5)
+        }, [
+            .fail(1), .advance(.seconds(1)),
+            .hold("lost", probe: true),
+            .advance(.milliseconds(4999)), .rejected(1, in: .halfOpen),
+            .advance(.milliseconds(1)), .rejected(1, in: .open, retryAfter: .seconds(1)),
+            .expect([.attempt(2)]),
+            .settle("lost", .success), .expectState(.open),
+            .expect([.totals(calls: 2, successes: 1, failures: 1, ignored: 0, rejected: 2, slow: 0)]),
+        ]),
+    ]
+
+    /// Isolation over every state, reset, forced half-open.
+    public static let manualControl: [ConformanceScenario] = [
+        ConformanceScenario("isolation holds over every state until reset", policy: tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(10)) }, [
+            .isolate("maintenance"),
+            .rejected(1, in: .isolated, reason: "maintenance"), .expect([.isolationReason("maintenance"), .timeUntilProbe(nil)]),
+            .advance(.seconds(3600)), .expectState(.isolated),
+            .reset, .expectState(.closed), .expect([.isolationReason(nil)]),
+            .fail(1), .expectState(.open),
+            .isolate("db migration"), .advance(.seconds(20)),
+            .rejected(1, in: .isolated, reason: "db migration"),
+            .forceHalfOpen, .expectState(.halfOpen),
+            .isolate("again"), .expectState(.isolated),
+            .reset, .expectState(.closed), .expect([.attempt(0)]),
+            .expectTimeline([
+                (.closed, .isolated), (.isolated, .closed), (.closed, .open), (.open, .isolated),
+                (.isolated, .halfOpen), (.halfOpen, .isolated), (.isolated, .closed),
+            ]),
+        ]),
+        ConformanceScenario("reset clears the window and the streak; forceHalfOpen from closed", policy: policy { $0.consecutiveFailureThreshold = 5 }, [
+            .fail(4), .reset,
+            .expect([.windowCalls(0), .consecutiveFailures(0)]),
+            .fail(4), .expectState(.closed),
+            .forceHalfOpen, .expect([.windowCalls(0), .probesInFlight(0)]),
+            .hold("p", probe: true), .settle("p", .success),
+            .expectState(.closed),
+        ]),
+        ConformanceScenario("a straggler from before a reset counts in totals only", policy: tripsOnFirstFailure {
+            $0.consecutiveFailureThreshold = 2
+        }, [
+            .hold("old", probe: false), .reset,
+            .settle("old", .failure),
+            .expectState(.closed),
+            .expect([.consecutiveFailures(0), .windowCalls(0), .totals(calls: 1, successes: 0, failures: 1, ignored: 0, rejected: 0, slow: 0)]),
+            .fail(1), .expect([.consecutiveFailures(1)]), .expectState(.closed),
+        ]),
+    ]
+
+    /// Metrics-only and disabled.
+    public static let modes: [ConformanceScenario] = [
+        ConformanceScenario("metrics-only records and never trips", policy: tripsOnFirstFailure { $0.mode = .metricsOnly }, [
+            .expectState(.metricsOnly),
+            .fail(20), .expectState(.metricsOnly),
+            .expect([.windowCalls(20), .failureRate(1), .totals(calls: 20, successes: 0, failures: 20, ignored: 0, rejected: 0, slow: 0)]),
+        ]),
+        ConformanceScenario("disabled admits everything and records nothing", policy: tripsOnFirstFailure { $0.mode = .disabled }, [
+            .expectState(.disabled),
+            .fail(20), .succeed(5), .expectState(.disabled),
+            .expect([.windowCalls(0), .totals(calls: 0, successes: 0, failures: 0, ignored: 0, rejected: 0, slow: 0)]),
+        ]),
+    ]
+
+    /// Ignored outcomes, error breakdown.
+    public static let accounting: [ConformanceScenario] = [
+        ConformanceScenario("ignored outcomes stay out of the window", policy: BreakerPolicy(), [
+            .ignore(20), .fail(9), .expectState(.closed),
+            .expect([.windowCalls(9), .totals(calls: 29, successes: 0, failures: 9, ignored: 20, rejected: 0, slow: 0)]),
+        ]),
+        ConformanceScenario("failures are broken down by error type", policy: policy { $0.minimumThroughput = 100 }, [
+            .fail(2), .fail(1, otherError: true),
+            .expect([.errorCount("ConformanceErrorA", 2), .errorCount("ConformanceErrorB", 1)]),
+        ]),
+    ]
+}

@@ -1,0 +1,31 @@
+import Synchronization
+
+/// A clock that moves only when told to, so tests advance time instead of sleeping.
+public final class ManualClock: Clock, Sendable {
+    /// A point on a ``ManualClock``.
+    public struct Instant: InstantProtocol, Sendable {
+        /// Time since the clock was made.
+        public var offset: Duration
+        public func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        public func duration(to other: Instant) -> Duration { other.offset - offset }
+        public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
+    }
+
+    private let current = Mutex(Instant(offset: .zero))
+
+    /// A clock at offset zero.
+    public init() {}
+
+    public var now: Instant { current.withLock { $0 } }
+    public var minimumResolution: Duration { .nanoseconds(1) }
+
+    /// Moves the clock forward.
+    public func advance(by duration: Duration) {
+        current.withLock { $0.offset += duration }
+    }
+
+    /// Waits (polling every millisecond of real time) until the clock reaches `deadline`.
+    public func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        while now < deadline { try await Task.sleep(for: .milliseconds(1)) }
+    }
+}
