@@ -3,7 +3,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools
 
-.PHONY: deps build test demo bench clean
+.PHONY: deps build test demo bench clean lua
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli (apt-get update first; sudo when not root).
 deps:
@@ -34,3 +34,22 @@ demo: deps
 
 clean:
 	rm -rf .build
+
+## Regenerates Sources/FuseboxRedis/BreakerScript.swift from lua/breaker.lua (a test fails if they differ).
+lua:
+	@{ \
+	  echo '// Generated from lua/breaker.lua by `make lua`: edit the Lua file, then run `make lua`.'; \
+	  echo '// A test (FuseboxRedisTests) fails when the two differ.'; \
+	  echo 'import Hiredis'; \
+	  echo; \
+	  echo 'enum BreakerScript {'; \
+	  echo '    /// lua/breaker.lua: every change to a breaker'"'"'s state in Redis.'; \
+	  echo '    static let script = RedisScript(source)'; \
+	  echo; \
+	  echo '    static let source = #"""'; \
+	  sed 's/^\(.\)/    \1/' lua/breaker.lua; \
+	  echo; \
+	  echo '    """#'; \
+	  echo '}'; \
+	} > Sources/FuseboxRedis/BreakerScript.swift
+	@echo "wrote Sources/FuseboxRedis/BreakerScript.swift"

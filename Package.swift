@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "Hiredis", targets: ["Hiredis"]),
         .library(name: "Fusebox", targets: ["Fusebox"]),
+        .library(name: "FuseboxRedis", targets: ["FuseboxRedis"]),
         .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
         .executable(name: "fusebox", targets: ["FuseboxCLI"]),
     ],
@@ -14,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
@@ -32,6 +34,15 @@ let package = Package(
             dependencies: [
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "FuseboxRedis",
+            dependencies: [
+                "Fusebox", "Hiredis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -41,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "FuseboxCLI",
             dependencies: [
-                "Hiredis", "Fusebox", "FuseboxTestKit",
+                "Hiredis", "Fusebox", "FuseboxRedis", "FuseboxTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -49,6 +60,13 @@ let package = Package(
         .testTarget(
             name: "HiredisTests",
             dependencies: ["Hiredis", "FuseboxTestKit"]
+        ),
+        .testTarget(
+            name: "FuseboxRedisTests",
+            dependencies: [
+                "Fusebox", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "FuseboxTests",

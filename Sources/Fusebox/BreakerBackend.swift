@@ -1,4 +1,5 @@
 import Logging
+import ServiceLifecycle
 
 /// The state behind one named breaker. Both adapters, `local` and `distributed`, implement it; the
 /// ``CircuitBreaker`` handle and the ``BreakerRegistry`` work with either unchanged.
@@ -23,8 +24,15 @@ public protocol BreakerBackend: AnyObject, Sendable {
     /// The validated policy it runs.
     var policy: BreakerPolicy { get }
 
-    /// Decides whether a call may run now. Hot path: synchronous, no I/O.
+    /// Decides whether a call may run now. Hot path: synchronous; no I/O in the closed and open states.
+    ///
+    /// A backend whose decision sometimes needs its store (the distributed adapter when a break ends and probe
+    /// permits are handed out fleet-wide) may wait here for one bounded round trip; ``admit()`` is the variant
+    /// that suspends instead of blocking.
     func acquire() -> BreakerAdmission
+    /// Like ``acquire()``, but suspends rather than blocks when the decision needs the store.
+    /// The default implementation calls ``acquire()``.
+    func admit() async -> BreakerAdmission
     /// Records the outcome of a call admitted with `token`. Hot path: synchronous, no I/O.
     func record(_ outcome: CallOutcome, for token: PermitToken)
 
@@ -42,8 +50,24 @@ public protocol BreakerBackend: AnyObject, Sendable {
     func events() -> AsyncStream<BreakerEvent>
 }
 
+extension BreakerBackend {
+    public func admit() async -> BreakerAdmission { acquire() }
+}
+
+extension BreakerAdapter {
+    /// Waits until the task is cancelled or the service group shuts down: there is no background work.
+    public func run() async throws {
+        let (never, _) = AsyncStream.makeStream(of: Never.self)
+        for await _ in never.cancelOnGracefulShutdown() {}
+    }
+}
+
 /// Makes backends: the one thing that differs between the `local` and `distributed` adapters.
-public protocol BreakerAdapter: Sendable {
+///
+/// An adapter is a swift-service-lifecycle `Service`: its background work (the distributed adapter's flusher,
+/// subscriber and refresher) runs in ``run()``, started by the application, until cancellation or graceful
+/// shutdown. The `local` adapter has none, and its ``run()`` just waits.
+public protocol BreakerAdapter: Service {
     /// `local` or `distributed`.
     var kind: AdapterKind { get }
     /// Makes the backend of the breaker `name`; called once per name by the registry.

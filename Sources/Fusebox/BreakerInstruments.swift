@@ -50,7 +50,8 @@ final class EventBroadcaster: Sendable {
 public final class BreakerInstruments: Sendable {
     /// The breaker's name.
     public let name: String
-    let logger: Logger
+    /// The logger transitions go to, with `breaker.name` set.
+    public let logger: Logger
     let events = EventBroadcaster()
     private let stateGauge: Gauge
     private let successes: Counter
@@ -79,8 +80,12 @@ public final class BreakerInstruments: Sendable {
     public func stream() -> AsyncStream<BreakerEvent> { events.stream() }
 
     /// Logs, counts and publishes a transition.
-    public func transitioned(_ transition: BreakerTransition) {
-        logger.info(
+    ///
+    /// `observedRemotely` marks a transition another instance made (seen through the shared store): it is
+    /// logged at debug, since the instance that made it logs it at info.
+    public func transitioned(_ transition: BreakerTransition, observedRemotely: Bool = false) {
+        logger.log(
+            level: observedRemotely ? .debug : .info,
             "CircuitBreaker '\(name)': \(transition.from.label) → \(transition.to.label) (\(transition.reason))",
             metadata: ["breaker.state": .string(transition.to.rawValue), "breaker.version": .stringConvertible(transition.version)])
         stateGauge.record(transition.to.gaugeValue)

@@ -1,4 +1,5 @@
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Where an application's breakers come from: one registry per process, built with an adapter.
@@ -10,7 +11,7 @@ import Synchronization
 /// state rules returns a handle on the same breaker (with the new request's classification and call timeout);
 /// asking with different state rules throws ``FuseboxError/Code/policyConflict``. Names: 1 to 200 bytes of
 /// UTF-8, no control characters, no `{` or `}` (they delimit the Redis Cluster hash tag).
-public final class BreakerRegistry: Sendable {
+public final class BreakerRegistry: Service {
     /// The adapter breakers are made with.
     public let adapter: any BreakerAdapter
     private let logger: Logger
@@ -56,6 +57,10 @@ public final class BreakerRegistry: Sendable {
         }
         return CircuitBreaker(backend: backend, policy: policy, switchboard: switchboard)
     }
+
+    /// Runs the adapter's background work (see ``BreakerAdapter``) until cancellation or graceful shutdown.
+    /// Add the registry to the application's `ServiceGroup`, or run it in a task of its own.
+    public func run() async throws { try await adapter.run() }
 
     /// The names of every breaker made so far, sorted.
     public var names: [String] { backends.withLock { $0.keys.sorted() } }

@@ -38,6 +38,16 @@ public struct CircuitBreaker: Sendable {
         }
     }
 
+    /// Like ``acquire()``, but suspends instead of blocking when the backend must ask its store (the distributed
+    /// adapter in half-open). ``run(isFailure:_:)`` uses it.
+    public func acquireAsync() async throws(FuseboxError) -> BreakerPermit {
+        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
+        switch await backend.admit() {
+        case .admitted(let token): return BreakerPermit(backend: backend, token: token, classification: classification)
+        case .rejected(let error): throw error
+        }
+    }
+
     /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
     public func tryAcquire() -> BreakerPermit? {
         guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
@@ -58,7 +68,7 @@ public struct CircuitBreaker: Sendable {
     public func run<T: Sendable>(
         isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let permit = try acquire()
+        let permit = try await acquireAsync()
         let value: T
         do {
             if let callTimeout {

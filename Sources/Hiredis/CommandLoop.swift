@@ -18,7 +18,10 @@ final class CommandLoop: Sendable {
     struct Request: Sendable {
         let bytes: [UInt8]
         let replyCount: Int
-        let continuation: CheckedContinuation<[RESPValue], any Error>
+        /// Called once, on the loop thread (or the submitting thread when the request is refused at once).
+        let complete: @Sendable (Result<[RESPValue], RedisError>) -> Void
+
+        func fail(_ error: RedisError) { complete(.failure(error)) }
     }
 
     private struct Shared {
@@ -55,7 +58,7 @@ final class CommandLoop: Sendable {
         switch next {
         case .none: break
         case .wake: wakeup.wake()
-        case .reject: request.continuation.resume(throwing: closedError())
+        case .reject: request.fail(closedError())
         case .start:
             do {
                 try startThread(name: "fusebox-redis") { [self] in runLoop() }
@@ -65,7 +68,7 @@ final class CommandLoop: Sendable {
                     defer { shared.queue.removeAll() }
                     return shared.queue
                 }
-                for request in queued { request.continuation.resume(throwing: error) }
+                for request in queued { request.fail(error) }
             }
         }
     }
@@ -79,7 +82,7 @@ final class CommandLoop: Sendable {
             return (false, shared.queue)
         }
         if wasRunning { wakeup.wake() }
-        for request in queued { request.continuation.resume(throwing: closedError()) }
+        for request in queued { request.fail(closedError()) }
     }
 
     private func closedError() -> RedisError {
@@ -101,7 +104,7 @@ final class CommandLoop: Sendable {
         var reconnect = ReconnectBackoff()
 
         func failInFlight(_ error: RedisError) {
-            while let entry = inFlight.popFirst() { entry.request.continuation.resume(throwing: error) }
+            while let entry = inFlight.popFirst() { entry.request.fail(error) }
             socket = nil
             hasPendingOutput = false
         }
@@ -115,7 +118,7 @@ final class CommandLoop: Sendable {
             if isShuttingDown {
                 let error = closedError()
                 failInFlight(error)
-                for request in incoming { request.continuation.resume(throwing: error) }
+                for request in incoming { request.fail(error) }
                 // Requests that raced with shutdown were rejected in submit(); nothing else can be queued now.
                 shared.withLock { $0.isRunning = false }
                 return
@@ -126,7 +129,7 @@ final class CommandLoop: Sendable {
                     do {
                         try reconnect.checkAllowed()
                     } catch {
-                        for request in incoming { request.continuation.resume(throwing: error) }
+                        for request in incoming { request.fail(error) }
                         continue
                     }
                     do {
@@ -134,7 +137,7 @@ final class CommandLoop: Sendable {
                         reconnect.succeeded()
                     } catch {
                         reconnect.failed(error)
-                        for request in incoming { request.continuation.resume(throwing: error) }
+                        for request in incoming { request.fail(error) }
                         continue
                     }
                 }
@@ -148,7 +151,7 @@ final class CommandLoop: Sendable {
                     }
                     hasPendingOutput = true
                 } catch {
-                    for request in incoming[appended...] { request.continuation.resume(throwing: error) }
+                    for request in incoming[appended...] { request.fail(error) }
                     failInFlight(error)
                     continue
                 }
@@ -183,7 +186,7 @@ final class CommandLoop: Sendable {
                             inFlight.first!.replies.append(reply)
                             if inFlight.first!.replies.count == inFlight.first!.request.replyCount {
                                 let done = inFlight.popFirst()!
-                                done.request.continuation.resume(returning: done.replies)
+                                done.request.complete(.success(done.replies))
                             }
                         }
                     }

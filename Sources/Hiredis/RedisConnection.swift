@@ -82,15 +82,53 @@ public final class RedisConnection: Sendable {
         for reply in replies { _ = try reply.get(endpoint: configuration.endpoint.description) }
     }
 
-    private func exchange(_ bytes: [UInt8], replyCount: Int) async throws(RedisError) -> [RESPValue] {
-        do {
-            return try await withCheckedThrowingContinuation { continuation in
-                loop.submit(CommandLoop.Request(bytes: bytes, replyCount: replyCount, continuation: continuation))
+    // MARK: - Callbacks
+
+    /// Queues `commands` (written together) and calls `completion` with their replies, in order, on the
+    /// connection's thread. Keep `completion` short: the next replies wait for it.
+    ///
+    /// Requests are written in the order they are submitted, so a caller that submits A then B knows the server
+    /// runs A first. Error replies are returned in place, as with ``pipeline(_:)``.
+    public func submit(_ commands: [RedisCommand], completion: @escaping @Sendable (Result<[RESPValue], RedisError>) -> Void) {
+        guard !commands.isEmpty else { return completion(.success([])) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(commands.reduce(0) { $0 + $1.encoded.count })
+        for command in commands { bytes.append(contentsOf: command.encoded) }
+        loop.submit(CommandLoop.Request(bytes: bytes, replyCount: commands.count, complete: completion))
+    }
+
+    /// Runs a script and calls `completion` with its reply on the connection's thread; on `NOSCRIPT` it sends
+    /// `SCRIPT LOAD` and `EVALSHA` again in one write, so the script still runs before anything submitted later.
+    /// An error reply is delivered as ``RedisError/Code/serverError``.
+    public func submit(
+        _ script: RedisScript, keys: [String], arguments: [any RedisArgument],
+        completion: @escaping @Sendable (Result<RESPValue, RedisError>) -> Void
+    ) {
+        let endpoint = configuration.endpoint.description
+        let command = RedisCommand("EVALSHA", arguments: [script.sha1, keys.count] + keys + arguments)
+        submit([command]) { [loop] result in
+            switch result {
+            case .failure(let error):
+                completion(.failure(error))
+            case .success(let replies):
+                if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
+                    let retry = [RedisCommand("SCRIPT", "LOAD", script.source), command]
+                    var bytes = retry[0].encoded
+                    bytes.append(contentsOf: retry[1].encoded)
+                    loop.submit(CommandLoop.Request(bytes: bytes, replyCount: 2) { result in
+                        completion(result.flatMap { replies in Result { () throws(RedisError) in try replies[1].get(endpoint: endpoint) } })
+                    })
+                } else {
+                    completion(Result { () throws(RedisError) in try replies[0].get(endpoint: endpoint) })
+                }
             }
-        } catch let error as RedisError {
-            throw error
-        } catch {
-            throw RedisError(code: .connectionFailed, message: "\(error)", endpoint: configuration.endpoint.description)
         }
+    }
+
+    private func exchange(_ bytes: [UInt8], replyCount: Int) async throws(RedisError) -> [RESPValue] {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[RESPValue], RedisError>, Never>) in
+            loop.submit(CommandLoop.Request(bytes: bytes, replyCount: replyCount) { continuation.resume(returning: $0) })
+        }
+        return try result.get()
     }
 }

@@ -1,0 +1,157 @@
+import Foundation
+import Fusebox
+import Hiredis
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// The `distributed` adapter: every instance that names a breaker shares one state, kept in Redis and changed
+/// only by `lua/breaker.lua`, while admission and recording stay in-process.
+///
+/// Start its background work with ``run()`` (it is a swift-service-lifecycle `Service`): a flusher that writes
+/// buffered outcomes every ``DistributedOptions/flushInterval`` (or at once when one may cross a threshold), a
+/// pub/sub subscriber on `NAMESPACE:transitions` that updates every cached state, and a refresher that reads
+/// every state each ``DistributedOptions/refreshInterval`` and after the subscriber reconnects. On cancellation
+/// it writes what is still buffered, then returns. See Docs/architecture.md.
+public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
+    /// The options it runs with.
+    public let options: DistributedOptions
+    public var kind: AdapterKind { .distributed }
+    let core: DistributedCore
+    private let clock: C
+    private let subscriber: RedisSubscriber
+    private let backends = Mutex<[String: DistributedBackend<C>]>([:])
+
+    /// Makes the adapter; nothing is connected until the first breaker is used or ``run()`` starts.
+    /// `clock` measures call durations (the slow-call rule); decisions use Redis time only.
+    public init(options: DistributedOptions, clock: C, logger: Logger) throws(FuseboxError) {
+        let options = try options.validated()
+        self.options = options
+        self.clock = clock
+        var configuration = options.redis
+        if configuration.clientName == nil { configuration.clientName = "fusebox:\(options.instanceID)" }
+        do {
+            let connection = try RedisConnection(configuration: configuration)
+            core = DistributedCore(options: options, connection: connection, logger: logger)
+            subscriber = try RedisSubscriber(configuration: configuration, channels: [core.channel], healthCheckInterval: options.refreshInterval)
+        } catch {
+            throw FuseboxError(code: .backendUnavailable, message: error.message, underlying: error)
+        }
+    }
+
+    public func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend {
+        if options.minimumInstances > 1, case .count = policy.window {
+            throw FuseboxError(
+                code: .invalidPolicy,
+                message: "breaker '\(name)': minimumInstances \(options.minimumInstances) needs a time window; a count window keeps no instances",
+                breakerName: name)
+        }
+        let backend = DistributedBackend(name: name, policy: policy, core: core, clock: clock, logger: logger)
+        backends.withLock { $0[name] = backend }
+        // Learn the shared state now rather than at the first call.
+        backend.refresh()
+        return backend
+    }
+
+    private var allBackends: [DistributedBackend<C>] { backends.withLock { Array($0.values) } }
+
+    /// Writes every buffered outcome and waits until Redis has applied it (or refused it).
+    public func flush() async {
+        await withTaskGroup(of: Void.self) { group in
+            for backend in allBackends where backend.hasPending {
+                group.addTask { await backend.flushAndWait() }
+            }
+        }
+    }
+
+    /// Runs the flusher, the subscriber and the refresher until cancellation or graceful shutdown, then writes
+    /// what is still buffered.
+    public func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.subscriber.run() }
+            group.addTask { await self.listen() }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.options.flushInterval)
+                    self.core.doorbell.ring()
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    await self.core.doorbell.wait()
+                    for backend in self.allBackends where backend.hasPending { backend.flush() }
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.options.refreshInterval)
+                    if Task.isCancelled { break }
+                    for backend in self.allBackends { backend.refresh() }
+                }
+            }
+            await gracefulShutdownOrCancellation()
+            group.cancelAll()
+        }
+        await flush()
+    }
+
+    private func gracefulShutdownOrCancellation() async {
+        let (never, _) = AsyncStream.makeStream(of: Never.self)
+        for await _ in never.cancelOnGracefulShutdown() {}
+    }
+
+    private func listen() async {
+        let decoder = JSONDecoder()
+        for await event in subscriber.events {
+            switch event {
+            case .message(let message):
+                guard let transition = try? decoder.decode(TransitionMessage.self, from: Data(message.payload)) else {
+                    core.logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
+                    continue
+                }
+                backends.withLock { $0[transition.name] }?.apply(transition)
+            case .reconnected:
+                core.logger.info("Redis pub/sub reconnected; refreshing every breaker")
+                for backend in allBackends { backend.refresh() }
+            case .disconnected(let error):
+                core.logger.info("Redis pub/sub disconnected (\(error.code): \(error.message)); reconnecting")
+            case .subscribed:
+                for backend in allBackends { backend.refresh() }
+            }
+        }
+    }
+
+    /// Makes the scripts of this adapter use `milliseconds` as the time instead of Redis `TIME`: for tests only.
+    package func pinClock(atMilliseconds milliseconds: Int64) {
+        core.pinnedTime.store(milliseconds, ordering: .relaxed)
+    }
+
+    /// Moves a pinned clock forward: for tests only.
+    package func shiftClock(by duration: Duration) {
+        core.pinnedTime.add(duration.milliseconds, ordering: .relaxed)
+    }
+}
+
+extension DistributedAdapter where C == ContinuousClock {
+    /// Makes the adapter on the continuous clock.
+    public convenience init(options: DistributedOptions, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
+        try self.init(options: options, clock: ContinuousClock(), logger: logger)
+    }
+}
+
+extension BreakerRegistry {
+    /// Makes a registry with the adapter the configuration names: `local`, or `distributed` on
+    /// ``FuseboxConfiguration/redisURL`` with ``FuseboxConfiguration/namespace``. Start it with `run()`.
+    public static func make(
+        configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws(FuseboxError) -> BreakerRegistry {
+        switch configuration.adapter {
+        case .local:
+            return BreakerRegistry(adapter: LocalAdapter(), logger: logger)
+        case .distributed:
+            var options = try DistributedOptions(url: configuration.redisURL)
+            options.namespace = configuration.namespace
+            return BreakerRegistry(adapter: try DistributedAdapter(options: options, logger: logger), logger: logger)
+        }
+    }
+}

@@ -1,0 +1,528 @@
+import Dispatch
+import Fusebox
+import Hiredis
+import Logging
+import Synchronization
+
+/// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
+final class DistributedCore: Sendable {
+    let options: DistributedOptions
+    let connection: RedisConnection
+    let logger: Logger
+    let doorbell = Doorbell()
+    let channel: String
+    /// 0: scripts read Redis `TIME`. Otherwise the time (ms) scripts use instead: set only by tests
+    /// (``DistributedAdapter/pinClock(atMilliseconds:)``), so that time moves only when they say.
+    let pinnedTime = Atomic<Int64>(0)
+
+    init(options: DistributedOptions, connection: RedisConnection, logger: Logger) {
+        self.options = options
+        self.connection = connection
+        self.logger = logger
+        self.channel = "\(options.namespace):transitions"
+    }
+}
+
+/// One breaker of the `distributed` adapter, as seen by this instance.
+///
+/// The hot path reads and writes ``Cache`` under a `Mutex`, nothing else: admission in the closed and open
+/// states answers from the cached state; outcomes are appended to a buffer that the flusher writes with one
+/// `EVALSHA` per breaker. Only when a break has ended (probe permits are handed out fleet-wide) or the state is
+/// not known yet does admission ask Redis. Every reply and every transition message refreshes the cache;
+/// one with a lower version than the cache's is ignored.
+final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Duration {
+    let name: String
+    let policy: BreakerPolicy
+    private let core: DistributedCore
+    private let clock: C
+    private let epoch: C.Instant
+    private let keys: [String]
+    private let policyArguments: [String]
+    private let instruments: BreakerInstruments
+    private let cache: Mutex<Cache>
+    /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
+    private let sendOrder = Mutex<Void>(())
+    private let isRegistered = Atomic<Bool>(false)
+
+    init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: C, logger: Logger) {
+        self.name = name
+        self.policy = policy
+        self.core = core
+        self.clock = clock
+        self.epoch = clock.now
+        let prefix = "\(core.options.namespace):{\(name)}"
+        self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events"]
+        self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
+        let base: BreakerState = switch policy.mode {
+        case .normal: .closed
+        case .metricsOnly: .metricsOnly
+        case .disabled: .disabled
+        }
+        self.instruments = BreakerInstruments(name: name, initialState: base, logger: logger)
+        self.cache = Mutex(Cache(state: base))
+    }
+
+    private var now: Duration { epoch.duration(to: clock.now) }
+    var stateKey: String { keys[0] }
+
+    // MARK: - Hot path
+
+    func acquire() -> BreakerAdmission {
+        switch decide() {
+        case .decided(let admission): return admission
+        case .askRedis:
+            // Half-open, or the state is not known yet: wait for one bounded round trip. The reply arrives on the
+            // connection's own thread, so this wait never needs Swift's cooperative pool to make progress.
+            let done = DispatchSemaphore(value: 0)
+            let result = Mutex<BreakerAdmission?>(nil)
+            askRedis { admission in
+                result.withLock { $0 = admission }
+                done.signal()
+            }
+            let limit = core.options.redis.connectTimeout + core.options.redis.commandTimeout + .milliseconds(100)
+            _ = done.wait(timeout: .now() + .nanoseconds(Int(limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)))
+            if let admission = result.withLock({ $0 }) { return admission }
+            markUnavailable(RedisError(code: .timeout, message: "no answer to a probe-permit request within \(limit)"))
+            if case .decided(let admission) = decide() { return admission }
+            return .rejected(unavailableRejection("no answer from Redis"))
+        }
+    }
+
+    func admit() async -> BreakerAdmission {
+        switch decide() {
+        case .decided(let admission): return admission
+        case .askRedis:
+            return await withCheckedContinuation { continuation in
+                askRedis { continuation.resume(returning: $0) }
+            }
+        }
+    }
+
+    private enum Decision {
+        case decided(BreakerAdmission)
+        case askRedis
+    }
+
+    private func decide() -> Decision {
+        let now = self.now
+        let options = core.options
+        let (decision, transition) = cache.withLock { cache -> (Decision, BreakerTransition?) in
+            if !cache.health.isHealthy {
+                switch options.whenUnavailable {
+                case .failOpen:
+                    return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
+                case .failClosed:
+                    cache.pending.rejected += 1
+                    return (.decided(.rejected(unavailableRejection(cache.health.description))), nil)
+                case .local:
+                    if cache.fallback == nil { cache.fallback = BreakerStateMachine(name: name, policy: policy, now: now) }
+                    let (admission, transition) = cache.fallback!.acquire(now: now)
+                    switch admission {
+                    case .admitted(let token):
+                        var mapped = token
+                        mapped.version = -2 - token.version
+                        return (.decided(.admitted(mapped)), transition)
+                    case .rejected:
+                        cache.pending.rejected += 1
+                        return (.decided(admission), transition)
+                    }
+                }
+            }
+            guard cache.isKnown else { return (.askRedis, nil) }
+            switch cache.state {
+            case .closed, .metricsOnly:
+                return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
+            case .disabled:
+                return (.decided(.admitted(.unrecorded)), nil)
+            case .open where now < cache.probeAt:
+                cache.pending.rejected += 1
+                return (.decided(.rejected(.rejection(name: name, state: .open, retryAfter: cache.probeAt - now, isolationReason: nil))), nil)
+            case .halfOpen where now < cache.halfOpenDeniedUntil:
+                cache.pending.rejected += 1
+                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfter: nil, isolationReason: nil))), nil)
+            case .isolated:
+                cache.pending.rejected += 1
+                return (.decided(.rejected(.rejection(name: name, state: .isolated, retryAfter: nil, isolationReason: cache.isolationReason))), nil)
+            case .open, .halfOpen:
+                return (.askRedis, nil)
+            }
+        }
+        if let transition { instruments.transitioned(transition) }
+        if case .decided(.rejected(let error)) = decision { instruments.rejected(in: error.state ?? .open) }
+        return decision
+    }
+
+    /// Asks the script for admission (and, when a break has ended, a probe permit).
+    private func askRedis(_ completion: @escaping @Sendable (BreakerAdmission) -> Void) {
+        submitScript("acquire", []) { [self] result in
+            switch result {
+            case .success(let reply):
+                apply(reply, ownCall: true)
+                let now = self.now
+                switch reply.granted {
+                case 1:
+                    let token = reply.state == .disabled
+                        ? PermitToken.unrecorded : PermitToken(version: reply.version, isProbe: false, isRecorded: true, startedAt: now)
+                    completion(.admitted(token))
+                case 2:
+                    completion(.admitted(PermitToken(version: reply.version, isProbe: true, isRecorded: true, startedAt: now)))
+                default:
+                    if reply.state == .halfOpen {
+                        let retry = core.options.halfOpenRetryInterval
+                        cache.withLock { $0.halfOpenDeniedUntil = now + retry }
+                    }
+                    instruments.rejected(in: reply.state)
+                    completion(.rejected(.rejection(
+                        name: name, state: reply.state, retryAfter: reply.timeUntilProbe,
+                        isolationReason: reply.state == .isolated ? reply.isolationReason : nil)))
+                }
+            case .failure(let error):
+                markFailure(error)
+                if case .decided(let admission) = decide() {
+                    completion(admission)
+                } else {
+                    completion(.rejected(unavailableRejection(error.message)))
+                }
+            }
+        }
+    }
+
+    func record(_ outcome: CallOutcome, for token: PermitToken) {
+        guard token.isRecorded else { return }
+        let now = self.now
+        let duration = now - token.startedAt
+        let isSlow = duration > policy.slowCallDuration
+        let options = core.options
+        let (writeNow, mayTrip, transition) = cache.withLock { cache -> (Bool, Bool, BreakerTransition?) in
+            var transition: BreakerTransition?
+            var version = token.version
+            if case .failure(let type) = outcome { cache.rememberName(of: type) }
+            if token.version < 0 {
+                // Admitted by the in-process fallback: it decides; the outcome still counts in the shared totals.
+                if cache.fallback != nil {
+                    var original = token
+                    original.version = -2 - token.version
+                    transition = cache.fallback!.record(outcome, token: original, now: now)
+                }
+                version = -1
+            }
+            let isProbe = cache.pending.append(
+                outcome, slow: isSlow, version: version, probe: token.isProbe && version >= 0, now: now,
+                limit: options.maxBufferedOutcomes)
+            return (isProbe || options.writeThrough, cache.mayTrip(after: outcome, policy: policy), transition)
+        }
+        instruments.recorded(outcome, duration: duration, slowCallDuration: policy.slowCallDuration)
+        if let transition { instruments.transitioned(transition) }
+        if writeNow {
+            // A probe's outcome (and every outcome with writeThrough) is submitted now, without waiting for the
+            // reply: the next admission request is then queued behind it.
+            flush()
+        } else if mayTrip {
+            core.doorbell.ring()
+        }
+    }
+
+    // MARK: - Writing
+
+    /// Takes every buffered outcome and submits it, in order. Call with `sendOrder` held.
+    private func submitPending(onDone: (@Sendable () -> Void)? = nil) {
+        let now = self.now
+        let (batches, rejected) = cache.withLock { $0.pending.take() }
+        guard !batches.isEmpty || rejected > 0 else {
+            onDone?()
+            return
+        }
+        let windowAge: Duration = switch policy.window {
+        case .time(let sampling, _): sampling
+        case .count: .seconds(10)
+        }
+        var remaining = max(1, batches.count)
+        let finish: @Sendable () -> Void = { onDone?() }
+        let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
+        for (index, batch) in parts.enumerated() {
+            let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
+            var extra: [any RedisArgument] = [
+                batch.version, now - batch.firstAt <= windowAge ? "1" : "0",
+                String(decoding: batch.outcomes, as: UTF8.self), batch.ignored, batch.isProbe ? "1" : "0",
+                index == 0 ? rejected : 0,
+            ]
+            for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
+                extra.append(name)
+                extra.append(count)
+            }
+            remaining -= 1
+            let isLast = remaining == 0
+            submitScript("record", extra) { [self] result in
+                switch result {
+                case .success(let reply):
+                    apply(reply, ownCall: true)
+                    cache.withLock { $0.pending.recycle(batch) }
+                case .failure(let error):
+                    markFailure(error)
+                    if error.code != .serverError {
+                        // Not written: keep it for the next flush (bounded by maxBufferedOutcomes).
+                        cache.withLock { $0.pending.restore(batch, rejected: index == 0 ? rejected : 0) }
+                    }
+                }
+                if isLast { finish() }
+            }
+        }
+        registerIfNeeded()
+    }
+
+    /// Writes everything buffered now (without waiting for the replies).
+    func flush() {
+        sendOrder.withLock { _ in submitPending() }
+    }
+
+    /// Writes everything buffered and waits until it has been applied.
+    func flushAndWait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            sendOrder.withLock { _ in submitPending { continuation.resume() } }
+        }
+    }
+
+    /// Whether outcomes are waiting to be written.
+    var hasPending: Bool { cache.withLock { !$0.pending.isEmpty } }
+
+    /// Reads the state again (the periodic refresh, and after the subscriber reconnects).
+    func refresh() {
+        submitScript("read", []) { [self] result in
+            switch result {
+            case .success(let reply): apply(reply, ownCall: false)
+            case .failure(let error): markFailure(error)
+            }
+        }
+        registerIfNeeded()
+    }
+
+    private func registerIfNeeded() {
+        guard !isRegistered.load(ordering: .relaxed) else { return }
+        core.connection.submit([RedisCommand("SADD", "\(core.options.namespace):breakers", name)]) { [self] result in
+            if case .success(let replies) = result, case .integer = replies[0] { isRegistered.store(true, ordering: .relaxed) }
+        }
+    }
+
+    private func submitScript(_ op: String, _ extra: [any RedisArgument], completion: @escaping @Sendable (Result<StateReply, RedisError>) -> Void) {
+        let (attempt, durations) = cache.withLock { cache in
+            (cache.attempt, (1...4).map { policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds })
+        }
+        var arguments: [any RedisArgument] = [
+            op, core.channel, name, core.options.instanceID, Self.clockArgument(core.pinnedTime.load(ordering: .relaxed)),
+        ]
+        arguments += policyArguments as [any RedisArgument]
+        arguments.append(attempt)
+        arguments.append(durations.map { String($0) }.joined(separator: ","))
+        arguments += extra
+        let key = stateKey
+        core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { result in
+            completion(result.flatMap { value in
+                do throws(FuseboxError) {
+                    return .success(try StateReply(value, key: key))
+                } catch {
+                    return .failure(RedisError(code: .unexpectedReply, message: error.message))
+                }
+            })
+        }
+    }
+
+    // MARK: - Cache updates
+
+    private func apply(_ reply: StateReply, ownCall: Bool) {
+        let now = self.now
+        let (transition, recovered) = cache.withLock { $0.apply(reply, now: now) }
+        if recovered {
+            instruments.logger.info("Redis is reachable again; breaker '\(name)' uses the shared state", metadata: ["breaker.state": .string(reply.state.rawValue)])
+        }
+        if let transition { instruments.transitioned(transition, observedRemotely: !(ownCall && reply.transitioned)) }
+    }
+
+    /// Applies a transition message; messages older than the cache are ignored.
+    func apply(_ message: TransitionMessage) {
+        guard let state = BreakerState(rawValue: message.state) else { return }
+        let now = self.now
+        let transition = cache.withLock { cache -> BreakerTransition? in
+            guard !cache.isKnown || message.version > cache.version else { return nil }
+            let change = cache.isKnown
+                ? BreakerTransition(from: cache.state, to: state, reason: message.reason, version: message.version, at: now) : nil
+            cache.isKnown = true
+            cache.state = state
+            cache.version = message.version
+            cache.attempt = message.attempt ?? cache.attempt
+            cache.isolationReason = message.isolation_reason.flatMap { $0.isEmpty ? nil : $0 }
+            cache.probeAt = state == .open ? now + .milliseconds(message.probe_in_ms) : .zero
+            cache.halfOpenDeniedUntil = .zero
+            return change
+        }
+        if let transition { instruments.transitioned(transition, observedRemotely: true) }
+    }
+
+    private func markFailure(_ error: RedisError) {
+        if error.code == .serverError, error.serverErrorPrefix == "CORRUPT" {
+            let corrupt = FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
+            let changed = cache.withLock { $0.setHealth(.corrupt(corrupt.message)) }
+            if changed { instruments.logger.info("\(corrupt.message); falling back to the '\(core.options.whenUnavailable.rawValue)' policy") }
+            return
+        }
+        markUnavailable(error)
+    }
+
+    private func markUnavailable(_ error: RedisError) {
+        let text = error.serverErrorPrefix == "NOPERM"
+            ? "the Redis user may not run what Fusebox needs (\(error.message)); see the ACL line in Docs/operations.md"
+            : "\(error.code): \(error.message)"
+        let changed = cache.withLock { $0.setHealth(.unavailable(text)) }
+        if changed {
+            instruments.logger.info(
+                "Redis is unavailable for breaker '\(name)' (\(text)); falling back to the '\(core.options.whenUnavailable.rawValue)' policy")
+        }
+    }
+
+    private func unavailableRejection(_ reason: String) -> FuseboxError {
+        FuseboxError(
+            code: .backendUnavailable, message: "circuit '\(name)' rejects calls: Redis is unavailable (\(reason)) and the policy is failClosed",
+            breakerName: name)
+    }
+
+    private func storeError(_ error: RedisError) -> FuseboxError {
+        markFailure(error)
+        if error.serverErrorPrefix == "CORRUPT" {
+            return FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
+        }
+        return FuseboxError(code: .backendUnavailable, message: "breaker '\(name)': Redis \(error.code): \(error.message)", breakerName: name, underlying: error)
+    }
+
+    // MARK: - Control and reading
+
+    private func control(_ op: String, _ extra: [any RedisArgument]) async throws(FuseboxError) {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
+            sendOrder.withLock { _ in
+                submitPending()
+                submitScript(op, extra) { continuation.resume(returning: $0) }
+            }
+        }
+        switch result {
+        case .success(let reply): apply(reply, ownCall: true)
+        case .failure(let error): throw storeError(error)
+        }
+    }
+
+    func isolate(reason: String) async throws(FuseboxError) { try await control("isolate", [reason]) }
+    func reset() async throws(FuseboxError) { try await control("reset", []) }
+    func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }
+
+    func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
+        let collected = Mutex<Result<StateReply, RedisError>?>(nil)
+        let totals = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[RESPValue], RedisError>, Never>) in
+            sendOrder.withLock { _ in
+                submitPending()
+                submitScript("read", []) { result in collected.withLock { $0 = result } }
+                core.connection.submit([RedisCommand("HGETALL", keys[2])]) { continuation.resume(returning: $0) }
+            }
+        }
+        let reply: StateReply
+        switch collected.withLock({ $0 }) {
+        case .success(let value)?: reply = value
+        case .failure(let error)?: throw storeError(error)
+        case nil: throw FuseboxError(code: .backendUnavailable, message: "breaker '\(name)': no reply to the state read", breakerName: name)
+        }
+        apply(reply, ownCall: true)
+        let fields: [String: String]
+        do throws(RedisError) {
+            switch totals {
+            case .success(let values): fields = try values[0].decodeDictionary()
+            case .failure(let error): throw error
+            }
+        } catch {
+            throw storeError(error)
+        }
+        var sums = BreakerTotals()
+        var errors: [String: Int] = [:]
+        for (field, value) in fields {
+            guard let count = Int(value) else {
+                throw FuseboxError(code: .corruptState, message: "breaker '\(name)': \(keys[2]) field '\(field)' is '\(value)', not a number", breakerName: name)
+            }
+            switch field {
+            case "calls": sums.calls = count
+            case "successes": sums.successes = count
+            case "failures": sums.failures = count
+            case "ignored": sums.ignored = count
+            case "rejected": sums.rejected = count
+            case "slow": sums.slow = count
+            default: if field.hasPrefix("error:") { errors[String(field.dropFirst(6))] = count }
+            }
+        }
+        return BreakerSnapshot(
+            name: name, state: reply.state, version: reply.version, timeInState: .milliseconds(max(0, reply.now - reply.since)),
+            windowCalls: reply.windowCalls, windowFailures: reply.windowFailures, windowSlowCalls: reply.windowSlow,
+            consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
+            isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
+            probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason)
+    }
+
+    func timeline() async throws(FuseboxError) -> [BreakerTransition] {
+        let entries: RESPValue
+        do {
+            entries = try await core.connection.send("XREVRANGE", keys[3], "+", "-", "COUNT", BreakerStateMachine.timelineCapacity)
+        } catch {
+            throw storeError(error)
+        }
+        var transitions: [BreakerTransition] = []
+        for entry in entries.array ?? [] {
+            guard let parts = entry.array, parts.count == 2, let flat = parts[1].array else { continue }
+            var fields: [String: String] = [:]
+            var index = 0
+            while index + 1 < flat.count {
+                fields[flat[index].string ?? ""] = flat[index + 1].string
+                index += 2
+            }
+            guard let from = fields["from"].flatMap(BreakerState.init(rawValue:)), let to = fields["to"].flatMap(BreakerState.init(rawValue:)),
+                let version = fields["version"].flatMap({ Int($0) }), let at = fields["at"].flatMap({ Int64($0) })
+            else {
+                throw FuseboxError(code: .corruptState, message: "breaker '\(name)': \(keys[3]) has a malformed entry \(fields)", breakerName: name)
+            }
+            transitions.append(BreakerTransition(from: from, to: to, reason: fields["reason"] ?? "", version: version, at: .milliseconds(at)))
+        }
+        return transitions.reversed()
+    }
+
+    func events() -> AsyncStream<BreakerEvent> { instruments.stream() }
+
+    // MARK: - Arguments
+
+    private static func clockArgument(_ pinned: Int64) -> String { pinned == 0 ? "" : String(pinned) }
+
+    private static func policyArguments(_ policy: BreakerPolicy, minimumInstances: Int) -> [String] {
+        let (kind, size, width): (String, Int, Int64) = switch policy.window {
+        case .time(let sampling, let buckets): ("time", buckets, max(1, (sampling / buckets).milliseconds))
+        case .count(let size): ("count", size, 1)
+        }
+        return [
+            policy.failureRateThreshold.map { "\($0)" } ?? "",
+            policy.consecutiveFailureThreshold.map { "\($0)" } ?? "",
+            policy.slowCallRateThreshold.map { "\($0)" } ?? "",
+            String(policy.minimumThroughput), kind, String(size), String(width),
+            String(policy.permittedCallsInHalfOpen), String(policy.successThreshold),
+            String(policy.maxHalfOpenDuration.milliseconds), policy.mode.rawValue, String(minimumInstances),
+            policyJSON(policy),
+        ]
+    }
+
+    /// The policy as JSON, for operators reading the `policy` field with redis-cli.
+    static func policyJSON(_ policy: BreakerPolicy) -> String {
+        func ms(_ duration: Duration) -> String { String(duration.milliseconds) }
+        func optional<T>(_ value: T?) -> String { value.map { "\($0)" } ?? "null" }
+        let window: String = switch policy.window {
+        case .time(let sampling, let buckets): #"{"kind":"time","samplingMs":\#(ms(sampling)),"buckets":\#(buckets)}"#
+        case .count(let size): #"{"kind":"count","size":\#(size)}"#
+        }
+        let breakDuration: String = switch policy.breakDuration {
+        case .fixed(let d): #"{"kind":"fixed","ms":\#(ms(d))}"#
+        case .exponential(let base, let factor, let maximum): #"{"kind":"exponential","baseMs":\#(ms(base)),"factor":\#(factor),"maximumMs":\#(ms(maximum))}"#
+        case .linear(let base, let increment, let maximum): #"{"kind":"linear","baseMs":\#(ms(base)),"incrementMs":\#(ms(increment)),"maximumMs":\#(ms(maximum))}"#
+        case .adaptive: #"{"kind":"adaptive"}"#
+        case .custom(let id, _): #"{"kind":"custom","id":"\#(id.filter { $0 != "\"" && $0 != "\\" })"}"#
+        }
+        return #"{"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
+    }
+}

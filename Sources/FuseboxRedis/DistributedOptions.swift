@@ -1,0 +1,82 @@
+import Fusebox
+import Hiredis
+
+/// How the `distributed` adapter talks to Redis and behaves when Redis is not well.
+public struct DistributedOptions: Sendable {
+    /// What to do while Redis cannot be reached (or a breaker's keys are corrupt).
+    public enum UnavailablePolicy: String, Sendable, Hashable, CaseIterable {
+        /// Keep protecting this instance with an in-process breaker of the same policy until Redis is back.
+        case local
+        /// Admit every call.
+        case failOpen
+        /// Reject every call (with code ``FuseboxError/Code/backendUnavailable``).
+        case failClosed
+    }
+
+    /// Where Redis is; its timeouts bound every wait of the adapter.
+    public var redis: RedisConfiguration
+    /// The key prefix: keys are `NAMESPACE:{NAME}:state`, …, the set `NAMESPACE:breakers` and the channel
+    /// `NAMESPACE:transitions`.
+    public var namespace = "fusebox"
+    /// How often buffered outcomes are written. Default 10 ms.
+    public var flushInterval: Duration = .milliseconds(10)
+    /// Write every outcome as soon as it is recorded (still without waiting for the reply).
+    public var writeThrough = false
+    /// How often every cached state is read again, covering lost messages. Default 1 s.
+    public var refreshInterval: Duration = .seconds(1)
+    /// What to do while Redis is unreachable. Default ``UnavailablePolicy/local``.
+    public var whenUnavailable: UnavailablePolicy = .local
+    /// Trip only when failures in the window come from at least this many distinct instances (time windows
+    /// only). Default 1: any instance's failures count.
+    public var minimumInstances = 1
+    /// This instance's name in the events stream and the quorum; default `HOST-PID-RANDOM`.
+    public var instanceID: String
+    /// Outcomes kept per breaker while they cannot be written; beyond this they are counted as dropped.
+    public var maxBufferedOutcomes = 65_536
+    /// After Redis denies a probe permit, this instance rejects locally for this long before asking again.
+    public var halfOpenRetryInterval: Duration = .milliseconds(20)
+
+    /// Options for Redis at `redis`.
+    public init(redis: RedisConfiguration) {
+        self.redis = redis
+        self.instanceID = Self.defaultInstanceID()
+    }
+
+    /// Options for Redis at `url`; a bad URL throws ``FuseboxError/Code/invalidConfiguration``.
+    public init(url: String) throws(FuseboxError) {
+        do {
+            self.init(redis: try RedisConfiguration(url: url))
+        } catch {
+            throw FuseboxError(code: .invalidConfiguration, message: error.message, underlying: error)
+        }
+    }
+
+    /// Checks the options; throws ``FuseboxError/Code/invalidConfiguration`` naming the bad one.
+    public func validated() throws(FuseboxError) -> DistributedOptions {
+        func fail(_ text: String) -> FuseboxError { FuseboxError(code: .invalidConfiguration, message: text) }
+        guard !namespace.isEmpty, !namespace.contains(where: { $0 == "{" || $0 == "}" || $0.isWhitespace }) else {
+            throw fail("namespace '\(namespace)' must be non-empty, without spaces, '{' or '}'")
+        }
+        guard flushInterval > .zero else { throw fail("flushInterval must be > 0") }
+        guard refreshInterval > .zero else { throw fail("refreshInterval must be > 0") }
+        guard (1...1000).contains(minimumInstances) else { throw fail("minimumInstances is \(minimumInstances); allowed: 1…1,000") }
+        guard maxBufferedOutcomes >= 1 else { throw fail("maxBufferedOutcomes must be ≥ 1") }
+        guard !instanceID.isEmpty, !instanceID.contains(where: { $0.isWhitespace }) else {
+            throw fail("instanceID '\(instanceID)' must be non-empty, without spaces")
+        }
+        return self
+    }
+
+    private static func defaultInstanceID() -> String {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let name = String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return "\(name.isEmpty ? "host" : name)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,114 @@
+import Fusebox
+import Hiredis
+
+/// The reply of `lua/breaker.lua`, converted once.
+struct StateReply: Sendable {
+    var state: BreakerState
+    var version: Int
+    var since: Int64
+    var openUntil: Int64
+    /// Redis time (ms, with the test skew) when the script ran.
+    var now: Int64
+    var attempt: Int
+    var reason: String
+    var isolationReason: String?
+    var consecutiveFailures: Int
+    var probes: Int
+    var probeSuccesses: Int
+    /// For `acquire`: 0 denied, 1 admitted, 2 admitted as a probe.
+    var granted: Int
+    var windowCalls: Int
+    var windowFailures: Int
+    var windowSlow: Int
+    /// This script call made a transition.
+    var transitioned: Bool
+
+    init(_ value: RESPValue, key: String) throws(FuseboxError) {
+        guard let parts = value.array, parts.count >= 16 else {
+            throw FuseboxError(code: .corruptState, message: "unexpected reply from the breaker script for \(key): \(value)")
+        }
+        func int(_ index: Int) throws(FuseboxError) -> Int {
+            guard let number = parts[index].int else {
+                throw FuseboxError(code: .corruptState, message: "unexpected element \(index) in the breaker script's reply for \(key): \(parts[index])")
+            }
+            return number
+        }
+        guard let text = parts[0].string, let state = BreakerState(rawValue: text) else {
+            throw FuseboxError(code: .corruptState, message: "\(key) has state '\(parts[0].string ?? "?")'")
+        }
+        self.state = state
+        version = try int(1)
+        since = Int64(try int(2))
+        openUntil = Int64(try int(3))
+        now = Int64(try int(4))
+        attempt = try int(5)
+        reason = parts[6].string ?? ""
+        let isolation = parts[7].string ?? ""
+        isolationReason = isolation.isEmpty ? nil : isolation
+        consecutiveFailures = try int(8)
+        probes = try int(9)
+        probeSuccesses = try int(10)
+        granted = try int(11)
+        windowCalls = try int(12)
+        windowFailures = try int(13)
+        windowSlow = try int(14)
+        transitioned = try int(15) == 1
+    }
+
+    /// Time until probes may start, for an open breaker.
+    var timeUntilProbe: Duration? { state == .open ? .milliseconds(max(0, openUntil - now)) : nil }
+}
+
+/// A transition message on `NAMESPACE:transitions`.
+struct TransitionMessage: Decodable, Sendable {
+    var name: String
+    var version: Int
+    var state: String
+    var probe_in_ms: Int64
+    var reason: String
+    var isolation_reason: String?
+    var attempt: Int?
+}
+
+/// Wakes the flusher: the ticker rings it every flush interval, and the hot path when an outcome may cross a
+/// threshold. Ringing with nobody waiting leaves it rung, so no ring is lost.
+final class Doorbell: Sendable {
+    private struct State: Sendable {
+        var rung = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func ring() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.rung = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state in
+                    if state.rung {
+                        state.rung = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            ring()
+        }
+    }
+}
+
+import Synchronization
