@@ -34,7 +34,8 @@ enum BreakerScript {
     --
     -- Reply: { state, version, since, open_until, now, attempt, reason, isolation_reason, consecutive_failures,
     --          probes, probe_successes, granted (acquire: 0 denied, 1 admitted, 2 admitted as probe),
-    --          window calls, window failures, window slow, 1 if this call made a transition }
+    --          window calls, window failures, window slow, 1 if this call made a transition,
+    --          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart) }
 
     local op = ARGV[1]
     local now = tonumber(ARGV[5])
@@ -70,15 +71,14 @@ enum BreakerScript {
 
     -- Load and validate the state hash.
     local valid_states = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
-    local numeric_fields = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes' }
+    local numeric_fields = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
     local st = {}
     local raw = redis.call('HGETALL', KEYS[1])
     for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
     local corrupt = nil
     if #raw == 0 then
       st = { state = base_state, version = 0, since = now, open_until = 0, attempt = 0, reason = 'created',
-             isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0 }
-      redis.call('HSET', KEYS[1], 'created', now)
+             isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now }
     else
       if not valid_states[st.state or ''] then corrupt = "field 'state' is '" .. tostring(st.state) .. "'" end
       for _, field in ipairs(numeric_fields) do
@@ -95,7 +95,7 @@ enum BreakerScript {
       end
       -- A repairing reset starts versions at the current time, so every instance takes it as newer than its cache.
       st = { state = base_state, version = now, since = now, open_until = 0, attempt = 0, reason = 'repaired',
-             isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0 }
+             isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now }
       redis.call('DEL', KEYS[2])
     end
 
@@ -209,7 +209,8 @@ enum BreakerScript {
       local probe_in = 0
       if to == 'open' then probe_in = st.open_until - now end
       redis.call('PUBLISH', ARGV[2], cjson.encode({ name = ARGV[3], version = st.version, state = to,
-        probe_in_ms = probe_in, reason = reason, isolation_reason = st.isolation_reason, attempt = st.attempt }))
+        probe_in_ms = probe_in, reason = reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
+        created = st.created }))
       transitioned = true
     end
 
@@ -373,11 +374,11 @@ enum BreakerScript {
     redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version, 'since', st.since, 'open_until', st.open_until,
       'attempt', st.attempt, 'reason', st.reason, 'isolation_reason', st.isolation_reason,
       'consecutive_failures', st.consecutive_failures, 'probes', st.probes, 'probe_successes', st.probe_successes,
-      'policy', ARGV[18], 'updated', now)
+      'policy', ARGV[18], 'updated', now, 'created', st.created)
 
     return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
              st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
-             transitioned and 1 or 0 }
+             transitioned and 1 or 0, st.created }
 
     """#
 }

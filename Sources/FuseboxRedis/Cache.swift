@@ -24,6 +24,8 @@ struct Cache: Sendable {
     var isKnown = false
     var state: BreakerState
     var version = 0
+    /// The incarnation of the state hash the cache reflects; a different one is newer whatever its version.
+    var created: Int64 = 0
     /// While open: when (on this instance's clock) the break ends.
     var probeAt: Duration = .zero
     /// After Redis denied a probe permit: reject locally until then.
@@ -49,13 +51,15 @@ struct Cache: Sendable {
             health = .healthy
             fallback = nil
         }
-        guard !isKnown || reply.version >= version else { return (nil, recovered) }
-        let transition = isKnown && reply.version > version
+        let isNewIncarnation = reply.created != created
+        guard !isKnown || isNewIncarnation || reply.version >= version else { return (nil, recovered) }
+        let transition = isKnown && (reply.version > version || (isNewIncarnation && reply.state != state))
             ? BreakerTransition(from: state, to: reply.state, reason: reply.reason, version: reply.version, at: .milliseconds(reply.since))
             : nil
         isKnown = true
         state = reply.state
         version = reply.version
+        created = reply.created
         attempt = reply.attempt
         isolationReason = reply.isolationReason
         probeAt = reply.state == .open ? now + .milliseconds(max(0, reply.openUntil - reply.now)) : .zero

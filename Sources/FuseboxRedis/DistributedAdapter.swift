@@ -58,7 +58,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     /// Writes every buffered outcome and waits until Redis has applied it (or refused it).
     public func flush() async {
         await withTaskGroup(of: Void.self) { group in
-            for backend in allBackends where backend.hasPending {
+            for backend in allBackends {
                 group.addTask { await backend.flushAndWait() }
             }
         }

@@ -43,6 +43,8 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
     /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
     private let sendOrder = Mutex<Void>(())
     private let isRegistered = Atomic<Bool>(false)
+    /// Script calls submitted and not yet answered, and who waits for them all to be answered.
+    private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
 
     init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: C, logger: Logger) {
         self.name = name
@@ -275,10 +277,17 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         sendOrder.withLock { _ in submitPending() }
     }
 
-    /// Writes everything buffered and waits until it has been applied.
+    /// Writes everything buffered and waits until every script call of this breaker submitted so far, including
+    /// the background flusher's, has been answered.
     func flushAndWait() async {
+        flush()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            sendOrder.withLock { _ in submitPending { continuation.resume() } }
+            let isIdle = inFlight.withLock { state in
+                if state.count == 0 { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if isIdle { continuation.resume() }
         }
     }
 
@@ -315,7 +324,17 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         arguments.append(durations.map { String($0) }.joined(separator: ","))
         arguments += extra
         let key = stateKey
-        core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { result in
+        inFlight.withLock { $0.count += 1 }
+        core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { [self] result in
+            defer {
+                let waiters = inFlight.withLock { state -> [CheckedContinuation<Void, Never>] in
+                    state.count -= 1
+                    guard state.count == 0 else { return [] }
+                    defer { state.waiters.removeAll() }
+                    return state.waiters
+                }
+                for waiter in waiters { waiter.resume() }
+            }
             completion(result.flatMap { value in
                 do throws(FuseboxError) {
                     return .success(try StateReply(value, key: key))
@@ -342,12 +361,14 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         guard let state = BreakerState(rawValue: message.state) else { return }
         let now = self.now
         let transition = cache.withLock { cache -> BreakerTransition? in
-            guard !cache.isKnown || message.version > cache.version else { return nil }
+            let isNewIncarnation = message.created.map { $0 != cache.created } ?? false
+            guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return nil }
             let change = cache.isKnown
                 ? BreakerTransition(from: cache.state, to: state, reason: message.reason, version: message.version, at: now) : nil
             cache.isKnown = true
             cache.state = state
             cache.version = message.version
+            cache.created = message.created ?? cache.created
             cache.attempt = message.attempt ?? cache.attempt
             cache.isolationReason = message.isolation_reason.flatMap { $0.isEmpty ? nil : $0 }
             cache.probeAt = state == .open ? now + .milliseconds(message.probe_in_ms) : .zero

@@ -22,9 +22,11 @@ struct StateReply: Sendable {
     var windowSlow: Int
     /// This script call made a transition.
     var transitioned: Bool
+    /// The state hash's incarnation (Redis time it was made): a new one after a restart or a repairing reset.
+    var created: Int64
 
     init(_ value: RESPValue, key: String) throws(FuseboxError) {
-        guard let parts = value.array, parts.count >= 16 else {
+        guard let parts = value.array, parts.count >= 17 else {
             throw FuseboxError(code: .corruptState, message: "unexpected reply from the breaker script for \(key): \(value)")
         }
         func int(_ index: Int) throws(FuseboxError) -> Int {
@@ -53,6 +55,7 @@ struct StateReply: Sendable {
         windowFailures = try int(13)
         windowSlow = try int(14)
         transitioned = try int(15) == 1
+        created = Int64(try int(16))
     }
 
     /// Time until probes may start, for an open breaker.
@@ -68,6 +71,7 @@ struct TransitionMessage: Decodable, Sendable {
     var reason: String
     var isolation_reason: String?
     var attempt: Int?
+    var created: Int64?
 }
 
 /// Wakes the flusher: the ticker rings it every flush interval, and the hot path when an outcome may cross a

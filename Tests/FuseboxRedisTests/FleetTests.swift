@@ -1,0 +1,260 @@
+import Fusebox
+import FuseboxTestKit
+import Hiredis
+import Logging
+import Synchronization
+import Testing
+
+@testable import FuseboxRedis
+
+/// One instance of a service: its own adapter, connections and registry, with its background work running.
+final class Instance: Sendable {
+    let adapter: DistributedAdapter<ContinuousClock>
+    let registry: BreakerRegistry
+    private let runner: Task<Void, Never>
+
+    init(_ options: DistributedOptions, logger: Logger = Logger(label: "test")) throws {
+        adapter = try DistributedAdapter(options: options, logger: logger)
+        registry = BreakerRegistry(adapter: adapter, logger: logger)
+        let registry = self.registry
+        runner = Task { try? await registry.run() }
+    }
+
+    func stop() async {
+        runner.cancel()
+        await runner.value
+    }
+
+    static func fleet(_ count: Int, _ options: DistributedOptions) throws -> [Instance] {
+        try (0..<count).map { index in
+            var options = options
+            options.instanceID = "instance-\(index)"
+            return try Instance(options)
+        }
+    }
+}
+
+func tripsOnFirstFailure(_ edit: (inout BreakerPolicy) -> Void = { _ in }) -> BreakerPolicy {
+    var policy = BreakerPolicy()
+    policy.failureRateThreshold = nil
+    policy.consecutiveFailureThreshold = 1
+    edit(&policy)
+    return policy
+}
+
+func isRejected(_ breaker: CircuitBreaker) async -> Bool {
+    do {
+        let permit = try await breaker.acquireAsync()
+        permit.ignore()
+        return false
+    } catch {
+        return true
+    }
+}
+
+@Suite("Several instances share one breaker", .timeLimit(.minutes(2)))
+struct FleetTests {
+    @Test("a trip in one instance is seen by another within milliseconds")
+    func tripPropagates() async throws {
+        let server = try await SharedServer.get()
+        let fleet = try Instance.fleet(2, testOptions(server))
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let a = try fleet[0].registry.breaker("payments", policy: tripsOnFirstFailure())
+        let b = try fleet[1].registry.breaker("payments", policy: tripsOnFirstFailure())
+        #expect(await !isRejected(b))
+        let started = ContinuousClock.now
+        try await a.acquireAsync().failure(Boom())
+        #expect(await eventually(within: .seconds(2)) { await isRejected(b) })
+        #expect(ContinuousClock.now - started < .seconds(1))
+        let snapshot = try await b.snapshot()
+        #expect(snapshot.state == .open)
+        #expect(snapshot.errorCounts == ["Boom": 1])
+    }
+
+    @Test("failures spread over instances trip the breaker while others succeed: a ratio, not a streak")
+    func ratioAcrossInstances() async throws {
+        let server = try await SharedServer.get()
+        let fleet = try Instance.fleet(4, testOptions(server))
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        var policy = BreakerPolicy()
+        policy.minimumThroughput = 40
+        let breakers = try fleet.map { try $0.registry.breaker("inventory", policy: policy) }
+        // Interleave: instances 0 and 1 fail, 2 and 3 succeed, in rounds, so a success always follows a failure.
+        for _ in 0..<10 {
+            for (index, breaker) in breakers.enumerated() {
+                let permit = try await breaker.acquireAsync()
+                if index < 2 { permit.failure(Boom()) } else { permit.success() }
+            }
+            await fleet[0].adapter.flush()
+            await fleet[2].adapter.flush()
+        }
+        for instance in fleet { await instance.adapter.flush() }
+        let snapshot = try await breakers[3].snapshot()
+        #expect(snapshot.state == .open, "\(snapshot)")
+        #expect(snapshot.totals.calls == 40)
+        for breaker in breakers { #expect(await eventually { await isRejected(breaker) }) }
+    }
+
+    @Test("exactly permittedCalls probes are admitted with 8 instances × 16 tasks racing")
+    func probesAcrossTheFleet() async throws {
+        let server = try await SharedServer.get()
+        let fleet = try Instance.fleet(8, testOptions(server))
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let policy = tripsOnFirstFailure {
+            $0.permittedCallsInHalfOpen = 3
+            $0.breakDuration = .fixed(.milliseconds(300))
+        }
+        let breakers = try fleet.map { try $0.registry.breaker("search", policy: policy) }
+        try await breakers[0].acquireAsync().failure(Boom())
+        for breaker in breakers { #expect(await eventually { await isRejected(breaker) }) }
+        try await Task.sleep(for: .milliseconds(350))
+
+        let tokens = await withTaskGroup(of: PermitToken?.self) { group in
+            for breaker in breakers {
+                for _ in 0..<16 {
+                    group.addTask {
+                        // Hold the permit: the outcome is never reported during the race.
+                        if case .admitted(let token) = await breaker.backend.admit() { return token }
+                        return nil
+                    }
+                }
+            }
+            return await group.compactMap { $0 }.reduce(into: [PermitToken]()) { $0.append($1) }
+        }
+        #expect(tokens.count == 3)
+        #expect(tokens.filter { !$0.isProbe }.isEmpty)
+        let snapshot = try await breakers[5].snapshot()
+        #expect(snapshot.state == .halfOpen)
+        #expect(snapshot.probesInFlight == 3)
+        #expect(snapshot.totals.rejected >= 125)
+    }
+
+    @Test("4 instances × 10,000 outcomes give exact totals")
+    func exactTotals() async throws {
+        let server = try await SharedServer.get()
+        let fleet = try Instance.fleet(4, testOptions(server))
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = 1
+        policy.minimumThroughput = 1_000_000
+        let breakers = try fleet.map { try $0.registry.breaker("ledger", policy: policy) }
+        await withTaskGroup(of: Void.self) { group in
+            for breaker in breakers {
+                group.addTask {
+                    for call in 0..<10_000 {
+                        guard let permit = breaker.tryAcquire() else { continue }
+                        switch call % 4 {
+                        case 0: permit.failure(Boom())
+                        case 1: permit.ignore()
+                        default: permit.success()
+                        }
+                    }
+                }
+            }
+        }
+        for instance in fleet { await instance.adapter.flush() }
+        let totals = try await breakers[0].snapshot().totals
+        #expect(totals.calls == 40_000)
+        #expect(totals.failures == 10_000)
+        #expect(totals.ignored == 10_000)
+        #expect(totals.successes == 20_000)
+        #expect(totals.rejected == 0)
+    }
+
+    @Test("a stale message never overwrites a newer state; a newer one is applied")
+    func staleMessages() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let fleet = try Instance.fleet(1, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let breaker = try fleet[0].registry.breaker("stale")
+        try await breaker.isolate(reason: "maintenance")
+        try await breaker.reset()
+        let version = try await breaker.snapshot().version
+        #expect(version == 2)
+        let publisher = try RedisConnection(configuration: server.configuration())
+        let stale = #"{"name":"stale","version":1,"state":"isolated","probe_in_ms":0,"reason":"isolated: old","isolation_reason":"old"}"#
+        _ = try await publisher.send("PUBLISH", "\(options.namespace):transitions", stale)
+        try await Task.sleep(for: .milliseconds(150))
+        #expect(await !isRejected(breaker))
+
+        let snapshot = try await breaker.snapshot()
+        let newer = #"{"name":"stale","version":\#(version + 5),"state":"isolated","probe_in_ms":0,"reason":"isolated: new","isolation_reason":"new","created":\#(try await createdOf(breaker, publisher, options))}"#
+        _ = snapshot
+        _ = try await publisher.send("PUBLISH", "\(options.namespace):transitions", newer)
+        #expect(await eventually { await isRejected(breaker) })
+    }
+
+    private func createdOf(_ breaker: CircuitBreaker, _ redis: RedisConnection, _ options: DistributedOptions) async throws -> Int {
+        try await redis.send("HGET", "\(options.namespace):{\(breaker.name)}:state", "created").decodeInt()
+    }
+
+    @Test("quorum: failures from one instance do not trip; from two they do")
+    func quorum() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.minimumInstances = 2
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        var policy = BreakerPolicy()
+        policy.minimumThroughput = 4
+        let a = try fleet[0].registry.breaker("quorum", policy: policy)
+        let b = try fleet[1].registry.breaker("quorum", policy: policy)
+        for _ in 0..<20 { try await a.acquireAsync().failure(Boom()) }
+        await fleet[0].adapter.flush()
+        var snapshot = try await a.snapshot()
+        #expect(snapshot.state == .closed)
+        #expect(snapshot.windowFailures == 20)
+        try await b.acquireAsync().failure(Boom())
+        await fleet[1].adapter.flush()
+        snapshot = try await a.snapshot()
+        #expect(snapshot.state == .open)
+        #expect(snapshot.lastReason.hasPrefix("failure ratio 1.00"))
+
+        var countPolicy = BreakerPolicy()
+        countPolicy.window = .count(10)
+        #expect {
+            try fleet[0].registry.breaker("quorum-count", policy: countPolicy)
+        } throws: { ($0 as? FuseboxError)?.code == .invalidPolicy }
+    }
+
+    @Test("two namespaces on one server never see each other's breakers")
+    func namespaces() async throws {
+        let server = try await SharedServer.get()
+        let first = try Instance(testOptions(server, namespace: uniqueNamespace("a")))
+        let second = try Instance(testOptions(server, namespace: uniqueNamespace("b")))
+        defer { Task { await first.stop(); await second.stop() } }
+        let one = try first.registry.breaker("shared-name")
+        let two = try second.registry.breaker("shared-name")
+        try await one.isolate(reason: "only here")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(await isRejected(one))
+        #expect(await !isRejected(two))
+        #expect(try await two.snapshot().state == .closed)
+    }
+
+    @Test("the keys are readable with redis-cli and documented fields are there")
+    func keyLayout() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("layout", policy: tripsOnFirstFailure())
+        try await breaker.acquireAsync().failure(Boom())
+        await instance.adapter.flush()
+        _ = try await breaker.snapshot()
+        let redis = try RedisConnection(configuration: server.configuration())
+        let ns = options.namespace
+        let state = try await redis.send("HGETALL", "\(ns):{layout}:state").decodeDictionary()
+        for field in ["state", "version", "since", "open_until", "attempt", "reason", "consecutive_failures", "probes", "probe_successes", "policy"] {
+            #expect(state[field] != nil, "missing field \(field)")
+        }
+        #expect(state["state"] == "open")
+        #expect(state["policy"]?.contains(#""consecutiveFailureThreshold":1"#) == true)
+        let totals = try await redis.send("HGETALL", "\(ns):{layout}:totals").decodeDictionary()
+        #expect(totals["failures"] == "1" && totals["error:Boom"] == "1")
+        #expect(try await redis.send("XLEN", "\(ns):{layout}:events").decodeInt() == 1)
+        #expect(try await redis.send("SISMEMBER", "\(ns):breakers", "layout").decodeInt() == 1)
+        #expect(try await redis.send("TYPE", "\(ns):{layout}:window") != .status("string"))
+    }
+}
