@@ -5,6 +5,8 @@
 --
 -- KEYS[1] NS:{NAME}:state   hash    KEYS[2] NS:{NAME}:window  hash
 -- KEYS[3] NS:{NAME}:totals  hash    KEYS[4] NS:{NAME}:events  stream
+-- KEYS[5] NS:{NAME}:batches sorted set of outcome batches already applied (ids, scored by time), so a batch
+--         sent again after a timeout is applied once
 --
 -- ARGV[1]  op: acquire | record | isolate | reset | half_open | read
 -- ARGV[2]  channel for transition messages        ARGV[3]  breaker name
@@ -17,16 +19,19 @@
 -- ARGV[16] mode: normal | metrics_only | disabled ARGV[17] minimum distinct failing instances
 -- ARGV[18] the policy as JSON (stored for operators)
 -- ARGV[19] base attempt b                         ARGV[20] break durations in ms for attempts b+1.. (comma-separated)
--- op record:  ARGV[21] version the outcomes were admitted under, ARGV[22] 1 if they may enter the window,
---             ARGV[23] outcomes in order: s success, S slow success, f failure, F slow failure,
---             ARGV[24] ignored count, ARGV[25] 1 if these are half-open probe outcomes,
---             ARGV[26] calls rejected by the instance's cache, ARGV[27..] error type name, count, name, count, ...
+-- op record:  ARGV[21] version and ARGV[22] incarnation ('created') the outcomes were admitted under,
+--             ARGV[23] 1 if they are recent enough to enter the window,
+--             ARGV[24] outcomes in order: s success, S slow success, f failure, F slow failure,
+--             ARGV[25] ignored count, ARGV[26] 1 if these are half-open probe outcomes,
+--             ARGV[27] calls rejected by the instance's cache, ARGV[28] batch id ('' = none),
+--             ARGV[29..] error type name, count, name, count, ...
 -- op isolate: ARGV[21] reason
 --
 -- Reply: { state, version, since, open_until, now, attempt, reason, isolation_reason, consecutive_failures,
 --          probes, probe_successes, granted (acquire: 0 denied, 1 admitted, 2 admitted as probe),
 --          window calls, window failures, window slow, 1 if this call made a transition,
---          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart) }
+--          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart),
+--          and for op read: the totals hash as a flat field/value array }
 
 local op = ARGV[1]
 local now = tonumber(ARGV[5])
@@ -36,8 +41,8 @@ if now == nil then
 end
 
 -- Keys edited by hand must give a clear error, never a crash or a silent misreading.
-local expected_types = { 'hash', 'hash', 'hash', 'stream' }
-for i = 1, 4 do
+local expected_types = { 'hash', 'hash', 'hash', 'stream', 'zset' }
+for i = 1, 5 do
   local kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and kind ~= expected_types[i] then
     if op == 'reset' then
@@ -238,10 +243,21 @@ if op == 'acquire' then
   end
 elseif op == 'record' then
   local version = tonumber(ARGV[21])
-  local window_ok = ARGV[22] == '1'
-  local outcomes = ARGV[23]
-  local ignored = tonumber(ARGV[24])
-  local probes = ARGV[25] == '1'
+  local same_state = version == st.version and tonumber(ARGV[22]) == st.created
+  local window_ok = ARGV[23] == '1'
+  local outcomes = ARGV[24]
+  local ignored = tonumber(ARGV[25])
+  local probes = ARGV[26] == '1'
+  local duplicate = false
+  if ARGV[28] ~= '' then
+    duplicate = redis.call('ZADD', KEYS[5], 'NX', now, ARGV[28]) == 0
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 600000)
+  end
+  if duplicate then
+    outcomes = ''
+    ignored = 0
+    same_state = false
+  end
   local successes, failures, slow = 0, 0, 0
   for i = 1, #outcomes do
     local c = string.sub(outcomes, i, i)
@@ -255,19 +271,21 @@ elseif op == 'record' then
     if slow > 0 then redis.call('HINCRBY', KEYS[3], 'slow', slow) end
     if ignored > 0 then redis.call('HINCRBY', KEYS[3], 'ignored', ignored) end
   end
-  local rejected = tonumber(ARGV[26])
-  if rejected > 0 then redis.call('HINCRBY', KEYS[3], 'rejected', rejected) end
-  for i = 27, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], 'error:' .. ARGV[i], tonumber(ARGV[i + 1])) end
+  if not duplicate then
+    local rejected = tonumber(ARGV[27])
+    if rejected > 0 then redis.call('HINCRBY', KEYS[3], 'rejected', rejected) end
+    for i = 29, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], 'error:' .. ARGV[i], tonumber(ARGV[i + 1])) end
+  end
 
   if probes then
-    if version == st.version and st.state == 'half_open' then
+    if same_state and st.state == 'half_open' then
       st.probes = math.max(0, st.probes - ignored)
       for i = 1, #outcomes do
         if st.state ~= 'half_open' then break end
         local c = string.sub(outcomes, i, i)
         st.probes = math.max(0, st.probes - 1)
         if c == 'f' or c == 'F' then
-          trip('probe failed (' .. (ARGV[27] or 'Error') .. ')')
+          trip('probe failed (' .. (ARGV[29] or 'Error') .. ')')
         else
           st.probe_successes = st.probe_successes + 1
           if st.probe_successes >= policy.successes then
@@ -279,7 +297,7 @@ elseif op == 'record' then
         end
       end
     end
-  elseif version == st.version and window_ok and (st.state == 'closed' or st.state == 'metrics_only') and #outcomes > 0 then
+  elseif same_state and window_ok and (st.state == 'closed' or st.state == 'metrics_only') and #outcomes > 0 then
     load_window()
     local added = { c = 0, f = 0, s = 0 }
     local count_next, count_filled
@@ -367,6 +385,8 @@ redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version, 'since', s
   'consecutive_failures', st.consecutive_failures, 'probes', st.probes, 'probe_successes', st.probe_successes,
   'policy', ARGV[18], 'updated', now, 'created', st.created)
 
+local totals = {}
+if op == 'read' then totals = redis.call('HGETALL', KEYS[3]) end
 return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
          st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
-         transitioned and 1 or 0, st.created }
+         transitioned and 1 or 0, st.created, totals }

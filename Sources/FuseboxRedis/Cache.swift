@@ -108,7 +108,11 @@ struct Cache: Sendable {
 struct PendingOutcomes: Sendable {
     struct Batch: Sendable {
         var version: Int
+        /// The incarnation of the state the outcomes were admitted under (see ``Cache/created``).
+        var created: Int64 = 0
         var isProbe: Bool
+        /// Set when first sent; a batch sent again after a timeout keeps it, so Redis applies it once.
+        var id: String?
         /// In order: `s` success, `S` slow success, `f` failure, `F` slow failure.
         var outcomes: [UInt8] = []
         var ignored = 0
@@ -120,6 +124,7 @@ struct PendingOutcomes: Sendable {
         var isEmpty: Bool { outcomes.isEmpty && ignored == 0 }
 
         mutating func clear() {
+            id = nil
             outcomes.removeAll(keepingCapacity: true)
             errors.removeAll(keepingCapacity: true)
             ignored = 0
@@ -138,22 +143,28 @@ struct PendingOutcomes: Sendable {
     var isEmpty: Bool { current.isEmpty && others.isEmpty && rejected == 0 }
 
     /// Adds an outcome; returns `true` when it should be written at once (a probe's outcome).
-    mutating func append(_ outcome: CallOutcome, slow: Bool, version: Int, probe: Bool, now: Duration, limit: Int) -> Bool {
+    mutating func append(
+        _ outcome: CallOutcome, slow: Bool, version: Int, created: Int64, probe: Bool, now: Duration, limit: Int
+    ) -> Bool {
         guard count < limit else {
             dropped += 1
             return false
         }
         count += 1
-        if !probe && (current.isEmpty || current.version == version) {
+        if !probe && (current.isEmpty || (current.version == version && current.created == created)) {
             if current.isEmpty {
                 current.version = version
+                current.created = created
                 current.firstAt = now
             }
             Self.add(outcome, slow: slow, to: &current)
-        } else if let index = others.firstIndex(where: { $0.version == version && $0.isProbe == probe }) {
+        } else if let index = others.firstIndex(where: {
+            $0.id == nil && $0.version == version && $0.created == created && $0.isProbe == probe
+        }) {
             Self.add(outcome, slow: slow, to: &others[index])
         } else {
             var batch = Batch(version: version, isProbe: probe)
+            batch.created = created
             batch.firstAt = now
             Self.add(outcome, slow: slow, to: &batch)
             others.append(batch)

@@ -43,6 +43,7 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
     /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
     private let sendOrder = Mutex<Void>(())
     private let isRegistered = Atomic<Bool>(false)
+    private let batchSequence = Atomic<Int>(0)
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
     private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
 
@@ -53,7 +54,7 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         self.clock = clock
         self.epoch = clock.now
         let prefix = "\(core.options.namespace):{\(name)}"
-        self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events"]
+        self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):batches"]
         self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
         let base: BreakerState = switch policy.mode {
         case .normal: .closed
@@ -209,8 +210,8 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
                 version = -1
             }
             let isProbe = cache.pending.append(
-                outcome, slow: isSlow, version: version, probe: token.isProbe && version >= 0, now: now,
-                limit: options.maxBufferedOutcomes)
+                outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
+                now: now, limit: options.maxBufferedOutcomes)
             return (isProbe || options.writeThrough, cache.mayTrip(after: outcome, policy: policy), transition)
         }
         instruments.recorded(outcome, duration: duration, slowCallDuration: policy.slowCallDuration)
@@ -241,12 +242,16 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         var remaining = max(1, batches.count)
         let finish: @Sendable () -> Void = { onDone?() }
         let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
-        for (index, batch) in parts.enumerated() {
+        for (index, part) in parts.enumerated() {
+            var batch = part
+            if batch.id == nil && !batch.isEmpty {
+                batch.id = "\(core.options.instanceID):\(batchSequence.add(1, ordering: .relaxed).newValue)"
+            }
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
-                batch.version, now - batch.firstAt <= windowAge ? "1" : "0",
+                batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
                 String(decoding: batch.outcomes, as: UTF8.self), batch.ignored, batch.isProbe ? "1" : "0",
-                index == 0 ? rejected : 0,
+                index == 0 ? rejected : 0, batch.id ?? "",
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
                 extra.append(name)
@@ -254,16 +259,17 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
             }
             remaining -= 1
             let isLast = remaining == 0
+            let sent = batch
             submitScript("record", extra) { [self] result in
                 switch result {
                 case .success(let reply):
                     apply(reply, ownCall: true)
-                    cache.withLock { $0.pending.recycle(batch) }
+                    cache.withLock { $0.pending.recycle(sent) }
                 case .failure(let error):
                     markFailure(error)
                     if error.code != .serverError {
                         // Not written: keep it for the next flush (bounded by maxBufferedOutcomes).
-                        cache.withLock { $0.pending.restore(batch, rejected: index == 0 ? rejected : 0) }
+                        cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
                     }
                 }
                 if isLast { finish() }
@@ -433,30 +439,19 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
     func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }
 
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
-        let collected = Mutex<Result<StateReply, RedisError>?>(nil)
-        let totals = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[RESPValue], RedisError>, Never>) in
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
             sendOrder.withLock { _ in
                 submitPending()
-                submitScript("read", []) { result in collected.withLock { $0 = result } }
-                core.connection.submit([RedisCommand("HGETALL", keys[2])]) { continuation.resume(returning: $0) }
+                submitScript("read", []) { continuation.resume(returning: $0) }
             }
         }
         let reply: StateReply
-        switch collected.withLock({ $0 }) {
-        case .success(let value)?: reply = value
-        case .failure(let error)?: throw storeError(error)
-        case nil: throw FuseboxError(code: .backendUnavailable, message: "breaker '\(name)': no reply to the state read", breakerName: name)
+        switch result {
+        case .success(let value): reply = value
+        case .failure(let error): throw storeError(error)
         }
         apply(reply, ownCall: true)
-        let fields: [String: String]
-        do throws(RedisError) {
-            switch totals {
-            case .success(let values): fields = try values[0].decodeDictionary()
-            case .failure(let error): throw error
-            }
-        } catch {
-            throw storeError(error)
-        }
+        let fields = reply.totals
         var sums = BreakerTotals()
         var errors: [String: Int] = [:]
         for (field, value) in fields {

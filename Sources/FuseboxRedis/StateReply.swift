@@ -24,6 +24,8 @@ struct StateReply: Sendable {
     var transitioned: Bool
     /// The state hash's incarnation (Redis time it was made): a new one after a restart or a repairing reset.
     var created: Int64
+    /// For `read`: the totals hash.
+    var totals: [String: String]
 
     init(_ value: RESPValue, key: String) throws(FuseboxError) {
         guard let parts = value.array, parts.count >= 17 else {
@@ -56,6 +58,15 @@ struct StateReply: Sendable {
         windowSlow = try int(14)
         transitioned = try int(15) == 1
         created = Int64(try int(16))
+        var totals: [String: String] = [:]
+        if parts.count > 17, let flat = parts[17].array {
+            var index = 0
+            while index + 1 < flat.count {
+                if let field = flat[index].string, let value = flat[index + 1].string { totals[field] = value }
+                index += 2
+            }
+        }
+        self.totals = totals
     }
 
     /// Time until probes may start, for an open breaker.

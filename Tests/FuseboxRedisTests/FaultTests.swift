@@ -1,0 +1,220 @@
+import Fusebox
+import FuseboxTestKit
+import Hiredis
+import Logging
+import Testing
+
+@testable import FuseboxRedis
+
+/// The commands the adapter needs, as in Docs/operations.md's ACL line.
+let adapterCommands = [
+    "+evalsha", "+script|load", "+ping", "+subscribe", "+hgetall", "+hget", "+hset", "+hmget", "+hincrby", "+hdel",
+    "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers", "+client|setname", "+zadd",
+    "+zremrangebyscore",
+]
+
+@Suite("When Redis is not well", .timeLimit(.minutes(2)))
+struct FaultTests {
+    @Test("Redis restarted: scripts reloaded, state refreshed, a new trip works")
+    func restart() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("restart", policy: tripsOnFirstFailure())
+            try await breaker.isolate(reason: "before restart")
+            #expect(await isRejected(breaker))
+
+            try await server.restart()
+            // The new server holds no state: every instance must adopt its (lower-versioned) state.
+            #expect(await eventually(within: .seconds(5)) { await !isRejected(breaker) })
+            let snapshot = try await breaker.snapshot()
+            #expect(snapshot.state == .closed)
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(breaker) })
+            #expect(try await breaker.snapshot().state == .open)
+        }
+    }
+
+    @Test("SCRIPT FLUSH is invisible")
+    func scriptFlush() async throws {
+        let server = try await SharedServer.get()
+        let instance = try Instance(testOptions(server))
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("flushed", policy: tripsOnFirstFailure())
+        try await breaker.acquireAsync().success()
+        _ = try await breaker.snapshot()
+        let redis = try RedisConnection(configuration: server.configuration())
+        _ = try await redis.send("SCRIPT", "FLUSH")
+        try await breaker.acquireAsync().failure(Boom())
+        await instance.adapter.flush()
+        let snapshot = try await breaker.snapshot()
+        #expect(snapshot.state == .open)
+        #expect(snapshot.totals.calls == 2)
+    }
+
+    @Test("Redis killed: the local fallback protects the instance, calls never block, and Redis' return is picked up")
+    func killedWithLocalFallback() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: .milliseconds(200)))
+            defer { Task { await instance.stop() } }
+            var policy = BreakerPolicy()
+            policy.failureRateThreshold = nil
+            policy.consecutiveFailureThreshold = 3
+            let breaker = try instance.registry.breaker("killed", policy: policy)
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            server.kill()
+
+            // Closed state: admission and recording never touch Redis, dead or alive.
+            let started = ContinuousClock.now
+            for _ in 0..<1000 { try breaker.acquire().success() }
+            #expect(ContinuousClock.now - started < .milliseconds(500))
+
+            // Once the adapter notices (a flush fails), the in-process fallback counts and trips on its own.
+            #expect(await eventually(within: .seconds(3)) {
+                for _ in 0..<3 { if let permit = breaker.tryAcquire() { permit.failure(Boom()) } }
+                return breaker.tryAcquire() == nil
+            })
+            let rejection = ContinuousClock.now
+            for _ in 0..<1000 { _ = breaker.tryAcquire() }
+            #expect(ContinuousClock.now - rejection < .milliseconds(500))
+
+            try await server.restart()
+            #expect(await eventually(within: .seconds(5)) { (try? await breaker.snapshot()) != nil })
+            // Back on the shared state (a fresh server: closed), which admits calls again.
+            // Outcomes buffered through the outage count in the new server's totals, but not in its window: it
+            // is a new incarnation of the state, so the breaker there is closed and admits calls.
+            #expect(await eventually { await !isRejected(breaker) })
+            await instance.adapter.flush()
+            let totals = try await breaker.snapshot().totals
+            #expect(totals.successes == 1000)
+        }
+    }
+
+    @Test("failOpen admits and failClosed rejects while Redis is down")
+    func failOpenAndClosed() async throws {
+        try await RedisServerProcess.with { server in
+            var open = testOptions(server, timeout: .milliseconds(200))
+            open.whenUnavailable = .failOpen
+            var closed = testOptions(server, timeout: .milliseconds(200))
+            closed.whenUnavailable = .failClosed
+            let a = try Instance(open)
+            let b = try Instance(closed)
+            defer { Task { await a.stop(); await b.stop() } }
+            let lenient = try a.registry.breaker("lenient")
+            let strict = try b.registry.breaker("strict")
+            try await lenient.isolate(reason: "isolated before the outage")
+            try await strict.acquireAsync().success()
+            server.kill()
+            #expect(await eventually(within: .seconds(3)) { await !isRejected(lenient) })
+            #expect(await eventually(within: .seconds(3)) {
+                do {
+                    _ = try await strict.acquireAsync()
+                    return false
+                } catch let error as FuseboxError {
+                    return error.code == .backendUnavailable && error.message.contains("failClosed")
+                } catch {
+                    return false
+                }
+            })
+        }
+    }
+
+    @Test("Redis SIGSTOP-ed: the hot path is unaffected and every wait is bounded")
+    func frozen() async throws {
+        try await RedisServerProcess.with { server in
+            let timeout = Duration.milliseconds(300)
+            let instance = try Instance(testOptions(server, timeout: timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("frozen")
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            server.pause()
+            defer { server.resume() }
+
+            let started = ContinuousClock.now
+            for _ in 0..<10_000 { try breaker.acquire().success() }
+            #expect(ContinuousClock.now - started < .milliseconds(500))
+
+            let waited = ContinuousClock.now
+            await #expect {
+                try await breaker.snapshot()
+            } throws: { ($0 as? FuseboxError)?.code == .backendUnavailable }
+            #expect(ContinuousClock.now - waited < timeout * 3)
+            let flushing = ContinuousClock.now
+            await instance.adapter.flush()
+            #expect(ContinuousClock.now - flushing < timeout * 3)
+
+            server.resume()
+            #expect(await eventually(within: .seconds(5)) { (try? await breaker.snapshot()) != nil })
+            #expect(try await breaker.snapshot().totals.successes == 10_001)
+        }
+    }
+
+    @Test("a corrupted key: a clear error naming it, the fallback applies, and reset repairs it")
+    func corruptKey() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("corrupt", policy: tripsOnFirstFailure())
+        _ = try await breaker.snapshot()
+        let redis = try RedisConnection(configuration: server.configuration())
+        let key = "\(options.namespace):{corrupt}:state"
+
+        _ = try await redis.send("DEL", key)
+        _ = try await redis.send("SET", key, "not a hash")
+        await #expect {
+            try await breaker.snapshot()
+        } throws: { error in
+            let error = error as! FuseboxError
+            return error.code == .corruptState && error.message.contains(key) && error.message.contains("is a string, expected a hash")
+        }
+        // Calls go on under the fallback (local) policy: no crash, no hang.
+        try await breaker.acquireAsync().success()
+        try await breaker.reset()
+        #expect(try await breaker.snapshot().state == .closed)
+
+        _ = try await redis.send("HSET", key, "version", "abc")
+        await #expect {
+            try await breaker.snapshot()
+        } throws: { ($0 as! FuseboxError).message.contains("field 'version' is 'abc'") }
+        try await breaker.reset()
+        let repaired = try await breaker.snapshot()
+        #expect(repaired.state == .closed)
+        #expect(repaired.lastReason.contains("repaired"))
+        try await breaker.acquireAsync().failure(Boom())
+        #expect(await eventually { await isRejected(breaker) })
+    }
+
+    @Test("a Redis user limited to the namespace and the documented commands works; one without EVALSHA gets a clear error")
+    func aclUsers() async throws {
+        let allowed = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
+        let denied = ["reader", "on", ">reader-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all", "+ping", "+subscribe", "+hgetall", "+client|setname"]
+        try await RedisServerProcess.with(.init(aclUsers: [allowed, denied])) { server in
+            var options = DistributedOptions(redis: server.configuration(username: "fusebox-app", password: "app-secret"))
+            options.halfOpenRetryInterval = .zero
+            let app = try Instance(options)
+            defer { Task { await app.stop() } }
+            let breaker = try app.registry.breaker("acl", policy: tripsOnFirstFailure())
+            try await breaker.acquireAsync().failure(Boom())
+            await app.adapter.flush()
+            #expect(try await breaker.snapshot().state == .open)
+            #expect(try await breaker.timeline().count == 1)
+            try await breaker.isolate(reason: "acl")
+            try await breaker.reset()
+
+            var readerOptions = DistributedOptions(redis: server.configuration(username: "reader", password: "reader-secret"))
+            readerOptions.namespace = "fusebox"
+            let reader = try Instance(readerOptions)
+            defer { Task { await reader.stop() } }
+            let blocked = try reader.registry.breaker("acl", policy: tripsOnFirstFailure())
+            await #expect {
+                try await blocked.snapshot()
+            } throws: { error in
+                let error = error as! FuseboxError
+                return error.code == .backendUnavailable && error.message.contains("NOPERM")
+            }
+        }
+    }
+}
