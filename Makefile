@@ -30,7 +30,7 @@ test: deps
 ## Builds and runs the main job against a private redis-server.
 demo: deps
 	$(SWIFT) build --product fusebox
-	$(SWIFT) run fusebox demo
+	$(SWIFT) run fusebox demo --compare
 
 clean:
 	rm -rf .build

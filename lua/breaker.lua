@@ -17,7 +17,8 @@
 -- ARGV[12] bucket width in ms (time)              ARGV[13] permitted calls in half-open
 -- ARGV[14] success threshold                      ARGV[15] max half-open duration in ms
 -- ARGV[16] mode: normal | metrics_only | disabled ARGV[17] minimum distinct failing instances
--- ARGV[18] the policy as JSON (stored for operators)
+-- ARGV[18] the policy as JSON (stored for operators). When ARGV[9] is '' (the fusebox command, which does
+--          not know the policy), ARGV[6..17] and ARGV[20] are taken from the stored JSON instead.
 -- ARGV[19] base attempt b                         ARGV[20] break durations in ms for attempts b+1.. (comma-separated)
 -- op record:  ARGV[21] version and ARGV[22] incarnation ('created') the outcomes were admitted under,
 --             ARGV[23] 1 if they are recent enough to enter the window,
@@ -54,6 +55,47 @@ for i = 1, 5 do
 end
 
 local function optional_number(text) if text == '' then return nil end return tonumber(text) end
+
+if ARGV[9] == '' then
+  local stored = redis.call('HGET', KEYS[1], 'policy')
+  if not stored then
+    return redis.error_reply('NOPOLICY ' .. KEYS[1] .. ' has no stored policy: no instance has used this breaker yet')
+  end
+  local ok, p = pcall(cjson.decode, stored)
+  if not ok or type(p) ~= 'table' or type(p.window) ~= 'table' then
+    return redis.error_reply('CORRUPT ' .. KEYS[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
+  end
+  local function text(v) if v == nil or v == cjson.null then return '' end return tostring(v) end
+  ARGV[6] = text(p.failureRateThreshold); ARGV[7] = text(p.consecutiveFailureThreshold)
+  ARGV[8] = text(p.slowCallRateThreshold); ARGV[9] = text(p.minimumThroughput)
+  ARGV[10] = text(p.window.kind)
+  if p.window.kind == 'time' then
+    ARGV[11] = text(p.window.buckets); ARGV[12] = tostring(math.max(1, math.floor(p.window.samplingMs / p.window.buckets)))
+  else
+    ARGV[11] = text(p.window.size); ARGV[12] = '1'
+  end
+  ARGV[13] = text(p.permittedCallsInHalfOpen); ARGV[14] = text(p.successThreshold)
+  ARGV[15] = text(p.maxHalfOpenDurationMs); ARGV[16] = text(p.mode); ARGV[17] = text(p.minimumInstances or 1)
+  ARGV[18] = stored
+  -- Break durations for the next attempts, from the stored kind (a custom function is not known here: its
+  -- last break is reused).
+  local b = p.breakDuration or {}
+  local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') or 0
+  ARGV[19] = tostring(attempt)
+  local list = {}
+  for n = attempt + 1, attempt + 4 do
+    local d
+    if b.kind == 'fixed' then d = b.ms
+    elseif b.kind == 'exponential' then d = math.min(b.baseMs * (b.factor ^ (n - 1)), b.maximumMs)
+    elseif b.kind == 'linear' then d = math.min(b.baseMs + b.incrementMs * (n - 1), b.maximumMs)
+    elseif b.kind == 'adaptive' then
+      if n <= 2 then d = 30000 elseif n <= 5 then d = 60000 else d = 120000 end
+    else d = tonumber(redis.call('HGET', KEYS[1], 'last_break') or '30000') or 30000 end
+    table.insert(list, tostring(math.floor(d)))
+  end
+  ARGV[20] = table.concat(list, ',')
+end
+
 local policy = {
   failure_rate = optional_number(ARGV[6]), consecutive = optional_number(ARGV[7]), slow_rate = optional_number(ARGV[8]),
   minimum = tonumber(ARGV[9]), window_kind = ARGV[10], window_size = tonumber(ARGV[11]), width = tonumber(ARGV[12]),
@@ -212,7 +254,8 @@ end
 
 local function trip(reason)
   st.attempt = st.attempt + 1
-  st.open_until = now + break_for(st.attempt)
+  st.last_break = break_for(st.attempt)
+  st.open_until = now + st.last_break
   transition('open', reason)
 end
 
@@ -384,6 +427,7 @@ redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version, 'since', s
   'attempt', st.attempt, 'reason', st.reason, 'isolation_reason', st.isolation_reason,
   'consecutive_failures', st.consecutive_failures, 'probes', st.probes, 'probe_successes', st.probe_successes,
   'policy', ARGV[18], 'updated', now, 'created', st.created)
+if st.last_break then redis.call('HSET', KEYS[1], 'last_break', st.last_break) end
 
 local totals = {}
 if op == 'read' then totals = redis.call('HGETALL', KEYS[3]) end

@@ -1,11 +1,147 @@
 import ArgumentParser
+import Fusebox
+import FuseboxRedis
+import Hiredis
 
-/// The `fusebox` command: inspect and steer shared circuit breakers, and run the demo.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `fusebox` command: inspect and steer shared circuit breakers, run commands through them, and the demo.
 @main
 struct FuseboxCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fusebox",
-        abstract: "Shared-state circuit breakers: inspect, steer, demo.",
-        subcommands: [DemoCommand.self]
+        abstract: "Shared-state circuit breakers: inspect, steer, run commands through them, demo.",
+        discussion: "Exit codes: 0 success, 64 usage, 69 Redis unavailable, 75 rejected by the breaker (run).",
+        subcommands: [
+            ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
+            WatchCommand.self, RunCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+        ]
     )
+}
+
+/// Options every command that talks to Redis takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Redis URL (default: $FUSEBOX_REDIS_URL, else redis://127.0.0.1:6379).")
+    var redis: String?
+
+    @Option(name: .long, help: "Key namespace.")
+    var namespace = "fusebox"
+
+    var redisURL: String {
+        redis ?? ProcessInfoLite.environment["FUSEBOX_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+    }
+
+    /// A configuration with short timeouts (an operator waits at most a few seconds).
+    func configuration() throws -> RedisConfiguration {
+        do {
+            var configuration = try RedisConfiguration(url: redisURL)
+            configuration.connectTimeout = .seconds(2)
+            configuration.commandTimeout = .seconds(2)
+            configuration.clientName = "fusebox-cli"
+            return configuration
+        } catch {
+            throw CLIError.usage(error.message)
+        }
+    }
+
+    /// An operator on a connection checked with `PING`.
+    func makeOperator() async throws -> BreakerOperator {
+        let connection = try RedisConnection(configuration: configuration())
+        do {
+            _ = try await connection.send("PING")
+        } catch {
+            throw CLIError.unavailable("Redis at \(redisURL.redactingPassword) is unavailable: \(error.code): \(error.message)")
+        }
+        return BreakerOperator(connection: connection, namespace: namespace)
+    }
+}
+
+/// The failures a command reports: one line on stderr and an exit code.
+enum CLIError: Error {
+    /// Bad input: exit 64.
+    case usage(String)
+    /// Redis unavailable: exit 69.
+    case unavailable(String)
+    /// Anything else: exit 1.
+    case failed(String)
+
+    static func from(_ error: FuseboxError) -> CLIError {
+        switch error.code {
+        case .backendUnavailable: .unavailable(error.message)
+        case .invalidConfiguration, .invalidName, .invalidPolicy: .usage(error.message)
+        default: .failed(error.message)
+        }
+    }
+}
+
+/// Runs a command body, turning every error into one line on stderr and the documented exit code.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as CLIError {
+        switch error {
+        case .usage(let text):
+            printError(text)
+            throw ExitCode(64)
+        case .unavailable(let text):
+            printError(text)
+            throw ExitCode(69)
+        case .failed(let text):
+            printError(text)
+            throw ExitCode(1)
+        }
+    } catch let error as FuseboxError {
+        try await reportingErrors { throw CLIError.from(error) }
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        printError("\(error)")
+        throw ExitCode(1)
+    }
+}
+
+func printError(_ text: String) {
+    flushOutput()
+    let line = Array("fusebox: \(text)\n".utf8)
+    line.withUnsafeBytes { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+}
+
+/// Flushes standard output (so lines reach a pipe at once).
+func flushOutput() { fflush(nil) }
+
+/// The process environment, without Foundation.
+enum ProcessInfoLite {
+    static var environment: [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+}
+
+extension String {
+    /// `redis://user:***@host` for messages.
+    var redactingPassword: String {
+        (try? RedisConfiguration(url: self).redactedURL) ?? self
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, `250us`.
+func parseDuration(_ text: String) throws -> Duration {
+    let units: [(String, (Double) -> Duration)] = [
+        ("ms", { .milliseconds($0) }), ("us", { .microseconds($0) }), ("s", { .seconds($0) }),
+        ("m", { .seconds($0 * 60) }), ("h", { .seconds($0 * 3600) }),
+    ]
+    for (suffix, make) in units where text.hasSuffix(suffix) {
+        if let value = Double(text.dropLast(suffix.count)), value.isFinite, value >= 0 { return make(value) }
+    }
+    throw CLIError.usage("bad duration '\(text)': write it like 500ms, 10s, 2m or 1h")
 }

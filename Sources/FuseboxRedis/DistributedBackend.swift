@@ -451,55 +451,17 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         case .failure(let error): throw storeError(error)
         }
         apply(reply, ownCall: true)
-        let fields = reply.totals
-        var sums = BreakerTotals()
-        var errors: [String: Int] = [:]
-        for (field, value) in fields {
-            guard let count = Int(value) else {
-                throw FuseboxError(code: .corruptState, message: "breaker '\(name)': \(keys[2]) field '\(field)' is '\(value)', not a number", breakerName: name)
-            }
-            switch field {
-            case "calls": sums.calls = count
-            case "successes": sums.successes = count
-            case "failures": sums.failures = count
-            case "ignored": sums.ignored = count
-            case "rejected": sums.rejected = count
-            case "slow": sums.slow = count
-            default: if field.hasPrefix("error:") { errors[String(field.dropFirst(6))] = count }
-            }
-        }
-        return BreakerSnapshot(
-            name: name, state: reply.state, version: reply.version, timeInState: .milliseconds(max(0, reply.now - reply.since)),
-            windowCalls: reply.windowCalls, windowFailures: reply.windowFailures, windowSlowCalls: reply.windowSlow,
-            consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
-            isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
-            probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason)
+        return try BreakerSnapshot(name: name, reply: reply, totalsKey: keys[2])
     }
 
     func timeline() async throws(FuseboxError) -> [BreakerTransition] {
-        let entries: RESPValue
         do {
-            entries = try await core.connection.send("XREVRANGE", keys[3], "+", "-", "COUNT", BreakerStateMachine.timelineCapacity)
-        } catch {
+            return try await BreakerOperator.timeline(of: name, eventsKey: keys[3], connection: core.connection)
+        } catch let error as RedisError {
             throw storeError(error)
+        } catch {
+            throw error as! FuseboxError
         }
-        var transitions: [BreakerTransition] = []
-        for entry in entries.array ?? [] {
-            guard let parts = entry.array, parts.count == 2, let flat = parts[1].array else { continue }
-            var fields: [String: String] = [:]
-            var index = 0
-            while index + 1 < flat.count {
-                fields[flat[index].string ?? ""] = flat[index + 1].string
-                index += 2
-            }
-            guard let from = fields["from"].flatMap(BreakerState.init(rawValue:)), let to = fields["to"].flatMap(BreakerState.init(rawValue:)),
-                let version = fields["version"].flatMap({ Int($0) }), let at = fields["at"].flatMap({ Int64($0) })
-            else {
-                throw FuseboxError(code: .corruptState, message: "breaker '\(name)': \(keys[3]) has a malformed entry \(fields)", breakerName: name)
-            }
-            transitions.append(BreakerTransition(from: from, to: to, reason: fields["reason"] ?? "", version: version, at: .milliseconds(at)))
-        }
-        return transitions.reversed()
     }
 
     func events() -> AsyncStream<BreakerEvent> { instruments.stream() }
@@ -520,12 +482,12 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
             String(policy.minimumThroughput), kind, String(size), String(width),
             String(policy.permittedCallsInHalfOpen), String(policy.successThreshold),
             String(policy.maxHalfOpenDuration.milliseconds), policy.mode.rawValue, String(minimumInstances),
-            policyJSON(policy),
+            policyJSON(policy, minimumInstances: minimumInstances),
         ]
     }
 
     /// The policy as JSON, for operators reading the `policy` field with redis-cli.
-    static func policyJSON(_ policy: BreakerPolicy) -> String {
+    static func policyJSON(_ policy: BreakerPolicy, minimumInstances: Int = 1) -> String {
         func ms(_ duration: Duration) -> String { String(duration.milliseconds) }
         func optional<T>(_ value: T?) -> String { value.map { "\($0)" } ?? "null" }
         let window: String = switch policy.window {
@@ -539,6 +501,6 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         case .adaptive: #"{"kind":"adaptive"}"#
         case .custom(let id, _): #"{"kind":"custom","id":"\#(id.filter { $0 != "\"" && $0 != "\\" })"}"#
         }
-        return #"{"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
+        return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
     }
 }

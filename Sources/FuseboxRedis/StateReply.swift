@@ -127,3 +127,31 @@ final class Doorbell: Sendable {
 }
 
 import Synchronization
+
+extension BreakerSnapshot {
+    /// A snapshot from the script's `read` reply (state, window and totals in one atomic read).
+    init(name: String, reply: StateReply, totalsKey: String) throws(FuseboxError) {
+        var sums = BreakerTotals()
+        var errors: [String: Int] = [:]
+        for (field, value) in reply.totals {
+            guard let count = Int(value) else {
+                throw FuseboxError(code: .corruptState, message: "breaker '\(name)': \(totalsKey) field '\(field)' is '\(value)', not a number", breakerName: name)
+            }
+            switch field {
+            case "calls": sums.calls = count
+            case "successes": sums.successes = count
+            case "failures": sums.failures = count
+            case "ignored": sums.ignored = count
+            case "rejected": sums.rejected = count
+            case "slow": sums.slow = count
+            default: if field.hasPrefix("error:") { errors[String(field.dropFirst(6))] = count }
+            }
+        }
+        self.init(
+            name: name, state: reply.state, version: reply.version, timeInState: .milliseconds(max(0, reply.now - reply.since)),
+            windowCalls: reply.windowCalls, windowFailures: reply.windowFailures, windowSlowCalls: reply.windowSlow,
+            consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
+            isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
+            probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason)
+    }
+}

@@ -15,14 +15,20 @@ public final class ChildProcess: Sendable {
     /// The exit status once reaped; `waitpid` runs under this lock so a child is reaped once.
     private let exitStatus = Mutex<Int32?>(nil)
 
-    /// Starts `executable` with `arguments`; standard output and error go to `outputPath` (default /dev/null).
-    public init(executable: String, arguments: [String], outputPath: String = "/dev/null", environment: [String: String]? = nil) throws {
+    /// Starts `executable` with `arguments`; standard output and error go to `outputPath` (default /dev/null),
+    /// or, when it is `nil`, stay this process's. With `searchPath`, `executable` may be a name found on `PATH`.
+    public init(
+        executable: String, arguments: [String], outputPath: String? = "/dev/null", environment: [String: String]? = nil,
+        searchPath: Bool = false
+    ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let outputPath {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
 
         // Threads of Swift's runtime block most signals, and a spawned child inherits the caller's mask: give
         // the child an empty mask and default handlers, or it would never see SIGTERM.
@@ -44,9 +50,10 @@ public final class ChildProcess: Sendable {
         defer { envp?.forEach { free($0) } }
 
         var pid = pid_t()
+        let spawn = searchPath ? posix_spawnp : posix_spawn
         let status = envp == nil
-            ? posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-            : posix_spawn(&pid, executable, &actions, &attributes, argv, &envp!)
+            ? spawn(&pid, executable, &actions, &attributes, argv, environ)
+            : spawn(&pid, executable, &actions, &attributes, argv, &envp!)
         guard status == 0 else {
             throw RedisServerProcess.Failure(description: "could not start \(executable): \(String(cString: strerror(status)))")
         }

@@ -1,0 +1,192 @@
+import ArgumentParser
+import Foundation
+import Fusebox
+import FuseboxRedis
+import Hiredis
+
+struct ListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "Every breaker with state, version, failure rate, calls, rejections, time in state.")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let snapshots = try await global.makeOperator().snapshots()
+            if json {
+                try printJSON(snapshots.map(SnapshotJSON.init))
+            } else if snapshots.isEmpty {
+                print("no breakers in namespace '\(global.namespace)'")
+            } else {
+                print(breakerTable(snapshots, style: .standardOutput))
+            }
+        }
+    }
+}
+
+struct ShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "One breaker's full snapshot and recent transitions.")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Argument(help: "The breaker's name.") var name: String
+
+    struct Shown: Codable {
+        var breaker: SnapshotJSON
+        var transitions: [TransitionJSON]
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let breakers = try await global.makeOperator()
+            let snapshot = try await breakers.snapshot(of: name)
+            let transitions = try await breakers.timeline(of: name)
+            if json {
+                try printJSON(Shown(breaker: SnapshotJSON(snapshot), transitions: transitions.map(TransitionJSON.init)))
+                return
+            }
+            let style = Style.standardOutput
+            print(describe(snapshot, style: style))
+            print("")
+            print(style.bold("recent transitions (oldest first)"))
+            if transitions.isEmpty { print("  none") }
+            for transition in transitions.suffix(20) {
+                let time = Date(timeIntervalSince1970: Double(transition.at.milliseconds) / 1000)
+                print("  \(timestamp(time))  v\(transition.version)  \(style.state(transition.from)) → \(style.state(transition.to))  \(transition.reason)")
+            }
+        }
+    }
+}
+
+func timestamp(_ date: Date) -> String {
+    let formatter = DateFormatter()
+    formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSS"
+    formatter.timeZone = TimeZone(identifier: "UTC")
+    return formatter.string(from: date) + "Z"
+}
+
+func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
+    var lines = [
+        "\(style.bold(snapshot.name))  \(style.state(snapshot.state))  version \(snapshot.version)  for \(formatDuration(snapshot.timeInState))",
+        "  last reason        \(snapshot.lastReason)",
+    ]
+    if let wait = snapshot.timeUntilProbe { lines.append("  next probe in      \(formatDuration(wait)) (attempt \(snapshot.attempt))") }
+    if let reason = snapshot.isolationReason { lines.append("  isolated because   \(reason)") }
+    if snapshot.state == .halfOpen { lines.append("  probes             \(snapshot.probesInFlight) in flight, \(snapshot.probeSuccesses) succeeded") }
+    lines += [
+        "  window             \(snapshot.windowCalls) calls, \(snapshot.windowFailures) failures (\(percent(snapshot.failureRate))), \(snapshot.windowSlowCalls) slow (\(percent(snapshot.slowCallRate)))",
+        "  streak             \(snapshot.consecutiveFailures) consecutive failures",
+        "  totals             \(snapshot.totals.calls) calls: \(snapshot.totals.successes) ok, \(snapshot.totals.failures) failed, \(snapshot.totals.ignored) ignored, \(snapshot.totals.slow) slow; \(snapshot.totals.rejected) rejected",
+    ]
+    if !snapshot.errorCounts.isEmpty {
+        lines.append("  errors             " + snapshot.errorCounts.sorted { $0.value > $1.value }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
+    }
+    return lines.joined(separator: "\n")
+}
+
+struct IsolateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "isolate", abstract: "Force a breaker open on every instance until reset.")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Argument(help: "The breaker's name.") var name: String
+    @Option(name: .long, help: "Why: shown in every rejection.") var reason: String
+
+    func run() async throws {
+        try await reportingErrors {
+            guard !reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw CLIError.usage("--reason must not be empty") }
+            try report(try await global.makeOperator().isolate(name, reason: reason), json: json)
+        }
+    }
+}
+
+struct ResetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reset", abstract: "Close a breaker on every instance, with an empty window (repairs corrupt keys).")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Argument(help: "The breaker's name.") var name: String
+
+    func run() async throws {
+        try await reportingErrors { try report(try await global.makeOperator().reset(name), json: json) }
+    }
+}
+
+struct HalfOpenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "half-open", abstract: "Move a breaker to half-open on every instance.")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Argument(help: "The breaker's name.") var name: String
+
+    func run() async throws {
+        try await reportingErrors { try report(try await global.makeOperator().forceHalfOpen(name), json: json) }
+    }
+}
+
+func report(_ snapshot: BreakerSnapshot, json: Bool) throws {
+    if json {
+        try printJSON(SnapshotJSON(snapshot))
+    } else {
+        print("\(snapshot.name): \(Style.standardOutput.state(snapshot.state)) (version \(snapshot.version): \(snapshot.lastReason))")
+    }
+}
+
+struct WatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "A live table that redraws on every transition (plain lines when the output is not a terminal).")
+
+    @OptionGroup var global: GlobalOptions
+    @Option(name: .long, help: "Stop after this many transitions (0: run until interrupted).") var limit = 0
+
+    func run() async throws {
+        try await reportingErrors {
+            let breakers = try await global.makeOperator()
+            let subscriber = try RedisSubscriber(configuration: global.configuration(), channels: [breakers.channel])
+            let listener = Task { await subscriber.run() }
+            defer { listener.cancel() }
+            let style = Style.standardOutput
+            let isTerminal = isatty(STDOUT_FILENO) == 1
+            var seen = 0
+
+            func redraw() async {
+                guard isTerminal else { return }
+                let table = (try? await breakers.snapshots()).map { breakerTable($0, style: style) } ?? "Redis unavailable; retrying"
+                print("\u{1B}[H\u{1B}[2J" + style.bold("fusebox watch — \(global.namespace) — \(timestamp(Date()))") + "\n\n" + table)
+            }
+
+            await redraw()
+            let ticker = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    await redraw()
+                }
+            }
+            defer { ticker.cancel() }
+            for await event in subscriber.events {
+                switch event {
+                case .message(let message):
+                    if isTerminal {
+                        await redraw()
+                    } else {
+                        print("\(timestamp(Date())) \(message.text)")
+                        flushOutput()
+                    }
+                    seen += 1
+                    if limit > 0 && seen >= limit { return }
+                case .subscribed:
+                    if !isTerminal {
+                        print("watching \(breakers.channel)")
+                        flushOutput()
+                    }
+                case .disconnected(let error):
+                    if !isTerminal { print("disconnected: \(error.message)") }
+                case .reconnected:
+                    await redraw()
+                }
+            }
+        }
+    }
+}

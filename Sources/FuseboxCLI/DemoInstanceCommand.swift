@@ -1,0 +1,211 @@
+import ArgumentParser
+import Foundation
+import Fusebox
+import FuseboxRedis
+import Hiredis
+import Logging
+import Synchronization
+
+/// What one demo instance reports (a JSON file rewritten every 200 ms).
+struct InstanceStats: Codable, Sendable {
+    var index: Int
+    var phase = "starting"
+    var state = "closed"
+    var calls = 0
+    /// Calls that reached the dependency.
+    var reached = 0
+    /// Calls that reached the dependency while it was failing.
+    var reachedDuringOutage = 0
+    var rejected = 0
+    var rejectedDuringOutage = 0
+    var probesDuringOutage = 0
+    var probesDuringRecovery = 0
+    /// When this instance first saw the breaker OPEN, in ms after the outage began.
+    var firstOpenAfterMs: Int64?
+    var done = false
+}
+
+/// The simulated dependency's schedule: healthy, then failing, then healthy again.
+struct Schedule: Sendable {
+    var healthy: Duration
+    var outage: Duration
+    var recovery: Duration
+
+    var total: Duration { healthy + outage + recovery }
+
+    init(_ text: String) throws {
+        let parts = text.split(separator: ",").compactMap { Int64($0) }
+        guard parts.count == 3, parts.allSatisfy({ $0 > 0 }) else { throw CLIError.usage("bad schedule '\(text)': three positive millisecond values") }
+        healthy = .milliseconds(parts[0])
+        outage = .milliseconds(parts[1])
+        recovery = .milliseconds(parts[2])
+    }
+
+    init(healthy: Duration, outage: Duration, recovery: Duration) {
+        self.healthy = healthy
+        self.outage = outage
+        self.recovery = recovery
+    }
+
+    var text: String { "\(healthy.milliseconds),\(outage.milliseconds),\(recovery.milliseconds)" }
+
+    func phase(at elapsed: Duration) -> String {
+        if elapsed < healthy { return "healthy" }
+        if elapsed < healthy + outage { return "outage" }
+        return "recovery"
+    }
+}
+
+struct DependencyDown: Error {}
+
+/// One instance of the demo service (started by `fusebox demo`, or by docker compose with `--forever`).
+struct DemoInstanceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "demo-instance", abstract: "One instance of the demo service.", shouldDisplay: false)
+
+    @Option var index = 0
+    @Option var adapter = "distributed"
+    @Option var redis: String?
+    @Option var namespace = "fusebox"
+    @Option(help: "Unix time (ms) when the schedule starts; default now.") var startAt: Int64?
+    @Option(help: "healthy,outage,recovery in ms.") var schedule = "3000,6000,5000"
+    @Option(help: "Break duration in ms.") var breakMs: Int64 = 1500
+    @Option(help: "Where to write the stats JSON; none when empty.") var stats = ""
+    @Flag(help: "Repeat the schedule until stopped.") var forever = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let schedule = try Schedule(self.schedule)
+            let kind = try AdapterKind(rawValue: adapter).orThrow(CLIError.usage("adapter '\(adapter)': use distributed or local"))
+            var logger = Logger(label: "demo-\(index)")
+            logger.logLevel = .info
+            let registry: BreakerRegistry
+            var distributed: DistributedAdapter<ContinuousClock>?
+            switch kind {
+            case .local:
+                registry = BreakerRegistry(adapter: LocalAdapter())
+            case .distributed:
+                var options = try DistributedOptions(url: redis ?? ProcessInfoLite.environment["FUSEBOX_REDIS_URL"] ?? "redis://127.0.0.1:6379")
+                options.namespace = namespace
+                options.instanceID = "demo-\(index)-\(getpid())"
+                let made = try DistributedAdapter(options: options)
+                distributed = made
+                registry = BreakerRegistry(adapter: made)
+            }
+            let background = Task { try? await registry.run() }
+            defer { background.cancel() }
+
+            var policy = BreakerPolicy()
+            // Either rule trips: a ratio over the window, or a streak of 5 failures.
+            policy.failureRateThreshold = 0.5
+            policy.minimumThroughput = 20
+            policy.consecutiveFailureThreshold = 5
+            policy.window = .time(samplingDuration: .seconds(5), buckets: 5)
+            policy.breakDuration = .fixed(.milliseconds(breakMs))
+            policy.maxHalfOpenDuration = .seconds(5)
+            let breaker = try registry.breaker("inventory-service", policy: policy)
+
+            repeat {
+                let start = startAt.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? Date()
+                try await drive(breaker, schedule: schedule, start: start)
+            } while forever
+            await distributed?.flush()
+        }
+    }
+
+    private func drive(_ breaker: CircuitBreaker, schedule: Schedule, start: Date) async throws {
+        let shared = SharedStats(InstanceStats(index: index))
+        let statsPath = stats
+        let outageStart = start.addingTimeInterval(schedule.healthy.inSeconds)
+        let end = start.addingTimeInterval(schedule.total.inSeconds)
+        if start > Date() { try await Task.sleep(for: .seconds(start.timeIntervalSinceNow)) }
+
+        let watcher = Task {
+            for await event in breaker.events() {
+                guard case .stateChanged(let transition) = event else { continue }
+                let now = Date()
+                shared.withLock { stats in
+                    stats.state = transition.to.rawValue
+                    if transition.to == .open, stats.firstOpenAfterMs == nil, now >= outageStart {
+                        stats.firstOpenAfterMs = Int64(now.timeIntervalSince(outageStart) * 1000)
+                    }
+                }
+            }
+        }
+        defer { watcher.cancel() }
+        let writer = Task {
+            while !Task.isCancelled {
+                Self.write(shared.withLock { $0 }, to: statsPath)
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        defer { writer.cancel() }
+
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<2 {
+                group.addTask {
+                    while Date() < end {
+                        let now = Date()
+                        let phase = schedule.phase(at: .seconds(now.timeIntervalSince(start)))
+                        do {
+                            let permit = try await breaker.acquireAsync()
+                            let isProbe = permit.token.isProbe
+                            shared.withLock { stats in
+                                stats.phase = phase
+                                stats.calls += 1
+                                stats.reached += 1
+                                if phase == "outage" { stats.reachedDuringOutage += 1 }
+                                if isProbe && phase == "outage" { stats.probesDuringOutage += 1 }
+                                if isProbe && phase == "recovery" { stats.probesDuringRecovery += 1 }
+                            }
+                            try? await Task.sleep(for: .milliseconds(5))
+                            if phase == "outage" { permit.failure(DependencyDown()) } else { permit.success() }
+                            try? await Task.sleep(for: .milliseconds(15))
+                        } catch {
+                            shared.withLock { stats in
+                                stats.phase = phase
+                                stats.calls += 1
+                                stats.rejected += 1
+                                if phase == "outage" { stats.rejectedDuringOutage += 1 }
+                                if stats.state == "closed" { stats.state = (error as? FuseboxError)?.state?.rawValue ?? "open" }
+                                if stats.firstOpenAfterMs == nil, phase == "outage" {
+                                    stats.firstOpenAfterMs = Int64(now.timeIntervalSince(outageStart) * 1000)
+                                }
+                            }
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                }
+            }
+        }
+        var final = shared.withLock { $0 }
+        final.done = !forever
+        Self.write(final, to: statsPath)
+    }
+
+    private static func write(_ stats: InstanceStats, to path: String) {
+        guard !path.isEmpty, let data = try? JSONEncoder().encode(stats) else { return }
+        let temporary = path + ".tmp"
+        if FileManager.default.createFile(atPath: temporary, contents: data) {
+            _ = rename(temporary, path)
+        }
+    }
+}
+
+/// The stats shared by an instance's workers.
+final class SharedStats: Sendable {
+    private let stats: Mutex<InstanceStats>
+    init(_ stats: InstanceStats) { self.stats = Mutex(stats) }
+    func withLock<T>(_ body: (inout InstanceStats) -> T) -> T { stats.withLock { body(&$0) } }
+}
+
+extension Duration {
+    /// The duration in seconds, for `Date` arithmetic.
+    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+extension Optional {
+    func orThrow(_ error: @autoclosure () -> some Error) throws -> Wrapped {
+        guard let self else { throw error() }
+        return self
+    }
+}
