@@ -1,16 +1,18 @@
 # Fusebox: `make demo` and `make test` work on a fresh Debian/Ubuntu machine with Swift installed.
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libhiredis-dev redis-server redis-tools
+APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose
 
 .PHONY: deps build test demo bench clean lua
 
-## Installs what is missing: hiredis headers, redis-server, redis-cli (apt-get update first; sudo when not root).
+## Installs what is missing: hiredis headers, redis-server, redis-cli, and docker-compose (only to validate
+## docker-compose.yml in the tests). apt-get update first; sudo when not root.
 deps:
 	@missing=""; \
 	[ -f /usr/include/hiredis/hiredis.h ] || missing="$$missing libhiredis-dev"; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null 2>&1 || missing="$$missing redis-tools"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
 		$(SUDO) apt-get update -q && \

@@ -69,6 +69,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "FuseboxCLITests",
+            dependencies: ["Fusebox", "FuseboxRedis", "Hiredis", "FuseboxTestKit"]
+        ),
+        .testTarget(
             name: "FuseboxTests",
             dependencies: [
                 "Fusebox", "FuseboxTestKit",

@@ -35,6 +35,8 @@ public final class RedisServerProcess: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         /// What went wrong, with what to do about it.
         public var description: String
+        /// Makes a failure.
+        public init(description: String) { self.description = description }
     }
 
     /// The loopback port the server listens on; the same across restarts.

@@ -1,0 +1,189 @@
+import Foundation
+import Fusebox
+import FuseboxRedis
+import FuseboxTestKit
+import Hiredis
+import Testing
+
+/// The built `fusebox` executable, beside the test bundle.
+let fuseboxExecutable: String = {
+    let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("fusebox").path
+    if FileManager.default.isExecutableFile(atPath: beside) { return beside }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return root.appendingPathComponent(".build/debug/fusebox").path
+}()
+
+struct Finished {
+    var status: Int32
+    var output: String
+}
+
+/// Runs `fusebox ARGS` to completion (at most `limit`), capturing stdout and stderr together.
+func fusebox(_ arguments: [String], limit: Duration = .seconds(60)) async throws -> Finished {
+    let log = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-cli-\(UUID().uuidString).log").path
+    defer { try? FileManager.default.removeItem(atPath: log) }
+    let child = try ChildProcess(executable: fuseboxExecutable, arguments: arguments, outputPath: log, environment: ["NO_COLOR": "1", "PATH": "/usr/bin:/bin"])
+    guard let status = await child.waitForExit(upTo: limit) else {
+        child.kill()
+        throw RedisServerProcess.Failure(description: "fusebox \(arguments) did not finish within \(limit)")
+    }
+    return Finished(status: status, output: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+}
+
+@Suite("The fusebox command", .timeLimit(.minutes(3)))
+struct CLITests {
+    @Test("bad input: one clear line and the documented exit code, never a stack trace")
+    func badInput() async throws {
+        let port = try RedisServerProcess.freePort()
+        let badURL = try await fusebox(["list", "--redis", "redis://host:notaport"])
+        #expect(badURL.status == 64)
+        #expect(badURL.output.contains("port 'notaport'"))
+
+        let down = try await fusebox(["list", "--redis", "redis://127.0.0.1:\(port)"])
+        #expect(down.status == 69)
+        #expect(down.output.split(separator: "\n").count == 1, "\(down.output)")
+        #expect(down.output.hasPrefix("fusebox: Redis at redis://127.0.0.1:\(port) is unavailable"))
+
+        let usage = try await fusebox(["run", "x", "--break-duration", "soon", "--redis", "redis://127.0.0.1:\(port)", "--", "true"])
+        #expect(usage.status == 64)
+        #expect(usage.output.contains("bad duration 'soon'"))
+
+        let badPolicy = try await fusebox(["run", "x", "--failure-ratio", "2", "--", "true"])
+        #expect(badPolicy.status == 64)
+        #expect(badPolicy.output.contains("failureRateThreshold"))
+
+        try await RedisServerProcess.with { server in
+            let unknown = try await fusebox(["show", "nope", "--redis", server.url])
+            #expect(unknown.status == 64)
+            #expect(unknown.output.contains("unknown breaker 'nope'"))
+            let empty = try await fusebox(["list", "--redis", server.url])
+            #expect(empty.status == 0)
+            #expect(empty.output.contains("no breakers"))
+        }
+    }
+
+    @Test("run, list, show, isolate, reset, half-open: exit codes and the JSON shape")
+    func commands() async throws {
+        try await RedisServerProcess.with { server in
+            let marker = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-ran-\(UUID().uuidString)").path
+            let common = ["--redis", server.url, "--consecutive-failures", "2", "--break-duration", "1m"]
+            #expect(try await fusebox(["run", "nightly"] + common + ["--", "true"]).status == 0)
+            #expect(try await fusebox(["run", "nightly"] + common + ["--", "sh", "-c", "exit 3"]).status == 3)
+            #expect(try await fusebox(["run", "nightly"] + common + ["--", "false"]).status == 1)
+            let rejected = try await fusebox(["run", "nightly"] + common + ["--", "touch", marker])
+            #expect(rejected.status == 75)
+            #expect(rejected.output.contains("circuit 'nightly' is OPEN"))
+            #expect(!FileManager.default.fileExists(atPath: marker))
+
+            let list = try await fusebox(["list", "--json", "--redis", server.url])
+            #expect(list.status == 0)
+            let breakers = try JSONSerialization.jsonObject(with: Data(list.output.utf8)) as! [[String: Any]]
+            #expect(breakers.count == 1)
+            let first = breakers[0]
+            #expect(first["name"] as? String == "nightly")
+            #expect(first["state"] as? String == "open")
+            #expect((first["totals"] as? [String: Any])?["calls"] as? Int == 3)
+            #expect((first["totals"] as? [String: Any])?["rejected"] as? Int == 1)
+            #expect((first["errors"] as? [String: Any])?["CommandExitStatus"] as? Int == 2)
+            for key in ["version", "timeInStateMs", "window", "failureRate", "consecutiveFailures", "attempt", "timeUntilProbeMs", "lastReason"] {
+                #expect(first[key] != nil, "list --json lacks \(key)")
+            }
+
+            let show = try await fusebox(["show", "nightly", "--json", "--redis", server.url])
+            let shown = try JSONSerialization.jsonObject(with: Data(show.output.utf8)) as! [String: Any]
+            let transitions = shown["transitions"] as! [[String: Any]]
+            #expect(transitions.map { $0["to"] as? String } == ["open"])
+            #expect((transitions.first?["reason"] as? String)?.contains("2 consecutive failures") == true)
+
+            let plain = try await fusebox(["show", "nightly", "--redis", server.url])
+            #expect(plain.output.contains("nightly  OPEN"))
+            #expect(plain.output.contains("CommandExitStatus ×2"))
+
+            let isolate = try await fusebox(["isolate", "nightly", "--reason", "maintenance", "--redis", server.url])
+            #expect(isolate.status == 0)
+            #expect(isolate.output.contains("ISOLATED"))
+            let blocked = try await fusebox(["run", "nightly"] + common + ["--", "true"])
+            #expect(blocked.status == 75)
+            #expect(blocked.output.contains("maintenance"))
+            #expect(try await fusebox(["half-open", "nightly", "--redis", server.url]).output.contains("HALF_OPEN"))
+            #expect(try await fusebox(["reset", "nightly", "--redis", server.url]).output.contains("CLOSED"))
+            #expect(try await fusebox(["run", "nightly"] + common + ["--", "true"]).status == 0)
+        }
+    }
+
+    @Test("16 parallel fusebox run processes in half-open admit exactly the permitted number")
+    func parallelProbes() async throws {
+        try await RedisServerProcess.with { server in
+            let policy = ["--redis", server.url, "--consecutive-failures", "1", "--break-duration", "1s", "--half-open-permits", "2"]
+            #expect(try await fusebox(["run", "export"] + policy + ["--", "false"]).status == 1)
+            try await Task.sleep(for: .milliseconds(1100))
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-probes-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            // Each admitted probe leaves a file and holds its permit for a second, so all 16 race for permits.
+            let results = try await withThrowingTaskGroup(of: Int32.self) { group in
+                for index in 0..<16 {
+                    group.addTask {
+                        try await fusebox(["run", "export"] + policy + ["--", "sh", "-c", "touch \(directory.path)/\(index); sleep 1"]).status
+                    }
+                }
+                return try await group.reduce(into: [Int32]()) { $0.append($1) }
+            }
+            let ran = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            #expect(ran.count == 2)
+            #expect(results.filter { $0 == 0 }.count == 2)
+            #expect(results.filter { $0 == 75 }.count == 14)
+            let snapshot = try await BreakerOperator(connection: RedisConnection(url: server.url)).snapshot(of: "export")
+            #expect(snapshot.state == .closed)
+        }
+    }
+
+    @Test("watch prints transitions as plain lines when the output is not a terminal")
+    func watch() async throws {
+        try await RedisServerProcess.with { server in
+            #expect(try await fusebox(["run", "watched", "--redis", server.url, "--", "true"]).status == 0)
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-watch-\(UUID().uuidString).log").path
+            defer { try? FileManager.default.removeItem(atPath: log) }
+            let watcher = try ChildProcess(executable: fuseboxExecutable, arguments: ["watch", "--limit", "2", "--redis", server.url], outputPath: log)
+            defer { watcher.kill() }
+            let subscribed = await poll { ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("watching") }
+            #expect(subscribed)
+            _ = try await fusebox(["isolate", "watched", "--reason", "drill", "--redis", server.url])
+            _ = try await fusebox(["reset", "watched", "--redis", server.url])
+            #expect(await watcher.waitForExit(upTo: .seconds(10)) == 0)
+            let output = try String(contentsOfFile: log, encoding: .utf8)
+            #expect(output.contains(#""state":"isolated""#))
+            #expect(output.contains(#""state":"closed""#))
+            #expect(!output.contains("\u{1B}["))
+        }
+    }
+
+    @Test("the demo, in its short mode, compares both adapters and exits 0")
+    func demo() async throws {
+        let result = try await fusebox(["demo", "--short", "--compare"], limit: .seconds(60))
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("Summary: distributed adapter, 3 instances"))
+        #expect(result.output.contains("Summary: local adapter, 3 instances"))
+        #expect(result.output.contains("Shared breaker vs one breaker per process"))
+    }
+
+    @Test("docker-compose.yml is a valid compose file")
+    func compose() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let tool = ["/usr/bin/docker-compose", "/usr/local/bin/docker-compose"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let path = try #require(tool, "docker-compose is not installed: run `make test`, which installs it")
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("compose-\(UUID().uuidString).log").path
+        let check = try ChildProcess(executable: path, arguments: ["-f", root.appendingPathComponent("docker-compose.yml").path, "config", "-q"], outputPath: log)
+        let status = await check.waitForExit(upTo: .seconds(60))
+        #expect(status == 0, "\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+    }
+}
+
+func poll(within limit: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
