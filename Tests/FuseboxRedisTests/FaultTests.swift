@@ -10,7 +10,7 @@ import Testing
 let adapterCommands = [
     "+evalsha", "+script|load", "+ping", "+subscribe", "+hgetall", "+hget", "+hset", "+hmget", "+hincrby", "+hdel",
     "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers", "+client|setname", "+zadd",
-    "+zremrangebyscore",
+    "+zremrangebyscore", "+sismember",
 ]
 
 @Suite("When Redis is not well", .timeLimit(.minutes(2)))
