@@ -93,7 +93,7 @@ final class CommandLoop: Sendable {
 
     private struct InFlight {
         let request: Request
-        let deadline: ContinuousClock.Instant
+        var deadline: ContinuousClock.Instant
         var replies: [RESPValue] = []
     }
 
@@ -179,7 +179,16 @@ final class CommandLoop: Sendable {
                     if events & Int16(POLLOUT) != 0 { hasPendingOutput = try !live.flush() }
                     if events & (Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
                         try live.read()
+                        var progressed = false
+                        defer {
+                            // The server is making progress: the oldest request waits commandTimeout from now.
+                            if progressed, var head = inFlight.first {
+                                head.deadline = max(head.deadline, .now + configuration.commandTimeout)
+                                inFlight.first = head
+                            }
+                        }
                         while let reply = try live.nextReply() {
+                            progressed = true
                             guard inFlight.first != nil else {
                                 throw RedisError(code: .protocolError, message: "a reply arrived that no command asked for", endpoint: live.endpoint)
                             }

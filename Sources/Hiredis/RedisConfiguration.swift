@@ -29,8 +29,8 @@ public struct RedisConfiguration: Sendable, Hashable, CustomStringConvertible {
     public var database: Int
     /// The longest a connection attempt (including `AUTH`, `SELECT` and `CLIENT SETNAME`) may take.
     public var connectTimeout: Duration
-    /// The longest a command may wait for its reply once written; a command that exceeds it fails with
-    /// ``RedisError/Code/timeout`` and the connection is re-made for the next command.
+    /// The longest the server may make no progress on a written command (no reply to it or to those ahead of it);
+    /// a command that waits longer fails with ``RedisError/Code/timeout`` and the connection is re-made.
     public var commandTimeout: Duration
     /// The name set with `CLIENT SETNAME`, visible in `CLIENT LIST`; `nil` sets none.
     public var clientName: String?

@@ -4,9 +4,10 @@
 /// never runs on Swift's cooperative pool. Callers enqueue and await; requests that arrive while a round trip
 /// is in flight are written together (automatic pipelining), and replies are matched to callers in order.
 ///
-/// Timeouts: a command fails with ``RedisError/Code/timeout`` when its reply has not arrived within
-/// ``RedisConfiguration/commandTimeout`` of being written; making the connection first may add up to
-/// ``RedisConfiguration/connectTimeout``. After a timeout or a broken socket the connection is re-made on the
+/// Timeouts: a command fails with ``RedisError/Code/timeout`` when the server has made no progress on it (no reply
+/// to it or to the commands ahead of it) for ``RedisConfiguration/commandTimeout``; a frozen server therefore fails a
+/// single command within that time, while a long pipeline that keeps flowing is not cut off. Making the connection
+/// first may add up to ``RedisConfiguration/connectTimeout``. After a timeout or a broken socket the connection is re-made on the
 /// next command; after failed attempts, new attempts are spaced out (25 ms doubling to 1 s) and commands in
 /// between fail at once.
 ///
