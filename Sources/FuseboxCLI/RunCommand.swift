@@ -70,6 +70,8 @@ struct RunCommand: AsyncParsableCommand {
                 permit = try await breaker.acquireAsync()
             } catch let error as FuseboxError {
                 if error.code == .backendUnavailable { throw CLIError.unavailable(error.message) }
+                // A rejection from the cached state is counted in the buffer: write it before exiting.
+                await adapter.flush()
                 printError("not running `\(command.joined(separator: " "))`: \(error.message)")
                 throw ExitCode(75)
             }
