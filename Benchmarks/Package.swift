@@ -8,7 +8,7 @@ let package = Package(
     name: "fusebox-benchmarks",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(path: ".."),
+        .package(name: "fusebox", path: ".."),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
@@ -24,6 +24,10 @@ let package = Package(
             ],
             path: "Benchmarks/HotPath",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "hotpath-profile",
+            dependencies: [.product(name: "Fusebox", package: "fusebox")]
         ),
         .executableTarget(
             name: "fusebox-bench",

@@ -59,9 +59,12 @@ public final class BreakerInstruments: Sendable {
     private let ignored: Counter
     private let slowCalls: Counter
     private let rejections: Counter
+    private let slowCallNanoseconds: Int64
 
-    /// Makes the instruments of breaker `name`; `logger` gets the transitions.
-    public init(name: String, initialState: BreakerState, logger: Logger) {
+    /// Makes the instruments of breaker `name`; `logger` gets the transitions; calls longer than
+    /// `slowCallDuration` count as slow.
+    public init(name: String, initialState: BreakerState, slowCallDuration: Duration, logger: Logger) {
+        self.slowCallNanoseconds = slowCallDuration.nanoseconds
         self.name = name
         var logger = logger
         logger[metadataKey: "breaker.name"] = .string(name)
@@ -100,17 +103,17 @@ public final class BreakerInstruments: Sendable {
         events.publish(.callRejected(state: state))
     }
 
-    /// Counts and publishes an outcome.
-    public func recorded(_ outcome: CallOutcome, duration: Duration, slowCallDuration: Duration) {
+    /// Counts and publishes an outcome of a call that took `nanoseconds`.
+    public func recorded(_ outcome: CallOutcome, nanoseconds: Int64) {
         switch outcome {
         case .success:
             successes.increment()
-            if duration > slowCallDuration { slowCalls.increment() }
-            if events.isObserved { events.publish(.success(duration: duration)) }
+            if nanoseconds > slowCallNanoseconds { slowCalls.increment() }
+            if events.isObserved { events.publish(.success(duration: .nanoseconds(nanoseconds))) }
         case .failure(let type):
             failures.increment()
-            if duration > slowCallDuration { slowCalls.increment() }
-            if events.isObserved { events.publish(.failure(duration: duration, errorType: String(describing: type))) }
+            if nanoseconds > slowCallNanoseconds { slowCalls.increment() }
+            if events.isObserved { events.publish(.failure(duration: .nanoseconds(nanoseconds), errorType: String(describing: type))) }
         case .ignored:
             ignored.increment()
             events.publish(.ignored)

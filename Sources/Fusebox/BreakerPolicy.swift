@@ -131,11 +131,22 @@ public struct BreakerPolicy: Sendable {
         }
 
         /// Classifies an error thrown by the call. Default: `CancellationError` is ignored, the rest are failures.
-        public var classifyError: @Sendable (any Error) -> Verdict
+        public var classifyError: @Sendable (any Error) -> Verdict {
+            didSet { isDefault = false }
+        }
+        /// `true` for the default rule, which permits apply without boxing the error.
+        private(set) var isDefault: Bool
 
-        /// Makes a classification.
-        public init(classifyError: @escaping @Sendable (any Error) -> Verdict = Classification.defaultVerdict) {
+        /// The default classification: `CancellationError` is ignored, every other error is a failure.
+        public init() {
+            self.classifyError = Classification.defaultVerdict
+            self.isDefault = true
+        }
+
+        /// A classification by `classifyError`.
+        public init(classifyError: @escaping @Sendable (any Error) -> Verdict) {
             self.classifyError = classifyError
+            self.isDefault = false
         }
 
         /// Treats errors of the given types as ignored, and every other error but `CancellationError` as a failure.

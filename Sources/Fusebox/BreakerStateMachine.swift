@@ -10,11 +10,11 @@ public struct PermitToken: Sendable, Hashable {
     public var isProbe: Bool
     /// `false` in mode `disabled` and when Fusebox is switched off: the outcome is not recorded at all.
     public var isRecorded: Bool
-    /// When the call was admitted, as time since the backend's epoch (for the slow-call rule).
-    public var startedAt: Duration
+    /// When the call was admitted, in nanoseconds since the backend's epoch (for the slow-call rule).
+    public var startedAt: Int64
 
     /// Makes a token.
-    public init(version: Int, isProbe: Bool, isRecorded: Bool, startedAt: Duration) {
+    public init(version: Int, isProbe: Bool, isRecorded: Bool, startedAt: Int64) {
         self.version = version
         self.isProbe = isProbe
         self.isRecorded = isRecorded
@@ -22,7 +22,7 @@ public struct PermitToken: Sendable, Hashable {
     }
 
     /// The token of a call that is neither limited nor recorded.
-    public static let unrecorded = PermitToken(version: -1, isProbe: false, isRecorded: false, startedAt: .zero)
+    public static let unrecorded = PermitToken(version: -1, isProbe: false, isRecorded: false, startedAt: 0)
 }
 
 /// The answer to "may this call run?".
@@ -35,7 +35,8 @@ public enum BreakerAdmission: Sendable {
 
 /// Every rule of the breaker, as a pure value: no clock, no lock, no I/O.
 ///
-/// Time comes in as `now`, an offset from an epoch the owner chooses. Each mutating method returns the
+/// Time comes in as `now`, in nanoseconds from an epoch the owner chooses (integers keep the hot path free of
+/// `Duration`'s 128-bit arithmetic). Each mutating method returns the
 /// transition it caused, if any; the owner logs it, publishes it and updates metrics outside its lock.
 /// The `local` adapter holds one of these behind a `Mutex`; `lua/breaker.lua` implements the same rules for
 /// Redis, and the conformance suite runs the same scenarios against both.
@@ -49,10 +50,10 @@ public struct BreakerStateMachine: Sendable {
     public private(set) var state: BreakerState
     /// +1 on every transition.
     public private(set) var version = 0
-    /// When the current state began.
-    public private(set) var since: Duration
-    /// While open: when probes may start.
-    public private(set) var openUntil: Duration = .zero
+    /// When the current state began (ns since the epoch).
+    public private(set) var since: Int64
+    /// While open: when probes may start (ns since the epoch).
+    public private(set) var openUntil: Int64 = 0
     /// Consecutive opens; 0 once closed.
     public private(set) var attempt = 0
     /// The reason of the last transition.
@@ -69,6 +70,8 @@ public struct BreakerStateMachine: Sendable {
     public private(set) var totals = BreakerTotals()
 
     private var window: SlidingWindow
+    private let slowCallNanoseconds: Int64
+    private let maxHalfOpenNanoseconds: Int64
     private var errorCounts: [ObjectIdentifier: Int] = [:]
     private var errorNames: [ObjectIdentifier: String] = [:]
     private var recentTransitions: [BreakerTransition] = []
@@ -78,9 +81,11 @@ public struct BreakerStateMachine: Sendable {
     public static let timelineCapacity = 100
 
     /// A new breaker in its mode's base state (closed, metrics-only or disabled).
-    public init(name: String, policy: BreakerPolicy, now: Duration) {
+    public init(name: String, policy: BreakerPolicy, now: Int64) {
         self.name = name
         self.policy = policy
+        self.slowCallNanoseconds = policy.slowCallDuration.nanoseconds
+        self.maxHalfOpenNanoseconds = policy.maxHalfOpenDuration.nanoseconds
         self.state = Self.baseState(of: policy.mode)
         self.since = now
         self.window = SlidingWindow(policy.window)
@@ -97,9 +102,38 @@ public struct BreakerStateMachine: Sendable {
 
     // MARK: - Admission
 
+    /// A small answer for the common cases, so the hot path copies little.
+    public enum QuickAdmission: Sendable {
+        /// Closed or metrics-only: admitted.
+        case admitted(PermitToken)
+        /// Open and its break has not ended: rejected, with the nanoseconds until it does.
+        case rejectedOpen(Int64)
+        /// Isolated: rejected, with the operator's reason.
+        case rejectedIsolated(String?)
+        /// Anything else (a break that has ended, half-open, disabled): use ``acquire(now:)``.
+        case undecided
+    }
+
+    /// Decides the common cases without applying any transition; counts a rejection it makes.
+    @inline(__always)
+    public mutating func quickAdmission(now: Int64) -> QuickAdmission {
+        switch state {
+        case .closed, .metricsOnly:
+            return .admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now))
+        case .open where now < openUntil:
+            totals.rejected += 1
+            return .rejectedOpen(openUntil - now)
+        case .isolated:
+            totals.rejected += 1
+            return .rejectedIsolated(isolationReason)
+        default:
+            return .undecided
+        }
+    }
+
     /// Decides whether a call may run at `now`. Applies a due time-based transition first (end of the break,
     /// half-open timeout) and returns it with the decision.
-    public mutating func acquire(now: Duration) -> (BreakerAdmission, BreakerTransition?) {
+    public mutating func acquire(now: Int64) -> (BreakerAdmission, BreakerTransition?) {
         let transition = advance(now: now)
         switch state {
         case .closed, .metricsOnly:
@@ -111,24 +145,23 @@ public struct BreakerStateMachine: Sendable {
             return (.admitted(PermitToken(version: version, isProbe: true, isRecorded: true, startedAt: now)), transition)
         case .halfOpen:
             totals.rejected += 1
-            return (.rejected(.rejection(name: name, state: .halfOpen, retryAfter: nil, isolationReason: nil)), transition)
+            return (.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil)), transition)
         case .open:
             totals.rejected += 1
-            let wait = openUntil - now
-            return (.rejected(.rejection(name: name, state: .open, retryAfter: max(.zero, wait), isolationReason: nil)), transition)
+            return (.rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: max(0, openUntil - now), isolationReason: nil)), transition)
         case .isolated:
             totals.rejected += 1
-            return (.rejected(.rejection(name: name, state: .isolated, retryAfter: nil, isolationReason: isolationReason)), transition)
+            return (.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: isolationReason)), transition)
         }
     }
 
     /// Applies the transitions time alone causes: open → half-open when the break has ended, half-open → open
     /// when it has lasted ``BreakerPolicy/maxHalfOpenDuration`` without closing.
-    public mutating func advance(now: Duration) -> BreakerTransition? {
+    public mutating func advance(now: Int64) -> BreakerTransition? {
         switch state {
         case .open where now >= openUntil:
             return transition(to: .halfOpen, reason: "break of \(FuseboxError.format(policy.breakDuration.duration(forAttempt: attempt))) ended", now: now)
-        case .halfOpen where now - since >= policy.maxHalfOpenDuration:
+        case .halfOpen where now - since >= maxHalfOpenNanoseconds:
             return trip(reason: "half-open for \(FuseboxError.format(policy.maxHalfOpenDuration)) without closing", now: now)
         default:
             return nil
@@ -138,18 +171,18 @@ public struct BreakerStateMachine: Sendable {
     // MARK: - Outcomes
 
     /// Records the outcome of a call admitted with `token`; returns the transition it caused, if any.
-    public mutating func record(_ outcome: CallOutcome, token: PermitToken, now: Duration) -> BreakerTransition? {
+    public mutating func record(_ outcome: CallOutcome, token: PermitToken, now: Int64) -> BreakerTransition? {
         guard token.isRecorded else { return nil }
         let isSlow: Bool
         let isFailure: Bool
         switch outcome {
         case .success:
             isFailure = false
-            isSlow = now - token.startedAt > policy.slowCallDuration
+            isSlow = now - token.startedAt > slowCallNanoseconds
             totals.successes += 1
         case .failure(let type):
             isFailure = true
-            isSlow = now - token.startedAt > policy.slowCallDuration
+            isSlow = now - token.startedAt > slowCallNanoseconds
             totals.failures += 1
             let key = ObjectIdentifier(type)
             if let count = errorCounts[key] {
@@ -172,7 +205,8 @@ public struct BreakerStateMachine: Sendable {
         case .closed, .metricsOnly:
             window.record(failure: isFailure, slow: isSlow, now: now)
             consecutiveFailures = isFailure ? consecutiveFailures + 1 : 0
-            guard state == .closed, let reason = tripReason() else { return nil }
+            // Only a failure can complete a streak; the ratio rules need the minimum throughput first.
+            guard state == .closed, isFailure || window.calls >= policy.minimumThroughput, let reason = tripReason() else { return nil }
             return trip(reason: reason, now: now)
         case .halfOpen where token.isProbe:
             probesInFlight -= 1
@@ -214,34 +248,34 @@ public struct BreakerStateMachine: Sendable {
     // MARK: - Manual control
 
     /// Forces the breaker open until ``reset(now:)``; rejections carry `reason`. Works from every state.
-    public mutating func isolate(reason: String, now: Duration) -> BreakerTransition {
+    public mutating func isolate(reason: String, now: Int64) -> BreakerTransition {
         isolationReason = reason
         return transition(to: .isolated, reason: "isolated: \(reason)", now: now)
     }
 
     /// Returns to the mode's base state (closed, unless metrics-only or disabled) with an empty window,
     /// no streak and attempt 0. Works from every state.
-    public mutating func reset(now: Duration) -> BreakerTransition {
+    public mutating func reset(now: Int64) -> BreakerTransition {
         transition(to: Self.baseState(of: policy.mode), reason: "reset", now: now)
     }
 
     /// Moves to half-open at once, with every probe permit free. Works from every state.
-    public mutating func forceHalfOpen(now: Duration) -> BreakerTransition {
+    public mutating func forceHalfOpen(now: Int64) -> BreakerTransition {
         transition(to: .halfOpen, reason: "forced half-open", now: now)
     }
 
     // MARK: - Reading
 
     /// Everything known at `now`, after applying due time-based transitions (returned too).
-    public mutating func snapshot(now: Duration) -> (BreakerSnapshot, BreakerTransition?) {
+    public mutating func snapshot(now: Int64) -> (BreakerSnapshot, BreakerTransition?) {
         let transition = advance(now: now)
         window.expire(now: now)
         var errors: [String: Int] = [:]
         for (key, count) in errorCounts { errors[errorNames[key] ?? "Error", default: 0] += count }
         let snapshot = BreakerSnapshot(
-            name: name, state: state, version: version, timeInState: now - since, windowCalls: window.calls,
+            name: name, state: state, version: version, timeInState: .nanoseconds(now - since), windowCalls: window.calls,
             windowFailures: window.failures, windowSlowCalls: window.slow, consecutiveFailures: consecutiveFailures,
-            errorCounts: errors, totals: totals, timeUntilProbe: state == .open ? max(.zero, openUntil - now) : nil,
+            errorCounts: errors, totals: totals, timeUntilProbe: state == .open ? .nanoseconds(max(0, openUntil - now)) : nil,
             isolationReason: state == .isolated ? isolationReason : nil, attempt: attempt, probesInFlight: probesInFlight,
             probeSuccesses: probeSuccesses, lastReason: reason)
         return (snapshot, transition)
@@ -254,14 +288,14 @@ public struct BreakerStateMachine: Sendable {
 
     // MARK: - Transitions
 
-    private mutating func trip(reason: String, now: Duration) -> BreakerTransition {
+    private mutating func trip(reason: String, now: Int64) -> BreakerTransition {
         attempt += 1
-        openUntil = now + policy.breakDuration.duration(forAttempt: attempt)
+        openUntil = now + policy.breakDuration.duration(forAttempt: attempt).nanoseconds
         return transition(to: .open, reason: reason, now: now)
     }
 
-    private mutating func transition(to next: BreakerState, reason: String, now: Duration) -> BreakerTransition {
-        let change = BreakerTransition(from: state, to: next, reason: reason, version: version + 1, at: now)
+    private mutating func transition(to next: BreakerState, reason: String, now: Int64) -> BreakerTransition {
+        let change = BreakerTransition(from: state, to: next, reason: reason, version: version + 1, at: .nanoseconds(now))
         version += 1
         state = next
         since = now
@@ -272,11 +306,10 @@ public struct BreakerStateMachine: Sendable {
         window.clear()
         switch next {
         case .open: break
-        case .isolated: openUntil = .zero
-        case .halfOpen: openUntil = .zero
+        case .isolated, .halfOpen: openUntil = 0
         case .closed, .metricsOnly, .disabled:
             attempt = 0
-            openUntil = .zero
+            openUntil = 0
             isolationReason = nil
         }
         if next != .isolated { isolationReason = nil }

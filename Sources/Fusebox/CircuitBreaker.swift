@@ -170,9 +170,17 @@ public struct BreakerPermit: ~Copyable, Sendable {
     }
 
     /// The call failed with `error`; the classification decides whether it counts as a failure or is ignored.
-    public consuming func failure(_ error: any Error) {
-        switch classification.classifyError(error) {
-        case .failure: backend.record(.failure(type(of: error)), for: token)
+    ///
+    /// Generic, so that with the default classification the error is never boxed: reporting a failure
+    /// allocates nothing.
+    public consuming func failure<E: Error>(_ error: E) {
+        let errorType = type(of: error as E)
+        let verdict: BreakerPolicy.Classification.Verdict =
+            classification.isDefault
+            ? (errorType == CancellationError.self ? .ignored : .failure)
+            : classification.classifyError(error)
+        switch verdict {
+        case .failure: backend.record(.failure(errorType), for: token)
         case .ignored: backend.record(.ignored, for: token)
         }
         isSettled = true

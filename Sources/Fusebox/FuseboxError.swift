@@ -42,47 +42,68 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
 
     /// What kind of failure this is.
     public var code: Code
-    /// The breaker concerned, if any.
-    public var breakerName: String?
     /// For rejections: the state that rejected the call.
     public var state: BreakerState?
-    /// For rejections: the time until the breaker lets a probe through; `nil` when isolated or when every
-    /// half-open permit is taken.
-    public var retryAfter: Duration?
+    /// The breaker concerned, if any.
+    public var breakerName: String?
     /// For rejections of an isolated breaker: the reason given to `isolate(reason:)`.
     public var isolationReason: String?
+    /// Nanoseconds until the next probe; negative for none. Kept as an integer so a rejection stays cheap.
+    private var retryAfterNanoseconds: Int64 = -1
+    /// The message and underlying error, boxed: rejections (the hot path) carry neither.
+    private var extra: Extra?
+
+    private final class Extra: Sendable {
+        let detail: String?
+        let underlying: (any Error & Sendable)?
+        init(detail: String?, underlying: (any Error & Sendable)?) {
+            self.detail = detail
+            self.underlying = underlying
+        }
+    }
+
+    /// For rejections: the time until the breaker lets a probe through; `nil` when isolated or when every
+    /// half-open permit is taken.
+    public var retryAfter: Duration? {
+        get { retryAfterNanoseconds < 0 ? nil : .nanoseconds(retryAfterNanoseconds) }
+        set { retryAfterNanoseconds = newValue.map { max(0, $0.nanoseconds) } ?? -1 }
+    }
+
     /// The underlying error, if any.
-    public var underlying: (any Error & Sendable)?
-    private var detail: String?
+    public var underlying: (any Error & Sendable)? { extra?.underlying }
 
     /// Makes an error with a message.
     public init(code: Code, message: String, breakerName: String? = nil, underlying: (any Error & Sendable)? = nil) {
         self.code = code
-        self.detail = message
         self.breakerName = breakerName
-        self.underlying = underlying
+        self.extra = Extra(detail: message, underlying: underlying)
     }
 
     /// Makes a rejection; its message is built when read.
     public static func rejection(
         name: String, state: BreakerState, retryAfter: Duration?, isolationReason: String?
     ) -> FuseboxError {
-        var error = FuseboxError(code: .circuitOpen, detail: nil, breakerName: name)
-        error.state = state
-        error.retryAfter = retryAfter
-        error.isolationReason = isolationReason
-        return error
+        rejection(name: name, state: state, retryAfterNanoseconds: retryAfter.map { max(0, $0.nanoseconds) }, isolationReason: isolationReason)
     }
 
-    private init(code: Code, detail: String?, breakerName: String?) {
+    /// Makes a rejection with the wait in nanoseconds (no `Duration` arithmetic on the hot path).
+    public static func rejection(
+        name: String, state: BreakerState, retryAfterNanoseconds: Int64?, isolationReason: String?
+    ) -> FuseboxError {
+        FuseboxError(code: .circuitOpen, state: state, breakerName: name, isolationReason: isolationReason, retryAfterNanoseconds: retryAfterNanoseconds ?? -1)
+    }
+
+    private init(code: Code, state: BreakerState, breakerName: String, isolationReason: String?, retryAfterNanoseconds: Int64) {
         self.code = code
-        self.detail = detail
+        self.state = state
         self.breakerName = breakerName
+        self.isolationReason = isolationReason
+        self.retryAfterNanoseconds = retryAfterNanoseconds
     }
 
     /// A message a person can act on, e.g. `circuit 'payments' is OPEN; next probe in 4.2 s`.
     public var message: String {
-        if let detail { return detail }
+        if let detail = extra?.detail { return detail }
         guard code == .circuitOpen else { return "\(code)" }
         let name = breakerName ?? "?"
         switch state {
@@ -122,7 +143,7 @@ extension Duration {
     }
 
     /// Whole nanoseconds, rounded down (saturating at ±292 years).
-    var nanoseconds: Int64 {
+    public var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return seconds < 0 ? .min : .max }

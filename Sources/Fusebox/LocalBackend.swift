@@ -3,7 +3,8 @@ import Synchronization
 
 /// The `local` adapter: breakers that live in this process.
 ///
-/// Generic over the `Clock` so tests can drive time; production uses `ContinuousClock`.
+/// Generic over the `Clock` so tests can drive time. `LocalAdapter()` uses `ContinuousClock` (exact);
+/// `LocalAdapter(clock: CoarseMonotonicClock())` reads a cheaper, millisecond-resolution clock.
 public struct LocalAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
     /// The clock every breaker of this adapter reads.
     public let clock: C
@@ -26,30 +27,41 @@ extension LocalAdapter where C == ContinuousClock {
 /// One breaker of the `local` adapter: a ``BreakerStateMachine`` behind a `Mutex`.
 ///
 /// The lock is held only for the state machine's arithmetic (tens of nanoseconds); logging, metrics and events
-/// happen after it is released.
-public final class LocalBackend<C: Clock>: BreakerBackend where C.Duration == Duration {
+/// happen after it is released. Not generic: the clock is reduced to a ``NanosecondClock`` when the backend is
+/// made, so the hot path runs specialised code.
+public final class LocalBackend: BreakerBackend {
     public let name: String
     public let policy: BreakerPolicy
-    private let clock: C
-    private let epoch: C.Instant
+    private let clock: NanosecondClock
     private let machine: Mutex<BreakerStateMachine>
     private let instruments: BreakerInstruments
 
     /// Makes a breaker in its base state; `policy` must be validated.
-    public init(name: String, policy: BreakerPolicy, clock: C, logger: Logger) {
+    public init<C: Clock>(name: String, policy: BreakerPolicy, clock: C, logger: Logger) where C.Duration == Duration {
         self.name = name
         self.policy = policy
-        self.clock = clock
-        self.epoch = clock.now
-        let machine = BreakerStateMachine(name: name, policy: policy, now: .zero)
-        self.instruments = BreakerInstruments(name: name, initialState: machine.state, logger: logger)
+        self.clock = NanosecondClock(clock)
+        let machine = BreakerStateMachine(name: name, policy: policy, now: 0)
+        self.instruments = BreakerInstruments(name: name, initialState: machine.state, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.machine = Mutex(machine)
     }
 
-    private var now: Duration { epoch.duration(to: clock.now) }
+    private var now: Int64 { clock.now }
 
     public func acquire() -> BreakerAdmission {
         let now = self.now
+        switch machine.withLock({ $0.quickAdmission(now: now) }) {
+        case .admitted(let token):
+            return .admitted(token)
+        case .rejectedOpen(let wait):
+            instruments.rejected(in: .open)
+            return .rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: wait, isolationReason: nil))
+        case .rejectedIsolated(let reason):
+            instruments.rejected(in: .isolated)
+            return .rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: reason))
+        case .undecided:
+            break
+        }
         let (admission, transition) = machine.withLock { $0.acquire(now: now) }
         if let transition { instruments.transitioned(transition) }
         if case .rejected(let error) = admission { instruments.rejected(in: error.state ?? .open) }
@@ -60,7 +72,7 @@ public final class LocalBackend<C: Clock>: BreakerBackend where C.Duration == Du
         guard token.isRecorded else { return }
         let now = self.now
         let transition = machine.withLock { $0.record(outcome, token: token, now: now) }
-        instruments.recorded(outcome, duration: now - token.startedAt, slowCallDuration: policy.slowCallDuration)
+        instruments.recorded(outcome, nanoseconds: now - token.startedAt)
         if let transition { instruments.transitioned(transition) }
     }
 

@@ -1,7 +1,7 @@
 /// The calls, failures and slow calls of the recent past, by time buckets or by count.
 ///
 /// Recording is O(1) amortised for the count window and O(buckets) at most when time moves past a bucket;
-/// it allocates nothing (the storage is sized once). Times are offsets from the owner's epoch. `lua/` keeps
+/// it allocates nothing (the storage is sized once). Times are nanoseconds from the owner's epoch. `lua/` keeps
 /// the same rules for Redis, and the conformance suite holds the two to the same results.
 struct SlidingWindow: Sendable {
     /// Nanoseconds per bucket for a time window; `nil` for a count window.
@@ -41,9 +41,9 @@ struct SlidingWindow: Sendable {
     }
 
     /// Drops buckets that have aged out by `now`; a no-op for the count window.
-    mutating func expire(now: Duration) {
+    mutating func expire(now: Int64) {
         guard let width = bucketWidth else { return }
-        let current = now.nanoseconds / width
+        let current = now / width
         guard current > newestBucket else { return }
         newestBucket = current
         let oldestKept = current - Int64(slotBucket.count) + 1
@@ -53,10 +53,10 @@ struct SlidingWindow: Sendable {
     }
 
     /// Adds one call at `now`.
-    mutating func record(failure: Bool, slow isSlow: Bool, now: Duration) {
+    mutating func record(failure: Bool, slow isSlow: Bool, now: Int64) {
         if let width = bucketWidth {
             expire(now: now)
-            let bucket = max(now.nanoseconds / width, newestBucket)
+            let bucket = max(now / width, newestBucket)
             let slot = Int(bucket % Int64(slotBucket.count))
             if slotBucket[slot] != bucket {
                 empty(slot)

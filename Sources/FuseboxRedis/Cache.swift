@@ -26,10 +26,10 @@ struct Cache: Sendable {
     var version = 0
     /// The incarnation of the state hash the cache reflects; a different one is newer whatever its version.
     var created: Int64 = 0
-    /// While open: when (on this instance's clock) the break ends.
-    var probeAt: Duration = .zero
-    /// After Redis denied a probe permit: reject locally until then.
-    var halfOpenDeniedUntil: Duration = .zero
+    /// While open: when (ns on this instance's clock) the break ends.
+    var probeAt: Int64 = 0
+    /// After Redis denied a probe permit: reject locally until then (ns).
+    var halfOpenDeniedUntil: Int64 = 0
     var attempt = 0
     var isolationReason: String?
     /// The window as of the last reply, to guess whether an outcome may trip the breaker.
@@ -45,7 +45,7 @@ struct Cache: Sendable {
     init(state: BreakerState) { self.state = state }
 
     /// Applies a script reply; returns the transition it reveals and whether the store just became usable again.
-    mutating func apply(_ reply: StateReply, now: Duration) -> (BreakerTransition?, Bool) {
+    mutating func apply(_ reply: StateReply, now: Int64) -> (BreakerTransition?, Bool) {
         let recovered = !health.isHealthy
         if recovered {
             health = .healthy
@@ -62,8 +62,8 @@ struct Cache: Sendable {
         created = reply.created
         attempt = reply.attempt
         isolationReason = reply.isolationReason
-        probeAt = reply.state == .open ? now + .milliseconds(max(0, reply.openUntil - reply.now)) : .zero
-        if transition != nil { halfOpenDeniedUntil = .zero }
+        probeAt = reply.state == .open ? now + max(0, reply.openUntil - reply.now) * 1_000_000 : 0
+        if transition != nil { halfOpenDeniedUntil = 0 }
         windowCalls = reply.windowCalls
         windowFailures = reply.windowFailures
         consecutiveFailures = reply.consecutiveFailures
@@ -119,7 +119,7 @@ struct PendingOutcomes: Sendable {
         var failures = 0
         var trailingFailures = 0
         var errors: [ObjectIdentifier: Int] = [:]
-        var firstAt: Duration = .zero
+        var firstAt: Int64 = 0
 
         var isEmpty: Bool { outcomes.isEmpty && ignored == 0 }
 
@@ -144,7 +144,7 @@ struct PendingOutcomes: Sendable {
 
     /// Adds an outcome; returns `true` when it should be written at once (a probe's outcome).
     mutating func append(
-        _ outcome: CallOutcome, slow: Bool, version: Int, created: Int64, probe: Bool, now: Duration, limit: Int
+        _ outcome: CallOutcome, slow: Bool, version: Int, created: Int64, probe: Bool, now: Int64, limit: Int
     ) -> Bool {
         guard count < limit else {
             dropped += 1

@@ -20,7 +20,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     let core: DistributedCore
     private let clock: C
     private let subscriber: RedisSubscriber
-    private let backends = Mutex<[String: DistributedBackend<C>]>([:])
+    private let backends = BackendTable()
 
     /// Makes the adapter; nothing is connected until the first breaker is used or ``run()`` starts.
     /// `clock` measures call durations (the slow-call rule); decisions use Redis time only.
@@ -33,7 +33,18 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         do {
             let connection = try RedisConnection(configuration: configuration)
             core = DistributedCore(options: options, connection: connection, logger: logger)
-            subscriber = try RedisSubscriber(configuration: configuration, channels: [core.channel], healthCheckInterval: options.refreshInterval)
+            // Transition messages are applied on the subscriber's own thread as they arrive: no task switch.
+            let backends = self.backends
+            let logger = logger
+            subscriber = try RedisSubscriber(
+                configuration: configuration, channels: [core.channel], healthCheckInterval: options.refreshInterval,
+                onMessage: { message in
+                    guard let transition = try? JSONDecoder().decode(TransitionMessage.self, from: Data(message.payload)) else {
+                        logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
+                        return
+                    }
+                    backends.withLock { $0[transition.name] }?.apply(transition)
+                })
         } catch {
             throw FuseboxError(code: .backendUnavailable, message: error.message, underlying: error)
         }
@@ -53,7 +64,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         return backend
     }
 
-    private var allBackends: [DistributedBackend<C>] { backends.withLock { Array($0.values) } }
+    private var allBackends: [DistributedBackend] { backends.withLock { Array($0.values) } }
 
     /// Writes every buffered outcome and waits until Redis has applied it (or refused it).
     public func flush() async {
@@ -101,15 +112,10 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     }
 
     private func listen() async {
-        let decoder = JSONDecoder()
         for await event in subscriber.events {
             switch event {
-            case .message(let message):
-                guard let transition = try? decoder.decode(TransitionMessage.self, from: Data(message.payload)) else {
-                    core.logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
-                    continue
-                }
-                backends.withLock { $0[transition.name] }?.apply(transition)
+            case .message:
+                break  // delivered to the onMessage handler instead
             case .reconnected:
                 core.logger.info("Redis pub/sub reconnected; refreshing every breaker")
                 for backend in allBackends { backend.refresh() }
@@ -130,6 +136,12 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     package func shiftClock(by duration: Duration) {
         core.pinnedTime.add(duration.milliseconds, ordering: .relaxed)
     }
+}
+
+/// The adapter's breakers by name, shared with the subscriber's message handler.
+final class BackendTable: Sendable {
+    private let table = Mutex<[String: DistributedBackend]>([:])
+    func withLock<T>(_ body: (inout [String: DistributedBackend]) -> T) -> T { table.withLock { body(&$0) } }
 }
 
 extension DistributedAdapter where C == ContinuousClock {

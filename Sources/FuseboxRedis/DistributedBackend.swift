@@ -30,16 +30,20 @@ final class DistributedCore: Sendable {
 /// `EVALSHA` per breaker. Only when a break has ended (probe permits are handed out fleet-wide) or the state is
 /// not known yet does admission ask Redis. Every reply and every transition message refreshes the cache;
 /// one with a lower version than the cache's is ignored.
-final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Duration {
+final class DistributedBackend: BreakerBackend {
     let name: String
     let policy: BreakerPolicy
     private let core: DistributedCore
-    private let clock: C
-    private let epoch: C.Instant
+    private let clock: NanosecondClock
     private let keys: [String]
     private let policyArguments: [String]
     private let instruments: BreakerInstruments
     private let cache: Mutex<Cache>
+    // The options the hot path reads, copied out once (the options struct holds strings: copying it costs).
+    private let whenUnavailable: DistributedOptions.UnavailablePolicy
+    private let writeThrough: Bool
+    private let maxBufferedOutcomes: Int
+    private let slowCallNanoseconds: Int64
     /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
     private let sendOrder = Mutex<Void>(())
     private let isRegistered = Atomic<Bool>(false)
@@ -47,30 +51,35 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
     private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
 
-    init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: C, logger: Logger) {
+    init<C: Clock>(name: String, policy: BreakerPolicy, core: DistributedCore, clock: C, logger: Logger) where C.Duration == Duration {
         self.name = name
         self.policy = policy
         self.core = core
-        self.clock = clock
-        self.epoch = clock.now
+        self.clock = NanosecondClock(clock)
         let prefix = "\(core.options.namespace):{\(name)}"
         self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):batches"]
         self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
+        self.whenUnavailable = core.options.whenUnavailable
+        self.writeThrough = core.options.writeThrough
+        self.maxBufferedOutcomes = core.options.maxBufferedOutcomes
+        self.slowCallNanoseconds = policy.slowCallDuration.nanoseconds
         let base: BreakerState = switch policy.mode {
         case .normal: .closed
         case .metricsOnly: .metricsOnly
         case .disabled: .disabled
         }
-        self.instruments = BreakerInstruments(name: name, initialState: base, logger: logger)
+        self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.cache = Mutex(Cache(state: base))
     }
 
-    private var now: Duration { epoch.duration(to: clock.now) }
+    /// Nanoseconds on this instance's clock (call durations, when a cached break ends).
+    private var now: Int64 { clock.now }
     var stateKey: String { keys[0] }
 
     // MARK: - Hot path
 
     func acquire() -> BreakerAdmission {
+        if let token = admitWhileClosed() { return .admitted(token) }
         switch decide() {
         case .decided(let admission): return admission
         case .askRedis:
@@ -92,12 +101,23 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
     }
 
     func admit() async -> BreakerAdmission {
+        if let token = admitWhileClosed() { return .admitted(token) }
         switch decide() {
         case .decided(let admission): return admission
         case .askRedis:
             return await withCheckedContinuation { continuation in
                 askRedis { continuation.resume(returning: $0) }
             }
+        }
+    }
+
+    /// The common case, kept small: a healthy, known, closed (or metrics-only) breaker admits at once.
+    @inline(__always)
+    private func admitWhileClosed() -> PermitToken? {
+        let now = self.now
+        return cache.withLock { cache in
+            guard cache.health == .healthy, cache.isKnown, cache.state == .closed || cache.state == .metricsOnly else { return nil }
+            return PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now)
         }
     }
 
@@ -108,10 +128,9 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
 
     private func decide() -> Decision {
         let now = self.now
-        let options = core.options
         let (decision, transition) = cache.withLock { cache -> (Decision, BreakerTransition?) in
             if !cache.health.isHealthy {
-                switch options.whenUnavailable {
+                switch whenUnavailable {
                 case .failOpen:
                     return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
                 case .failClosed:
@@ -139,13 +158,13 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
                 return (.decided(.admitted(.unrecorded)), nil)
             case .open where now < cache.probeAt:
                 cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .open, retryAfter: cache.probeAt - now, isolationReason: nil))), nil)
+                return (.decided(.rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: cache.probeAt - now, isolationReason: nil))), nil)
             case .halfOpen where now < cache.halfOpenDeniedUntil:
                 cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfter: nil, isolationReason: nil))), nil)
+                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
             case .isolated:
                 cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .isolated, retryAfter: nil, isolationReason: cache.isolationReason))), nil)
+                return (.decided(.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: cache.isolationReason))), nil)
             case .open, .halfOpen:
                 return (.askRedis, nil)
             }
@@ -171,7 +190,7 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
                     completion(.admitted(PermitToken(version: reply.version, isProbe: true, isRecorded: true, startedAt: now)))
                 default:
                     if reply.state == .halfOpen {
-                        let retry = core.options.halfOpenRetryInterval
+                        let retry = core.options.halfOpenRetryInterval.nanoseconds
                         cache.withLock { $0.halfOpenDeniedUntil = now + retry }
                     }
                     instruments.rejected(in: reply.state)
@@ -194,8 +213,7 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
         guard token.isRecorded else { return }
         let now = self.now
         let duration = now - token.startedAt
-        let isSlow = duration > policy.slowCallDuration
-        let options = core.options
+        let isSlow = duration > slowCallNanoseconds
         let (writeNow, mayTrip, transition) = cache.withLock { cache -> (Bool, Bool, BreakerTransition?) in
             var transition: BreakerTransition?
             var version = token.version
@@ -211,17 +229,15 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
             }
             let isProbe = cache.pending.append(
                 outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
-                now: now, limit: options.maxBufferedOutcomes)
-            return (isProbe || options.writeThrough, cache.mayTrip(after: outcome, policy: policy), transition)
+                now: now, limit: maxBufferedOutcomes)
+            return (isProbe || writeThrough, cache.mayTrip(after: outcome, policy: policy), transition)
         }
-        instruments.recorded(outcome, duration: duration, slowCallDuration: policy.slowCallDuration)
+        instruments.recorded(outcome, nanoseconds: duration)
         if let transition { instruments.transitioned(transition) }
-        if writeNow {
-            // A probe's outcome (and every outcome with writeThrough) is submitted now, without waiting for the
-            // reply: the next admission request is then queued behind it.
+        if writeNow || mayTrip {
+            // A probe's outcome, one that may cross a threshold, and every outcome with writeThrough are submitted
+            // now, without waiting for the reply (the next admission request is then queued behind them).
             flush()
-        } else if mayTrip {
-            core.doorbell.ring()
         }
     }
 
@@ -235,9 +251,9 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
             onDone?()
             return
         }
-        let windowAge: Duration = switch policy.window {
-        case .time(let sampling, _): sampling
-        case .count: .seconds(10)
+        let windowAge: Int64 = switch policy.window {
+        case .time(let sampling, _): sampling.nanoseconds
+        case .count: 10_000_000_000
         }
         var remaining = max(1, batches.count)
         let finish: @Sendable () -> Void = { onDone?() }
@@ -370,15 +386,15 @@ final class DistributedBackend<C: Clock>: BreakerBackend where C.Duration == Dur
             let isNewIncarnation = message.created.map { $0 != cache.created } ?? false
             guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return nil }
             let change = cache.isKnown
-                ? BreakerTransition(from: cache.state, to: state, reason: message.reason, version: message.version, at: now) : nil
+                ? BreakerTransition(from: cache.state, to: state, reason: message.reason, version: message.version, at: .nanoseconds(now)) : nil
             cache.isKnown = true
             cache.state = state
             cache.version = message.version
             cache.created = message.created ?? cache.created
             cache.attempt = message.attempt ?? cache.attempt
             cache.isolationReason = message.isolation_reason.flatMap { $0.isEmpty ? nil : $0 }
-            cache.probeAt = state == .open ? now + .milliseconds(message.probe_in_ms) : .zero
-            cache.halfOpenDeniedUntil = .zero
+            cache.probeAt = state == .open ? now + message.probe_in_ms * 1_000_000 : 0
+            cache.halfOpenDeniedUntil = 0
             return change
         }
         if let transition { instruments.transitioned(transition, observedRemotely: true) }

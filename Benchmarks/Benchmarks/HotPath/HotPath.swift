@@ -53,7 +53,7 @@ let benchmarks: @Sendable () -> Void = {
         try await breaker.isolate(reason: "benchmark")
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            do {
+            do throws(FuseboxError) {
                 let permit = try breaker.acquire()
                 permit.ignore()
             } catch {
@@ -90,7 +90,7 @@ let benchmarks: @Sendable () -> Void = {
         try await breaker.isolate(reason: "benchmark")
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            do {
+            do throws(FuseboxError) {
                 let permit = try breaker.acquire()
                 permit.ignore()
             } catch {

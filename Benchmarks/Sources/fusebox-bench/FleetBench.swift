@@ -13,7 +13,7 @@ struct FleetBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fusebox-bench",
         abstract: "Measure Fusebox's hot path and its fleet behaviour across processes.",
-        subcommands: [Coordinate.self, Worker.self],
+        subcommands: [Coordinate.self, Worker.self, PubSubLatency.self],
         defaultSubcommand: Coordinate.self)
 }
 
@@ -23,7 +23,7 @@ struct Failure: Error {}
 func closedPolicy() -> BreakerPolicy {
     var policy = BreakerPolicy()
     policy.failureRateThreshold = 1
-    policy.minimumThroughput = 100_000_000
+    policy.minimumThroughput = 1_000_000
     return policy
 }
 
@@ -69,7 +69,7 @@ func makeInstance(redis: RedisConfiguration, namespace: String, id: String) thro
     options.instanceID = id
     let adapter = try DistributedAdapter(options: options)
     let registry = BreakerRegistry(adapter: adapter)
-    let runner = Task { try? await registry.run() }
+    let runner = Task { _ = try? await registry.run() }
     return (adapter, registry, runner)
 }
 
@@ -78,12 +78,17 @@ struct Figures: Codable {
     var guarded_call_ns_p50 = 0.0
     var guarded_call_two_tasks_ns_p50 = 0.0
     var local_call_ns_p50 = 0.0
+    var local_call_coarse_clock_ns_p50 = 0.0
+    var local_rejected_call_ns_p50 = 0.0
     var rejected_call_ns_p50 = 0.0
     var redis_roundtrip_ns_p50 = 0.0
     var redis_commands_per_call = 0.0
     var calls_per_second_one_instance = 0.0
     var propagation_ms_p50 = 0.0
     var propagation_ms_p99 = 0.0
+    /// The two halves of propagation, split at the script's own timestamp of the trip (ms resolution).
+    var propagation_to_redis_ms_p99 = 0.0
+    var propagation_from_redis_ms_p99 = 0.0
     var probe_overshoot = 0
     var lost_outcomes = 0
     var roundtrip_to_guarded_ratio = 0.0
@@ -116,8 +121,11 @@ struct Coordinate: AsyncParsableCommand {
         note("Redis: \(configuration.redactedURL); namespace \(namespace)")
         figures.redis_roundtrip_ns_p50 = try await measureRoundTrip(configuration)
         note(String(format: "EVALSHA round trip:            %9.0f ns (median of 2,000)", figures.redis_roundtrip_ns_p50))
-        figures.local_call_ns_p50 = try measureLocal()
-        note(String(format: "local call (closed):           %9.1f ns", figures.local_call_ns_p50))
+        figures.local_call_ns_p50 = try measureLocal(LocalAdapter())
+        figures.local_call_coarse_clock_ns_p50 = try measureLocal(LocalAdapter(clock: CoarseMonotonicClock()))
+        figures.local_rejected_call_ns_p50 = try await measureLocalRejection()
+        note(String(format: "local call (closed):           %9.1f ns; with CoarseMonotonicClock %.1f ns", figures.local_call_ns_p50, figures.local_call_coarse_clock_ns_p50))
+        note(String(format: "local rejection (open):        %9.1f ns", figures.local_rejected_call_ns_p50))
         let (guarded, twoTasks, rejected, commands) = try await measureDistributed(configuration, namespace: namespace)
         figures.guarded_call_ns_p50 = guarded
         figures.guarded_call_two_tasks_ns_p50 = twoTasks
@@ -129,9 +137,12 @@ struct Coordinate: AsyncParsableCommand {
         note(String(format: "distributed rejection (open):  %9.1f ns", rejected))
         note(String(format: "Redis commands per call:       %12.6f", commands))
 
-        let propagation = try await measurePropagation(configuration, namespace: namespace, trials: propagationTrials)
+        let (propagation, toRedis, fromRedis) = try await measurePropagation(configuration, namespace: namespace, trials: propagationTrials)
         figures.propagation_ms_p50 = median(propagation)
         figures.propagation_ms_p99 = percentile(propagation, 99)
+        figures.propagation_to_redis_ms_p99 = percentile(toRedis, 99)
+        figures.propagation_from_redis_ms_p99 = percentile(fromRedis, 99)
+        note(String(format: "  split at Redis: p50 %.3f ms to Redis, %.3f ms from Redis; p99 %.3f / %.3f ms", median(toRedis), median(fromRedis), figures.propagation_to_redis_ms_p99, figures.propagation_from_redis_ms_p99))
         note(String(format: "propagation to another process: p50 %.3f ms, p99 %.3f ms (%d trials)", figures.propagation_ms_p50, figures.propagation_ms_p99, propagation.count))
 
         figures.probe_overshoot = try await measureProbes(configuration, namespace: namespace, trials: probeTrials)
@@ -173,9 +184,17 @@ struct Coordinate: AsyncParsableCommand {
         return median(samples)
     }
 
-    func measureLocal() throws -> Double {
-        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local", policy: closedPolicy())
+    func measureLocal(_ adapter: some BreakerAdapter) throws -> Double {
+        let breaker = try BreakerRegistry(adapter: adapter).breaker("local", policy: closedPolicy())
         return try rounds { try breaker.acquire().success() }
+    }
+
+    func measureLocalRejection() async throws -> Double {
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local-open")
+        try await breaker.isolate(reason: "benchmark")
+        return rounds {
+            if let permit = breaker.tryAcquire() { permit.ignore() }
+        }
     }
 
     func measureDistributed(_ configuration: RedisConfiguration, namespace: String) async throws -> (Double, Double, Double, Double) {
@@ -239,7 +258,7 @@ struct Coordinate: AsyncParsableCommand {
         return value
     }
 
-    func measurePropagation(_ configuration: RedisConfiguration, namespace: String, trials: Int) async throws -> [Double] {
+    func measurePropagation(_ configuration: RedisConfiguration, namespace: String, trials: Int) async throws -> ([Double], [Double], [Double]) {
         let name = "propagation"
         let (adapter, registry, runner) = try makeInstance(redis: configuration, namespace: namespace, id: "bench-a")
         defer { runner.cancel() }
@@ -250,6 +269,8 @@ struct Coordinate: AsyncParsableCommand {
         defer { worker.kill() }
         let redis = try waitingConnection(configuration)
         var samples: [Double] = []
+        var toRedis: [Double] = []
+        var fromRedis: [Double] = []
         for _ in 0..<trials {
             try await breaker.reset()
             _ = try await pop(redis, "\(namespace):bench:ready")
@@ -258,8 +279,11 @@ struct Coordinate: AsyncParsableCommand {
             try breaker.acquire().failure(Failure())
             let seen = Int64(try await pop(redis, "\(namespace):bench:seen")) ?? 0
             samples.append(Double(seen - started) / 1e6)
+            let tripped = Double(try await redis.send("HGET", "\(namespace):{\(name)}:state", "since").decodeInt())
+            toRedis.append(tripped - Double(started) / 1e6)
+            fromRedis.append(Double(seen) / 1e6 - tripped)
         }
-        return samples
+        return (samples, toRedis, fromRedis)
     }
 
     func measureProbes(_ configuration: RedisConfiguration, namespace: String, trials: Int) async throws -> Int {
@@ -332,8 +356,10 @@ struct Worker: AsyncParsableCommand {
                     try await Task.sleep(for: .microseconds(200))
                 }
                 _ = try await control.send("RPUSH", "\(namespace):bench:ready", "1")
+                // Poll as a busy service would see it: a call every 50 µs, not a spinning core.
                 while true {
                     if let permit = breaker.tryAcquire() { permit.ignore() } else { break }
+                    usleep(UInt32(ProcessInfo.processInfo.environment["FUSEBOX_BENCH_POLL_US"] ?? "50") ?? 50)
                 }
                 _ = try await control.send("RPUSH", "\(namespace):bench:seen", String(wallNanoseconds()))
             }
@@ -383,5 +409,34 @@ struct Worker: AsyncParsableCommand {
             throw ValidationError("unknown role \(role)")
         }
         await adapter.flush()
+    }
+}
+
+/// `fusebox-bench pubsub`: how long a PUBLISH takes to reach a `RedisSubscriber`'s message handler.
+struct PubSubLatency: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pubsub", abstract: "Measure PUBLISH → subscriber latency.")
+    @Option var messages = 500
+
+    func run() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.kill() }
+        let received = Mutex<[Double]>([])
+        let subscriber = try RedisSubscriber(configuration: server.configuration(), channels: ["latency"], onMessage: { message in
+            let now = wallNanoseconds()
+            let sent = Int64(message.text) ?? now
+            received.withLock { $0.append(Double(now - sent) / 1e6) }
+        })
+        let runner = Task { await subscriber.run() }
+        defer { runner.cancel() }
+        var events = subscriber.events.makeAsyncIterator()
+        _ = await events.next()
+        let publisher = try RedisConnection(configuration: server.configuration())
+        for _ in 0..<messages {
+            _ = try await publisher.send("PUBLISH", "latency", String(wallNanoseconds()))
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let samples = received.withLock { $0 }
+        print(String(format: "PUBLISH → handler: p50 %.3f ms, p99 %.3f ms over %d messages", median(samples), percentile(samples, 99), samples.count))
     }
 }
