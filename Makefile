@@ -34,8 +34,14 @@ demo: deps
 	$(SWIFT) build --product fusebox
 	$(SWIFT) run fusebox demo --compare
 
+## The hot-path suite (package-benchmark; allocation thresholds checked) and the fleet benchmark.
+bench: deps
+	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark --no-progress --format markdown
+	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check --metric mallocCountTotal --skip "redis-.*" --no-progress
+	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench
+
 clean:
-	rm -rf .build
+	rm -rf .build Benchmarks/.build
 
 ## Regenerates Sources/FuseboxRedis/BreakerScript.swift from lua/breaker.lua (a test fails if they differ).
 lua:

@@ -153,14 +153,15 @@ public struct BreakerPermit: ~Copyable, Sendable {
     private let backend: any BreakerBackend
     /// What the call was admitted under.
     public let token: PermitToken
-    private let classification: BreakerPolicy.Classification
+    /// `nil` for the default classification (nothing to copy on the hot path).
+    private let classification: BreakerPolicy.Classification?
     /// Set by the consuming methods, so `deinit` (which runs after them too) releases only a dropped permit.
     private var isSettled = false
 
     init(backend: any BreakerBackend, token: PermitToken, classification: BreakerPolicy.Classification) {
         self.backend = backend
         self.token = token
-        self.classification = classification
+        self.classification = classification.isDefault ? nil : classification
     }
 
     /// The call succeeded.
@@ -176,9 +177,7 @@ public struct BreakerPermit: ~Copyable, Sendable {
     public consuming func failure<E: Error>(_ error: E) {
         let errorType = type(of: error as E)
         let verdict: BreakerPolicy.Classification.Verdict =
-            classification.isDefault
-            ? (errorType == CancellationError.self ? .ignored : .failure)
-            : classification.classifyError(error)
+            classification?.classifyError(error) ?? (errorType == CancellationError.self ? .ignored : .failure)
         switch verdict {
         case .failure: backend.record(.failure(errorType), for: token)
         case .ignored: backend.record(.ignored, for: token)

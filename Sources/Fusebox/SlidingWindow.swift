@@ -1,17 +1,25 @@
 /// The calls, failures and slow calls of the recent past, by time buckets or by count.
 ///
-/// Recording is O(1) amortised for the count window and O(buckets) at most when time moves past a bucket;
-/// it allocates nothing (the storage is sized once). Times are nanoseconds from the owner's epoch. `lua/` keeps
-/// the same rules for Redis, and the conformance suite holds the two to the same results.
+/// Recording allocates nothing (the storage is sized once) and, while time stays within the current bucket,
+/// does no division: the bucket's time range is cached. Times are nanoseconds from the owner's epoch. `lua/`
+/// keeps the same rules for Redis, and the conformance suite holds the two to the same results.
 struct SlidingWindow: Sendable {
+    private struct Bucket: Sendable {
+        /// The bucket's number (time / width), or `.min` when empty.
+        var number = Int64.min
+        var calls: Int32 = 0
+        var failures: Int32 = 0
+        var slow: Int32 = 0
+    }
+
     /// Nanoseconds per bucket for a time window; `nil` for a count window.
     private let bucketWidth: Int64?
-    // Time window: slot i holds bucket number slotBucket[i] (bucket number = time / width), or .min when empty.
-    private var slotBucket: [Int64]
-    private var slotCalls: [Int32]
-    private var slotFailures: [Int32]
-    private var slotSlow: [Int32]
+    private var buckets: [Bucket]
+    /// The newest bucket number seen, its slot, and its time range [start, end).
     private var newestBucket = Int64.min
+    private var newestSlot = 0
+    private var newestStart = Int64.max
+    private var newestEnd = Int64.min
     // Count window: a ring of the last N calls' flags (bit 0 failure, bit 1 slow).
     private var flags: [UInt8]
     private var next = 0
@@ -23,48 +31,46 @@ struct SlidingWindow: Sendable {
 
     init(_ window: BreakerPolicy.Window) {
         switch window {
-        case .time(let sampling, let buckets):
-            bucketWidth = max(1, (sampling / buckets).nanoseconds)
-            slotBucket = Array(repeating: .min, count: buckets)
-            slotCalls = Array(repeating: 0, count: buckets)
-            slotFailures = Array(repeating: 0, count: buckets)
-            slotSlow = Array(repeating: 0, count: buckets)
+        case .time(let sampling, let count):
+            bucketWidth = max(1, (sampling / count).nanoseconds)
+            buckets = Array(repeating: Bucket(), count: count)
             flags = []
         case .count(let size):
             bucketWidth = nil
-            slotBucket = []
-            slotCalls = []
-            slotFailures = []
-            slotSlow = []
+            buckets = []
             flags = Array(repeating: 0, count: size)
         }
     }
 
-    /// Drops buckets that have aged out by `now`; a no-op for the count window.
+    /// Moves the window to `now`: buckets that aged out are emptied. A no-op for the count window, and cheap
+    /// while `now` stays within the newest bucket.
     mutating func expire(now: Int64) {
         guard let width = bucketWidth else { return }
+        if now >= newestStart && now < newestEnd { return }
         let current = now / width
         guard current > newestBucket else { return }
         newestBucket = current
-        let oldestKept = current - Int64(slotBucket.count) + 1
-        for slot in slotBucket.indices where slotBucket[slot] != .min && slotBucket[slot] < oldestKept {
+        newestSlot = Int(current % Int64(buckets.count))
+        newestStart = current * width
+        newestEnd = newestStart + width
+        let oldestKept = current - Int64(buckets.count) + 1
+        for slot in buckets.indices where buckets[slot].number != .min && buckets[slot].number < oldestKept {
             empty(slot)
         }
     }
 
-    /// Adds one call at `now`.
+    /// Adds one call at `now` (a time earlier than the newest bucket counts in the newest bucket).
     mutating func record(failure: Bool, slow isSlow: Bool, now: Int64) {
-        if let width = bucketWidth {
+        if bucketWidth != nil {
             expire(now: now)
-            let bucket = max(now / width, newestBucket)
-            let slot = Int(bucket % Int64(slotBucket.count))
-            if slotBucket[slot] != bucket {
+            let slot = newestSlot
+            if buckets[slot].number != newestBucket {
                 empty(slot)
-                slotBucket[slot] = bucket
+                buckets[slot].number = newestBucket
             }
-            slotCalls[slot] += 1
-            if failure { slotFailures[slot] += 1 }
-            if isSlow { slotSlow[slot] += 1 }
+            buckets[slot].calls += 1
+            if failure { buckets[slot].failures += 1 }
+            if isSlow { buckets[slot].slow += 1 }
         } else {
             if filled == flags.count {
                 let old = flags[next]
@@ -84,7 +90,7 @@ struct SlidingWindow: Sendable {
 
     /// Empties the window.
     mutating func clear() {
-        for slot in slotBucket.indices { empty(slot) }
+        for slot in buckets.indices { empty(slot) }
         for index in flags.indices { flags[index] = 0 }
         next = 0
         filled = 0
@@ -94,12 +100,9 @@ struct SlidingWindow: Sendable {
     }
 
     private mutating func empty(_ slot: Int) {
-        calls -= Int(slotCalls[slot])
-        failures -= Int(slotFailures[slot])
-        slow -= Int(slotSlow[slot])
-        slotBucket[slot] = .min
-        slotCalls[slot] = 0
-        slotFailures[slot] = 0
-        slotSlow[slot] = 0
+        calls -= Int(buckets[slot].calls)
+        failures -= Int(buckets[slot].failures)
+        slow -= Int(buckets[slot].slow)
+        buckets[slot] = Bucket()
     }
 }

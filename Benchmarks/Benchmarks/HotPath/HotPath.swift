@@ -17,6 +17,8 @@ private func closedPolicy() -> BreakerPolicy {
 /// One private redis-server for the benchmarks that need Redis, started on first use.
 private let redisServer = Task { try await RedisServerProcess.start() }
 
+// Names are shell-safe (no spaces): the benchmark tool stores thresholds under cleaned-up file names but looks
+// them up by the raw name.
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
         metrics: [.wallClock, .cpuTotal, .mallocCountTotal],
@@ -25,11 +27,13 @@ let benchmarks: @Sendable () -> Void = {
         scalingFactor: .kilo,
         maxDuration: .seconds(2),
         maxIterations: 1_000_000,
-        // Allocation counts hold steady on a noisy machine: they are the guarded figure.
-        thresholds: [.mallocCountTotal: .init(absolute: [.p50: 0, .p90: 0])]
+        // Allocation counts hold steady on a noisy machine: they are the guarded figure (Thresholds/, checked
+        // by `make bench`). Stored values count per 1,000 calls; 25 absorbs the distributed adapter's
+        // background flushes (about 12 per 1,000 calls) while one allocation per call (+1,000) fails the check.
+        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 25])]
     )
 
-    Benchmark("local: acquire + success (closed)") { benchmark in
+    Benchmark("local-closed-success") { benchmark in
         let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local", policy: closedPolicy())
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
@@ -38,7 +42,7 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("local: acquire + failure (closed)") { benchmark in
+    Benchmark("local-closed-failure") { benchmark in
         let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local-failure", policy: closedPolicy())
         let error = Failure()
         benchmark.startMeasurement()
@@ -48,7 +52,7 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("local: rejection (open)") { benchmark in
+    Benchmark("local-open-rejection") { benchmark in
         let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local-open")
         try await breaker.isolate(reason: "benchmark")
         benchmark.startMeasurement()
@@ -62,7 +66,14 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("distributed: acquire + success (closed, Redis up)") { benchmark in
+    // The adapter's background work (a flush every 10 ms) allocates too, so these two allow 150 per 1,000 calls:
+    // still far below one allocation per call.
+    let distributed = Benchmark.Configuration(
+        metrics: Benchmark.defaultConfiguration.metrics, timeUnits: .nanoseconds, warmupIterations: 1000,
+        scalingFactor: .kilo, maxDuration: .seconds(2), maxIterations: 1_000_000,
+        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 150])])
+
+    Benchmark("distributed-closed-success", configuration: distributed) { benchmark in
         let server = try await redisServer.value
         let adapter = try DistributedAdapter(options: DistributedOptions(redis: server.configuration()))
         let registry = BreakerRegistry(adapter: adapter)
@@ -80,7 +91,7 @@ let benchmarks: @Sendable () -> Void = {
         await adapter.flush()
     }
 
-    Benchmark("distributed: rejection (open, Redis up)") { benchmark in
+    Benchmark("distributed-open-rejection", configuration: distributed) { benchmark in
         let server = try await redisServer.value
         let adapter = try DistributedAdapter(options: DistributedOptions(redis: server.configuration()))
         let registry = BreakerRegistry(adapter: adapter)
@@ -102,7 +113,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark(
-        "redis: EVALSHA round trip (reference)",
+        "redis-evalsha-roundtrip",
         configuration: .init(
             metrics: [.wallClock, .mallocCountTotal], timeUnits: .microseconds, scalingFactor: .one,
             maxDuration: .seconds(2), maxIterations: 5000, thresholds: [:])
