@@ -77,6 +77,17 @@ public struct NanosecondClock: Sendable {
         }
     }
 
+    /// The clock the default adapters use for a breaker: ``CoarseMonotonicClock`` when every duration the policy
+    /// times (slow-call threshold, bucket width, break, half-open limit) is at least 25 times its resolution,
+    /// so its error stays under 4 %; otherwise the precise `ContinuousClock`.
+    public static func automatic(for policy: BreakerPolicy) -> NanosecondClock {
+        let resolution = max(CoarseMonotonicClock().minimumResolution, .milliseconds(1))
+        var shortest = min(policy.slowCallDuration, policy.maxHalfOpenDuration)
+        if case .time(let sampling, let buckets) = policy.window { shortest = min(shortest, sampling / buckets) }
+        shortest = min(shortest, policy.breakDuration.duration(forAttempt: 1))
+        return shortest >= resolution * 25 ? NanosecondClock(CoarseMonotonicClock()) : NanosecondClock(ContinuousClock())
+    }
+
     /// Nanoseconds since the epoch.
     @inline(__always)
     public var now: Int64 {

@@ -3,25 +3,34 @@ import Synchronization
 
 /// The `local` adapter: breakers that live in this process.
 ///
-/// Generic over the `Clock` so tests can drive time. `LocalAdapter()` uses `ContinuousClock` (exact);
-/// `LocalAdapter(clock: CoarseMonotonicClock())` reads a cheaper, millisecond-resolution clock.
+/// `LocalAdapter()` picks each breaker's clock from its policy (``NanosecondClock/automatic(for:)``): the cheap
+/// ``CoarseMonotonicClock`` when every duration in the policy is far above its resolution (the default policy's
+/// are), else the precise `ContinuousClock`. `LocalAdapter(clock:)` uses the clock given, e.g. a test's manual clock.
 public struct LocalAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
-    /// The clock every breaker of this adapter reads.
+    /// The clock every breaker of this adapter reads, unless it chooses per policy.
     public let clock: C
+    private let choosesClockPerPolicy: Bool
 
     /// Makes the adapter with a clock.
-    public init(clock: C) { self.clock = clock }
+    public init(clock: C) {
+        self.clock = clock
+        self.choosesClockPerPolicy = false
+    }
 
     public var kind: AdapterKind { .local }
 
     public func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend {
-        LocalBackend(name: name, policy: policy, clock: clock, logger: logger)
+        let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
+        return LocalBackend(name: name, policy: policy, clock: reader, logger: logger)
     }
 }
 
 extension LocalAdapter where C == ContinuousClock {
-    /// The adapter on the continuous clock.
-    public init() { self.init(clock: ContinuousClock()) }
+    /// The adapter that picks each breaker's clock from its policy (see the type's documentation).
+    public init() {
+        self.clock = ContinuousClock()
+        self.choosesClockPerPolicy = true
+    }
 }
 
 /// One breaker of the `local` adapter: a ``BreakerStateMachine`` behind a `Mutex`.
@@ -37,10 +46,15 @@ public final class LocalBackend: BreakerBackend {
     private let instruments: BreakerInstruments
 
     /// Makes a breaker in its base state; `policy` must be validated.
-    public init<C: Clock>(name: String, policy: BreakerPolicy, clock: C, logger: Logger) where C.Duration == Duration {
+    public convenience init<C: Clock>(name: String, policy: BreakerPolicy, clock: C, logger: Logger) where C.Duration == Duration {
+        self.init(name: name, policy: policy, clock: NanosecondClock(clock), logger: logger)
+    }
+
+    /// Makes a breaker reading `clock`; `policy` must be validated.
+    public init(name: String, policy: BreakerPolicy, clock: NanosecondClock, logger: Logger) {
         self.name = name
         self.policy = policy
-        self.clock = NanosecondClock(clock)
+        self.clock = clock
         let machine = BreakerStateMachine(name: name, policy: policy, now: 0)
         self.instruments = BreakerInstruments(name: name, initialState: machine.state, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.machine = Mutex(machine)

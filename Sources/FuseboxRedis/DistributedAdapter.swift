@@ -19,12 +19,18 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     public var kind: AdapterKind { .distributed }
     let core: DistributedCore
     private let clock: C
+    private let choosesClockPerPolicy: Bool
     private let subscriber: RedisSubscriber
     private let backends = BackendTable()
 
     /// Makes the adapter; nothing is connected until the first breaker is used or ``run()`` starts.
     /// `clock` measures call durations (the slow-call rule); decisions use Redis time only.
-    public init(options: DistributedOptions, clock: C, logger: Logger) throws(FuseboxError) {
+    public convenience init(options: DistributedOptions, clock: C, logger: Logger) throws(FuseboxError) {
+        try self.init(options: options, clock: clock, choosesClockPerPolicy: false, logger: logger)
+    }
+
+    init(options: DistributedOptions, clock: C, choosesClockPerPolicy: Bool, logger: Logger) throws(FuseboxError) {
+        self.choosesClockPerPolicy = choosesClockPerPolicy
         let options = try options.validated()
         self.options = options
         self.clock = clock
@@ -57,7 +63,8 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 message: "breaker '\(name)': minimumInstances \(options.minimumInstances) needs a time window; a count window keeps no instances",
                 breakerName: name)
         }
-        let backend = DistributedBackend(name: name, policy: policy, core: core, clock: clock, logger: logger)
+        let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
+        let backend = DistributedBackend(name: name, policy: policy, core: core, clock: reader, logger: logger)
         backends.withLock { $0[name] = backend }
         // Learn the shared state now rather than at the first call.
         backend.refresh()
@@ -145,9 +152,10 @@ final class BackendTable: Sendable {
 }
 
 extension DistributedAdapter where C == ContinuousClock {
-    /// Makes the adapter on the continuous clock.
+    /// Makes the adapter; each breaker's clock (for call durations) is picked from its policy, as
+    /// `LocalAdapter()` does (``NanosecondClock/automatic(for:)``).
     public convenience init(options: DistributedOptions, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
-        try self.init(options: options, clock: ContinuousClock(), logger: logger)
+        try self.init(options: options, clock: ContinuousClock(), choosesClockPerPolicy: true, logger: logger)
     }
 }
 

@@ -51,11 +51,11 @@ final class DistributedBackend: BreakerBackend {
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
     private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
 
-    init<C: Clock>(name: String, policy: BreakerPolicy, core: DistributedCore, clock: C, logger: Logger) where C.Duration == Duration {
+    init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: NanosecondClock, logger: Logger) {
         self.name = name
         self.policy = policy
         self.core = core
-        self.clock = NanosecondClock(clock)
+        self.clock = clock
         let prefix = "\(core.options.namespace):{\(name)}"
         self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):batches"]
         self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
