@@ -187,6 +187,12 @@ struct PendingOutcomes: Sendable {
         }
     }
 
+    /// Outcomes dropped since the last call (the buffer was full), for the log; resets the count.
+    mutating func takeDropped() -> Int {
+        defer { dropped = 0 }
+        return dropped
+    }
+
     /// Everything pending, oldest version first, and the count of local rejections; the buffer is left empty.
     mutating func take() -> ([Batch], Int) {
         var batches = others

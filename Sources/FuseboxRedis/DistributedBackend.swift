@@ -246,7 +246,14 @@ final class DistributedBackend: BreakerBackend {
     /// Takes every buffered outcome and submits it, in order. Call with `sendOrder` held.
     private func submitPending(onDone: (@Sendable () -> Void)? = nil) {
         let now = self.now
-        let (batches, rejected) = cache.withLock { $0.pending.take() }
+        let (batches, rejected, dropped) = cache.withLock { cache in
+            let (batches, rejected) = cache.pending.take()
+            return (batches, rejected, cache.pending.takeDropped())
+        }
+        if dropped > 0 {
+            instruments.logger.info(
+                "breaker '\(name)': \(dropped) outcomes were dropped: more than \(maxBufferedOutcomes) waited to be written to Redis")
+        }
         guard !batches.isEmpty || rejected > 0 else {
             onDone?()
             return
@@ -401,8 +408,8 @@ final class DistributedBackend: BreakerBackend {
     }
 
     private func markFailure(_ error: RedisError) {
-        if error.code == .serverError, error.serverErrorPrefix == "CORRUPT" {
-            let corrupt = FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
+        if error.serverErrorPrefix == "CORRUPT" {
+            let corrupt = corruptError(error)
             let changed = cache.withLock { $0.setHealth(.corrupt(corrupt.message)) }
             if changed { instruments.logger.info("\(corrupt.message); falling back to the '\(core.options.whenUnavailable.rawValue)' policy") }
             return
@@ -421,6 +428,11 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
+    /// The script's `CORRUPT <key> …` refusal as a ``FuseboxError`` naming the breaker and the key.
+    private func corruptError(_ error: RedisError) -> FuseboxError {
+        FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
+    }
+
     private func unavailableRejection(_ reason: String) -> FuseboxError {
         FuseboxError(
             code: .backendUnavailable, message: "circuit '\(name)' rejects calls: Redis is unavailable (\(reason)) and the policy is failClosed",
@@ -429,9 +441,7 @@ final class DistributedBackend: BreakerBackend {
 
     private func storeError(_ error: RedisError) -> FuseboxError {
         markFailure(error)
-        if error.serverErrorPrefix == "CORRUPT" {
-            return FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
-        }
+        if error.serverErrorPrefix == "CORRUPT" { return corruptError(error) }
         return FuseboxError(code: .backendUnavailable, message: "breaker '\(name)': Redis \(error.code): \(error.message)", breakerName: name, underlying: error)
     }
 

@@ -151,6 +151,21 @@ struct FaultTests {
         }
     }
 
+    @Test("outcomes beyond maxBufferedOutcomes are dropped, not kept without bound")
+    func bufferBound() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.maxBufferedOutcomes = 10
+        // No run(): nothing is written until flush().
+        let adapter = try DistributedAdapter(options: options, logger: Logger(label: "test"))
+        let breaker = try BreakerRegistry(adapter: adapter).breaker("bounded")
+        try await breaker.acquireAsync().success()
+        await adapter.flush()
+        for _ in 0..<25 { try breaker.acquire().success() }
+        await adapter.flush()
+        #expect(try await breaker.snapshot().totals.calls == 11)
+    }
+
     @Test("a corrupted key: a clear error naming it, the fallback applies, and reset repairs it")
     func corruptKey() async throws {
         let server = try await SharedServer.get()
