@@ -18,7 +18,8 @@
 -- ARGV[14] success threshold                      ARGV[15] max half-open duration in ms
 -- ARGV[16] mode: normal | metrics_only | disabled ARGV[17] minimum distinct failing instances
 -- ARGV[18] the policy as JSON (stored for operators). When ARGV[9] is '' (the fusebox command, which does
---          not know the policy), ARGV[6..17] and ARGV[20] are taken from the stored JSON instead.
+--          not know the policy), ARGV[6..18] come from the stored JSON and ARGV[19..20] from the stored
+--          break_base and break_durations: the last instance call's.
 -- ARGV[19] base attempt b                         ARGV[20] break durations in ms for attempts b+1.. (comma-separated)
 -- op record:  ARGV[21] version and ARGV[22] incarnation ('created') the outcomes were admitted under,
 --             ARGV[23] 1 if they are recent enough to enter the window,
@@ -77,23 +78,10 @@ if ARGV[9] == '' then
   ARGV[13] = text(p.permittedCallsInHalfOpen); ARGV[14] = text(p.successThreshold)
   ARGV[15] = text(p.maxHalfOpenDurationMs); ARGV[16] = text(p.mode); ARGV[17] = text(p.minimumInstances or 1)
   ARGV[18] = stored
-  -- Break durations for the next attempts, from the stored kind (a custom function is not known here: its
-  -- last break is reused).
-  local b = p.breakDuration or {}
-  local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') or 0
-  ARGV[19] = tostring(attempt)
-  local list = {}
-  for n = attempt + 1, attempt + 4 do
-    local d
-    if b.kind == 'fixed' then d = b.ms
-    elseif b.kind == 'exponential' then d = math.min(b.baseMs * (b.factor ^ (n - 1)), b.maximumMs)
-    elseif b.kind == 'linear' then d = math.min(b.baseMs + b.incrementMs * (n - 1), b.maximumMs)
-    elseif b.kind == 'adaptive' then
-      if n <= 2 then d = 30000 elseif n <= 5 then d = 60000 else d = 120000 end
-    else d = tonumber(redis.call('HGET', KEYS[1], 'last_break') or '30000') or 30000 end
-    table.insert(list, tostring(math.floor(d)))
-  end
-  ARGV[20] = table.concat(list, ',')
+  -- Break durations are computed only in Swift (BreakerPolicy.BreakDuration): reuse those the last instance
+  -- call sent, for the attempts after the one it knew.
+  ARGV[19] = redis.call('HGET', KEYS[1], 'break_base') or '0'
+  ARGV[20] = redis.call('HGET', KEYS[1], 'break_durations') or '30000'
 end
 
 local policy = {
@@ -254,8 +242,7 @@ end
 
 local function trip(reason)
   st.attempt = st.attempt + 1
-  st.last_break = break_for(st.attempt)
-  st.open_until = now + st.last_break
+  st.open_until = now + break_for(st.attempt)
   transition('open', reason)
 end
 
@@ -426,8 +413,7 @@ end
 redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version, 'since', st.since, 'open_until', st.open_until,
   'attempt', st.attempt, 'reason', st.reason, 'isolation_reason', st.isolation_reason,
   'consecutive_failures', st.consecutive_failures, 'probes', st.probes, 'probe_successes', st.probe_successes,
-  'policy', ARGV[18], 'updated', now, 'created', st.created)
-if st.last_break then redis.call('HSET', KEYS[1], 'last_break', st.last_break) end
+  'policy', ARGV[18], 'updated', now, 'created', st.created, 'break_base', ARGV[19], 'break_durations', ARGV[20])
 
 local totals = {}
 if op == 'read' then totals = redis.call('HGETALL', KEYS[3]) end

@@ -25,9 +25,6 @@ public enum BreakerState: String, Sendable, Hashable, Codable, CaseIterable, Cus
         }
     }
 
-    /// `true` when the state rejects calls that are not probes.
-    public var rejectsCalls: Bool { self == .open || self == .isolated }
-
     public var description: String { label }
 }
 

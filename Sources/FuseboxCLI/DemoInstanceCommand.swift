@@ -84,7 +84,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
             case .local:
                 registry = BreakerRegistry(adapter: LocalAdapter())
             case .distributed:
-                var options = try DistributedOptions(url: redis ?? ProcessInfoLite.environment["FUSEBOX_REDIS_URL"] ?? "redis://127.0.0.1:6379")
+                var options = try DistributedOptions(url: redis ?? ProcessInfo.processInfo.environment["FUSEBOX_REDIS_URL"] ?? "redis://127.0.0.1:6379")
                 options.namespace = namespace
                 options.instanceID = "demo-\(index)-\(getpid())"
                 let made = try DistributedAdapter(options: options)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Fusebox
 import FuseboxRedis
 import Hiredis
@@ -30,7 +31,7 @@ struct GlobalOptions: ParsableArguments {
     var namespace = "fusebox"
 
     var redisURL: String {
-        redis ?? ProcessInfoLite.environment["FUSEBOX_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+        redis ?? ProcessInfo.processInfo.environment["FUSEBOX_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
     }
 
     /// A configuration with short timeouts (an operator waits at most a few seconds).
@@ -110,22 +111,6 @@ func printError(_ text: String) {
 
 /// Flushes standard output (so lines reach a pipe at once).
 func flushOutput() { fflush(nil) }
-
-/// The process environment, without Foundation.
-enum ProcessInfoLite {
-    static var environment: [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            pointer += 1
-        }
-        return result
-    }
-}
 
 extension String {
     /// `redis://user:***@host` for messages.

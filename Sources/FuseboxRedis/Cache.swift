@@ -94,7 +94,7 @@ struct Cache: Sendable {
     }
 
     /// The name recorded for an error type (`String(describing:)`, computed once per type).
-    mutating func errorName(_ key: ObjectIdentifier) -> String { errorNames[key] ?? "Error" }
+    func errorName(_ key: ObjectIdentifier) -> String { errorNames[key] ?? "Error" }
 
     mutating func rememberName(of type: any Error.Type) {
         let key = ObjectIdentifier(type)

@@ -77,12 +77,6 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    /// Loads scripts into the server's script cache ahead of their first use.
-    public func load(_ scripts: [RedisScript]) async throws(RedisError) {
-        let replies = try await pipeline(scripts.map { RedisCommand("SCRIPT", "LOAD", $0.source) })
-        for reply in replies { _ = try reply.get(endpoint: configuration.endpoint.description) }
-    }
-
     // MARK: - Callbacks
 
     /// Queues `commands` (written together) and calls `completion` with their replies, in order, on the

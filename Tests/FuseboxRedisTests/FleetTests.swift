@@ -242,6 +242,32 @@ struct FleetTests {
         #expect(try await two.snapshot().state == .closed)
     }
 
+    @Test("a transition the fusebox command causes uses the break durations the instances computed")
+    func operatorUsesInstanceBreakDurations() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("backoff", policy: tripsOnFirstFailure {
+            $0.breakDuration = .exponential(base: .milliseconds(500), factor: 4, maximum: .seconds(30))
+            $0.maxHalfOpenDuration = .milliseconds(200)
+        })
+        try await breaker.acquireAsync().failure(Boom())
+        await instance.adapter.flush()
+        #expect(try await breaker.snapshot().attempt == 1)
+
+        // The operator knows no policy: it forces half-open, and a read after maxHalfOpenDuration reopens it.
+        let operatorSide = BreakerOperator(connection: try RedisConnection(configuration: server.configuration()), namespace: options.namespace)
+        _ = try await operatorSide.forceHalfOpen("backoff")
+        try await Task.sleep(for: .milliseconds(250))
+        let reopened = try await operatorSide.snapshot(of: "backoff")
+        #expect(reopened.state == .open)
+        #expect(reopened.attempt == 2)
+        // Attempt 2 of exponential(500 ms × 4): 2 s, as Swift computed it (not a default).
+        let wait = try #require(reopened.timeUntilProbe)
+        #expect(wait > .milliseconds(1800) && wait <= .seconds(2))
+    }
+
     @Test("the keys are readable with redis-cli and documented fields are there")
     func keyLayout() async throws {
         let server = try await SharedServer.get()

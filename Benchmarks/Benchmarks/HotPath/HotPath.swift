@@ -17,6 +17,14 @@ private func closedPolicy() -> BreakerPolicy {
 /// One private redis-server for the benchmarks that need Redis, started on first use.
 private let redisServer = Task { try await RedisServerProcess.start() }
 
+/// A distributed registry on the private server, with its background work running.
+private func distributedRegistry() async throws -> (DistributedAdapter<ContinuousClock>, BreakerRegistry, Task<Void, Error>) {
+    let server = try await redisServer.value
+    let adapter = try DistributedAdapter(options: DistributedOptions(redis: server.configuration()))
+    let registry = BreakerRegistry(adapter: adapter)
+    return (adapter, registry, Task { try await registry.run() })
+}
+
 // Names are shell-safe (no spaces): the benchmark tool stores thresholds under cleaned-up file names but looks
 // them up by the raw name.
 let benchmarks: @Sendable () -> Void = {
@@ -74,10 +82,7 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [.mallocCountTotal: .init(absolute: [.p90: 150])])
 
     Benchmark("distributed-closed-success", configuration: distributed) { benchmark in
-        let server = try await redisServer.value
-        let adapter = try DistributedAdapter(options: DistributedOptions(redis: server.configuration()))
-        let registry = BreakerRegistry(adapter: adapter)
-        let background = Task { try await registry.run() }
+        let (adapter, registry, background) = try await distributedRegistry()
         defer { background.cancel() }
         let breaker = try registry.breaker("distributed", policy: closedPolicy())
         try await breaker.acquireAsync().success()
@@ -92,10 +97,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("distributed-open-rejection", configuration: distributed) { benchmark in
-        let server = try await redisServer.value
-        let adapter = try DistributedAdapter(options: DistributedOptions(redis: server.configuration()))
-        let registry = BreakerRegistry(adapter: adapter)
-        let background = Task { try await registry.run() }
+        let (adapter, registry, background) = try await distributedRegistry()
         defer { background.cancel() }
         let breaker = try registry.breaker("distributed-open")
         try await breaker.isolate(reason: "benchmark")
