@@ -76,10 +76,7 @@ public struct BreakerOperator: Sendable {
         return try await snapshot(of: name)
     }
 
-    private func keys(of name: String) -> [String] {
-        let prefix = "\(namespace):{\(name)}"
-        return ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):batches"]
-    }
+    private func keys(of name: String) -> [String] { DistributedBackend.keys(namespace: namespace, name: name) }
 
     private func requireKnown(_ name: String) async throws(FuseboxError) {
         try BreakerRegistry.validate(name: name)
@@ -96,13 +93,13 @@ public struct BreakerOperator: Sendable {
 
     private func call(_ op: String, on name: String, extra: [any RedisArgument] = []) async throws(FuseboxError) -> StateReply {
         try await requireKnown(name)
-        // ARGV[6…17] and ARGV[20] empty: the script uses the policy stored with the breaker.
-        let arguments: [any RedisArgument] = [op, channel, name, actor, ""] + Array(repeating: "", count: 13) + ["0", ""] + extra
+        // ARGV[6…21] empty: the script uses the policy and break durations stored with the breaker.
+        let arguments: [any RedisArgument] = [op, channel, name, actor, ""] + Array(repeating: "", count: 16) + ["1000"] + extra
         let value: RESPValue
         do {
             value = try await connection.run(BreakerScript.script, keys: keys(of: name), arguments: arguments)
         } catch {
-            if error.serverErrorPrefix == "CORRUPT" || error.serverErrorPrefix == "NOPOLICY" {
+            if error.serverErrorPrefix == "CORRUPT" || error.serverErrorPrefix == "NOPOLICY" || error.serverErrorPrefix == "SCHEMA" {
                 throw FuseboxError(
                     code: .corruptState, message: "breaker '\(name)': \(error.message.drop(while: { $0 != " " }).dropFirst())",
                     breakerName: name, underlying: error)

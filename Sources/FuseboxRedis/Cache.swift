@@ -36,6 +36,12 @@ struct Cache: Sendable {
     var windowCalls = 0
     var windowFailures = 0
     var consecutiveFailures = 0
+    /// How many failures (and slow calls) this instance may hold for the cached version before it must write
+    /// them: its share of the headroom left before a threshold, from the last reply or recall message. 0 until
+    /// Redis has granted one; ``unlimited`` when no threshold applies (open, isolated, metrics-only).
+    var budget = 0
+    /// Redis holds this instance's policy JSON (its fingerprint matched in the last reply).
+    var policyStored = false
     var health = StoreHealth.healthy
     /// The in-process breaker used while Redis is unavailable (policy `local`).
     var fallback: BreakerStateMachine?
@@ -52,6 +58,7 @@ struct Cache: Sendable {
             fallback = nil
         }
         let isNewIncarnation = reply.created != created
+        if reply.budget != nil { policyStored = reply.policyStored }
         guard !isKnown || isNewIncarnation || reply.version >= version else { return (nil, recovered) }
         let transition = isKnown && (reply.version > version || (isNewIncarnation && reply.state != state))
             ? BreakerTransition(from: state, to: reply.state, reason: reply.reason, version: reply.version, at: .milliseconds(reply.since))
@@ -64,10 +71,35 @@ struct Cache: Sendable {
         isolationReason = reply.isolationReason
         probeAt = reply.state == .open ? now + max(0, reply.openUntil - reply.now) * 1_000_000 : 0
         if transition != nil { halfOpenDeniedUntil = 0 }
-        windowCalls = reply.windowCalls
-        windowFailures = reply.windowFailures
+        if let window = reply.window {
+            windowCalls = window.calls
+            windowFailures = window.failures
+        }
         consecutiveFailures = reply.consecutiveFailures
+        if let granted = reply.budget {
+            budget = granted < 0 ? Self.unlimited : granted
+        } else if transition != nil || isNewIncarnation {
+            budget = 0
+        }
         return (transition, recovered)
+    }
+
+    /// The budget that stands for "no threshold applies".
+    static let unlimited = Int.max
+
+    /// Applies a recall: Redis found that the instances may hold more than is safe now. Returns `true` when this
+    /// instance holds more than the new budget and must write at once.
+    mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int) -> Bool {
+        guard isKnown, version == self.version, created == self.created else { return false }
+        budget = min(budget, max(0, newBudget))
+        return heldBad > budget
+    }
+
+    /// Failures and slow calls held for the cached closed version.
+    var heldBad: Int {
+        let batch = pending.current
+        guard batch.version == version, batch.created == created, !batch.isProbe else { return 0 }
+        return batch.bad
     }
 
     /// Sets the health; returns `true` when it changed (to log once).
@@ -79,18 +111,28 @@ struct Cache: Sendable {
         return wasHealthy
     }
 
-    /// A cheap guess, from the last reply plus what is buffered, of whether `outcome` may trip the breaker;
-    /// when it may, the flusher is woken at once instead of at its next tick.
-    func mayTrip(after outcome: CallOutcome, policy: BreakerPolicy) -> Bool {
-        guard case .failure = outcome, state == .closed else { return false }
+    /// Whether an outcome just recorded must be written now rather than at the next flush: when this instance
+    /// holds more failures (or slow calls) than its budget, or when what it knows (the last reply's window plus
+    /// what it holds) says a threshold may be crossed.
+    func mustWriteNow(after outcome: CallOutcome, slow: Bool, policy: BreakerPolicy) -> Bool {
+        guard state == .closed else { return false }
+        let isFailure: Bool
+        switch outcome {
+        case .failure: isFailure = true
+        case .success: isFailure = false
+        case .ignored: return false
+        }
+        guard isFailure || slow else { return false }
+        if heldBad > budget { return true }
         let batch = pending.current
-        if let threshold = policy.consecutiveFailureThreshold,
-            (batch.outcomes.count == batch.trailingFailures ? consecutiveFailures : 0) + batch.trailingFailures >= threshold {
+        guard batch.version == version, batch.created == created else { return false }
+        if let threshold = policy.consecutiveFailureThreshold, isFailure,
+            (batch.hasSuccess ? 0 : consecutiveFailures) + batch.trailingFailures >= threshold {
             return true
         }
-        let calls = windowCalls + batch.outcomes.count
-        guard calls >= policy.minimumThroughput, let ratio = policy.failureRateThreshold else { return false }
-        return Double(windowFailures + batch.failures) >= ratio * Double(calls)
+        let calls = windowCalls + batch.calls
+        guard calls >= policy.minimumThroughput, let ratio = policy.failureRateThreshold, isFailure else { return false }
+        return Double(windowFailures + batch.failures + batch.slowFailures) >= ratio * Double(calls)
     }
 
     /// The name recorded for an error type (`String(describing:)`, computed once per type).
@@ -102,34 +144,50 @@ struct Cache: Sendable {
     }
 }
 
-/// Outcomes recorded by this instance and not yet written, grouped by the version that admitted them.
+/// Outcomes recorded by this instance and not yet written, as counts grouped by the version that admitted them.
 ///
-/// The current batch's storage is reused from flush to flush, so recording allocates nothing in steady state.
+/// Recording adds to counters: nothing grows with the number of calls, so recording allocates nothing in steady
+/// state and a batch costs Redis the same whether it carries one outcome or a million.
 struct PendingOutcomes: Sendable {
     struct Batch: Sendable {
         var version: Int
         /// The incarnation of the state the outcomes were admitted under (see ``Cache/created``).
         var created: Int64 = 0
         var isProbe: Bool
-        /// Set when first sent; a batch sent again after a timeout keeps it, so Redis applies it once.
-        var id: String?
-        /// In order: `s` success, `S` slow success, `f` failure, `F` slow failure.
-        var outcomes: [UInt8] = []
-        var ignored = 0
+        /// This adapter's sequence number for the batch, set when first sent; a batch sent again after a timeout
+        /// keeps it, so Redis (which keeps the highest number applied per sender) applies it once.
+        var sequence: Int?
+        var successes = 0
+        var slowSuccesses = 0
         var failures = 0
+        var slowFailures = 0
+        var ignored = 0
+        /// Failures before the first success, the longest run of failures, and the failures after the last
+        /// success: what the consecutive-failure rule needs to know of the order.
+        var leadingFailures = 0
+        var longestFailureRun = 0
         var trailingFailures = 0
         var errors: [ObjectIdentifier: Int] = [:]
         var firstAt: Int64 = 0
 
-        var isEmpty: Bool { outcomes.isEmpty && ignored == 0 }
+        var isEmpty: Bool { calls == 0 && ignored == 0 }
+        /// Successes and failures (not ignored outcomes).
+        var calls: Int { successes + slowSuccesses + failures + slowFailures }
+        /// Outcomes that bring a breaker closer to a threshold: failures and slow calls.
+        var bad: Int { failures + slowFailures + slowSuccesses }
+        var hasSuccess: Bool { successes + slowSuccesses > 0 }
 
         mutating func clear() {
-            id = nil
-            outcomes.removeAll(keepingCapacity: true)
-            errors.removeAll(keepingCapacity: true)
-            ignored = 0
+            sequence = nil
+            successes = 0
+            slowSuccesses = 0
             failures = 0
+            slowFailures = 0
+            ignored = 0
+            leadingFailures = 0
+            longestFailureRun = 0
             trailingFailures = 0
+            errors.removeAll(keepingCapacity: true)
         }
     }
 
@@ -159,7 +217,7 @@ struct PendingOutcomes: Sendable {
             }
             Self.add(outcome, slow: slow, to: &current)
         } else if let index = others.firstIndex(where: {
-            $0.id == nil && $0.version == version && $0.created == created && $0.isProbe == probe
+            $0.sequence == nil && $0.version == version && $0.created == created && $0.isProbe == probe
         }) {
             Self.add(outcome, slow: slow, to: &others[index])
         } else {
@@ -175,12 +233,13 @@ struct PendingOutcomes: Sendable {
     private static func add(_ outcome: CallOutcome, slow: Bool, to batch: inout Batch) {
         switch outcome {
         case .success:
-            batch.outcomes.append(slow ? UInt8(ascii: "S") : UInt8(ascii: "s"))
+            if slow { batch.slowSuccesses += 1 } else { batch.successes += 1 }
             batch.trailingFailures = 0
         case .failure(let type):
-            batch.outcomes.append(slow ? UInt8(ascii: "F") : UInt8(ascii: "f"))
-            batch.failures += 1
+            if slow { batch.slowFailures += 1 } else { batch.failures += 1 }
+            if !batch.hasSuccess { batch.leadingFailures += 1 }
             batch.trailingFailures += 1
+            batch.longestFailureRun = max(batch.longestFailureRun, batch.trailingFailures)
             batch.errors[ObjectIdentifier(type), default: 0] += 1
         case .ignored:
             batch.ignored += 1
@@ -193,7 +252,9 @@ struct PendingOutcomes: Sendable {
         return dropped
     }
 
-    /// Everything pending, oldest version first, and the count of local rejections; the buffer is left empty.
+    /// Everything pending and the count of local rejections; the buffer is left empty. Batches sent before (and
+    /// put back) come first, in the order of their sequence numbers, so Redis never sees a number lower than
+    /// one it has applied for a batch it has not.
     mutating func take() -> ([Batch], Int) {
         var batches = others
         others.removeAll()
@@ -201,9 +262,17 @@ struct PendingOutcomes: Sendable {
             batches.append(current)
             current = spare ?? Batch(version: current.version, isProbe: false)
             current.version = batches.last!.version
+            current.created = batches.last!.created
             spare = nil
         }
-        batches.sort { $0.version < $1.version || ($0.version == $1.version && !$0.isProbe && $1.isProbe) }
+        batches.sort { a, b in
+            switch (a.sequence, b.sequence) {
+            case (let x?, let y?): return x < y
+            case (.some, .none): return true
+            case (.none, .some): return false
+            case (.none, .none): return a.version < b.version || (a.version == b.version && !a.isProbe && b.isProbe)
+            }
+        }
         let taken = rejected
         rejected = 0
         count = 0
@@ -222,7 +291,7 @@ struct PendingOutcomes: Sendable {
     mutating func restore(_ batch: Batch, rejected: Int) {
         self.rejected += rejected
         guard !batch.isEmpty else { return }
-        count += batch.outcomes.count + batch.ignored
+        count += batch.calls + batch.ignored
         others.insert(batch, at: 0)
     }
 }

@@ -9,10 +9,12 @@ import Synchronization
 /// only by `lua/breaker.lua`, while admission and recording stay in-process.
 ///
 /// Start its background work with ``run()`` (it is a swift-service-lifecycle `Service`): a flusher that writes
-/// buffered outcomes every ``DistributedOptions/flushInterval`` (or at once when one may cross a threshold), a
-/// pub/sub subscriber on `NAMESPACE:transitions` that updates every cached state, and a refresher that reads
-/// every state each ``DistributedOptions/refreshInterval`` and after the subscriber reconnects. On cancellation
-/// it writes what is still buffered, then returns. See Docs/architecture.md.
+/// buffered outcomes every ``DistributedOptions/flushInterval`` (failures at once when they exceed the budget
+/// Redis granted, or may cross a threshold), a pub/sub subscriber on `NAMESPACE:transitions` that applies
+/// transitions and budget recalls, and a refresher that reads every state once per
+/// ``DistributedOptions/refreshInterval`` (a slice each second, one pipeline of plain reads) and all of them
+/// after the subscriber reconnects. On cancellation it writes what is still buffered, then returns.
+/// See Docs/architecture.md.
 public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
     /// The options it runs with.
     public let options: DistributedOptions
@@ -22,6 +24,16 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     private let choosesClockPerPolicy: Bool
     private let subscriber: RedisSubscriber
     private let backends = BackendTable()
+    private let schemaCheck = Mutex<SchemaCheck>(.notStarted)
+
+    private enum SchemaCheck {
+        case notStarted
+        case pending([CheckedContinuation<Void, Never>])
+        case done
+    }
+
+    /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
+    public static var keySchema: String { "2" }
 
     /// Makes the adapter; nothing is connected until the first breaker is used or ``run()`` starts.
     /// `clock` measures call durations (the slow-call rule); decisions use Redis time only.
@@ -43,13 +55,15 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             let backends = self.backends
             let logger = logger
             subscriber = try RedisSubscriber(
-                configuration: configuration, channels: [core.channel], healthCheckInterval: options.refreshInterval,
+                configuration: configuration, channels: [core.channel],
+                healthCheckInterval: min(options.refreshInterval, .seconds(1)),
                 onMessage: { message in
-                    guard let transition = try? JSONDecoder().decode(TransitionMessage.self, from: Data(message.payload)) else {
+                    guard let decoded = try? JSONDecoder().decode(BreakerMessage.self, from: Data(message.payload)) else {
                         logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
                         return
                     }
-                    backends.withLock { $0[transition.name] }?.apply(transition)
+                    guard let backend = backends.withLock({ $0[decoded.name] }) else { return }
+                    if decoded.recall != nil { backend.applyRecall(decoded) } else { backend.apply(decoded) }
                 })
         } catch {
             throw FuseboxError(code: .backendUnavailable, message: error.message, underlying: error)
@@ -66,9 +80,83 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
         let backend = DistributedBackend(name: name, policy: policy, core: core, clock: reader, logger: logger)
         backends.withLock { $0[name] = backend }
+        startSchemaCheck()
         // Learn the shared state now rather than at the first call.
         backend.refresh()
         return backend
+    }
+
+    /// Claims the namespace for this key schema (`SET NS:schema 2 NX`), or finds another schema there: then every
+    /// breaker refuses to use Redis (its unavailability policy applies) and ``run()`` throws. Submitted before
+    /// anything else this adapter sends, so no script runs first.
+    private func startSchemaCheck() {
+        let start = schemaCheck.withLock { check -> Bool in
+            guard case .notStarted = check else { return false }
+            check = .pending([])
+            return true
+        }
+        guard start else { return }
+        let key = "\(options.namespace):schema"
+        let namespace = options.namespace
+        core.connection.submit([RedisCommand("SET", key, Self.keySchema, "NX"), RedisCommand("GET", key)]) { [self] result in
+            if case .success(let replies) = result, let found = replies[1].string, found != Self.keySchema {
+                let refusal = RedisError(
+                    code: .serverError,
+                    message: "SCHEMA namespace '\(namespace)' holds Fusebox key schema \(found) (\(key)); this instance runs schema \(Self.keySchema): "
+                        + "run every instance of a namespace on one schema, or give this one its own namespace")
+                core.schemaRefusal.withLock { $0 = refusal }
+                core.logger.error("\(refusal.message)")
+                for backend in allBackends { backend.refresh() }
+            }
+            let waiters = schemaCheck.withLock { check -> [CheckedContinuation<Void, Never>] in
+                if case .pending(let waiters) = check {
+                    // A failed check (Redis unreachable) is tried again by the next breaker or run().
+                    check = result.isSuccess ? .done : .notStarted
+                    return waiters
+                }
+                return []
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    /// Waits for the schema check; throws when the namespace holds another key schema.
+    private func verifySchema() async throws(FuseboxError) {
+        startSchemaCheck()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = schemaCheck.withLock { check -> Bool in
+                if case .pending(var waiters) = check {
+                    waiters.append(continuation)
+                    check = .pending(waiters)
+                    return false
+                }
+                return true
+            }
+            if ready { continuation.resume() }
+        }
+        if let refusal = core.schemaRefusal.withLock({ $0 }) {
+            throw FuseboxError(code: .invalidConfiguration, message: String(refusal.message.dropFirst("SCHEMA ".count)), underlying: refusal)
+        }
+    }
+
+    /// Reads the state of `targets` with one pipeline of `HMGET`s (no script, no write) and applies it; a missing
+    /// or unusual hash sends that breaker to the script.
+    func refreshStates(_ targets: [DistributedBackend]) {
+        guard !targets.isEmpty else { return }
+        var commands = [RedisCommand("TIME")]
+        for backend in targets {
+            commands.append(RedisCommand("HMGET", arguments: [backend.stateKey] + StateReply.refreshedFields))
+        }
+        let core = self.core
+        core.connection.submit(commands) { result in
+            guard case .success(let replies) = result, replies.count == targets.count + 1 else { return }
+            var now = core.pinnedTime.load(ordering: .relaxed)
+            if now == 0, let time = replies[0].array, time.count == 2,
+                let seconds = time[0].string.flatMap({ Int64($0) }), let micros = time[1].string.flatMap({ Int64($0) }) {
+                now = seconds * 1000 + micros / 1000
+            }
+            for (backend, reply) in zip(targets, replies.dropFirst()) { backend.applyRefreshed(reply, now: now) }
+        }
     }
 
     private var allBackends: [DistributedBackend] { backends.withLock { Array($0.values) } }
@@ -85,6 +173,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     /// Runs the flusher, the subscriber and the refresher until cancellation or graceful shutdown, then writes
     /// what is still buffered.
     public func run() async throws {
+        try await verifySchema()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.listen() }
@@ -101,10 +190,21 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 }
             }
             group.addTask {
+                // Every breaker is read once per refreshInterval, a slice each tick, in one pipeline per tick.
+                let tick = min(self.options.refreshInterval, .seconds(1))
+                let ticksPerRound = max(1, Int((self.options.refreshInterval / tick).rounded(.up)))
+                var round: [DistributedBackend] = []
+                var perTick = 1
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: self.options.refreshInterval)
+                    try? await Task.sleep(for: tick)
                     if Task.isCancelled { break }
-                    for backend in self.allBackends { backend.refresh() }
+                    if round.isEmpty {
+                        round = self.allBackends
+                        perTick = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
+                    }
+                    let slice = Array(round.suffix(perTick))
+                    round.removeLast(slice.count)
+                    self.refreshStates(slice)
                 }
             }
             await gracefulShutdownOrCancellation()
@@ -125,11 +225,11 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 break  // delivered to the onMessage handler instead
             case .reconnected:
                 core.logger.info("Redis pub/sub reconnected; refreshing every breaker")
-                for backend in allBackends { backend.refresh() }
+                refreshStates(allBackends)
             case .disconnected(let error):
                 core.logger.info("Redis pub/sub disconnected (\(error.code): \(error.message)); reconnecting")
             case .subscribed:
-                for backend in allBackends { backend.refresh() }
+                refreshStates(allBackends)
             }
         }
     }
@@ -173,5 +273,12 @@ extension BreakerRegistry {
             options.namespace = configuration.namespace
             return BreakerRegistry(adapter: try DistributedAdapter(options: options, logger: logger), logger: logger)
         }
+    }
+}
+
+extension Result {
+    var isSuccess: Bool {
+        if case .success = self { return true }
+        return false
     }
 }

@@ -14,22 +14,32 @@ final class DistributedCore: Sendable {
     /// 0: scripts read Redis `TIME`. Otherwise the time (ms) scripts use instead: set only by tests
     /// (``DistributedAdapter/pinClock(atMilliseconds:)``), so that time moves only when they say.
     let pinnedTime = Atomic<Int64>(0)
+    /// This adapter object's name as a sender of outcome batches: the instance id plus a random nonce made here,
+    /// so two adapters that share an instance id never take each other's batches for retransmissions.
+    let senderID: String
+    /// How long (ms) an outcome may wait in this instance before it is written: the flush interval.
+    let holdMilliseconds: String
+    /// Set when the namespace holds another key schema: every script call is refused with this error.
+    let schemaRefusal = Mutex<RedisError?>(nil)
 
     init(options: DistributedOptions, connection: RedisConnection, logger: Logger) {
         self.options = options
         self.connection = connection
         self.logger = logger
         self.channel = "\(options.namespace):transitions"
+        self.senderID = "\(options.instanceID):\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+        self.holdMilliseconds = String(max(1, options.flushInterval.milliseconds))
     }
 }
 
 /// One breaker of the `distributed` adapter, as seen by this instance.
 ///
 /// The hot path reads and writes ``Cache`` under a `Mutex`, nothing else: admission in the closed and open
-/// states answers from the cached state; outcomes are appended to a buffer that the flusher writes with one
-/// `EVALSHA` per breaker. Only when a break has ended (probe permits are handed out fleet-wide) or the state is
-/// not known yet does admission ask Redis. Every reply and every transition message refreshes the cache;
-/// one with a lower version than the cache's is ignored.
+/// states answers from the cached state; outcomes are added to counters that the flusher writes with one
+/// `EVALSHA` per breaker and flush interval. A failure is written at once when this instance holds more than its
+/// failure budget, or when it may cross a threshold by what the instance knows. Only when a break has ended
+/// (probe permits are handed out fleet-wide) or the state is not known yet does admission ask Redis. Every reply
+/// and every message refreshes the cache; one with a lower version than the cache's is ignored.
 final class DistributedBackend: BreakerBackend {
     let name: String
     let policy: BreakerPolicy
@@ -37,6 +47,8 @@ final class DistributedBackend: BreakerBackend {
     private let clock: NanosecondClock
     private let keys: [String]
     private let policyArguments: [String]
+    private let policyFingerprint: String
+    private let policyJSON: String
     private let instruments: BreakerInstruments
     private let cache: Mutex<Cache>
     // The options the hot path reads, copied out once (the options struct holds strings: copying it costs).
@@ -56,9 +68,10 @@ final class DistributedBackend: BreakerBackend {
         self.policy = policy
         self.core = core
         self.clock = clock
-        let prefix = "\(core.options.namespace):{\(name)}"
-        self.keys = ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):batches"]
+        self.keys = Self.keys(namespace: core.options.namespace, name: name)
         self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
+        self.policyJSON = Self.policyJSON(policy, minimumInstances: core.options.minimumInstances)
+        self.policyFingerprint = Self.fingerprint(policyJSON + "|" + policyArguments.joined(separator: ","))
         self.whenUnavailable = core.options.whenUnavailable
         self.writeThrough = core.options.writeThrough
         self.maxBufferedOutcomes = core.options.maxBufferedOutcomes
@@ -230,13 +243,15 @@ final class DistributedBackend: BreakerBackend {
             let isProbe = cache.pending.append(
                 outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
                 now: now, limit: maxBufferedOutcomes)
-            return (isProbe || writeThrough, cache.mayTrip(after: outcome, policy: policy), transition)
+            let urgent = version == cache.version && cache.mustWriteNow(after: outcome, slow: isSlow, policy: policy)
+            return (isProbe || writeThrough, urgent, transition)
         }
         instruments.recorded(outcome, nanoseconds: duration)
         if let transition { instruments.transitioned(transition) }
         if writeNow || mayTrip {
-            // A probe's outcome, one that may cross a threshold, and every outcome with writeThrough are submitted
-            // now, without waiting for the reply (the next admission request is then queued behind them).
+            // A probe's outcome, a failure beyond the budget or that may cross a threshold, and every outcome with
+            // writeThrough are submitted now, without waiting for the reply (the next admission request is then
+            // queued behind them).
             flush()
         }
     }
@@ -267,14 +282,14 @@ final class DistributedBackend: BreakerBackend {
         let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
         for (index, part) in parts.enumerated() {
             var batch = part
-            if batch.id == nil && !batch.isEmpty {
-                batch.id = "\(core.options.instanceID):\(batchSequence.add(1, ordering: .relaxed).newValue)"
+            if batch.sequence == nil {
+                batch.sequence = batchSequence.add(1, ordering: .relaxed).newValue
             }
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
-                batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
-                String(decoding: batch.outcomes, as: UTF8.self), batch.ignored, batch.isProbe ? "1" : "0",
-                index == 0 ? rejected : 0, batch.id ?? "",
+                core.senderID, batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
+                batch.isProbe ? "1" : "0", batch.successes, batch.slowSuccesses, batch.failures, batch.slowFailures,
+                batch.ignored, index == 0 ? rejected : 0, batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures,
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
                 extra.append(name)
@@ -291,7 +306,8 @@ final class DistributedBackend: BreakerBackend {
                 case .failure(let error):
                     markFailure(error)
                     if error.code != .serverError {
-                        // Not written: keep it for the next flush (bounded by maxBufferedOutcomes).
+                        // Not written (or not known to be): keep it, with its sequence number, for the next flush
+                        // (bounded by maxBufferedOutcomes). Redis applies it once, whichever happened.
                         cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
                     }
                 }
@@ -323,7 +339,8 @@ final class DistributedBackend: BreakerBackend {
     /// Whether outcomes are waiting to be written.
     var hasPending: Bool { cache.withLock { !$0.pending.isEmpty } }
 
-    /// Reads the state again (the periodic refresh, and after the subscriber reconnects).
+    /// Reads the state, window and budget with the script (when the breaker is made, and when the refresher's
+    /// plain read finds something unusual: a missing or malformed hash).
     func refresh() {
         submitScript("read", []) { [self] result in
             switch result {
@@ -334,6 +351,26 @@ final class DistributedBackend: BreakerBackend {
         registerIfNeeded()
     }
 
+    /// Applies the refresher's read of the state hash (``StateReply/refreshedFields``); `nil` values or anything
+    /// unusual send the breaker to the script instead, which creates, repairs or explains.
+    func applyRefreshed(_ values: RESPValue, now redisNow: Int64) {
+        guard let fields = values.array, let reply = StateReply(refreshed: fields, now: redisNow) else {
+            if case .error(let message) = values {
+                markFailure(RedisError(code: .serverError, message: message))
+            }
+            refresh()
+            return
+        }
+        apply(reply, ownCall: false)
+    }
+
+    /// Applies a recall message: write what is held now if it is more than the new budget.
+    func applyRecall(_ message: BreakerMessage) {
+        guard let budget = message.recall else { return }
+        let mustWrite = cache.withLock { $0.applyRecall(version: message.version, created: message.created ?? 0, budget: budget) }
+        if mustWrite { flush() }
+    }
+
     private func registerIfNeeded() {
         guard !isRegistered.load(ordering: .relaxed) else { return }
         core.connection.submit([RedisCommand("SADD", "\(core.options.namespace):breakers", name)]) { [self] result in
@@ -342,15 +379,19 @@ final class DistributedBackend: BreakerBackend {
     }
 
     private func submitScript(_ op: String, _ extra: [any RedisArgument], completion: @escaping @Sendable (Result<StateReply, RedisError>) -> Void) {
-        let (attempt, durations) = cache.withLock { cache in
-            (cache.attempt, (1...4).map { policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds })
+        if let refusal = core.schemaRefusal.withLock({ $0 }) { return completion(.failure(refusal)) }
+        let (attempt, durations, policyStored) = cache.withLock { cache in
+            (cache.attempt, (1...4).map { policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds }, cache.policyStored)
         }
         var arguments: [any RedisArgument] = [
             op, core.channel, name, core.options.instanceID, Self.clockArgument(core.pinnedTime.load(ordering: .relaxed)),
         ]
         arguments += policyArguments as [any RedisArgument]
+        arguments.append(policyFingerprint)
+        arguments.append(policyStored ? "" : policyJSON)
         arguments.append(attempt)
         arguments.append(durations.map { String($0) }.joined(separator: ","))
+        arguments.append(core.holdMilliseconds)
         arguments += extra
         let key = stateKey
         inFlight.withLock { $0.count += 1 }
@@ -386,22 +427,27 @@ final class DistributedBackend: BreakerBackend {
     }
 
     /// Applies a transition message; messages older than the cache are ignored.
-    func apply(_ message: TransitionMessage) {
-        guard let state = BreakerState(rawValue: message.state) else { return }
+    func apply(_ message: BreakerMessage) {
+        guard let state = message.state.flatMap(BreakerState.init(rawValue:)) else { return }
         let now = self.now
         let transition = cache.withLock { cache -> BreakerTransition? in
             let isNewIncarnation = message.created.map { $0 != cache.created } ?? false
             guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return nil }
             let change = cache.isKnown
-                ? BreakerTransition(from: cache.state, to: state, reason: message.reason, version: message.version, at: .nanoseconds(now)) : nil
+                ? BreakerTransition(from: cache.state, to: state, reason: message.reason ?? "", version: message.version, at: .nanoseconds(now)) : nil
             cache.isKnown = true
             cache.state = state
             cache.version = message.version
             cache.created = message.created ?? cache.created
             cache.attempt = message.attempt ?? cache.attempt
             cache.isolationReason = message.isolation_reason.flatMap { $0.isEmpty ? nil : $0 }
-            cache.probeAt = state == .open ? now + message.probe_in_ms * 1_000_000 : 0
+            cache.probeAt = state == .open ? now + (message.probe_in_ms ?? 0) * 1_000_000 : 0
             cache.halfOpenDeniedUntil = 0
+            // A new closed period: no budget until Redis grants one (the first failure is written at once).
+            cache.budget = 0
+            cache.windowCalls = 0
+            cache.windowFailures = 0
+            cache.consecutiveFailures = 0
             return change
         }
         if let transition { instruments.transitioned(transition, observedRemotely: true) }
@@ -508,8 +554,23 @@ final class DistributedBackend: BreakerBackend {
             String(policy.minimumThroughput), kind, String(size), String(width),
             String(policy.permittedCallsInHalfOpen), String(policy.successThreshold),
             String(policy.maxHalfOpenDuration.milliseconds), policy.mode.rawValue, String(minimumInstances),
-            policyJSON(policy, minimumInstances: minimumInstances),
         ]
+    }
+
+    /// The keys of breaker `name`, in the order `lua/breaker.lua` takes them.
+    static func keys(namespace: String, name: String) -> [String] {
+        let prefix = "\(namespace):{\(name)}"
+        return ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):senders"]
+    }
+
+    /// A short fingerprint of the policy (FNV-1a, 64 bits): the script writes the JSON only when it changes.
+    static func fingerprint(_ text: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        return String(hash, radix: 16)
     }
 
     /// The policy as JSON, for operators reading the `policy` field with redis-cli.

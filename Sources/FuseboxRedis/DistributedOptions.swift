@@ -18,12 +18,16 @@ public struct DistributedOptions: Sendable {
     /// The key prefix: keys are `NAMESPACE:{NAME}:state`, …, the set `NAMESPACE:breakers` and the channel
     /// `NAMESPACE:transitions`.
     public var namespace = "fusebox"
-    /// How often buffered outcomes are written. Default 10 ms.
-    public var flushInterval: Duration = .milliseconds(10)
+    /// How often buffered outcomes (counts) are written: each breaker with outcomes costs one script call per
+    /// interval, whatever its call rate. Failures do not wait for it when they exceed the failure budget Redis
+    /// grants or may cross a threshold; probe outcomes never wait. Default 1 s.
+    public var flushInterval: Duration = .seconds(1)
     /// Write every outcome as soon as it is recorded (still without waiting for the reply).
     public var writeThrough = false
-    /// How often every cached state is read again, covering lost messages. Default 1 s.
-    public var refreshInterval: Duration = .seconds(1)
+    /// How often every cached state is read again with a plain `HMGET` (a slice of the breakers each second, in
+    /// one pipeline), covering anything pub/sub could not deliver. Also the subscriber's health-check period,
+    /// capped at 1 s. Default 30 s.
+    public var refreshInterval: Duration = .seconds(30)
     /// What to do while Redis is unreachable. Default ``UnavailablePolicy/local``.
     public var whenUnavailable: UnavailablePolicy = .local
     /// Trip only when failures in the window come from at least this many distinct instances (time windows

@@ -1,7 +1,7 @@
 import Fusebox
 import Hiredis
 
-/// The reply of `lua/breaker.lua`, converted once.
+/// The reply of `lua/breaker.lua`, converted once (or a state read with `HMGET` by the refresher).
 struct StateReply: Sendable {
     var state: BreakerState
     var version: Int
@@ -17,18 +17,27 @@ struct StateReply: Sendable {
     var probeSuccesses: Int
     /// For `acquire`: 0 denied, 1 admitted, 2 admitted as a probe.
     var granted: Int
-    var windowCalls: Int
-    var windowFailures: Int
-    var windowSlow: Int
+    /// The window's calls, failures and slow calls; `nil` from the refresher, which does not read the window.
+    var window: (calls: Int, failures: Int, slow: Int)?
     /// This script call made a transition.
     var transitioned: Bool
     /// The state hash's incarnation (Redis time it was made): a new one after a restart or a repairing reset.
     var created: Int64
     /// For `read`: the totals hash.
     var totals: [String: String]
+    /// The failure budget granted (-1: no threshold applies); `nil` from the refresher.
+    var budget: Int?
+    /// Redis holds the policy fingerprint this call sent.
+    var policyStored: Bool
+    /// The batch had been applied before (a retransmission): nothing was counted again.
+    var duplicate: Bool
+
+    var windowCalls: Int { window?.calls ?? 0 }
+    var windowFailures: Int { window?.failures ?? 0 }
+    var windowSlow: Int { window?.slow ?? 0 }
 
     init(_ value: RESPValue, key: String) throws(FuseboxError) {
-        guard let parts = value.array, parts.count >= 17 else {
+        guard let parts = value.array, parts.count >= 21 else {
             throw FuseboxError(code: .corruptState, message: "unexpected reply from the breaker script for \(key): \(value)")
         }
         func int(_ index: Int) throws(FuseboxError) -> Int {
@@ -53,13 +62,11 @@ struct StateReply: Sendable {
         probes = try int(9)
         probeSuccesses = try int(10)
         granted = try int(11)
-        windowCalls = try int(12)
-        windowFailures = try int(13)
-        windowSlow = try int(14)
+        window = (try int(12), try int(13), try int(14))
         transitioned = try int(15) == 1
         created = Int64(try int(16))
         var totals: [String: String] = [:]
-        if parts.count > 17, let flat = parts[17].array {
+        if let flat = parts[17].array {
             var index = 0
             while index + 1 < flat.count {
                 if let field = flat[index].string, let value = flat[index + 1].string { totals[field] = value }
@@ -67,22 +74,67 @@ struct StateReply: Sendable {
             }
         }
         self.totals = totals
+        budget = try int(18)
+        policyStored = try int(19) == 1
+        duplicate = try int(20) == 1
+    }
+
+    /// The fields the refresher reads with `HMGET`, in the order ``init(refreshed:now:)`` expects.
+    static let refreshedFields = [
+        "state", "version", "since", "open_until", "attempt", "reason", "isolation_reason", "consecutive_failures",
+        "probes", "probe_successes", "created", "schema",
+    ]
+
+    /// A state read by the refresher; `nil` when the hash is missing or anything in it is unusual (the caller
+    /// then asks the script, which repairs, refuses or explains).
+    init?(refreshed values: [RESPValue], now: Int64) {
+        guard values.count == Self.refreshedFields.count, values[11].string == "2",
+            let state = values[0].string.flatMap(BreakerState.init(rawValue:))
+        else { return nil }
+        var numbers: [Int64] = []
+        for index in [1, 2, 3, 4, 7, 8, 9, 10] {
+            guard let number = values[index].string.flatMap({ Int64($0) }) else { return nil }
+            numbers.append(number)
+        }
+        self.state = state
+        version = Int(numbers[0])
+        since = numbers[1]
+        openUntil = numbers[2]
+        attempt = Int(numbers[3])
+        consecutiveFailures = Int(numbers[4])
+        probes = Int(numbers[5])
+        probeSuccesses = Int(numbers[6])
+        created = numbers[7]
+        self.now = now
+        reason = values[5].string ?? ""
+        let isolation = values[6].string ?? ""
+        isolationReason = isolation.isEmpty ? nil : isolation
+        granted = 0
+        window = nil
+        transitioned = false
+        totals = [:]
+        budget = nil
+        policyStored = false
+        duplicate = false
     }
 
     /// Time until probes may start, for an open breaker.
     var timeUntilProbe: Duration? { state == .open ? .milliseconds(max(0, openUntil - now)) : nil }
 }
 
-/// A transition message on `NAMESPACE:transitions`.
-struct TransitionMessage: Decodable, Sendable {
+/// A message on `NAMESPACE:transitions`: a transition, or a recall of failure budgets.
+struct BreakerMessage: Decodable, Sendable {
     var name: String
     var version: Int
-    var state: String
-    var probe_in_ms: Int64
-    var reason: String
+    var created: Int64?
+    // A transition.
+    var state: String?
+    var probe_in_ms: Int64?
+    var reason: String?
     var isolation_reason: String?
     var attempt: Int?
-    var created: Int64?
+    /// A recall: every instance holding more failures than this for `version` writes them now.
+    var recall: Int?
 }
 
 /// Wakes the flusher: the ticker rings it every flush interval, and the hot path when an outcome may cross a
