@@ -488,25 +488,27 @@ local function main()
       if policy.instances > 1 and count_instances() < policy.instances then headroom = 0 end
       if policy.consecutive then headroom = math.min(headroom, policy.consecutive - st.consecutive_failures) end
       if policy.failure_rate or policy.slow_rate then
-        -- Calls that may leave the window before the sender writes again do not count as cover.
-        local calls = window.calls
+        -- Buckets that may age out before the sender writes again take their calls and failures with them, which
+        -- can raise a ratio: the headroom is the least over every such moment (k oldest buckets gone).
+        local gone = { { c = 0, f = 0, s = 0 } }
         if policy.window_kind == 'time' then
-          local leaving = math.floor((now + policy.hold) / policy.width) - bucket
-          if leaving >= policy.window_size then
-            calls = 0
-          elseif leaving > 0 then
+          local leaving = math.min(policy.window_size, math.floor((now + policy.hold) / policy.width) - bucket)
+          if leaving > 0 then
             local oldest = {}
             for b = bucket - policy.window_size + 1, bucket - policy.window_size + leaving do table.insert(oldest, tostring(b)) end
             local old_values = redis.call('HMGET', KEYS[2], unpack(oldest))
+            local sum = gone[1]
             for i = 1, #oldest do
-              local c = unpack_bucket(old_values[i] or nil)
-              calls = calls - c
+              local c, f, sl = unpack_bucket(old_values[i] or nil)
+              sum = { c = sum.c + c, f = sum.f + f, s = sum.s + sl }
+              table.insert(gone, sum)
             end
           end
-          if calls < 0 then calls = 0 end
         end
-        local function needed(bad, rate)
+        local function needed(calls, bad, rate)
           -- The fewest added failures that break `bad / calls ≥ rate` once calls reach the minimum.
+          if calls < 0 then calls = 0 end
+          if bad < 0 then bad = 0 end
           local size = policy.window_kind == 'count' and policy.window_size or math.huge
           local n = math.max(0, policy.minimum - calls)
           if rate < 1 then
@@ -521,8 +523,10 @@ local function main()
           end
           return math.max(1, n)
         end
-        if policy.failure_rate then headroom = math.min(headroom, needed(window.failures, policy.failure_rate)) end
-        if policy.slow_rate then headroom = math.min(headroom, needed(window.slow, policy.slow_rate)) end
+        for _, g in ipairs(gone) do
+          if policy.failure_rate then headroom = math.min(headroom, needed(window.calls - g.c, window.failures - g.f, policy.failure_rate)) end
+          if policy.slow_rate then headroom = math.min(headroom, needed(window.calls - g.c, window.slow - g.s, policy.slow_rate)) end
+        end
       end
       senders = math.max(1, redis.call('HLEN', KEYS[5]))
       if redis.call('HEXISTS', KEYS[5], sender) == 0 then senders = senders + 1 end

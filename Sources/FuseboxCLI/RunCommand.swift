@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import Fusebox
 import FuseboxRedis
@@ -30,6 +31,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How long the breaker stays open, e.g. 30s.") var breakDuration: String?
     @Option(name: .long, help: "Probes allowed at a time while half-open.") var halfOpenPermits: Int?
     @Option(name: .long, help: "Probe successes needed to close.") var successThreshold: Int?
+    @Option(name: .long, help: "This process's instance id in events and the quorum (default: $FUSEBOX_INSTANCE_ID, else HOST-PID-RANDOM).")
+    var instanceID: String?
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
     func policy() throws -> BreakerPolicy {
@@ -61,6 +64,9 @@ struct RunCommand: AsyncParsableCommand {
             var options = DistributedOptions(redis: try global.configuration())
             options.namespace = global.namespace
             options.whenUnavailable = .failClosed
+            if let id = instanceID ?? ProcessInfo.processInfo.environment["FUSEBOX_INSTANCE_ID"].flatMap({ $0.isEmpty ? nil : $0 }) {
+                options.instanceID = id
+            }
             let adapter = try DistributedAdapter(options: options)
             let registry = BreakerRegistry(adapter: adapter)
             let breaker = try registry.breaker(name, policy: policy)

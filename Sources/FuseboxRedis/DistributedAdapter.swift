@@ -24,16 +24,9 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     private let choosesClockPerPolicy: Bool
     private let subscriber: RedisSubscriber
     private let backends = BackendTable()
-    private let schemaCheck = Mutex<SchemaCheck>(.notStarted)
-
-    private enum SchemaCheck {
-        case notStarted
-        case pending([CheckedContinuation<Void, Never>])
-        case done
-    }
 
     /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
-    public static var keySchema: String { "2" }
+    public static var keySchema: String { DistributedCore.keySchema }
 
     /// Makes the adapter; nothing is connected until the first breaker is used or ``run()`` starts.
     /// `clock` measures call durations (the slow-call rule); decisions use Redis time only.
@@ -80,59 +73,16 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
         let backend = DistributedBackend(name: name, policy: policy, core: core, clock: reader, logger: logger)
         backends.withLock { $0[name] = backend }
-        startSchemaCheck()
         // Learn the shared state now rather than at the first call.
         backend.refresh()
         return backend
     }
 
-    /// Claims the namespace for this key schema (`SET NS:schema 2 NX`), or finds another schema there: then every
-    /// breaker refuses to use Redis (its unavailability policy applies) and ``run()`` throws. Submitted before
-    /// anything else this adapter sends, so no script runs first.
-    private func startSchemaCheck() {
-        let start = schemaCheck.withLock { check -> Bool in
-            guard case .notStarted = check else { return false }
-            check = .pending([])
-            return true
-        }
-        guard start else { return }
-        let key = "\(options.namespace):schema"
-        let namespace = options.namespace
-        core.connection.submit([RedisCommand("SET", key, Self.keySchema, "NX"), RedisCommand("GET", key)]) { [self] result in
-            if case .success(let replies) = result, let found = replies[1].string, found != Self.keySchema {
-                let refusal = RedisError(
-                    code: .serverError,
-                    message: "SCHEMA namespace '\(namespace)' holds Fusebox key schema \(found) (\(key)); this instance runs schema \(Self.keySchema): "
-                        + "run every instance of a namespace on one schema, or give this one its own namespace")
-                core.schemaRefusal.withLock { $0 = refusal }
-                core.logger.error("\(refusal.message)")
-                for backend in allBackends { backend.refresh() }
-            }
-            let waiters = schemaCheck.withLock { check -> [CheckedContinuation<Void, Never>] in
-                if case .pending(let waiters) = check {
-                    // A failed check (Redis unreachable) is tried again by the next breaker or run().
-                    check = result.isSuccess ? .done : .notStarted
-                    return waiters
-                }
-                return []
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-    }
-
-    /// Waits for the schema check; throws when the namespace holds another key schema.
+    /// Waits for the key-schema check (``DistributedCore/afterSchemaCheck(_:)``); throws when the namespace
+    /// holds another schema.
     private func verifySchema() async throws(FuseboxError) {
-        startSchemaCheck()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = schemaCheck.withLock { check -> Bool in
-                if case .pending(var waiters) = check {
-                    waiters.append(continuation)
-                    check = .pending(waiters)
-                    return false
-                }
-                return true
-            }
-            if ready { continuation.resume() }
+            core.afterSchemaCheck { continuation.resume() }
         }
         if let refusal = core.schemaRefusal.withLock({ $0 }) {
             throw FuseboxError(code: .invalidConfiguration, message: String(refusal.message.dropFirst("SCHEMA ".count)), underlying: refusal)
@@ -273,12 +223,5 @@ extension BreakerRegistry {
             options.namespace = configuration.namespace
             return BreakerRegistry(adapter: try DistributedAdapter(options: options, logger: logger), logger: logger)
         }
-    }
-}
-
-extension Result {
-    var isSuccess: Bool {
-        if case .success = self { return true }
-        return false
     }
 }

@@ -21,6 +21,17 @@ final class DistributedCore: Sendable {
     let holdMilliseconds: String
     /// Set when the namespace holds another key schema: every script call is refused with this error.
     let schemaRefusal = Mutex<RedisError?>(nil)
+    private let schemaGate = Mutex<SchemaGate>(.unchecked)
+
+    private enum SchemaGate {
+        case unchecked
+        /// The check is in flight; what waits for it, in submission order.
+        case checking([@Sendable () -> Void])
+        case checked
+    }
+
+    /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
+    static let keySchema = "2"
 
     init(options: DistributedOptions, connection: RedisConnection, logger: Logger) {
         self.options = options
@@ -29,6 +40,51 @@ final class DistributedCore: Sendable {
         self.channel = "\(options.namespace):transitions"
         self.senderID = "\(options.instanceID):\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
         self.holdMilliseconds = String(max(1, options.flushInterval.milliseconds))
+    }
+
+    /// Runs `body` (which submits a script) once the namespace's key schema has been checked, in the order such
+    /// bodies arrive: no script of this adapter reaches Redis before `SET NS:schema 2 NX` has answered. The first
+    /// call starts the check; a check that could not reach Redis is made again by the next call.
+    func afterSchemaCheck(_ body: @escaping @Sendable () -> Void) {
+        enum Next { case run, wait, start }
+        let next: Next = schemaGate.withLock { gate in
+            switch gate {
+            case .checked: return .run
+            case .checking(var queue):
+                queue.append(body)
+                gate = .checking(queue)
+                return .wait
+            case .unchecked:
+                gate = .checking([body])
+                return .start
+            }
+        }
+        switch next {
+        case .run: body()
+        case .wait: break
+        case .start: checkSchema()
+        }
+    }
+
+    private func checkSchema() {
+        let key = "\(options.namespace):schema"
+        let namespace = options.namespace
+        connection.submit([RedisCommand("SET", key, Self.keySchema, "NX"), RedisCommand("GET", key)]) { [self] result in
+            if case .success(let replies) = result, let found = replies[1].string, found != Self.keySchema {
+                let refusal = RedisError(
+                    code: .serverError,
+                    message: "SCHEMA namespace '\(namespace)' holds Fusebox key schema \(found) (\(key)); this instance runs schema "
+                        + "\(Self.keySchema): run every instance of a namespace on one schema, or give this one its own namespace")
+                schemaRefusal.withLock { $0 = refusal }
+                logger.error("\(refusal.message.dropFirst("SCHEMA ".count))")
+            }
+            // What waited runs under the lock, so nothing submitted meanwhile overtakes it.
+            schemaGate.withLock { gate in
+                guard case .checking(let queue) = gate else { return }
+                if case .success = result { gate = .checked } else { gate = .unchecked }
+                for body in queue { body() }
+            }
+        }
     }
 }
 
@@ -395,16 +451,7 @@ final class DistributedBackend: BreakerBackend {
         arguments += extra
         let key = stateKey
         inFlight.withLock { $0.count += 1 }
-        core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { [self] result in
-            defer {
-                let waiters = inFlight.withLock { state -> [CheckedContinuation<Void, Never>] in
-                    state.count -= 1
-                    guard state.count == 0 else { return [] }
-                    defer { state.waiters.removeAll() }
-                    return state.waiters
-                }
-                for waiter in waiters { waiter.resume() }
-            }
+        let answer: @Sendable (Result<RESPValue, RedisError>) -> Void = { [self] result in
             completion(result.flatMap { value in
                 do throws(FuseboxError) {
                     return .success(try StateReply(value, key: key))
@@ -412,6 +459,17 @@ final class DistributedBackend: BreakerBackend {
                     return .failure(RedisError(code: .unexpectedReply, message: error.message))
                 }
             })
+            let waiters = inFlight.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.count -= 1
+                guard state.count == 0 else { return [] }
+                defer { state.waiters.removeAll() }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+        core.afterSchemaCheck { [core, keys, arguments] in
+            if let refusal = core.schemaRefusal.withLock({ $0 }) { return answer(.failure(refusal)) }
+            core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments, completion: answer)
         }
     }
 
@@ -542,7 +600,7 @@ final class DistributedBackend: BreakerBackend {
 
     private static func clockArgument(_ pinned: Int64) -> String { pinned == 0 ? "" : String(pinned) }
 
-    private static func policyArguments(_ policy: BreakerPolicy, minimumInstances: Int) -> [String] {
+    static func policyArguments(_ policy: BreakerPolicy, minimumInstances: Int) -> [String] {
         let (kind, size, width): (String, Int, Int64) = switch policy.window {
         case .time(let sampling, let buckets): ("time", buckets, max(1, (sampling / buckets).milliseconds))
         case .count(let size): ("count", size, 1)

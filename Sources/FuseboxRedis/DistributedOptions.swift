@@ -35,8 +35,10 @@ public struct DistributedOptions: Sendable {
     public var minimumInstances = 1
     /// This instance's name in the events stream and the quorum; default `HOST-PID-RANDOM`.
     public var instanceID: String
-    /// Outcomes kept per breaker while they cannot be written; beyond this they are counted as dropped.
-    public var maxBufferedOutcomes = 65_536
+    /// Outcomes kept per breaker until they are written; beyond this they are counted as dropped. Outcomes are
+    /// kept as counts, whose memory does not grow with their number, so the default sets no limit; set one to
+    /// bound what a long outage writes to the totals when Redis returns.
+    public var maxBufferedOutcomes = Int.max
     /// After Redis denies a probe permit, this instance rejects locally for this long before asking again.
     public var halfOpenRetryInterval: Duration = .milliseconds(20)
 

@@ -1,0 +1,258 @@
+import Fusebox
+import FuseboxTestKit
+import Hiredis
+import Logging
+import Testing
+
+@testable import FuseboxRedis
+
+/// Commands the server has run, by name (INFO commandstats; commands inside scripts count too).
+func commandCounts(_ redis: RedisConnection) async throws -> [String: Int] {
+    let info = try await redis.send("INFO", "commandstats").decodeString()
+    var counts: [String: Int] = [:]
+    for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+        let parts = line.dropFirst("cmdstat_".count).split(separator: ":", maxSplits: 1)
+        guard parts.count == 2, let calls = parts[1].split(separator: ",").first(where: { $0.hasPrefix("calls=") }) else { continue }
+        counts[String(parts[0])] = Int(calls.dropFirst(6)) ?? 0
+    }
+    return counts
+}
+
+/// A policy that never trips, so a breaker stays on the closed path.
+func neverTrips() -> BreakerPolicy {
+    var policy = BreakerPolicy()
+    policy.failureRateThreshold = 1
+    policy.minimumThroughput = 1_000_000
+    return policy
+}
+
+@Suite("What sharing costs Redis", .timeLimit(.minutes(2)))
+struct ScaleTests {
+    @Test("a success-only breaker sends at most one script call per second, whatever its call rate")
+    func successesAreCheap() async throws {
+        try await RedisServerProcess.with { server in
+            var options = testOptions(server)
+            options.flushInterval = .seconds(1)
+            options.refreshInterval = .seconds(1)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("busy")
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            let stats = try RedisConnection(configuration: server.configuration())
+            _ = try await stats.send("CONFIG", "RESETSTAT")
+            let started = ContinuousClock.now
+            var calls = 1
+            while ContinuousClock.now - started < .seconds(3) {
+                for _ in 0..<2000 { try breaker.acquire().success() }
+                calls += 2000
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            let elapsed = ContinuousClock.now - started
+            let scripts = try await commandCounts(stats)["evalsha", default: 0]
+            #expect(calls > 50_000)
+            #expect(scripts <= Int(elapsed / .seconds(1)) + 1, "\(scripts) script calls in \(elapsed) for \(calls) calls")
+            await instance.adapter.flush()
+            #expect(try await breaker.snapshot().totals.successes == calls)
+        }
+    }
+
+    @Test("ten minutes at 100 calls/s from two instances: the keys stay under 4 KB + 200 B per sender")
+    func memoryBounded() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let adapters = try (0..<2).map { _ in try DistributedAdapter(options: options, clock: ContinuousClock(), logger: Logger(label: "test")) }
+        let breakers = try adapters.map { adapter in
+            adapter.pinClock(atMilliseconds: 1_800_000_000_000)
+            return try BreakerRegistry(adapter: adapter).breaker("memory")
+        }
+        for _ in 0..<600 {
+            for breaker in breakers {
+                for call in 0..<100 {
+                    let permit = try breaker.acquire()
+                    if call % 50 == 0 { permit.failure(Boom()) } else { permit.success() }
+                }
+            }
+            for adapter in adapters {
+                await adapter.flush()
+                adapter.shiftClock(by: .seconds(1))
+            }
+        }
+        let redis = try RedisConnection(configuration: server.configuration())
+        var bytes = 0
+        for key in DistributedBackend.keys(namespace: options.namespace, name: "memory") {
+            if case .integer(let size) = try await redis.send("MEMORY", "USAGE", key) { bytes += size }
+        }
+        #expect(bytes <= 4096 + 200 * 2, "\(bytes) bytes")
+        let senders = DistributedBackend.keys(namespace: options.namespace, name: "memory")[4]
+        #expect(try await redis.send("HLEN", senders).decodeInt() == 2)
+        let snapshot = try await breakers[0].snapshot()
+        #expect(snapshot.totals.calls == 120_000)
+        #expect(snapshot.totals.failures == 2_400)
+        #expect(snapshot.state == .closed)
+    }
+
+    @Test("a batch sent again (same sender, same sequence number) is applied once; an older number too")
+    func retransmissionAppliedOnce() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let policy = neverTrips()
+        let breaker = try instance.registry.breaker("resent", policy: policy)
+        try await breaker.acquireAsync().success()
+        await instance.adapter.flush()
+        let redis = try RedisConnection(configuration: server.configuration())
+        let keys = DistributedBackend.keys(namespace: options.namespace, name: "resent")
+        let state = try await redis.send("HGETALL", keys[0]).decodeDictionary()
+        func record(sequence: Int) async throws -> StateReply {
+            let arguments: [any RedisArgument] =
+                ["record", "\(options.namespace):transitions", "resent", "probe-sender", ""]
+                + DistributedBackend.policyArguments(policy, minimumInstances: 1) as [any RedisArgument]
+                + ["fp", "", 0, "30000,30000,30000,30000", "1000", "probe-sender:nonce", sequence,
+                   Int(state["version"]!)!, Int(state["created"]!)!, "1", "0", 5, 0, 2, 0, 1, 0, 0, 2, 2, "Boom", 2]
+            return try StateReply(try await redis.run(BreakerScript.script, keys: keys, arguments: arguments), key: keys[0])
+        }
+        #expect(try await record(sequence: 7).duplicate == false)
+        #expect(try await record(sequence: 7).duplicate == true)
+        #expect(try await record(sequence: 3).duplicate == true)
+        #expect(try await record(sequence: 8).duplicate == false)
+        let totals = try await breaker.snapshot().totals
+        #expect(totals.calls == 1 + 2 * 8)
+        #expect(totals.failures == 4)
+        #expect(totals.ignored == 2)
+    }
+
+    @Test("two adapters from one options value (one instance id): 3 + 3 failures count 6 and open the breaker")
+    func sameInstanceID() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let first = try Instance(options)
+        let second = try Instance(options)
+        defer { Task { await first.stop(); await second.stop() } }
+        var policy = BreakerPolicy()
+        policy.minimumThroughput = 6
+        let a = try first.registry.breaker("pay", policy: policy)
+        let b = try second.registry.breaker("pay", policy: policy)
+        for _ in 0..<3 { try await a.acquireAsync().failure(Boom()) }
+        await first.adapter.flush()
+        for _ in 0..<3 { try await b.acquireAsync().failure(Boom()) }
+        await second.adapter.flush()
+        let snapshot = try await a.snapshot()
+        #expect(snapshot.totals.failures == 6)
+        #expect(snapshot.state == .open)
+
+        let c = try first.registry.breaker("mixed", policy: neverTrips())
+        let d = try second.registry.breaker("mixed", policy: neverTrips())
+        for _ in 0..<7 { try await c.acquireAsync().failure(Boom()) }
+        for _ in 0..<7 { try await d.acquireAsync().success() }
+        await first.adapter.flush()
+        await second.adapter.flush()
+        let mixed = try await d.snapshot().totals
+        #expect(mixed.failures == 7)
+        #expect(mixed.successes == 7)
+    }
+
+    @Test("near a threshold, failures reach Redis long before the flush interval: budgets and recalls")
+    func failuresTravelFast() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .seconds(60)  // the periodic flush never runs during this test
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        var policy = BreakerPolicy()
+        policy.minimumThroughput = 20
+        let breakers = try fleet.map { try $0.registry.breaker("fast", policy: policy) }
+        for (index, breaker) in breakers.enumerated() {
+            for _ in 0..<20 { try await breaker.acquireAsync().success() }
+            await fleet[index].adapter.flush()
+        }
+        // 40 failures alternating between the instances: the 40th makes 40 of 80, the threshold. Nothing flushes.
+        for call in 0..<39 { try breakers[call % 2].acquire().failure(Boom()) }
+        let redis = try RedisConnection(configuration: server.configuration())
+        let stateKey = DistributedBackend.keys(namespace: options.namespace, name: "fast")[0]
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await redis.send("HGET", stateKey, "state").string == "closed")
+        try breakers[1].acquire().failure(Boom())
+        #expect(await eventually(within: .seconds(5)) { (try? await redis.send("HGET", stateKey, "state").string) == "open" })
+        for breaker in breakers { #expect(await eventually { await isRejected(breaker) }) }
+        for instance in fleet { await instance.adapter.flush() }
+        #expect(try await breakers[0].snapshot().totals.failures == 40)
+    }
+
+    @Test("the streak across instances: a success ends it when it reaches Redis, not before")
+    func streakAcrossInstances() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .seconds(60)
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let policy = tripsOnFirstFailure { $0.consecutiveFailureThreshold = 3 }
+        let a = try fleet[0].registry.breaker("streak", policy: policy)
+        let b = try fleet[1].registry.breaker("streak", policy: policy)
+        // B's success is written before A's third failure: the streak restarts.
+        try await a.acquireAsync().failure(Boom())
+        try await a.acquireAsync().failure(Boom())
+        await fleet[0].adapter.flush()
+        try await b.acquireAsync().success()
+        await fleet[1].adapter.flush()
+        try await a.acquireAsync().failure(Boom())
+        await fleet[0].adapter.flush()
+        #expect(try await a.snapshot().state == .closed)
+        #expect(try await a.snapshot().consecutiveFailures == 1)
+        // B's success is still held when A fails twice more: three in a row as Redis sees them.
+        try await b.acquireAsync().success()
+        try await a.acquireAsync().failure(Boom())
+        try await a.acquireAsync().failure(Boom())
+        #expect(await eventually { await isRejected(a) })
+        await fleet[1].adapter.flush()
+        let snapshot = try await b.snapshot()
+        #expect(snapshot.state == .open)
+        #expect(snapshot.totals.successes == 2)
+    }
+
+    @Test("refreshing idle breakers runs no script and writes nothing")
+    func refreshIsReadOnly() async throws {
+        try await RedisServerProcess.with { server in
+            var options = testOptions(server)
+            options.refreshInterval = .milliseconds(300)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breakers = try (0..<200).map { try instance.registry.breaker("idle-\($0)") }
+            for breaker in breakers { _ = try await breaker.snapshot() }
+            let stats = try RedisConnection(configuration: server.configuration())
+            _ = try await stats.send("CONFIG", "RESETSTAT")
+            try await Task.sleep(for: .seconds(1))
+            let counts = try await commandCounts(stats)
+            #expect(counts["evalsha", default: 0] == 0)
+            for write in ["hset", "hincrby", "del", "hdel", "xadd", "sadd", "publish"] {
+                #expect(counts[write, default: 0] == 0, "\(write): \(counts[write, default: 0])")
+            }
+            // Every breaker is read about once per refresh interval: 200 per 300 ms, in pipelines.
+            #expect(counts["hmget", default: 0] >= 200)
+            #expect(counts["hmget", default: 0] <= 200 * 5)
+        }
+    }
+
+    @Test("an instance of another key schema is refused with one clear error")
+    func schemaRefused() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let redis = try RedisConnection(configuration: server.configuration())
+        _ = try await redis.send("SET", "\(options.namespace):schema", "3")
+        let adapter = try DistributedAdapter(options: options, logger: Logger(label: "test"))
+        let registry = BreakerRegistry(adapter: adapter)
+        let breaker = try registry.breaker("schema")
+        await #expect {
+            try await adapter.run()
+        } throws: { error in
+            let error = error as! FuseboxError
+            return error.code == .invalidConfiguration && error.message.contains("key schema 3") && error.message.contains("schema 2")
+        }
+        await #expect {
+            try await breaker.snapshot()
+        } throws: { ($0 as? FuseboxError)?.message.contains("key schema 3") == true }
+        // Nothing was written for the breaker.
+        #expect(try await redis.send("EXISTS", DistributedBackend.keys(namespace: options.namespace, name: "schema")[0]).decodeInt() == 0)
+    }
+}
