@@ -70,6 +70,9 @@ final class DistributedCore: Sendable {
         let key = "\(options.namespace):schema"
         let namespace = options.namespace
         connection.submit([RedisCommand("SET", key, Self.keySchema, "NX"), RedisCommand("GET", key)]) { [self] result in
+            if case .success(let replies) = result, case .error(let message) = replies[1] {
+                logger.info("could not check the key schema of namespace '\(namespace)' (\(key)): \(message)")
+            }
             if case .success(let replies) = result, let found = replies[1].string, found != Self.keySchema {
                 let refusal = RedisError(
                     code: .serverError,

@@ -111,6 +111,23 @@ struct CLITests {
         }
     }
 
+    @Test("processes that share an explicit instance id are all counted")
+    func sharedInstanceID() async throws {
+        try await RedisServerProcess.with { server in
+            let common = ["--redis", server.url, "--consecutive-failures", "4", "--break-duration", "1m", "--instance-id", "same-id"]
+            let runs = try await withThrowingTaskGroup(of: Int32.self) { group in
+                for _ in 0..<4 { group.addTask { try await fusebox(["run", "shared-id"] + common + ["--", "false"]).status } }
+                return try await group.reduce(into: [Int32]()) { $0.append($1) }
+            }
+            #expect(runs == [1, 1, 1, 1])
+            let shown = try await fusebox(["show", "shared-id", "--json", "--redis", server.url])
+            let json = try JSONSerialization.jsonObject(with: Data(shown.output.utf8)) as! [String: Any]
+            let breaker = json["breaker"] as! [String: Any]
+            #expect((breaker["totals"] as? [String: Any])?["failures"] as? Int == 4)
+            #expect(breaker["state"] as? String == "open")
+        }
+    }
+
     @Test("16 parallel fusebox run processes in half-open admit exactly the permitted number")
     func parallelProbes() async throws {
         try await RedisServerProcess.with { server in

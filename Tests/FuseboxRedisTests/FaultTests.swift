@@ -9,8 +9,8 @@ import Testing
 /// The commands the adapter needs, as in Docs/operations.md's ACL line.
 let adapterCommands = [
     "+evalsha", "+script|load", "+ping", "+subscribe", "+hgetall", "+hget", "+hset", "+hmget", "+hincrby", "+hdel",
-    "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers", "+client|setname", "+zadd",
-    "+zremrangebyscore", "+sismember",
+    "+hlen", "+hexists", "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers",
+    "+sismember", "+set", "+get", "+client|setname",
 ]
 
 @Suite("When Redis is not well", .timeLimit(.minutes(2)))
@@ -218,6 +218,17 @@ struct FaultTests {
             #expect(try await breaker.timeline().count == 1)
             try await breaker.isolate(reason: "acl")
             try await breaker.reset()
+            // The ratio rule's path: window, budget (HLEN, HEXISTS), senders; and the schema record.
+            var policy = BreakerPolicy()
+            policy.minimumThroughput = 4
+            let ratio = try app.registry.breaker("acl-ratio", policy: policy)
+            for _ in 0..<3 { try await ratio.acquireAsync().success() }
+            await app.adapter.flush()
+            for _ in 0..<3 { try await ratio.acquireAsync().failure(Boom()) }
+            await app.adapter.flush()
+            #expect(try await ratio.snapshot().state == .open)
+            let admin = try RedisConnection(configuration: server.configuration())
+            #expect(try await admin.send("GET", "fusebox:schema").string == DistributedAdapter<ContinuousClock>.keySchema)
 
             var readerOptions = DistributedOptions(redis: server.configuration(username: "reader", password: "reader-secret"))
             readerOptions.namespace = "fusebox"
