@@ -36,10 +36,11 @@ enum BreakerScript {
     -- op record: ARGV[23] sender ('' = no dedupe)           ARGV[24] batch sequence number of that sender
     --            ARGV[25] version and ARGV[26] incarnation ('created') the outcomes were admitted under
     --            ARGV[27] 1 if they are recent enough to enter the window   ARGV[28] 1 for half-open probe outcomes
-    --            ARGV[29] successes  ARGV[30] slow successes  ARGV[31] failures  ARGV[32] slow failures
-    --            ARGV[33] ignored    ARGV[34] calls rejected by the instance's cache
-    --            ARGV[35] failures before the first success  ARGV[36] longest failure run  ARGV[37] trailing failures
-    --            ARGV[38..] error type name, count, name, count, ...
+    --            ARGV[29] ignored    ARGV[30] calls rejected by the instance's cache
+    --            ARGV[31] failures before the first success  ARGV[32] longest failure run  ARGV[33] trailing failures
+    --            ARGV[34] E, the number of error types, then ARGV[35 .. 34+2E]: name, count, name, count, ...
+    --            then groups of five until the end: the time bucket the calls happened in (the sender maps its clock
+    --            to Redis TIME; 0 = unknown, use the current bucket), successes, slow successes, failures, slow failures
     -- op isolate: ARGV[23] reason
     --
     -- Reply: { state, version, since, open_until, now, attempt, reason, isolation_reason, consecutive_failures,
@@ -368,9 +369,18 @@ enum BreakerScript {
         local same_state = version == st.version and tonumber(ARGV[26]) == st.created
         local window_ok = ARGV[27] == '1'
         local probes = ARGV[28] == '1'
-        local s, S, f, F = tonumber(ARGV[29]), tonumber(ARGV[30]), tonumber(ARGV[31]), tonumber(ARGV[32])
-        local ignored, rejected = tonumber(ARGV[33]), tonumber(ARGV[34])
-        local leading, longest, trailing = tonumber(ARGV[35]), tonumber(ARGV[36]), tonumber(ARGV[37])
+        local ignored, rejected = tonumber(ARGV[29]), tonumber(ARGV[30])
+        local leading, longest, trailing = tonumber(ARGV[31]), tonumber(ARGV[32]), tonumber(ARGV[33])
+        local error_end = 34 + 2 * tonumber(ARGV[34])
+        local first_error = ARGV[35]
+        if error_end < 35 then first_error = nil end
+        local groups = {}
+        local s, S, f, F = 0, 0, 0, 0
+        for i = error_end + 1, #ARGV, 5 do
+          local g = { bucket = tonumber(ARGV[i]), s = tonumber(ARGV[i + 1]), S = tonumber(ARGV[i + 2]), f = tonumber(ARGV[i + 3]), F = tonumber(ARGV[i + 4]) }
+          s = s + g.s; S = S + g.S; f = f + g.f; F = F + g.F
+          table.insert(groups, g)
+        end
         if ARGV[23] ~= '' then
           sender = ARGV[23]
           sender_seq = tonumber(ARGV[24])
@@ -388,13 +398,13 @@ enum BreakerScript {
           add_total('slow', S + F)
           add_total('ignored', ignored)
           add_total('rejected', rejected)
-          for i = 38, #ARGV, 2 do add_total('error:' .. ARGV[i], tonumber(ARGV[i + 1])) end
+          for i = 35, error_end, 2 do add_total('error:' .. ARGV[i], tonumber(ARGV[i + 1])) end
 
           if probes then
             if same_state and st.state == 'half_open' then
               st.probes = math.max(0, st.probes - ignored - successes - failures)
               if failures > 0 then
-                trip('probe failed (' .. (ARGV[38] or 'Error') .. ')')
+                trip('probe failed (' .. (first_error or 'Error') .. ')')
               elseif successes > 0 then
                 st.probe_successes = st.probe_successes + successes
                 if st.probe_successes >= policy.successes then
@@ -407,8 +417,9 @@ enum BreakerScript {
             end
           elseif same_state and window_ok and (st.state == 'closed' or st.state == 'metrics_only') and successes + failures > 0 then
             load_window(true)
-            local added = { c = successes + failures, f = failures, s = S + F }
+            local added = { c = 0, f = 0, s = 0 }
             if policy.window_kind == 'count' then
+              added = { c = successes + failures, f = failures, s = S + F }
               -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
               local entries = string.rep('0', s) .. string.rep('2', S) .. string.rep('1', f) .. string.rep('3', F)
               local size = policy.window_size
@@ -443,13 +454,26 @@ enum BreakerScript {
               end
               win.ring, win.next = ring, nxt
             else
-              win.add = added
+              -- Calls count in the bucket they happened in; those older than the window count in the totals only.
+              win.adds = {}
+              for _, g in ipairs(groups) do
+                local b = g.bucket
+                if b <= 0 or b > bucket then b = bucket end
+                if b > bucket - policy.window_size then
+                  local key = tostring(b)
+                  local a = win.adds[key] or { c = 0, f = 0, s = 0 }
+                  a.c = a.c + g.s + g.S + g.f + g.F; a.f = a.f + g.f + g.F; a.s = a.s + g.S + g.F
+                  win.adds[key] = a
+                  added.c = added.c + g.s + g.S + g.f + g.F; added.f = added.f + g.f + g.F; added.s = added.s + g.S + g.F
+                end
+              end
             end
             window.calls = window.calls + added.c
             window.failures = window.failures + added.f
             window.slow = window.slow + added.s
             win.dirty = true
-            if failures > 0 then failing_instances[ARGV[4]] = true end
+            if added.f > 0 then failing_instances[ARGV[4]] = true end
+            win.failed = added.f > 0
             -- The streak: successes in the batch end it; the batch's own runs say how far it went.
             local peak
             if successes > 0 then
@@ -577,11 +601,15 @@ enum BreakerScript {
       elseif win.dirty and win.writing then
         if policy.window_kind == 'time' then
           local set = { 'newest', win.newest, 'calls', window.calls, 'failures', window.failures, 'slow', window.slow }
-          if win.add then
-            local c, f, s = unpack_bucket(win.current)
-            table.insert(set, tostring(bucket))
-            table.insert(set, (c + win.add.c) .. ' ' .. (f + win.add.f) .. ' ' .. (s + win.add.s))
-            if win.add.f > 0 and policy.instances > 1 then
+          if win.adds then
+            for key, a in pairs(win.adds) do
+              local current = win.current
+              if key ~= tostring(bucket) then current = redis.call('HGET', KEYS[2], key) or nil end
+              local c, f, s = unpack_bucket(current)
+              table.insert(set, key)
+              table.insert(set, (c + a.c) .. ' ' .. (f + a.f) .. ' ' .. (s + a.s))
+            end
+            if win.failed and policy.instances > 1 then
               local q = redis.call('HGET', KEYS[2], bucket .. ':q') or ''
               if not string.find(' ' .. q .. ' ', ' ' .. ARGV[4] .. ' ', 1, true) then
                 table.insert(set, bucket .. ':q'); table.insert(set, q .. ' ' .. ARGV[4])

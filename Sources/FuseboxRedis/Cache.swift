@@ -42,6 +42,12 @@ struct Cache: Sendable {
     var budget = 0
     /// Redis holds this instance's policy JSON (its fingerprint matched in the last reply).
     var policyStored = false
+    /// Redis `TIME` minus this instance's clock, in ms, from the last reply; `nil` until one arrives.
+    var redisOffsetMilliseconds: Int64?
+    /// The Redis time bucket the current slot of this instance's clock falls in, and that slot's range (ns).
+    private var slotBucket: Int64 = 0
+    private var slotStart = Int64.max
+    private var slotEnd = Int64.min
     var health = StoreHealth.healthy
     /// The in-process breaker used while Redis is unavailable (policy `local`).
     var fallback: BreakerStateMachine?
@@ -52,6 +58,12 @@ struct Cache: Sendable {
 
     /// Applies a script reply; returns the transition it reveals and whether the store just became usable again.
     mutating func apply(_ reply: StateReply, now: Int64) -> (BreakerTransition?, Bool) {
+        let offset = reply.now - now / 1_000_000
+        if redisOffsetMilliseconds.map({ abs($0 - offset) > 2 }) ?? true {
+            redisOffsetMilliseconds = offset
+            slotStart = .max
+            slotEnd = .min
+        }
         let recovered = !health.isHealthy
         if recovered {
             health = .healthy
@@ -82,6 +94,19 @@ struct Cache: Sendable {
             budget = 0
         }
         return (transition, recovered)
+    }
+
+    /// The Redis time bucket (of `widthMilliseconds`) that `now` on this instance's clock falls in; 0 while the
+    /// offset to Redis is unknown (the script then uses its current bucket). Divides only when the slot changes.
+    @inline(__always)
+    mutating func bucket(at now: Int64, widthMilliseconds: Int64) -> Int64 {
+        if now >= slotStart && now < slotEnd { return slotBucket }
+        guard let offset = redisOffsetMilliseconds, widthMilliseconds > 0 else { return 0 }
+        let redisMilliseconds = now / 1_000_000 + offset
+        slotBucket = redisMilliseconds / widthMilliseconds
+        slotStart = (slotBucket * widthMilliseconds - offset) * 1_000_000
+        slotEnd = slotStart + widthMilliseconds * 1_000_000
+        return slotBucket
     }
 
     /// The budget that stands for "no threshold applies".
@@ -169,6 +194,17 @@ struct PendingOutcomes: Sendable {
         var trailingFailures = 0
         var errors: [ObjectIdentifier: Int] = [:]
         var firstAt: Int64 = 0
+        /// The same successes and failures, by the Redis time bucket they happened in (oldest first; usually one
+        /// or two), so the shared window places them where they belong however late they are written.
+        var groups: [Group] = []
+
+        struct Group: Sendable {
+            var bucket: Int64
+            var successes = 0
+            var slowSuccesses = 0
+            var failures = 0
+            var slowFailures = 0
+        }
 
         var isEmpty: Bool { calls == 0 && ignored == 0 }
         /// Successes and failures (not ignored outcomes).
@@ -188,6 +224,7 @@ struct PendingOutcomes: Sendable {
             longestFailureRun = 0
             trailingFailures = 0
             errors.removeAll(keepingCapacity: true)
+            groups.removeAll(keepingCapacity: true)
         }
     }
 
@@ -202,7 +239,7 @@ struct PendingOutcomes: Sendable {
 
     /// Adds an outcome; returns `true` when it should be written at once (a probe's outcome).
     mutating func append(
-        _ outcome: CallOutcome, slow: Bool, version: Int, created: Int64, probe: Bool, now: Int64, limit: Int
+        _ outcome: CallOutcome, slow: Bool, version: Int, created: Int64, probe: Bool, bucket: Int64, now: Int64, limit: Int
     ) -> Bool {
         guard count < limit else {
             dropped += 1
@@ -215,34 +252,52 @@ struct PendingOutcomes: Sendable {
                 current.created = created
                 current.firstAt = now
             }
-            Self.add(outcome, slow: slow, to: &current)
+            Self.add(outcome, slow: slow, bucket: bucket, to: &current)
         } else if let index = others.firstIndex(where: {
             $0.sequence == nil && $0.version == version && $0.created == created && $0.isProbe == probe
         }) {
-            Self.add(outcome, slow: slow, to: &others[index])
+            Self.add(outcome, slow: slow, bucket: bucket, to: &others[index])
         } else {
             var batch = Batch(version: version, isProbe: probe)
             batch.created = created
             batch.firstAt = now
-            Self.add(outcome, slow: slow, to: &batch)
+            Self.add(outcome, slow: slow, bucket: bucket, to: &batch)
             others.append(batch)
         }
         return probe
     }
 
-    private static func add(_ outcome: CallOutcome, slow: Bool, to batch: inout Batch) {
+    private static func add(_ outcome: CallOutcome, slow: Bool, bucket: Int64, to batch: inout Batch) {
+        if case .ignored = outcome {
+            batch.ignored += 1
+            return
+        }
+        if batch.groups.last?.bucket != bucket { batch.groups.append(Batch.Group(bucket: bucket)) }
+        let last = batch.groups.count - 1
         switch outcome {
         case .success:
-            if slow { batch.slowSuccesses += 1 } else { batch.successes += 1 }
+            if slow {
+                batch.slowSuccesses += 1
+                batch.groups[last].slowSuccesses += 1
+            } else {
+                batch.successes += 1
+                batch.groups[last].successes += 1
+            }
             batch.trailingFailures = 0
         case .failure(let type):
-            if slow { batch.slowFailures += 1 } else { batch.failures += 1 }
+            if slow {
+                batch.slowFailures += 1
+                batch.groups[last].slowFailures += 1
+            } else {
+                batch.failures += 1
+                batch.groups[last].failures += 1
+            }
             if !batch.hasSuccess { batch.leadingFailures += 1 }
             batch.trailingFailures += 1
             batch.longestFailureRun = max(batch.longestFailureRun, batch.trailingFailures)
             batch.errors[ObjectIdentifier(type), default: 0] += 1
         case .ignored:
-            batch.ignored += 1
+            break
         }
     }
 

@@ -115,6 +115,8 @@ final class DistributedBackend: BreakerBackend {
     private let writeThrough: Bool
     private let maxBufferedOutcomes: Int
     private let slowCallNanoseconds: Int64
+    /// The time window's bucket width in ms (0 for a count window).
+    private let bucketMilliseconds: Int64
     /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
     private let sendOrder = Mutex<Void>(())
     private let isRegistered = Atomic<Bool>(false)
@@ -135,6 +137,10 @@ final class DistributedBackend: BreakerBackend {
         self.writeThrough = core.options.writeThrough
         self.maxBufferedOutcomes = core.options.maxBufferedOutcomes
         self.slowCallNanoseconds = policy.slowCallDuration.nanoseconds
+        self.bucketMilliseconds = switch policy.window {
+        case .time(let sampling, let buckets): max(1, (sampling / buckets).milliseconds)
+        case .count: 0
+        }
         let base: BreakerState = switch policy.mode {
         case .normal: .closed
         case .metricsOnly: .metricsOnly
@@ -299,9 +305,10 @@ final class DistributedBackend: BreakerBackend {
                 }
                 version = -1
             }
+            let bucket = cache.bucket(at: now, widthMilliseconds: bucketMilliseconds)
             let isProbe = cache.pending.append(
                 outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
-                now: now, limit: maxBufferedOutcomes)
+                bucket: bucket, now: now, limit: maxBufferedOutcomes)
             let urgent = version == cache.version && cache.mustWriteNow(after: outcome, slow: isSlow, policy: policy)
             return (isProbe || writeThrough, urgent, transition)
         }
@@ -347,12 +354,15 @@ final class DistributedBackend: BreakerBackend {
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
                 core.senderID, batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
-                batch.isProbe ? "1" : "0", batch.successes, batch.slowSuccesses, batch.failures, batch.slowFailures,
-                batch.ignored, index == 0 ? rejected : 0, batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures,
+                batch.isProbe ? "1" : "0", batch.ignored, index == 0 ? rejected : 0,
+                batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
                 extra.append(name)
                 extra.append(count)
+            }
+            for group in batch.groups {
+                extra += [Int(group.bucket), group.successes, group.slowSuccesses, group.failures, group.slowFailures] as [any RedisArgument]
             }
             remaining -= 1
             let isLast = remaining == 0

@@ -110,7 +110,7 @@ struct ScaleTests {
                 ["record", "\(options.namespace):transitions", "resent", "probe-sender", ""]
                 + DistributedBackend.policyArguments(policy, minimumInstances: 1) as [any RedisArgument]
                 + ["fp", "", 0, "30000,30000,30000,30000", "1000", "probe-sender:nonce", sequence,
-                   Int(state["version"]!)!, Int(state["created"]!)!, "1", "0", 5, 0, 2, 0, 1, 0, 0, 2, 2, "Boom", 2]
+                   Int(state["version"]!)!, Int(state["created"]!)!, "1", "0", 1, 0, 0, 2, 2, 1, "Boom", 2, 0, 5, 0, 2, 0]
             return try StateReply(try await redis.run(BreakerScript.script, keys: keys, arguments: arguments), key: keys[0])
         }
         #expect(try await record(sequence: 7).duplicate == false)
@@ -121,6 +121,25 @@ struct ScaleTests {
         #expect(totals.calls == 1 + 2 * 8)
         #expect(totals.failures == 4)
         #expect(totals.ignored == 2)
+    }
+
+    @Test("calls count in the window bucket of when they happened, however late they are written")
+    func bucketOfCallTime() async throws {
+        let server = try await SharedServer.get()
+        let clock = ManualClock()
+        let adapter = try DistributedAdapter(options: testOptions(server), clock: clock, logger: Logger(label: "test"))
+        adapter.pinClock(atMilliseconds: 1_800_000_000_000)
+        let breaker = try BreakerRegistry(adapter: adapter).breaker("late", policy: neverTrips())
+        _ = try await breaker.snapshot()  // the reply tells the instance how its clock maps to Redis time
+        for _ in 0..<10 { try breaker.acquire().success() }
+        clock.advance(by: .seconds(9))
+        adapter.shiftClock(by: .seconds(9))
+        await adapter.flush()  // written 9 s after the calls: they belong to the window's oldest bucket
+        #expect(try await breaker.snapshot().windowCalls == 10)
+        clock.advance(by: .seconds(1))
+        adapter.shiftClock(by: .seconds(1))
+        #expect(try await breaker.snapshot().windowCalls == 0)
+        #expect(try await breaker.snapshot().totals.calls == 10)
     }
 
     @Test("two adapters from one options value (one instance id): 3 + 3 failures count 6 and open the breaker")
