@@ -93,11 +93,17 @@ public struct BreakerOperator: Sendable {
 
     private func call(_ op: String, on name: String, extra: [any RedisArgument] = []) async throws(FuseboxError) -> StateReply {
         try await requireKnown(name)
-        // ARGV[6…21] empty: the script uses the policy and break durations stored with the breaker.
-        let arguments: [any RedisArgument] = [op, channel, name, actor, ""] + Array(repeating: "", count: 16) + ["1000"] + extra
+        // A[3…18] empty: the script uses the policy and break durations stored with the breaker.
+        let breaker: [any RedisArgument] = [op, name] + Array(repeating: "", count: 16) + extra
+        let arguments: [any RedisArgument] = [channel, actor, "", "1000", "", breaker.count] + breaker
         let value: RESPValue
-        do {
-            value = try await connection.run(BreakerScript.script, keys: keys(of: name), arguments: arguments)
+        do throws(RedisError) {
+            let replies = try await connection.run(BreakerScript.script, keys: keys(of: name), arguments: arguments)
+            guard let reply = replies.array?.first, replies.array?.count == 1 else {
+                throw RedisError(code: .unexpectedReply, message: "the breaker script answered \(replies) for one breaker")
+            }
+            if case .error(let message) = reply { throw RedisError(code: .serverError, message: message) }
+            value = reply
         } catch {
             if error.serverErrorPrefix == "CORRUPT" || error.serverErrorPrefix == "NOPOLICY" || error.serverErrorPrefix == "SCHEMA" {
                 throw FuseboxError(

@@ -136,7 +136,10 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.addTask {
                 while !Task.isCancelled {
                     await self.core.doorbell.wait()
-                    for backend in self.allBackends where backend.hasPending { backend.flush() }
+                    // One script call per up to DistributedCore.breakersPerCall breakers with something to write.
+                    self.core.sendOrder.withLock { _ in
+                        self.core.submit(self.allBackends.filter(\.hasPending).flatMap { $0.takePending() })
+                    }
                 }
             }
             group.addTask {

@@ -30,8 +30,15 @@ final class DistributedCore: Sendable {
         case checked
     }
 
+    /// Held while a breaker (or the flusher, for all of them) takes pending outcomes and submits them, so that
+    /// whatever is submitted next runs after them: Redis applies each sender's batches in sequence order.
+    let sendOrder = Mutex<Void>(())
+
     /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
     static let keySchema = "2"
+
+    /// The most breakers one script call carries: about a millisecond of Redis time.
+    static let breakersPerCall = 32
 
     init(options: DistributedOptions, connection: RedisConnection, logger: Logger) {
         self.options = options
@@ -66,6 +73,64 @@ final class DistributedCore: Sendable {
         }
     }
 
+    /// Runs `calls` in as few script calls as ``breakersPerCall`` allows (one `EVALSHA`, one `TIME` and one round
+    /// trip shared by up to that many breakers), in order, once the key schema has been checked. Each call's
+    /// completion gets its breaker's reply, or the error for it alone (a refusal) or for the whole script call.
+    func submit(_ calls: [ScriptCall]) {
+        guard !calls.isEmpty else { return }
+        let pinned = pinnedTime.load(ordering: .relaxed)
+        let header: [any RedisArgument] = [channel, options.instanceID, pinned == 0 ? "" : String(pinned), holdMilliseconds, senderID]
+        var start = 0
+        while start < calls.count {
+            let part = Array(calls[start..<min(calls.count, start + Self.breakersPerCall)])
+            start += part.count
+            var keys: [String] = []
+            var arguments = header
+            keys.reserveCapacity(part.count * 5)
+            for call in part {
+                keys += call.keys
+                arguments.append(call.arguments.count)
+                arguments += call.arguments
+            }
+            afterSchemaCheck { [self, keys, arguments] in
+                if let refusal = schemaRefusal.withLock({ $0 }) {
+                    for call in part { call.completion(.failure(refusal)) }
+                    return
+                }
+                connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { result in
+                    Self.deliver(result, to: part)
+                }
+            }
+        }
+    }
+
+    private static func deliver(_ result: Result<RESPValue, RedisError>, to part: [ScriptCall]) {
+        let replies: [RESPValue]
+        switch result {
+        case .failure(let error):
+            for call in part { call.completion(.failure(error)) }
+            return
+        case .success(let value):
+            guard let array = value.array, array.count == part.count else {
+                let error = RedisError(code: .unexpectedReply, message: "the breaker script answered \(value) for \(part.count) breakers")
+                for call in part { call.completion(.failure(error)) }
+                return
+            }
+            replies = array
+        }
+        for (call, reply) in zip(part, replies) {
+            if case .error(let message) = reply {
+                call.completion(.failure(RedisError(code: .serverError, message: message)))
+                continue
+            }
+            do throws(FuseboxError) {
+                call.completion(.success(try StateReply(reply, key: call.keys[0])))
+            } catch {
+                call.completion(.failure(RedisError(code: .unexpectedReply, message: error.message)))
+            }
+        }
+    }
+
     private func checkSchema() {
         let key = "\(options.namespace):schema"
         let namespace = options.namespace
@@ -89,6 +154,14 @@ final class DistributedCore: Sendable {
             }
         }
     }
+}
+
+/// One breaker's part of a script call: its keys, its arguments (`A[1..]` in lua/breaker.lua) and what to do
+/// with its reply.
+struct ScriptCall: Sendable {
+    var keys: [String]
+    var arguments: [any RedisArgument]
+    var completion: @Sendable (Result<StateReply, RedisError>) -> Void
 }
 
 /// One breaker of the `distributed` adapter, as seen by this instance.
@@ -117,8 +190,6 @@ final class DistributedBackend: BreakerBackend {
     private let slowCallNanoseconds: Int64
     /// The time window's bucket width in ms (0 for a count window).
     private let bucketMilliseconds: Int64
-    /// Held while taking pending outcomes and submitting them, so whatever is submitted next runs after them.
-    private let sendOrder = Mutex<Void>(())
     private let isRegistered = Atomic<Bool>(false)
     private let batchSequence = Atomic<Int>(0)
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
@@ -324,8 +395,14 @@ final class DistributedBackend: BreakerBackend {
 
     // MARK: - Writing
 
-    /// Takes every buffered outcome and submits it, in order. Call with `sendOrder` held.
-    private func submitPending(onDone: (@Sendable () -> Void)? = nil) {
+    /// Takes every buffered outcome and submits it, in order. Call with `core.sendOrder` held.
+    private func submitPending() {
+        core.submit(takePending())
+    }
+
+    /// Takes every buffered outcome as script calls to submit, in order. Call with `core.sendOrder` held, and
+    /// submit them before releasing it.
+    func takePending() -> [ScriptCall] {
         let now = self.now
         let (batches, rejected, dropped) = cache.withLock { cache in
             let (batches, rejected) = cache.pending.take()
@@ -335,16 +412,12 @@ final class DistributedBackend: BreakerBackend {
             instruments.logger.info(
                 "breaker '\(name)': \(dropped) outcomes were dropped: more than \(maxBufferedOutcomes) waited to be written to Redis")
         }
-        guard !batches.isEmpty || rejected > 0 else {
-            onDone?()
-            return
-        }
+        guard !batches.isEmpty || rejected > 0 else { return [] }
         let windowAge: Int64 = switch policy.window {
         case .time(let sampling, _): sampling.nanoseconds
         case .count: 10_000_000_000
         }
-        var remaining = max(1, batches.count)
-        let finish: @Sendable () -> Void = { onDone?() }
+        var calls: [ScriptCall] = []
         let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
         for (index, part) in parts.enumerated() {
             var batch = part
@@ -353,7 +426,7 @@ final class DistributedBackend: BreakerBackend {
             }
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
-                core.senderID, batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
+                batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
                 batch.isProbe ? "1" : "0", batch.ignored, index == 0 ? rejected : 0,
                 batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
@@ -364,10 +437,8 @@ final class DistributedBackend: BreakerBackend {
             for group in batch.groups {
                 extra += [Int(group.bucket), group.successes, group.slowSuccesses, group.failures, group.slowFailures] as [any RedisArgument]
             }
-            remaining -= 1
-            let isLast = remaining == 0
             let sent = batch
-            submitScript("record", extra) { [self] result in
+            calls.append(scriptCall("record", extra) { [self] result in
                 switch result {
                 case .success(let reply):
                     apply(reply, ownCall: true)
@@ -380,15 +451,15 @@ final class DistributedBackend: BreakerBackend {
                         cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
                     }
                 }
-                if isLast { finish() }
-            }
+            })
         }
         registerIfNeeded()
+        return calls
     }
 
     /// Writes everything buffered now (without waiting for the replies).
     func flush() {
-        sendOrder.withLock { _ in submitPending() }
+        core.sendOrder.withLock { _ in submitPending() }
     }
 
     /// Writes everything buffered and waits until every script call of this breaker submitted so far, including
@@ -448,30 +519,25 @@ final class DistributedBackend: BreakerBackend {
     }
 
     private func submitScript(_ op: String, _ extra: [any RedisArgument], completion: @escaping @Sendable (Result<StateReply, RedisError>) -> Void) {
-        if let refusal = core.schemaRefusal.withLock({ $0 }) { return completion(.failure(refusal)) }
+        core.submit([scriptCall(op, extra, completion: completion)])
+    }
+
+    /// This breaker's part of a script call: `op` with the policy, then `extra` (lua/breaker.lua, `A[19…]`).
+    private func scriptCall(_ op: String, _ extra: [any RedisArgument], completion: @escaping @Sendable (Result<StateReply, RedisError>) -> Void) -> ScriptCall {
         let (attempt, durations, policyStored) = cache.withLock { cache in
             (cache.attempt, (1...4).map { policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds }, cache.policyStored)
         }
-        var arguments: [any RedisArgument] = [
-            op, core.channel, name, core.options.instanceID, Self.clockArgument(core.pinnedTime.load(ordering: .relaxed)),
-        ]
+        var arguments: [any RedisArgument] = [op, name]
+        arguments.reserveCapacity(18 + extra.count)
         arguments += policyArguments as [any RedisArgument]
         arguments.append(policyFingerprint)
         arguments.append(policyStored ? "" : policyJSON)
         arguments.append(attempt)
         arguments.append(durations.map { String($0) }.joined(separator: ","))
-        arguments.append(core.holdMilliseconds)
         arguments += extra
-        let key = stateKey
         inFlight.withLock { $0.count += 1 }
-        let answer: @Sendable (Result<RESPValue, RedisError>) -> Void = { [self] result in
-            completion(result.flatMap { value in
-                do throws(FuseboxError) {
-                    return .success(try StateReply(value, key: key))
-                } catch {
-                    return .failure(RedisError(code: .unexpectedReply, message: error.message))
-                }
-            })
+        return ScriptCall(keys: keys, arguments: arguments) { [self] result in
+            completion(result)
             let waiters = inFlight.withLock { state -> [CheckedContinuation<Void, Never>] in
                 state.count -= 1
                 guard state.count == 0 else { return [] }
@@ -479,10 +545,6 @@ final class DistributedBackend: BreakerBackend {
                 return state.waiters
             }
             for waiter in waiters { waiter.resume() }
-        }
-        core.afterSchemaCheck { [core, keys, arguments] in
-            if let refusal = core.schemaRefusal.withLock({ $0 }) { return answer(.failure(refusal)) }
-            core.connection.submit(BreakerScript.script, keys: keys, arguments: arguments, completion: answer)
         }
     }
 
@@ -566,9 +628,8 @@ final class DistributedBackend: BreakerBackend {
 
     private func control(_ op: String, _ extra: [any RedisArgument]) async throws(FuseboxError) {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
-            sendOrder.withLock { _ in
-                submitPending()
-                submitScript(op, extra) { continuation.resume(returning: $0) }
+            core.sendOrder.withLock { _ in
+                core.submit(takePending() + [scriptCall(op, extra) { continuation.resume(returning: $0) }])
             }
         }
         switch result {
@@ -583,9 +644,8 @@ final class DistributedBackend: BreakerBackend {
 
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
-            sendOrder.withLock { _ in
-                submitPending()
-                submitScript("read", []) { continuation.resume(returning: $0) }
+            core.sendOrder.withLock { _ in
+                core.submit(takePending() + [scriptCall("read", []) { continuation.resume(returning: $0) }])
             }
         }
         let reply: StateReply
@@ -610,8 +670,6 @@ final class DistributedBackend: BreakerBackend {
     func events() -> AsyncStream<BreakerEvent> { instruments.stream() }
 
     // MARK: - Arguments
-
-    private static func clockArgument(_ pinned: Int64) -> String { pinned == 0 ? "" : String(pinned) }
 
     static func policyArguments(_ policy: BreakerPolicy, minimumInstances: Int) -> [String] {
         let (kind, size, width): (String, Int, Int64) = switch policy.window {

@@ -106,12 +106,13 @@ struct ScaleTests {
         let keys = DistributedBackend.keys(namespace: options.namespace, name: "resent")
         let state = try await redis.send("HGETALL", keys[0]).decodeDictionary()
         func record(sequence: Int) async throws -> StateReply {
-            let arguments: [any RedisArgument] =
-                ["record", "\(options.namespace):transitions", "resent", "probe-sender", ""]
-                + DistributedBackend.policyArguments(policy, minimumInstances: 1) as [any RedisArgument]
-                + ["fp", "", 0, "30000,30000,30000,30000", "1000", "probe-sender:nonce", sequence,
+            let breaker: [any RedisArgument] =
+                ["record", "resent"] + DistributedBackend.policyArguments(policy, minimumInstances: 1) as [any RedisArgument]
+                + ["fp", "", 0, "30000,30000,30000,30000", sequence,
                    Int(state["version"]!)!, Int(state["created"]!)!, "1", "0", 1, 0, 0, 2, 2, 1, "Boom", 2, 0, 5, 0, 2, 0]
-            return try StateReply(try await redis.run(BreakerScript.script, keys: keys, arguments: arguments), key: keys[0])
+            let header: [any RedisArgument] = ["\(options.namespace):transitions", "probe-sender", "", "1000", "probe-sender:nonce"]
+            let replies = try await redis.run(BreakerScript.script, keys: keys, arguments: header + [breaker.count] + breaker)
+            return try StateReply(try #require(replies.array?.first), key: keys[0])
         }
         #expect(try await record(sequence: 7).duplicate == false)
         #expect(try await record(sequence: 7).duplicate == true)
