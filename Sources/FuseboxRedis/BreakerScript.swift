@@ -12,12 +12,12 @@ enum BreakerScript {
     -- It mirrors Sources/Fusebox/BreakerStateMachine.swift rule for rule; the conformance suite runs the same
     -- scenarios against both. The only clock is Redis TIME, read once per call; ARGV[3], empty in production, lets
     -- tests pin it. Instances ship outcomes as counts (Docs/architecture.md): the rules are evaluated when a batch
-    -- arrives. One call carries one breaker or several (an instance's periodic flush): their keys are KEYS[5i-4..5i].
+    -- arrives. One call carries one breaker or several (an instance's periodic flush): their keys are KEYS[4i-3..4i].
     --
-    -- KEYS[5i-4] NS:{NAME}:state   hash    KEYS[5i-3] NS:{NAME}:window  hash
-    -- KEYS[5i-2] NS:{NAME}:totals  hash    KEYS[5i-1] NS:{NAME}:events  stream
-    -- KEYS[5i]   NS:{NAME}:senders hash: per sender (one adapter object) "SEQ:LAST_MS", the highest batch sequence
-    --            applied (a batch sent again after a timeout is applied once) and when it was last heard from
+    -- KEYS[4i-3] NS:{NAME}:state   hash    KEYS[4i-2] NS:{NAME}:window  hash
+    -- KEYS[4i-1] NS:{NAME}:totals  hash    KEYS[4i]   NS:{NAME}:events  stream
+    -- The state hash holds, per sender (one adapter object), a field `seq:SENDER` = "SEQ:LAST_MS": the highest batch
+    -- sequence applied (a batch sent again after a timeout is applied once) and when it was last heard from.
     --
     -- ARGV[1] channel for transition and recall messages   ARGV[2] instance id (events, quorum)
     -- ARGV[3] '' (use TIME), or a fixed time in ms for tests
@@ -65,12 +65,17 @@ enum BreakerScript {
     end
 
     -- The state hash fields the rules use (the policy JSON and the break durations stay unread).
+    -- (and, last, this call's sender's high-water mark).
     local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
       'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders' }
-    local NUMERIC = { version = true, since = true, open_until = true, attempt = true, consecutive_failures = true,
-      probes = true, probe_successes = true, created = true }
+    local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
     local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
-    local EXPECTED = { 'hash', 'hash', 'hash', 'stream', 'hash' }
+    local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
+      probe_successes = 10, created = 11 }
+    local EXPECTED = { 'hash', 'hash', 'hash', 'stream' }
+    local SEQ_FIELD = sender and 'seq:' .. sender
+    local READ = { unpack(FIELDS) }
+    READ[#READ + 1] = SEQ_FIELD
 
     local function refuse(text) error({ refusal = text }) end
 
@@ -130,7 +135,7 @@ enum BreakerScript {
         return reply
       end
 
-      local values = checked(1, 'HMGET', unpack(FIELDS))
+      local values = checked(1, 'HMGET', unpack(READ))
       local exists = values[1] ~= false
 
       if A[6] == '' then
@@ -179,30 +184,30 @@ enum BreakerScript {
       local function fresh(version, reason)
         return { state = base_state, version = version, since = now, open_until = 0, attempt = 0, reason = reason,
                  isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now,
-                 budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = nil }
+                 budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = 0 }
       end
       if not exists then
         st = fresh(0, 'created')
       else
-        for i = 1, #FIELDS do
-          local field, value = FIELDS[i], values[i]
-          if value == false then value = nil end
-          if NUMERIC[field] then
-            local number = tonumber(value or '')
-            if number == nil and corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(value) .. "'" end
-            value = number or 0
+        local v = values
+        st = { state = v[1], version = tonumber(v[2] or ''), since = tonumber(v[3] or ''), open_until = tonumber(v[4] or ''),
+          attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
+          consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
+          created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
+          pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0 }
+        for i = 1, #NUMERIC do
+          local field = NUMERIC[i]
+          if st[field] == nil then
+            if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
+            st[field] = 0
           end
-          st[field] = value
-          old[field] = value
         end
         if not VALID_STATES[st.state or ''] then corrupt = "field 'state' is '" .. tostring(st.state) .. "'" end
-        st.reason = st.reason or ''
-        st.isolation_reason = st.isolation_reason or ''
-        st.budget = tonumber(st.budget or '') or -1
-        st.pruned = tonumber(st.pruned or '') or 0
-        st.senders = tonumber(st.senders or '')
-        st.policy_fp = st.policy_fp or ''
-        old.budget, old.pruned, old.senders = st.budget, st.pruned, st.senders
+        old = { state = st.state, version = st.version, since = st.since, open_until = st.open_until, attempt = st.attempt,
+          reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
+          probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
+          policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders }
+        if v[16] == false then old.senders = nil end
         if st.schema == nil then
           -- A breaker last written by schema 1: its window is laid out differently; start it empty.
           redis.call('DEL', K[2])
@@ -271,15 +276,16 @@ enum BreakerScript {
         window_loaded = true
         win.writing = writing
         if is_time then
-          local names, asked = { 'newest', 'calls', 'failures', 'slow' }, {}
-          local function ask(b)
-            local slot = b % window_size
-            if not asked[slot] then asked[slot] = true; names[#names + 1] = tostring(slot) end
+          local current = bucket % window_size
+          local names, asked = { 'newest', 'calls', 'failures', 'slow', current }, { [current] = true }
+          for i = 1, #wanted do
+            local slot = wanted[i] % window_size
+            if not asked[slot] then asked[slot] = true; names[#names + 1] = slot end
           end
-          ask(bucket)
-          for i = 1, #wanted do ask(wanted[i]) end
           local v = checked(2, 'HMGET', unpack(names))
-          for i = 5, #names do slots[tonumber(names[i])] = parse_slot(v[i] or nil) end
+          for i = 5, #names do
+            if v[i] then slots[names[i]] = parse_slot(v[i]) end
+          end
           local newest = tonumber(v[1] or '')
           window.calls = number_field(v[2], 'calls'); window.failures = number_field(v[3], 'failures'); window.slow = number_field(v[4], 'slow')
           if newest ~= nil and newest > bucket then
@@ -428,8 +434,9 @@ enum BreakerScript {
         end
       end
 
+      -- What the totals hash gains, as field, count pairs (written first, in this order).
       local totals_add = {}
-      local function add_total(field, n) if n ~= 0 then totals_add[field] = (totals_add[field] or 0) + n end end
+      local function add_total(field, n) if n ~= 0 then totals_add[#totals_add + 1] = field; totals_add[#totals_add + 1] = n end end
 
       local granted = 0
       local duplicate = false
@@ -453,7 +460,8 @@ enum BreakerScript {
         if error_end >= 30 then first_error = A[30] end
         if sender then
           sender_seq = tonumber(A[19])
-          local seen = checked(5, 'HGET', sender)
+          local seen = values[#READ]
+          if not exists or corrupt then seen = false end
           sender_known = seen ~= false
           local high = seen and tonumber(string.match(seen, '^(%d+)')) or 0
           duplicate = sender_seq <= high
@@ -608,7 +616,6 @@ enum BreakerScript {
               if slow_rate then headroom = math.min(headroom, needed(window.calls - gc, window.slow - gs, slow_rate, minimum, size)) end
             end
           end
-          if st.senders == nil then st.senders = redis.call('HLEN', K[5]) end
           if not sender_known then st.senders = st.senders + 1 end
           local senders = math.max(1, st.senders)
           if headroom == math.huge then
@@ -628,14 +635,11 @@ enum BreakerScript {
           st.budget = budget
         end
       elseif sender and not duplicate and op == 'record' and not sender_known then
-        st.senders = (st.senders or redis.call('HLEN', K[5])) + 1
+        st.senders = st.senders + 1
       end
 
       -- Writes, the totals first: a key of the wrong type is refused before anything else changes.
-      local totals_fields = {}
-      for field in pairs(totals_add) do totals_fields[#totals_fields + 1] = field end
-      table.sort(totals_fields)
-      for _, field in ipairs(totals_fields) do checked(3, 'HINCRBY', field, totals_add[field]) end
+      for i = 1, #totals_add, 2 do checked(3, 'HINCRBY', totals_add[i], totals_add[i + 1]) end
 
       if event then
         checked(4, 'XADD', 'MAXLEN', '~', 100, '*', 'from', event.from, 'to', event.to, 'reason', event.reason,
@@ -672,24 +676,25 @@ enum BreakerScript {
         end
       end
 
+      -- The policy (for operators) is written only when its fingerprint changes; break durations with transitions.
+      local set = {}
       -- Senders: the high-water mark of the batch just applied; senders silent for 10 minutes are forgotten.
       if sender and sender_seq and not duplicate then
-        checked(5, 'HSET', sender, sender_seq .. ':' .. now)
+        set[1] = SEQ_FIELD; set[2] = sender_seq .. ':' .. now
         if now - st.pruned >= 60000 then
-          local all = redis.call('HGETALL', K[5])
-          local dead = {}
+          local all = redis.call('HGETALL', K[1])
+          local dead, live = {}, 0
           for i = 1, #all, 2 do
-            local last = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-            if now - last > 600000 then dead[#dead + 1] = all[i] end
+            if string.sub(all[i], 1, 4) == 'seq:' and all[i] ~= SEQ_FIELD then
+              local last = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
+              if now - last > 600000 then dead[#dead + 1] = all[i] else live = live + 1 end
+            end
           end
-          if #dead > 0 then redis.call('HDEL', K[5], unpack(dead)) end
-          st.senders = #all / 2 - #dead
+          if #dead > 0 then redis.call('HDEL', K[1], unpack(dead)) end
+          st.senders = live + 1
           st.pruned = now
         end
       end
-
-      -- The policy (for operators) is written only when its fingerprint changes; break durations with transitions.
-      local set = {}
       for i = 1, #FIELDS do
         local field = FIELDS[i]
         local value = st[field]
@@ -720,11 +725,11 @@ enum BreakerScript {
     -- Each breaker runs on its own: a refusal (or any error) answers for that breaker alone.
     local replies = {}
     local position = 6
-    for i = 1, #KEYS / 5 do
+    for i = 1, #KEYS / 4 do
       local count = tonumber(ARGV[position])
       local A = { unpack(ARGV, position + 1, position + count) }
       position = position + count + 1
-      local K = { KEYS[5 * i - 4], KEYS[5 * i - 3], KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i] }
+      local K = { KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }
       local ok, result = pcall(run, A, K)
       if ok then
         replies[i] = result

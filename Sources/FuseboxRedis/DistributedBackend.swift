@@ -689,7 +689,7 @@ final class DistributedBackend: BreakerBackend {
     /// The keys of breaker `name`, in the order `lua/breaker.lua` takes them.
     static func keys(namespace: String, name: String) -> [String] {
         let prefix = "\(namespace):{\(name)}"
-        return ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events", "\(prefix):senders"]
+        return ["\(prefix):state", "\(prefix):window", "\(prefix):totals", "\(prefix):events"]
     }
 
     /// A short fingerprint of the policy (FNV-1a, 64 bits): the script writes the JSON only when it changes.

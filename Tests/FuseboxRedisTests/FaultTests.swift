@@ -9,7 +9,7 @@ import Testing
 /// The commands the adapter needs, as in Docs/operations.md's ACL line.
 let adapterCommands = [
     "+evalsha", "+script|load", "+ping", "+subscribe", "+hgetall", "+hget", "+hset", "+hmget", "+hincrby", "+hdel",
-    "+hlen", "+hexists", "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers",
+    "+del", "+type", "+time", "+xadd", "+xrevrange", "+publish", "+sadd", "+smembers",
     "+sismember", "+set", "+get", "+client|setname",
 ]
 
@@ -218,7 +218,7 @@ struct FaultTests {
             #expect(try await breaker.timeline().count == 1)
             try await breaker.isolate(reason: "acl")
             try await breaker.reset()
-            // The ratio rule's path: window, budget (HLEN, HEXISTS), senders; and the schema record.
+            // The ratio rule's path: window slots, budget, sender high-water marks; and the schema record.
             var policy = BreakerPolicy()
             policy.minimumThroughput = 4
             let ratio = try app.registry.breaker("acl-ratio", policy: policy)

@@ -84,8 +84,9 @@ struct ScaleTests {
             if case .integer(let size) = try await redis.send("MEMORY", "USAGE", key) { bytes += size }
         }
         #expect(bytes <= 4096 + 200 * 2, "\(bytes) bytes")
-        let senders = DistributedBackend.keys(namespace: options.namespace, name: "memory")[4]
-        #expect(try await redis.send("HLEN", senders).decodeInt() == 2)
+        let state = try await redis.send("HGETALL", DistributedBackend.keys(namespace: options.namespace, name: "memory")[0]).decodeDictionary()
+        #expect(state.keys.filter { $0.hasPrefix("seq:") }.count == 2)
+        #expect(state["senders"] == "2")
         let snapshot = try await breakers[0].snapshot()
         #expect(snapshot.totals.calls == 120_000)
         #expect(snapshot.totals.failures == 2_400)

@@ -83,6 +83,8 @@ struct Scale: AsyncParsableCommand {
         var cpuSeconds = 0.0
         var commands = 0
         var scripts = 0
+        /// Outcome batches written per breaker (all instances), from the senders' sequence high-water marks.
+        var breakerWrites = 0.0
         var networkBytes = 0
         var memoryBytesPerBreaker = 0.0
         var createMilliseconds = 0.0
@@ -98,6 +100,7 @@ struct Scale: AsyncParsableCommand {
                 "point": point, "breakers": breakers, "calls_per_breaker_per_s": rate, "instances": instances,
                 "guarded_calls_per_s": Double(calls) / seconds,
                 "script_calls_per_breaker_per_instance_per_s": Double(scripts) / Double(breakers * instances) / seconds,
+                "breaker_writes_per_breaker_per_instance_per_s": breakerWrites / Double(instances) / seconds,
                 "commands_per_s": Double(commands) / seconds,
                 "redis_cpu_ms_per_s": cpuSeconds * 1000 / seconds,
                 "network_bytes_per_s": Double(networkBytes) / seconds,
@@ -132,11 +135,14 @@ struct Scale: AsyncParsableCommand {
         }
         defer { for worker in workers { worker.kill() } }
         try await Task.sleep(for: .milliseconds(max(0, startAt - wallMilliseconds())))
+        let sample = min(breakers, 20)
+        let batchesBefore = mode == "distributed" ? try await batchesWritten(redis, namespace: namespace, breakers: sample) : 0
         let before = try await info(redis)
         let began = ContinuousClock.now
         try await Task.sleep(for: .milliseconds(measureMs))
         let after = try await info(redis)
         let elapsed = ContinuousClock.now - began
+        let batchesAfter = mode == "distributed" ? try await batchesWritten(redis, namespace: namespace, breakers: sample) : 0
         for worker in workers {
             guard await worker.waitForExit(upTo: .seconds(120)) == 0 else { throw ValidationError("a scale worker failed; see /tmp/fusebox-bench-worker.log") }
         }
@@ -163,11 +169,11 @@ struct Scale: AsyncParsableCommand {
         }
         point.networkBytes = Int(number("total_net_input_bytes", after) + number("total_net_output_bytes", after)
             - number("total_net_input_bytes", before) - number("total_net_output_bytes", before))
+        point.breakerWrites = Double(batchesAfter - batchesBefore) / Double(sample)
         if mode == "distributed" {
             var bytes = 0
-            let sample = min(breakers, 20)
             for index in 0..<sample {
-                for key in ["state", "window", "totals", "events", "senders"] {
+                for key in ["state", "window", "totals", "events"] {
                     if case .integer(let size) = try await redis.send("MEMORY", "USAGE", "\(namespace):{b\(index)}:\(key)") { bytes += size }
                 }
             }
@@ -261,6 +267,18 @@ struct Scale: AsyncParsableCommand {
             if failed { failures += 1 }
         }
         return (calls, failures)
+    }
+
+    /// The sum, over breakers b0 ..< `breakers`, of every sender's batch sequence high-water mark (`seq:*` fields).
+    func batchesWritten(_ redis: RedisConnection, namespace: String, breakers: Int) async throws -> Int {
+        var total = 0
+        for index in 0..<breakers {
+            let state = try await redis.send("HGETALL", "\(namespace):{b\(index)}:state").decodeDictionary()
+            for (field, value) in state where field.hasPrefix("seq:") {
+                total += Int(value.split(separator: ":").first ?? "") ?? 0
+            }
+        }
+        return total
     }
 
     func info(_ redis: RedisConnection) async throws -> [String: String] {
