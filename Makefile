@@ -39,6 +39,7 @@ bench: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark --no-progress --format markdown
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check --metric mallocCountTotal --skip "redis-.*" --no-progress
 	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench
+	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench scale
 
 clean:
 	rm -rf .build Benchmarks/.build

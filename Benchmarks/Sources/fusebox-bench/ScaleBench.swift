@@ -174,7 +174,7 @@ struct Scale: AsyncParsableCommand {
             var bytes = 0
             for index in 0..<sample {
                 for key in ["state", "window", "totals", "events"] {
-                    if case .integer(let size) = try await redis.send("MEMORY", "USAGE", "\(namespace):{b\(index)}:\(key)") { bytes += size }
+                    if case .integer(let size) = try await redis.send("MEMORY", "USAGE", "\(namespace):{b\(index)}:\(key)", "SAMPLES", "0") { bytes += size }
                 }
             }
             point.memoryBytesPerBreaker = Double(bytes) / Double(sample)
