@@ -40,7 +40,7 @@ let package = Package(
         .target(
             name: "FuseboxRedis",
             dependencies: [
-                "Fusebox", "Hiredis",
+                "Fusebox", "Hiredis", "CHiredis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

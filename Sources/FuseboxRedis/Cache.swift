@@ -109,6 +109,17 @@ struct Cache: Sendable {
         return slotBucket
     }
 
+    /// The Redis time bucket of `now` with the span of this instance's clock it covers (`start ..< end`), for the
+    /// per-CPU success counters, which count in one bucket until the clock leaves it.
+    mutating func slot(at now: Int64, widthMilliseconds: Int64) -> (bucket: Int64, start: Int64, end: Int64) {
+        let bucket = bucket(at: now, widthMilliseconds: widthMilliseconds)
+        guard now >= slotStart && now < slotEnd else {
+            // The offset to Redis is not known yet (bucket 0): count until it is, at most a second.
+            return (bucket, now, now + 1_000_000_000)
+        }
+        return (bucket, slotStart, slotEnd)
+    }
+
     /// The budget that stands for "no threshold applies".
     static let unlimited = Int.max
 
@@ -265,6 +276,37 @@ struct PendingOutcomes: Sendable {
             others.append(batch)
         }
         return probe
+    }
+
+    /// Adds `count` successes (not slow, not probes) counted per CPU, as ``append(_:slow:version:created:probe:bucket:now:limit:)``
+    /// would one by one; `firstAt` is when the first of them was recorded.
+    mutating func appendSuccesses(_ count: Int, version: Int, created: Int64, bucket: Int64, firstAt: Int64, limit: Int) {
+        let kept = max(0, min(count, limit - self.count))
+        dropped += count - kept
+        guard kept > 0 else { return }
+        self.count += kept
+        func add(to batch: inout Batch) {
+            if batch.groups.last?.bucket != bucket { batch.groups.append(Batch.Group(bucket: bucket)) }
+            batch.successes += kept
+            batch.groups[batch.groups.count - 1].successes += kept
+            batch.trailingFailures = 0
+        }
+        if current.isEmpty || (current.version == version && current.created == created) {
+            if current.isEmpty {
+                current.version = version
+                current.created = created
+                current.firstAt = firstAt
+            }
+            add(to: &current)
+        } else if let index = others.firstIndex(where: { $0.sequence == nil && $0.version == version && $0.created == created && !$0.isProbe }) {
+            add(to: &others[index])
+        } else {
+            var batch = Batch(version: version, isProbe: false)
+            batch.created = created
+            batch.firstAt = firstAt
+            add(to: &batch)
+            others.append(batch)
+        }
     }
 
     private static func add(_ outcome: CallOutcome, slow: Bool, bucket: Int64, to batch: inout Batch) {

@@ -1,3 +1,4 @@
+import CHiredis
 import Dispatch
 import Fusebox
 import Hiredis
@@ -194,6 +195,15 @@ final class DistributedBackend: BreakerBackend {
     private let batchSequence = Atomic<Int>(0)
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
     private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+    /// The version a call is admitted under without a lock (``admitWhileClosed()``), or -1: set, under the cache's
+    /// lock, to the cached version while the breaker is known, healthy and closed (or metrics-only).
+    private let admission = Atomic<Int>(-1)
+    /// Plain successes, counted per CPU so that tasks on different cores never share a lock; moved into the
+    /// pending batches (under the cache's lock) before anything else is recorded or taken, so order is kept.
+    /// A plain allocation, not an array: reading an array property would retain its buffer, one reference count
+    /// that every core would write on every call.
+    nonisolated(unsafe) private let stripes: UnsafeMutablePointer<SuccessStripe>
+    private let stripeMask: Int
 
     init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: NanosecondClock, logger: Logger) {
         self.name = name
@@ -219,6 +229,15 @@ final class DistributedBackend: BreakerBackend {
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.cache = Mutex(Cache(state: base))
+        let count = SuccessStripe.count
+        self.stripes = .allocate(capacity: count)
+        for index in 0..<count { (stripes + index).initialize(to: SuccessStripe()) }
+        self.stripeMask = count - 1
+    }
+
+    deinit {
+        stripes.deinitialize(count: stripeMask + 1)
+        stripes.deallocate()
     }
 
     /// Nanoseconds on this instance's clock (call durations, when a cached break ends).
@@ -263,10 +282,55 @@ final class DistributedBackend: BreakerBackend {
     /// The common case, kept small: a healthy, known, closed (or metrics-only) breaker admits at once.
     @inline(__always)
     private func admitWhileClosed() -> PermitToken? {
-        let now = self.now
-        return cache.withLock { cache in
-            guard cache.health == .healthy, cache.isKnown, cache.state == .closed || cache.state == .metricsOnly else { return nil }
-            return PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now)
+        let version = admission.load(ordering: .acquiring)
+        guard version >= 0 else { return nil }
+        return PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)
+    }
+
+    /// Runs `body` on the cache and republishes what lock-free admission reads. When that changes (a transition,
+    /// a new incarnation, a change of health) or the clock's offset to Redis moves (the stripes' buckets with it),
+    /// the per-CPU successes are moved into the pending batches and the stripes set up again on their next call.
+    private func updateCache<T: Sendable>(_ body: (inout Cache) -> T) -> T {
+        cache.withLock { cache in
+            let (created, offset) = (cache.created, cache.redisOffsetMilliseconds)
+            let result = body(&cache)
+            let admitting = cache.health == .healthy && cache.isKnown && (cache.state == .closed || cache.state == .metricsOnly)
+                ? cache.version : -1
+            if admission.load(ordering: .relaxed) != admitting || cache.created != created || cache.redisOffsetMilliseconds != offset {
+                drainStripes(into: &cache, invalidate: true)
+                admission.store(admitting, ordering: .releasing)
+            }
+            return result
+        }
+    }
+
+    /// Moves the per-CPU success counts into the pending batches. Call with the cache's lock held (the order is
+    /// always the cache's lock, then a stripe's).
+    private func drainStripes(into cache: inout Cache, invalidate: Bool = false) {
+        for index in 0...stripeMask {
+            let cell = stripes[index].cell.withLock { cell -> SuccessStripe.Cell in
+                let taken = cell
+                cell.count = 0
+                if invalidate { cell.version = -1 }
+                return taken
+            }
+            if cell.count > 0 {
+                cache.pending.appendSuccesses(
+                    cell.count, version: cell.version, created: cell.created, bucket: cell.bucket, firstAt: cell.firstAt,
+                    limit: maxBufferedOutcomes)
+            }
+        }
+    }
+
+    /// Counts a plain success on this CPU's stripe; `false` when the stripe is set up for another version or time
+    /// bucket (the caller then records it under the cache's lock, which sets the stripe up again).
+    @inline(__always)
+    private func countOnStripe(version: Int, now: Int64) -> Bool {
+        return stripes[Int(fusebox_current_cpu()) & stripeMask].cell.withLock { cell in
+            guard cell.version == version, now >= cell.start, now < cell.end else { return false }
+            if cell.count == 0 { cell.firstAt = now }
+            cell.count += 1
+            return true
         }
     }
 
@@ -363,7 +427,39 @@ final class DistributedBackend: BreakerBackend {
         let now = self.now
         let duration = now - token.startedAt
         let isSlow = duration > slowCallNanoseconds
+        let isPlainSuccess: Bool
+        if case .success = outcome, !isSlow, !token.isProbe, token.version >= 0, !writeThrough {
+            isPlainSuccess = true
+            if countOnStripe(version: token.version, now: now) {
+                instruments.recorded(outcome, nanoseconds: duration)
+                return
+            }
+        } else {
+            isPlainSuccess = false
+        }
         let (writeNow, mayTrip, transition) = cache.withLock { cache -> (Bool, Bool, BreakerTransition?) in
+            if isPlainSuccess {
+                // Set this CPU's stripe up for the token's version and the current bucket; what it held goes first.
+                if token.version == cache.version && (cache.state == .closed || cache.state == .metricsOnly) {
+                    let slot = cache.slot(at: now, widthMilliseconds: bucketMilliseconds)
+                    let held = stripes[Int(fusebox_current_cpu()) & stripeMask].cell.withLock { cell -> SuccessStripe.Cell in
+                        let taken = cell
+                        cell = SuccessStripe.Cell(
+                            version: token.version, created: cache.created, bucket: slot.bucket, start: slot.start, end: slot.end,
+                            count: 1, firstAt: now)
+                        return taken
+                    }
+                    if held.count > 0 {
+                        cache.pending.appendSuccesses(
+                            held.count, version: held.version, created: held.created, bucket: held.bucket, firstAt: held.firstAt,
+                            limit: maxBufferedOutcomes)
+                    }
+                    return (false, false, nil)
+                }
+            } else {
+                // Successes counted per CPU happened before this outcome.
+                drainStripes(into: &cache)
+            }
             var transition: BreakerTransition?
             var version = token.version
             if case .failure(let type) = outcome { cache.rememberName(of: type) }
@@ -405,6 +501,7 @@ final class DistributedBackend: BreakerBackend {
     func takePending() -> [ScriptCall] {
         let now = self.now
         let (batches, rejected, dropped) = cache.withLock { cache in
+            drainStripes(into: &cache)
             let (batches, rejected) = cache.pending.take()
             return (batches, rejected, cache.pending.takeDropped())
         }
@@ -477,7 +574,9 @@ final class DistributedBackend: BreakerBackend {
     }
 
     /// Whether outcomes are waiting to be written.
-    var hasPending: Bool { cache.withLock { !$0.pending.isEmpty } }
+    var hasPending: Bool {
+        (0...stripeMask).contains { stripes[$0].cell.withLock { $0.count > 0 } } || cache.withLock { !$0.pending.isEmpty }
+    }
 
     /// Reads the state, window and budget with the script (when the breaker is made, and when the refresher's
     /// plain read finds something unusual: a missing or malformed hash).
@@ -552,7 +651,7 @@ final class DistributedBackend: BreakerBackend {
 
     private func apply(_ reply: StateReply, ownCall: Bool) {
         let now = self.now
-        let (transition, recovered) = cache.withLock { $0.apply(reply, now: now) }
+        let (transition, recovered) = updateCache { $0.apply(reply, now: now) }
         if recovered {
             instruments.logger.info("Redis is reachable again; breaker '\(name)' uses the shared state", metadata: ["breaker.state": .string(reply.state.rawValue)])
         }
@@ -563,7 +662,7 @@ final class DistributedBackend: BreakerBackend {
     func apply(_ message: BreakerMessage) {
         guard let state = message.state.flatMap(BreakerState.init(rawValue:)) else { return }
         let now = self.now
-        let transition = cache.withLock { cache -> BreakerTransition? in
+        let transition = updateCache { cache -> BreakerTransition? in
             let isNewIncarnation = message.created.map { $0 != cache.created } ?? false
             guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return nil }
             let change = cache.isKnown
@@ -589,7 +688,7 @@ final class DistributedBackend: BreakerBackend {
     private func markFailure(_ error: RedisError) {
         if error.serverErrorPrefix == "CORRUPT" {
             let corrupt = corruptError(error)
-            let changed = cache.withLock { $0.setHealth(.corrupt(corrupt.message)) }
+            let changed = updateCache { $0.setHealth(.corrupt(corrupt.message)) }
             if changed { instruments.logger.info("\(corrupt.message); falling back to the '\(core.options.whenUnavailable.rawValue)' policy") }
             return
         }
@@ -600,7 +699,7 @@ final class DistributedBackend: BreakerBackend {
         let text = error.serverErrorPrefix == "NOPERM"
             ? "the Redis user may not run what Fusebox needs (\(error.message)); see the ACL line in Docs/operations.md"
             : "\(error.code): \(error.message)"
-        let changed = cache.withLock { $0.setHealth(.unavailable(text)) }
+        let changed = updateCache { $0.setHealth(.unavailable(text)) }
         if changed {
             instruments.logger.info(
                 "Redis is unavailable for breaker '\(name)' (\(text)); falling back to the '\(core.options.whenUnavailable.rawValue)' policy")
@@ -719,4 +818,29 @@ final class DistributedBackend: BreakerBackend {
         }
         return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
     }
+}
+
+/// One CPU's count of plain successes for one breaker: the version and Redis time bucket they count under, and
+/// the span of this instance's clock the bucket covers. Padded so that two stripes never share a cache line.
+struct SuccessStripe: ~Copyable {
+    struct Cell: Sendable {
+        var version = -1
+        var created: Int64 = 0
+        var bucket: Int64 = 0
+        var start: Int64 = .max
+        var end: Int64 = .min
+        var count = 0
+        var firstAt: Int64 = 0
+    }
+
+    /// Stripes per breaker: a power of two covering the CPUs, at most 16 (more CPUs share stripes).
+    static let count: Int = {
+        let cpus = max(1, min(16, Int(sysconf(Int32(_SC_NPROCESSORS_CONF)))))
+        var count = 1
+        while count < cpus { count *= 2 }
+        return count
+    }()
+
+    let cell = Mutex(Cell())
+    private let padding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)
 }

@@ -255,6 +255,68 @@ struct ScaleTests {
         }
     }
 
+    @Test("tasks on every core: successes counted per CPU are exact, through flushes, a trip and a reset")
+    func perCPUCountsExact() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .milliseconds(5)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("cores", policy: neverTrips())
+        try await breaker.acquireAsync().success()
+        let tasks = 8
+        let perTask = 20_000
+        await withTaskGroup(of: Void.self) { group in
+            for task in 0..<tasks {
+                group.addTask {
+                    for call in 0..<perTask {
+                        guard let permit = breaker.tryAcquire() else { continue }
+                        if call % 10 == task { permit.failure(Boom()) } else { permit.success() }
+                    }
+                }
+            }
+            // Transitions while the tasks run: their outcomes still count, once, under the version that admitted them.
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(20))
+                try? await breaker.isolate(reason: "mid-run")
+                try? await breaker.reset()
+            }
+        }
+        await instance.adapter.flush()
+        let totals = try await breaker.snapshot().totals
+        #expect(totals.successes + totals.failures + totals.rejected == 1 + tasks * perTask)
+        #expect(totals.failures + totals.rejected >= tasks * perTask / 10)
+        #expect(totals.failures <= tasks * perTask / 10)
+    }
+
+    @Test("successes counted per CPU keep their place before a failure: a streak broken by a success does not trip")
+    func perCPUOrderKept() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .seconds(60)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = nil
+        policy.consecutiveFailureThreshold = 3
+        let breaker = try instance.registry.breaker("order", policy: policy)
+        _ = try await breaker.snapshot()
+        // S F F S F F: the longest streak is 2. Held as one batch, the successes must stay between the failures.
+        for outcome in ["s", "f", "f", "s", "f", "f"] {
+            let permit = try breaker.acquire()
+            if outcome == "s" { permit.success() } else { permit.failure(Boom()) }
+        }
+        await instance.adapter.flush()
+        var snapshot = try await breaker.snapshot()
+        #expect(snapshot.state == .closed)
+        #expect(snapshot.consecutiveFailures == 2)
+        #expect(snapshot.totals.successes == 2 && snapshot.totals.failures == 4)
+        try breaker.acquire().failure(Boom())
+        await instance.adapter.flush()
+        snapshot = try await breaker.snapshot()
+        #expect(snapshot.state == .open)
+    }
+
     @Test("an instance of another key schema is refused with one clear error")
     func schemaRefused() async throws {
         let server = try await SharedServer.get()

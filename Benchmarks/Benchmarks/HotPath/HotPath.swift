@@ -1,10 +1,27 @@
 import Benchmark
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import Fusebox
 import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 
 struct Failure: Error {}
+
+/// Work shaped like a guarded call, with nothing shared: two clock reads and some arithmetic per call.
+@inline(never)
+private func unsharedWork(_ calls: Int) -> Int64 {
+    var sum: Int64 = 0
+    let clock = ContinuousClock()
+    for index in 0..<calls {
+        let start = clock.now
+        let end = clock.now
+        sum &+= Int64((end - start).components.attoseconds / 1_000) &+ Int64(index)
+    }
+    return sum
+}
 
 /// A breaker that never trips, so every call stays on the closed-state path.
 private func closedPolicy() -> BreakerPolicy {
@@ -94,6 +111,44 @@ let benchmarks: @Sendable () -> Void = {
         }
         benchmark.stopMeasurement()
         await adapter.flush()
+    }
+
+    // One task per core on one breaker: the time per call in each task (the wall time over the calls of one
+    // task), to compare with distributed-closed-success.
+    Benchmark("distributed-closed-success-task-per-core", configuration: distributed) { benchmark in
+        let (adapter, registry, background) = try await distributedRegistry()
+        defer { background.cancel() }
+        let breaker = try registry.breaker("distributed-cores", policy: closedPolicy())
+        try await breaker.acquireAsync().success()
+        _ = try await breaker.snapshot()
+        let tasks = max(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let calls = benchmark.scaledIterations.count
+        benchmark.startMeasurement()
+        // Threads, not tasks: this harness runs a task group's children one after another.
+        DispatchQueue.concurrentPerform(iterations: tasks) { _ in
+            for _ in 0..<calls {
+                guard let permit = breaker.tryAcquire() else { continue }
+                permit.success()
+            }
+        }
+        benchmark.stopMeasurement()
+        await adapter.flush()
+    }
+
+    // Controls for the two above: the same shape of work with nothing shared (two clock reads and a little
+    // arithmetic per call), one task, then one task per core. Their ratio is what the machine itself gives.
+    Benchmark("control-unshared-work", configuration: distributed) { benchmark in
+        benchmark.startMeasurement()
+        blackHole(unsharedWork(benchmark.scaledIterations.count))
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("control-unshared-work-task-per-core", configuration: distributed) { benchmark in
+        let tasks = max(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let calls = benchmark.scaledIterations.count
+        benchmark.startMeasurement()
+        DispatchQueue.concurrentPerform(iterations: tasks) { _ in blackHole(unsharedWork(calls)) }
+        benchmark.stopMeasurement()
     }
 
     Benchmark("distributed-open-rejection", configuration: distributed) { benchmark in
