@@ -257,25 +257,33 @@ struct PendingOutcomes: Sendable {
             return false
         }
         count += 1
+        withBatch(version: version, created: created, probe: probe, firstAt: now) { batch in
+            Self.add(outcome, slow: slow, bucket: bucket, to: &batch)
+        }
+        return probe
+    }
+
+    /// Runs `body` on the batch that outcomes admitted under `version` (of incarnation `created`) join: the current
+    /// one when it matches or is empty, else an unsent one that matches, else a new one.
+    private mutating func withBatch(version: Int, created: Int64, probe: Bool, firstAt: Int64, _ body: (inout Batch) -> Void) {
         if !probe && (current.isEmpty || (current.version == version && current.created == created)) {
             if current.isEmpty {
                 current.version = version
                 current.created = created
-                current.firstAt = now
+                current.firstAt = firstAt
             }
-            Self.add(outcome, slow: slow, bucket: bucket, to: &current)
+            body(&current)
         } else if let index = others.firstIndex(where: {
             $0.sequence == nil && $0.version == version && $0.created == created && $0.isProbe == probe
         }) {
-            Self.add(outcome, slow: slow, bucket: bucket, to: &others[index])
+            body(&others[index])
         } else {
             var batch = Batch(version: version, isProbe: probe)
             batch.created = created
-            batch.firstAt = now
-            Self.add(outcome, slow: slow, bucket: bucket, to: &batch)
+            batch.firstAt = firstAt
+            body(&batch)
             others.append(batch)
         }
-        return probe
     }
 
     /// Adds `count` successes (not slow, not probes) counted per CPU, as ``append(_:slow:version:created:probe:bucket:now:limit:)``
@@ -285,27 +293,11 @@ struct PendingOutcomes: Sendable {
         dropped += count - kept
         guard kept > 0 else { return }
         self.count += kept
-        func add(to batch: inout Batch) {
+        withBatch(version: version, created: created, probe: false, firstAt: firstAt) { batch in
             if batch.groups.last?.bucket != bucket { batch.groups.append(Batch.Group(bucket: bucket)) }
             batch.successes += kept
             batch.groups[batch.groups.count - 1].successes += kept
             batch.trailingFailures = 0
-        }
-        if current.isEmpty || (current.version == version && current.created == created) {
-            if current.isEmpty {
-                current.version = version
-                current.created = created
-                current.firstAt = firstAt
-            }
-            add(to: &current)
-        } else if let index = others.firstIndex(where: { $0.sequence == nil && $0.version == version && $0.created == created && !$0.isProbe }) {
-            add(to: &others[index])
-        } else {
-            var batch = Batch(version: version, isProbe: false)
-            batch.created = created
-            batch.firstAt = firstAt
-            add(to: &batch)
-            others.append(batch)
         }
     }
 
