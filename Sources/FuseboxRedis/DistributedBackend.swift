@@ -314,19 +314,26 @@ final class DistributedBackend: BreakerBackend {
                 if invalidate { cell.version = -1 }
                 return taken
             }
-            if cell.count > 0 {
-                cache.pending.appendSuccesses(
-                    cell.count, version: cell.version, created: cell.created, bucket: cell.bucket, firstAt: cell.firstAt,
-                    limit: maxBufferedOutcomes)
-            }
+            move(cell, into: &cache)
         }
     }
+
+    /// Adds what a stripe held to the pending batches.
+    private func move(_ cell: SuccessStripe.Cell, into cache: inout Cache) {
+        guard cell.count > 0 else { return }
+        cache.pending.appendSuccesses(
+            cell.count, version: cell.version, created: cell.created, bucket: cell.bucket, firstAt: cell.firstAt,
+            limit: maxBufferedOutcomes)
+    }
+
+    /// The stripe of the CPU this thread runs on.
+    private var currentStripe: Int { Int(fusebox_current_cpu()) & stripeMask }
 
     /// Counts a plain success on this CPU's stripe; `false` when the stripe is set up for another version or time
     /// bucket (the caller then records it under the cache's lock, which sets the stripe up again).
     @inline(__always)
     private func countOnStripe(version: Int, now: Int64) -> Bool {
-        return stripes[Int(fusebox_current_cpu()) & stripeMask].cell.withLock { cell in
+        return stripes[currentStripe].cell.withLock { cell in
             guard cell.version == version, now >= cell.start, now < cell.end else { return false }
             if cell.count == 0 { cell.firstAt = now }
             cell.count += 1
@@ -442,18 +449,14 @@ final class DistributedBackend: BreakerBackend {
                 // Set this CPU's stripe up for the token's version and the current bucket; what it held goes first.
                 if token.version == cache.version && (cache.state == .closed || cache.state == .metricsOnly) {
                     let slot = cache.slot(at: now, widthMilliseconds: bucketMilliseconds)
-                    let held = stripes[Int(fusebox_current_cpu()) & stripeMask].cell.withLock { cell -> SuccessStripe.Cell in
+                    let held = stripes[currentStripe].cell.withLock { cell -> SuccessStripe.Cell in
                         let taken = cell
                         cell = SuccessStripe.Cell(
                             version: token.version, created: cache.created, bucket: slot.bucket, start: slot.start, end: slot.end,
                             count: 1, firstAt: now)
                         return taken
                     }
-                    if held.count > 0 {
-                        cache.pending.appendSuccesses(
-                            held.count, version: held.version, created: held.created, bucket: held.bucket, firstAt: held.firstAt,
-                            limit: maxBufferedOutcomes)
-                    }
+                    move(held, into: &cache)
                     return (false, false, nil)
                 }
             } else {
