@@ -67,7 +67,8 @@ enum BreakerScript {
     -- The state hash fields the rules use (the policy JSON and the break durations stay unread).
     -- (and, last, this call's sender's high-water mark).
     local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
-      'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders' }
+      'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders',
+      'streak_at' }
     local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
     local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
     local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
@@ -194,7 +195,7 @@ enum BreakerScript {
           attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
           consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
           created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
-          pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0 }
+          pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or '') }
         for i = 1, #NUMERIC do
           local field = NUMERIC[i]
           if st[field] == nil then
@@ -206,7 +207,7 @@ enum BreakerScript {
         old = { state = st.state, version = st.version, since = st.since, open_until = st.open_until, attempt = st.attempt,
           reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
           probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
-          policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders }
+          policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at }
         if v[16] == false then old.senders = nil end
         if st.schema == nil then
           -- A breaker last written by schema 1: its window is laid out differently; start it empty.
@@ -438,6 +439,13 @@ enum BreakerScript {
       local totals_add = {}
       local function add_total(field, n) if n ~= 0 then totals_add[#totals_add + 1] = field; totals_add[#totals_add + 1] = n end end
 
+      -- A quiet breaker (closed, no failure in the window, and no slow call or streak where a rule counts them) lets
+      -- instances hold successes longer; the record that ends the quiet recalls what every instance holds.
+      local quiet_before, quiet_after = false, false
+      local function quiet()
+        return window.failures == 0 and (not slow_rate or window.slow == 0) and (not consecutive or st.consecutive_failures == 0)
+      end
+
       local granted = 0
       local duplicate = false
       local sender_seq = nil
@@ -495,6 +503,7 @@ enum BreakerScript {
             end
           elseif same_state and A[22] == '1' and (st.state == 'closed' or st.state == 'metrics_only') and successes + failures > 0 then
             load_window(true, wanted)
+            quiet_before = quiet()
             local added_c, added_f, added_s = 0, 0, 0
             if not is_time then
               added_c, added_f, added_s = successes + failures, failures, S + F
@@ -555,15 +564,32 @@ enum BreakerScript {
             win.dirty = true
             if added_f > 0 then failing_instances[instance] = true end
             win.failed = added_f > 0
-            -- The streak: successes in the batch end it; the batch's own runs say how far it went.
+            -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
+            -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
+            local streak_before = st.consecutive_failures
+            local newest_success, oldest_failure = nil, nil
+            if is_time then
+              for i = 1, #groups do
+                local g = groups[i]
+                local b = g[1]
+                if b <= 0 or b > bucket then b = bucket end
+                if g[2] + g[3] > 0 and (newest_success == nil or b > newest_success) then newest_success = b end
+                if g[4] + g[5] > 0 and (oldest_failure == nil or b < oldest_failure) then oldest_failure = b end
+              end
+            end
             local peak
-            if successes > 0 then
+            if failures == 0 and streak_before > 0 and newest_success ~= nil and newest_success < (st.streak_at or 0) then
+              peak = streak_before
+            elseif successes > 0 then
               peak = math.max(st.consecutive_failures + leading, longest)
               st.consecutive_failures = trailing
+              if trailing > 0 and newest_success ~= nil then st.streak_at = newest_success end
             else
               st.consecutive_failures = st.consecutive_failures + failures
               peak = st.consecutive_failures
+              if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
             end
+            quiet_after = quiet()
             if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < instances) then
               local reason = nil
               if consecutive and peak >= consecutive then
@@ -627,8 +653,9 @@ enum BreakerScript {
           -- Powers of two, so the stored grant changes rarely.
           if budget > 1048576 then budget = 1048576 end
           if budget > 0 then budget = 2 ^ math.floor(math.log(budget) / math.log(2) + 1e-9) end
-          if budget < st.budget then
-            -- Instances may hold more than is safe now: ask every instance to write what it holds.
+          if budget < st.budget or (quiet_before and not quiet_after) then
+            -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
+            -- breaker was quiet): ask every instance to write what it holds.
             redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
               .. st.created .. ',"recall":' .. budget .. '}')
           end

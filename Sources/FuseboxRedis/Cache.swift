@@ -35,7 +35,10 @@ struct Cache: Sendable {
     /// The window as of the last reply, to guess whether an outcome may trip the breaker.
     var windowCalls = 0
     var windowFailures = 0
+    var windowSlow = 0
     var consecutiveFailures = 0
+    /// A recall arrived since the last script reply: the shared window may no longer be quiet.
+    var isRecalled = false
     /// How many failures (and slow calls) this instance may hold for the cached version before it must write
     /// them: its share of the headroom left before a threshold, from the last reply or recall message. 0 until
     /// Redis has granted one; ``unlimited`` when no threshold applies (open, isolated, metrics-only).
@@ -86,6 +89,8 @@ struct Cache: Sendable {
         if let window = reply.window {
             windowCalls = window.calls
             windowFailures = window.failures
+            windowSlow = window.slow
+            isRecalled = false
         }
         consecutiveFailures = reply.consecutiveFailures
         if let granted = reply.budget {
@@ -128,7 +133,17 @@ struct Cache: Sendable {
     mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int) -> Bool {
         guard isKnown, version == self.version, created == self.created else { return false }
         budget = min(budget, max(0, newBudget))
+        isRecalled = true
         return heldBad > budget
+    }
+
+    /// Whether successes may wait for ``DistributedOptions/quietFlushInterval``: the breaker is known, healthy and
+    /// closed (or metrics-only), the last reply showed no failure in the shared window, no slow call where the
+    /// slow-call rule counts them and no streak where the consecutive-failure rule does, and no recall came since.
+    func isQuiet(for policy: BreakerPolicy) -> Bool {
+        isKnown && health.isHealthy && !isRecalled && (state == .closed || state == .metricsOnly) && windowFailures == 0
+            && (policy.slowCallRateThreshold == nil || windowSlow == 0)
+            && (policy.consecutiveFailureThreshold == nil || consecutiveFailures == 0)
     }
 
     /// Failures and slow calls held for the cached closed version.
@@ -247,6 +262,22 @@ struct PendingOutcomes: Sendable {
     private(set) var dropped = 0
 
     var isEmpty: Bool { current.isEmpty && others.isEmpty && rejected == 0 }
+
+    /// Whether everything held is plain successes not sent before (nothing that may need to travel fast); `true`
+    /// when nothing is held.
+    var holdsOnlySuccesses: Bool {
+        func plain(_ batch: Batch) -> Bool {
+            batch.isEmpty || (batch.bad == 0 && batch.failures == 0 && batch.ignored == 0 && !batch.isProbe && batch.sequence == nil)
+        }
+        return rejected == 0 && plain(current) && others.allSatisfy(plain)
+    }
+
+    /// When the oldest outcome held was recorded (ns), or `nil` when nothing is held.
+    var oldestRecordedAt: Int64? {
+        var oldest: Int64? = current.isEmpty ? nil : current.firstAt
+        for batch in others where !batch.isEmpty { oldest = min(oldest ?? .max, batch.firstAt) }
+        return oldest
+    }
 
     /// Adds an outcome; returns `true` when it should be written at once (a probe's outcome).
     mutating func append(

@@ -138,7 +138,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     await self.core.doorbell.wait()
                     // One script call per up to DistributedCore.breakersPerCall breakers with something to write.
                     self.core.sendOrder.withLock { _ in
-                        self.core.submit(self.allBackends.filter(\.hasPending).flatMap { $0.takePending() })
+                        self.core.submit(self.allBackends.filter { $0.isDue() }.flatMap { $0.takePending() })
                     }
                 }
             }

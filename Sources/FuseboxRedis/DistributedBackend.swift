@@ -191,6 +191,9 @@ final class DistributedBackend: BreakerBackend {
     private let slowCallNanoseconds: Int64
     /// The time window's bucket width in ms (0 for a count window).
     private let bucketMilliseconds: Int64
+    /// How long successes may wait before the flusher writes them: while the breaker is quiet, and otherwise (ns).
+    private let quietHoldNanoseconds: Int64
+    private let flushNanoseconds: Int64
     private let isRegistered = Atomic<Bool>(false)
     private let batchSequence = Atomic<Int>(0)
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
@@ -222,6 +225,11 @@ final class DistributedBackend: BreakerBackend {
         case .time(let sampling, let buckets): max(1, (sampling / buckets).milliseconds)
         case .count: 0
         }
+        let flushInterval = core.options.flushInterval
+        var quietHold = max(flushInterval, core.options.quietFlushInterval)
+        if case .time(let sampling, _) = policy.window { quietHold = max(flushInterval, min(quietHold, sampling / 2)) }
+        self.quietHoldNanoseconds = quietHold.nanoseconds
+        self.flushNanoseconds = flushInterval.nanoseconds
         let base: BreakerState = switch policy.mode {
         case .normal: .closed
         case .metricsOnly: .metricsOnly
@@ -581,6 +589,24 @@ final class DistributedBackend: BreakerBackend {
         (0...stripeMask).contains { stripes[$0].cell.withLock { $0.count > 0 } } || cache.withLock { !$0.pending.isEmpty }
     }
 
+    /// Whether the flusher should write this breaker's outcomes now: at once
+    /// when it holds anything but plain successes or the breaker is not quiet, and otherwise when the oldest
+    /// success held would reach ``DistributedOptions/quietFlushInterval`` before the next flush.
+    func isDue() -> Bool {
+        let now = self.now
+        var oldest = Int64.max
+        for index in 0...stripeMask {
+            stripes[index].cell.withLock { cell in if cell.count > 0 { oldest = min(oldest, cell.firstAt) } }
+        }
+        return cache.withLock { cache in
+            guard cache.pending.holdsOnlySuccesses else { return true }
+            if let held = cache.pending.oldestRecordedAt { oldest = min(oldest, held) }
+            guard oldest != .max else { return false }
+            guard cache.isQuiet(for: policy) else { return true }
+            return now - oldest >= quietHoldNanoseconds - flushNanoseconds
+        }
+    }
+
     /// Reads the state, window and budget with the script (when the breaker is made, and when the refresher's
     /// plain read finds something unusual: a missing or malformed hash).
     func refresh() {
@@ -606,11 +632,15 @@ final class DistributedBackend: BreakerBackend {
         apply(reply, ownCall: false)
     }
 
-    /// Applies a recall message: write what is held now if it is more than the new budget.
+    /// Applies a recall message: write what is held now if it is more than the new budget, or if successes were
+    /// held because the breaker was quiet (the write that ended the quiet asks for them).
     func applyRecall(_ message: BreakerMessage) {
         guard let budget = message.recall else { return }
-        let mustWrite = cache.withLock { $0.applyRecall(version: message.version, created: message.created ?? 0, budget: budget) }
-        if mustWrite { flush() }
+        let (mustWrite, wasQuiet) = cache.withLock { cache in
+            let wasQuiet = cache.isQuiet(for: policy)
+            return (cache.applyRecall(version: message.version, created: message.created ?? 0, budget: budget), wasQuiet)
+        }
+        if mustWrite || (wasQuiet && hasPending) { flush() }
     }
 
     private func registerIfNeeded() {
@@ -682,7 +712,9 @@ final class DistributedBackend: BreakerBackend {
             cache.budget = 0
             cache.windowCalls = 0
             cache.windowFailures = 0
+            cache.windowSlow = 0
             cache.consecutiveFailures = 0
+            cache.isRecalled = false
             return change
         }
         if let transition { instruments.transitioned(transition, observedRemotely: true) }

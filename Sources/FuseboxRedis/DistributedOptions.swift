@@ -22,6 +22,13 @@ public struct DistributedOptions: Sendable {
     /// interval, whatever its call rate. Failures do not wait for it when they exceed the failure budget Redis
     /// grants or may cross a threshold; probe outcomes never wait. Default 1 s.
     public var flushInterval: Duration = .seconds(1)
+    /// How long successes may wait while a breaker is quiet: closed, with no failure (nor slow call, when a
+    /// slow-call threshold is set) in the shared window and no failure streak. A quiet breaker with traffic costs
+    /// each instance one script call per this interval instead of per ``flushInterval``. The write that ends the
+    /// quiet makes Redis recall what every instance holds, so held successes are written within a round trip
+    /// once they can matter to a trip. Capped at half a time window (so held calls still enter it); never less than
+    /// ``flushInterval``. Default 5 s.
+    public var quietFlushInterval: Duration = .seconds(5)
     /// Write every outcome as soon as it is recorded (still without waiting for the reply).
     public var writeThrough = false
     /// How often every cached state is read again with a plain `HMGET` (a slice of the breakers each second, in
@@ -64,6 +71,7 @@ public struct DistributedOptions: Sendable {
             throw fail("namespace '\(namespace)' must be non-empty, without spaces, '{' or '}'")
         }
         guard flushInterval > .zero else { throw fail("flushInterval must be > 0") }
+        guard quietFlushInterval > .zero else { throw fail("quietFlushInterval must be > 0") }
         guard refreshInterval > .zero else { throw fail("refreshInterval must be > 0") }
         guard (1...1000).contains(minimumInstances) else { throw fail("minimumInstances is \(minimumInstances); allowed: 1…1,000") }
         guard maxBufferedOutcomes >= 1 else { throw fail("maxBufferedOutcomes must be ≥ 1") }

@@ -317,6 +317,99 @@ struct ScaleTests {
         #expect(snapshot.state == .open)
     }
 
+    @Test("a quiet breaker's successes wait for quietFlushInterval; once the window holds a failure, every flush writes")
+    func quietBreakerHoldsSuccesses() async throws {
+        try await RedisServerProcess.with { server in
+            var options = testOptions(server)
+            options.flushInterval = .milliseconds(100)
+            options.quietFlushInterval = .seconds(3)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("quiet", policy: neverTrips())
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            let stats = try RedisConnection(configuration: server.configuration())
+
+            func scriptCalls(whileCalling duration: Duration) async throws -> Int {
+                _ = try await stats.send("CONFIG", "RESETSTAT")
+                let started = ContinuousClock.now
+                while ContinuousClock.now - started < duration {
+                    try breaker.acquire().success()
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                return try await commandCounts(stats)["evalsha", default: 0]
+            }
+            // Quiet: 2 s of successes at about 100 calls/s are held (the hold is 3 s), not written every 100 ms.
+            let quiet = try await scriptCalls(whileCalling: .seconds(2))
+            #expect(quiet <= 1, "\(quiet) script calls while quiet")
+            // A failure in the window: the flush interval applies again.
+            try breaker.acquire().failure(Boom())
+            await instance.adapter.flush()
+            let busy = try await scriptCalls(whileCalling: .seconds(1))
+            #expect(busy >= 5, "\(busy) script calls while the window holds a failure")
+            await instance.adapter.flush()
+            #expect(try await breaker.snapshot().totals.failures == 1)
+        }
+    }
+
+    @Test("the write that ends a breaker's quiet recalls the successes other instances hold")
+    func quietEndRecallsSuccesses() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .milliseconds(100)
+        options.quietFlushInterval = .seconds(60)
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        var policy = neverTrips()
+        policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
+        let a = try fleet[0].registry.breaker("recall", policy: policy)
+        let b = try fleet[1].registry.breaker("recall", policy: policy)
+        let redis = try RedisConnection(configuration: server.configuration())
+        let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "recall")[2]
+        func successesInRedis() async throws -> Int { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
+        // Both instances have written once (a new sender shrinks every budget, which recalls too).
+        try await a.acquireAsync().success()
+        await fleet[0].adapter.flush()
+        try await b.acquireAsync().success()
+        await fleet[1].adapter.flush()
+        try await Task.sleep(for: .milliseconds(300))
+        for _ in 0..<50 { try a.acquire().success() }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
+        // B's failure is written at once (B has no budget yet): it ends the quiet, and A writes what it holds.
+        try await b.acquireAsync().failure(Boom())
+        #expect(await eventually(within: .seconds(2)) { (try? await successesInRedis()) == 52 })
+    }
+
+    @Test("successes a quiet instance held from before a failure streak began do not end it")
+    func heldSuccessesKeepLaterStreak() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.flushInterval = .milliseconds(100)
+        options.quietFlushInterval = .seconds(60)
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let policy = tripsOnFirstFailure {
+            $0.consecutiveFailureThreshold = 3
+            $0.window = .time(samplingDuration: .seconds(20), buckets: 20)
+        }
+        let a = try fleet[0].registry.breaker("held", policy: policy)
+        let b = try fleet[1].registry.breaker("held", policy: policy)
+        try await a.acquireAsync().success()
+        await fleet[0].adapter.flush()
+        for _ in 0..<5 { try a.acquire().success() }
+        // The streak starts in a later one-second bucket than A's held successes.
+        try await Task.sleep(for: .milliseconds(1100))
+        let redis = try RedisConnection(configuration: server.configuration())
+        let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "held")[2]
+        try await b.acquireAsync().failure(Boom())
+        #expect(await eventually(within: .seconds(2)) { (try? await redis.send("HGET", totalsKey, "successes").string) == "6" })
+        try await b.acquireAsync().failure(Boom())
+        try await b.acquireAsync().failure(Boom())
+        #expect(await eventually(within: .seconds(2)) { await isRejected(a) })
+        #expect(try await b.snapshot().state == .open)
+    }
+
     @Test("an instance of another key schema is refused with one clear error")
     func schemaRefused() async throws {
         let server = try await SharedServer.get()
