@@ -53,7 +53,8 @@ lua:
 	  echo; \
 	  echo 'enum BreakerScript {'; \
 	  echo '    /// lua/breaker.lua: every change to a breaker'"'"'s state in Redis.'; \
-	  echo '    static let script = RedisScript(source)'; \
+	  echo '    /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.'; \
+	  echo "    static let script = RedisScript(source, sha1: \"$$(sha1sum lua/breaker.lua | cut -c1-40)\")"; \
 	  echo; \
 	  echo '    static let source = #"""'; \
 	  sed 's/^\(.\)/    \1/' lua/breaker.lua; \

@@ -17,7 +17,7 @@ struct ListCommand: AsyncParsableCommand {
             if json {
                 try printJSON(snapshots.map(SnapshotJSON.init))
             } else if snapshots.isEmpty {
-                print("no breakers in namespace '\(global.namespace)'")
+                print("no breakers in namespace '\(global.keyNamespace)'")
             } else {
                 print(breakerTable(snapshots, style: .standardOutput))
             }
@@ -139,6 +139,7 @@ struct WatchCommand: AsyncParsableCommand {
         abstract: "A live table that redraws on every transition (plain lines when the output is not a terminal).")
 
     @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print each transition as one line of JSON (the message Redis carries), nothing else.") var json = false
     @Option(name: .long, help: "Stop after this many transitions (0: run until interrupted).") var limit = 0
 
     func run() async throws {
@@ -148,13 +149,13 @@ struct WatchCommand: AsyncParsableCommand {
             let listener = Task { await subscriber.run() }
             defer { listener.cancel() }
             let style = Style.standardOutput
-            let isTerminal = isatty(STDOUT_FILENO) == 1
+            let isTerminal = !json && isatty(STDOUT_FILENO) == 1
             var seen = 0
 
             func redraw() async {
                 guard isTerminal else { return }
                 let table = (try? await breakers.snapshots()).map { breakerTable($0, style: style) } ?? "Redis unavailable; retrying"
-                print("\u{1B}[H\u{1B}[2J" + style.bold("fusebox watch — \(global.namespace) — \(timestamp(Date()))") + "\n\n" + table)
+                print("\u{1B}[H\u{1B}[2J" + style.bold("fusebox watch — \(global.keyNamespace) — \(timestamp(Date()))") + "\n\n" + table)
             }
 
             await redraw()
@@ -168,8 +169,13 @@ struct WatchCommand: AsyncParsableCommand {
             for await event in subscriber.events {
                 switch event {
                 case .message(let message):
+                    // Recalls ask instances to write what they hold: not transitions, not shown.
+                    guard !isRecall(message.text) else { continue }
                     if isTerminal {
                         await redraw()
+                    } else if json {
+                        print(message.text)
+                        flushOutput()
                     } else {
                         print("\(timestamp(Date())) \(message.text)")
                         flushOutput()
@@ -177,16 +183,26 @@ struct WatchCommand: AsyncParsableCommand {
                     seen += 1
                     if limit > 0 && seen >= limit { return }
                 case .subscribed:
-                    if !isTerminal {
+                    if !isTerminal && !json {
                         print("watching \(breakers.channel)")
                         flushOutput()
                     }
                 case .disconnected(let error):
-                    if !isTerminal { print("disconnected: \(error.message)") }
+                    if json {
+                        printError("disconnected: \(error.message)")
+                    } else if !isTerminal {
+                        print("disconnected: \(error.message)")
+                    }
                 case .reconnected:
                     await redraw()
                 }
             }
         }
     }
+}
+
+/// Whether a message on the transitions channel is a budget recall rather than a transition.
+func isRecall(_ text: String) -> Bool {
+    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return false }
+    return object["recall"] != nil
 }

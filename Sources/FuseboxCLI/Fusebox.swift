@@ -20,18 +20,54 @@ struct FuseboxCommand: AsyncParsableCommand {
             WatchCommand.self, RunCommand.self, DemoCommand.self, DemoInstanceCommand.self,
         ]
     )
+
+    /// Runs the command line, with the global options accepted before the subcommand as well as after it.
+    static func main() async {
+        await main(GlobalOptions.hoisting(Array(CommandLine.arguments.dropFirst())))
+    }
 }
 
-/// Options every command that talks to Redis takes.
+/// Options every command that talks to Redis takes, before or after the subcommand's name.
 struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Redis URL (default: $FUSEBOX_REDIS_URL, else redis://127.0.0.1:6379).")
     var redis: String?
 
-    @Option(name: .long, help: "Key namespace.")
-    var namespace = "fusebox"
+    @Option(name: .long, help: "Key namespace (default: $FUSEBOX_NAMESPACE, else fusebox).")
+    var namespace: String?
 
     var redisURL: String {
-        redis ?? ProcessInfo.processInfo.environment["FUSEBOX_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+        redis ?? Self.environment("FUSEBOX_REDIS_URL") ?? "redis://127.0.0.1:6379"
+    }
+
+    var keyNamespace: String { namespace ?? Self.environment("FUSEBOX_NAMESPACE") ?? "fusebox" }
+
+    private static func environment(_ name: String) -> String? {
+        ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The options that may come before the subcommand: `--redis URL`, `--namespace NS` (or `--option=value`) and
+    /// `--json`.
+    static let hoisted: [String: Bool] = ["--redis": true, "--namespace": true, "--json": false]
+
+    /// `arguments` with the global options written before the subcommand moved to just after its name, where
+    /// the subcommand parses them: `--redis URL list` becomes `list --redis URL`. Anything else is left as it is
+    /// (an unknown option still gets the parser's error).
+    static func hoisting(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            let name = String(argument.prefix(while: { $0 != "=" }))
+            guard let takesValue = hoisted[name] else { break }
+            leading.append(argument)
+            index += 1
+            if takesValue && !argument.contains("=") && index < arguments.count {
+                leading.append(arguments[index])
+                index += 1
+            }
+        }
+        guard !leading.isEmpty, index < arguments.count else { return arguments }
+        return [arguments[index]] + leading + arguments[(index + 1)...]
     }
 
     /// A configuration with short timeouts (an operator waits at most a few seconds).
@@ -55,7 +91,7 @@ struct GlobalOptions: ParsableArguments {
         } catch {
             throw CLIError.unavailable("Redis at \(redisURL.redactingPassword) is unavailable: \(error.code): \(error.message)")
         }
-        return BreakerOperator(connection: connection, namespace: namespace)
+        return BreakerOperator(connection: connection, namespace: keyNamespace)
     }
 }
 

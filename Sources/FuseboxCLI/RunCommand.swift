@@ -62,7 +62,7 @@ struct RunCommand: AsyncParsableCommand {
             let policy = try self.policy()
             _ = try await global.makeOperator()  // fails with 69 when Redis is unavailable
             var options = DistributedOptions(redis: try global.configuration())
-            options.namespace = global.namespace
+            options.namespace = global.keyNamespace
             options.whenUnavailable = .failClosed
             if let id = instanceID ?? ProcessInfo.processInfo.environment["FUSEBOX_INSTANCE_ID"].flatMap({ $0.isEmpty ? nil : $0 }) {
                 options.instanceID = id

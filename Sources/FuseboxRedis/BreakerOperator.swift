@@ -58,9 +58,16 @@ public struct BreakerOperator: Sendable {
         }
     }
 
-    /// Forces `name` open on every instance until reset.
+    /// Forces `name` open on every instance until reset. A breaker no instance has used yet (or whose keys Redis
+    /// lost) is made isolated: the first instance to use it honours the isolation.
     public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerSnapshot {
-        _ = try await call("isolate", on: name, extra: [reason])
+        try BreakerRegistry.validate(name: name)
+        _ = try await call("isolate", on: name, extra: [reason], requiringKnown: false)
+        do {
+            _ = try await connection.send("SADD", "\(namespace):breakers", name)
+        } catch {
+            throw Self.unavailable(error)
+        }
         return try await snapshot(of: name)
     }
 
@@ -91,8 +98,10 @@ public struct BreakerOperator: Sendable {
         }
     }
 
-    private func call(_ op: String, on name: String, extra: [any RedisArgument] = []) async throws(FuseboxError) -> StateReply {
-        try await requireKnown(name)
+    private func call(
+        _ op: String, on name: String, extra: [any RedisArgument] = [], requiringKnown: Bool = true
+    ) async throws(FuseboxError) -> StateReply {
+        if requiringKnown { try await requireKnown(name) }
         // A[3…18] empty: the script uses the policy and break durations stored with the breaker.
         let breaker: [any RedisArgument] = [op, name] + Array(repeating: "", count: 16) + extra
         let arguments: [any RedisArgument] = [channel, actor, "", "1000", "", breaker.count] + breaker

@@ -4,7 +4,8 @@ import Hiredis
 
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
-    static let script = RedisScript(source)
+    /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
+    static let script = RedisScript(source, sha1: "ad48edca6378668c3436deb1d4a3050ba8f44c58")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -18,6 +19,8 @@ enum BreakerScript {
     -- KEYS[4i-1] NS:{NAME}:totals  hash    KEYS[4i]   NS:{NAME}:events  stream
     -- The state hash holds, per sender (one adapter object), a field `seq:SENDER` = "SEQ:LAST_MS": the highest batch
     -- sequence applied (a batch sent again after a timeout is applied once) and when it was last heard from.
+    -- Publishes a transition message per transition, and a recall when the failure budget shrinks or a quiet breaker
+    -- (no failure in its window) gets its first one: instances then write what they hold (Docs/architecture.md).
     --
     -- ARGV[1] channel for transition and recall messages   ARGV[2] instance id (events, quorum)
     -- ARGV[3] '' (use TIME), or a fixed time in ms for tests
@@ -140,13 +143,15 @@ enum BreakerScript {
       local exists = values[1] ~= false
 
       if A[6] == '' then
+        -- An operator's call. Before any instance has used the breaker (or after Redis lost its keys) only `isolate`
+        -- may make it: the first instance to use it then finds it isolated, and stores its policy.
         local stored = exists and redis.call('HGET', K[1], 'policy')
-        if not stored and op ~= 'reset' then
+        if not exists and op ~= 'reset' and op ~= 'isolate' then
           refuse('NOPOLICY ' .. K[1] .. ' has no stored policy: no instance has used this breaker yet')
         end
         local ok, p = pcall(cjson.decode, stored or '')
         if not ok or type(p) ~= 'table' or type(p.window) ~= 'table' then
-          if op ~= 'reset' then
+          if stored and op ~= 'reset' then
             refuse('CORRUPT ' .. K[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
           end
           p = { window = { kind = 'time', samplingMs = 10000, buckets = 10 }, minimumThroughput = 10, failureRateThreshold = 0.5,

@@ -58,22 +58,23 @@ public final class RedisConnection: Sendable {
         return try await exchange(bytes, replyCount: commands.count)
     }
 
-    /// Runs a script with `EVALSHA`; on `NOSCRIPT` loads it with `SCRIPT LOAD` and retries once.
+    /// Runs a script with `EVALSHA`. Before its SHA-1 is known, or when the server answers `NOSCRIPT`, it sends
+    /// `SCRIPT LOAD` first (and retries once after `NOSCRIPT`).
     ///
     /// A script error (a Lua `error_reply` or runtime error) throws ``RedisError/Code/serverError`` with the
     /// server's message.
     public func run(_ script: RedisScript, keys: [String] = [], arguments: [any RedisArgument] = []) async throws(RedisError) -> RESPValue {
-        let command = RedisCommand("EVALSHA", arguments: [script.sha1, keys.count] + keys + arguments)
+        let endpoint = configuration.endpoint.description
+        func evalsha(_ sha: String) -> RedisCommand { RedisCommand("EVALSHA", arguments: [sha, keys.count] + keys + arguments) }
+        func load() async throws(RedisError) -> String {
+            try script.record(loadReply: try await send(RedisCommand("SCRIPT", "LOAD", script.source)), endpoint: endpoint)
+        }
+        let sha: String
+        if let known = script.sha1 { sha = known } else { sha = try await load() }
         do {
-            return try await send(command)
+            return try await send(evalsha(sha))
         } catch where error.serverErrorPrefix == "NOSCRIPT" {
-            let loaded = try await send(RedisCommand("SCRIPT", "LOAD", script.source))
-            guard loaded.string == script.sha1 else {
-                throw RedisError(
-                    code: .unexpectedReply, message: "SCRIPT LOAD returned \(loaded.summary), expected SHA-1 \(script.sha1)",
-                    endpoint: configuration.endpoint.description)
-            }
-            return try await send(command)
+            return try await send(evalsha(try await load()))
         }
     }
 
@@ -92,27 +93,38 @@ public final class RedisConnection: Sendable {
         loop.submit(CommandLoop.Request(bytes: bytes, replyCount: commands.count, complete: completion))
     }
 
-    /// Runs a script and calls `completion` with its reply on the connection's thread; on `NOSCRIPT` it sends
-    /// `SCRIPT LOAD` and `EVALSHA` again in one write, so the script still runs before anything submitted later.
-    /// An error reply is delivered as ``RedisError/Code/serverError``.
+    /// Runs a script and calls `completion` with its reply on the connection's thread. Before its SHA-1 is known
+    /// it sends `SCRIPT LOAD` and `EVAL` in one write (the script runs in submission order); on `NOSCRIPT` it sends
+    /// `SCRIPT LOAD` and `EVALSHA` again in one write. An error reply is delivered as ``RedisError/Code/serverError``.
     public func submit(
         _ script: RedisScript, keys: [String], arguments: [any RedisArgument],
         completion: @escaping @Sendable (Result<RESPValue, RedisError>) -> Void
     ) {
         let endpoint = configuration.endpoint.description
-        let command = RedisCommand("EVALSHA", arguments: [script.sha1, keys.count] + keys + arguments)
+        let load = RedisCommand("SCRIPT", "LOAD", script.source)
+        /// Delivers the script's reply after a `SCRIPT LOAD` sent with it, recording the SHA-1 it returned.
+        @Sendable func afterLoad(_ result: Result<[RESPValue], RedisError>) {
+            completion(result.flatMap { replies in
+                Result { () throws(RedisError) in
+                    _ = try script.record(loadReply: try replies[0].get(endpoint: endpoint), endpoint: endpoint)
+                    return try replies[1].get(endpoint: endpoint)
+                }
+            })
+        }
+        guard let sha = script.sha1 else {
+            submit([load, RedisCommand("EVAL", arguments: [script.source, keys.count] + keys + arguments)], completion: afterLoad)
+            return
+        }
+        let command = RedisCommand("EVALSHA", arguments: [sha, keys.count] + keys + arguments)
         submit([command]) { [loop] result in
             switch result {
             case .failure(let error):
                 completion(.failure(error))
             case .success(let replies):
                 if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
-                    let retry = [RedisCommand("SCRIPT", "LOAD", script.source), command]
-                    var bytes = retry[0].encoded
-                    bytes.append(contentsOf: retry[1].encoded)
-                    loop.submit(CommandLoop.Request(bytes: bytes, replyCount: 2) { result in
-                        completion(result.flatMap { replies in Result { () throws(RedisError) in try replies[1].get(endpoint: endpoint) } })
-                    })
+                    var bytes = load.encoded
+                    bytes.append(contentsOf: command.encoded)
+                    loop.submit(CommandLoop.Request(bytes: bytes, replyCount: 2, complete: afterLoad))
                 } else {
                     completion(Result { () throws(RedisError) in try replies[0].get(endpoint: endpoint) })
                 }

@@ -1,62 +1,44 @@
-/// A Lua script: its source and the SHA-1 Redis knows it by.
+import Synchronization
+
+/// A Lua script: its source, and the SHA-1 Redis knows it by.
 ///
-/// ``RedisConnection/run(_:keys:arguments:)`` runs it with `EVALSHA` and, on `NOSCRIPT`, loads it and retries
-/// once, so a server restart or `SCRIPT FLUSH` is invisible to callers.
-public struct RedisScript: Sendable, Hashable {
+/// ``RedisConnection/run(_:keys:arguments:)`` and ``RedisConnection/submit(_:keys:arguments:completion:)`` run it
+/// with `EVALSHA`. The SHA-1 is never computed here: it is either given (a build step hashed the source with a
+/// standard tool, and `SCRIPT LOAD` must agree) or learnt from the first `SCRIPT LOAD`. Whenever the server answers
+/// `NOSCRIPT` (a restart, a `SCRIPT FLUSH`), the call sends `SCRIPT LOAD` and retries once, so callers never see it.
+public final class RedisScript: Sendable {
     /// The Lua source.
     public let source: String
-    /// The lowercase hex SHA-1 of ``source``, as `SCRIPT LOAD` returns it.
-    public let sha1: String
+    private let expected: String?
+    private let loaded: Mutex<String?>
 
-    /// Makes a script value; the SHA-1 is computed here, once.
-    public init(_ source: String) {
+    /// Makes a script value; nothing is sent until it is first run. `sha1`, when given, is the lowercase hex
+    /// SHA-1 of `source` as a build step computed it: calls use it from the first, and a `SCRIPT LOAD` that
+    /// returns another is an error.
+    public init(_ source: String, sha1: String? = nil) {
         self.source = source
-        self.sha1 = SHA1.hexDigest(of: Array(source.utf8))
+        self.expected = sha1
+        self.loaded = Mutex(sha1)
     }
-}
 
-/// SHA-1 (FIPS 180-4), used only to name scripts the way Redis does.
-enum SHA1 {
-    static func hexDigest(of message: [UInt8]) -> String {
-        var h: (UInt32, UInt32, UInt32, UInt32, UInt32) = (0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0)
-        var padded = message
-        padded.append(0x80)
-        while padded.count % 64 != 56 { padded.append(0) }
-        let bitLength = UInt64(message.count) &* 8
-        for shift in stride(from: 56, through: 0, by: -8) { padded.append(UInt8(truncatingIfNeeded: bitLength >> UInt64(shift))) }
+    /// The lowercase hex SHA-1 of ``source``: the one given, or the one `SCRIPT LOAD` returned; `nil` before either.
+    public var sha1: String? { loaded.withLock { $0 } }
 
-        var w = [UInt32](repeating: 0, count: 80)
-        for chunk in stride(from: 0, to: padded.count, by: 64) {
-            for i in 0..<16 {
-                let j = chunk + i * 4
-                w[i] = UInt32(padded[j]) << 24 | UInt32(padded[j + 1]) << 16 | UInt32(padded[j + 2]) << 8 | UInt32(padded[j + 3])
-            }
-            for i in 16..<80 { w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotatedLeft(1) }
-            var (a, b, c, d, e) = h
-            for i in 0..<80 {
-                let (f, k): (UInt32, UInt32) =
-                    switch i {
-                    case 0..<20: ((b & c) | (~b & d), 0x5A82_7999)
-                    case 20..<40: (b ^ c ^ d, 0x6ED9_EBA1)
-                    case 40..<60: ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC)
-                    default: (b ^ c ^ d, 0xCA62_C1D6)
-                    }
-                let temp = a.rotatedLeft(5) &+ f &+ e &+ k &+ w[i]
-                e = d
-                d = c
-                c = b.rotatedLeft(30)
-                b = a
-                a = temp
-            }
-            h = (h.0 &+ a, h.1 &+ b, h.2 &+ c, h.3 &+ d, h.4 &+ e)
+    /// Records what `SCRIPT LOAD` returned; anything but 40 hex digits, or another SHA-1 than the one given, is
+    /// refused.
+    func record(loadReply reply: RESPValue, endpoint: String) throws(RedisError) -> String {
+        guard let sha = reply.string, sha.utf8.count == 40, sha.utf8.allSatisfy({ isHexDigit($0) }) else {
+            throw RedisError(code: .unexpectedReply, message: "SCRIPT LOAD returned \(reply.summary), not a SHA-1", endpoint: endpoint)
         }
-        return [h.0, h.1, h.2, h.3, h.4].map { word in
-            let hex = String(word, radix: 16)
-            return String(repeating: "0", count: 8 - hex.count) + hex
-        }.joined()
+        if let expected, expected != sha {
+            throw RedisError(
+                code: .unexpectedReply, message: "SCRIPT LOAD returned \(sha), expected SHA-1 \(expected)", endpoint: endpoint)
+        }
+        loaded.withLock { $0 = sha }
+        return sha
     }
-}
 
-extension UInt32 {
-    fileprivate func rotatedLeft(_ count: UInt32) -> UInt32 { self << count | self >> (32 - count) }
+    private func isHexDigit(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+    }
 }

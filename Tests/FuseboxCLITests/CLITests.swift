@@ -19,10 +19,12 @@ struct Finished {
 }
 
 /// Runs `fusebox ARGS` to completion (at most `limit`), capturing stdout and stderr together.
-func fusebox(_ arguments: [String], limit: Duration = .seconds(60)) async throws -> Finished {
+func fusebox(_ arguments: [String], environment: [String: String] = [:], limit: Duration = .seconds(60)) async throws -> Finished {
     let log = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-cli-\(UUID().uuidString).log").path
     defer { try? FileManager.default.removeItem(atPath: log) }
-    let child = try ChildProcess(executable: fuseboxExecutable, arguments: arguments, outputPath: log, environment: ["NO_COLOR": "1", "PATH": "/usr/bin:/bin"])
+    let child = try ChildProcess(
+        executable: fuseboxExecutable, arguments: arguments, outputPath: log,
+        environment: ["NO_COLOR": "1", "PATH": "/usr/bin:/bin"].merging(environment) { $1 })
     guard let status = await child.waitForExit(upTo: limit) else {
         child.kill()
         throw RedisServerProcess.Failure(description: "fusebox \(arguments) did not finish within \(limit)")
@@ -108,6 +110,98 @@ struct CLITests {
             #expect(try await fusebox(["half-open", "nightly", "--redis", server.url]).output.contains("HALF_OPEN"))
             #expect(try await fusebox(["reset", "nightly", "--redis", server.url]).output.contains("CLOSED"))
             #expect(try await fusebox(["run", "nightly"] + common + ["--", "true"]).status == 0)
+        }
+    }
+
+    @Test("--redis, --namespace and --json work before the subcommand and after it; the defaults come from the environment")
+    func globalOptions() async throws {
+        try await RedisServerProcess.with { server in
+            #expect(try await fusebox(["--redis", server.url, "--namespace", "ops", "run", "early", "--", "true"]).status == 0)
+            let before = try await fusebox(["--redis", server.url, "--namespace=ops", "--json", "list"])
+            #expect(before.status == 0, "\(before.output)")
+            let listed = try JSONSerialization.jsonObject(with: Data(before.output.utf8)) as? [[String: Any]]
+            #expect(listed?.map { $0["name"] as? String } == ["early"])
+            let after = try await fusebox(["list", "--json", "--namespace", "ops", "--redis", server.url])
+            let listedAfter = try JSONSerialization.jsonObject(with: Data(after.output.utf8)) as? [[String: Any]]
+            #expect(listedAfter?.map { $0["name"] as? String } == ["early"])
+            // Another namespace holds nothing; the environment gives the defaults, and options override it.
+            #expect(try await fusebox(["--redis", server.url, "list"]).output.contains("no breakers in namespace 'fusebox'"))
+            let fromEnvironment = try await fusebox(["list"], environment: ["FUSEBOX_REDIS_URL": server.url, "FUSEBOX_NAMESPACE": "ops"])
+            #expect(fromEnvironment.status == 0)
+            #expect(fromEnvironment.output.contains("early"))
+            let overridden = try await fusebox(["--namespace", "other", "list"], environment: ["FUSEBOX_REDIS_URL": server.url, "FUSEBOX_NAMESPACE": "ops"])
+            #expect(overridden.output.contains("no breakers in namespace 'other'"))
+            // An option that is not global, before the subcommand: the parser's own usage error.
+            let misplaced = try await fusebox(["--limit", "1", "watch", "--redis", server.url])
+            #expect(misplaced.status == 64)
+        }
+    }
+
+    @Test("isolate before any instance has used a breaker, and again after Redis lost its keys: the first instance honours it")
+    func isolateBeforeFirstUse() async throws {
+        try await RedisServerProcess.with { server in
+            let unknown = try await fusebox(["--redis", server.url, "show", "payments"])
+            #expect(unknown.status == 64)
+            #expect(unknown.output.contains("unknown breaker 'payments'"))
+            #expect(try await fusebox(["--redis", server.url, "half-open", "payments"]).status == 64)
+            let isolated = try await fusebox(["--redis", server.url, "isolate", "payments", "--reason", "migration"])
+            #expect(isolated.status == 0, "\(isolated.output)")
+            #expect(isolated.output.contains("ISOLATED"))
+            #expect(try await fusebox(["--redis", server.url, "list"]).output.contains("payments"))
+
+            var options = DistributedOptions(redis: try RedisConfiguration(url: server.url))
+            options.refreshInterval = .milliseconds(200)
+            let adapter = try DistributedAdapter(options: options)
+            let service = Task { try await adapter.run() }
+            defer { service.cancel() }
+            let registry = BreakerRegistry(adapter: adapter)
+            var policy = BreakerPolicy()
+            policy.consecutiveFailureThreshold = 5
+            let breaker = try registry.breaker("payments", policy: policy)
+            do {
+                try await breaker.acquireAsync().success()
+                Issue.record("an isolated breaker admitted a call")
+            } catch let error as FuseboxError {
+                #expect(error.code == .circuitOpen)
+                #expect(error.message.contains("migration"))
+            }
+            // The instance stored its policy: the operator's later calls use it.
+            let shown = try await fusebox(["--redis", server.url, "--json", "show", "payments"])
+            let json = try JSONSerialization.jsonObject(with: Data(shown.output.utf8)) as? [String: Any]
+            #expect((json?["breaker"] as? [String: Any])?["state"] as? String == "isolated")
+            #expect(try await fusebox(["--redis", server.url, "reset", "payments"]).output.contains("CLOSED"))
+            #expect(await eventually { (try? await breaker.acquireAsync())?.success() != nil })
+
+            // Redis loses every key: the isolation is stored again and reaches the instance that cached CLOSED.
+            _ = try await RedisConnection(url: server.url).send("FLUSHALL")
+            #expect(try await fusebox(["--redis", server.url, "isolate", "payments", "--reason", "after restart"]).status == 0)
+            #expect(await eventually { await rejection(of: breaker)?.contains("after restart") == true })
+        }
+    }
+
+    @Test("watch --json prints each transition as one line of JSON and nothing else")
+    func watchJSON() async throws {
+        try await RedisServerProcess.with { server in
+            #expect(try await fusebox(["run", "watched", "--redis", server.url, "--", "true"]).status == 0)
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-watch-\(UUID().uuidString).log").path
+            defer { try? FileManager.default.removeItem(atPath: log) }
+            let watcher = try ChildProcess(
+                executable: fuseboxExecutable, arguments: ["--json", "--redis", server.url, "watch", "--limit", "2"], outputPath: log)
+            defer { watcher.kill() }
+            // Subscribed once a transition made now shows up.
+            #expect(await eventually(within: .seconds(10)) {
+                _ = try? await fusebox(["isolate", "watched", "--reason", "drill", "--redis", server.url])
+                return ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("isolated")
+            })
+            _ = try await fusebox(["reset", "watched", "--redis", server.url])
+            #expect(await watcher.waitForExit(upTo: .seconds(10)) == 0)
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 2, "\(lines)")
+            let states = lines.compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["state"] as? String
+            }
+            #expect(states.count == 2)
+            #expect(states.last == "closed")
         }
     }
 
@@ -203,4 +297,24 @@ func poll(within limit: Duration = .seconds(10), _ condition: () -> Bool) async 
         try? await Task.sleep(for: .milliseconds(20))
     }
     return condition()
+}
+
+/// Polls `condition` every 20 ms for up to `limit`.
+func eventually(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
+
+/// The message of the rejection `breaker` answers with now, or `nil` when it admits.
+func rejection(of breaker: CircuitBreaker) async -> String? {
+    do {
+        try await breaker.acquireAsync().ignore()
+        return nil
+    } catch {
+        return error.message
+    }
 }

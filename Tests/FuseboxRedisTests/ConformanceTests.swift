@@ -1,6 +1,7 @@
 import Foundation
 import Fusebox
 import FuseboxTestKit
+import Hiredis
 import Testing
 
 @testable import FuseboxRedis
@@ -27,5 +28,12 @@ struct DistributedConformanceTests {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let file = try String(contentsOf: root.appendingPathComponent("lua/breaker.lua"), encoding: .utf8)
         #expect(file == BreakerScript.source, "lua/breaker.lua changed: run `make lua`")
+    }
+
+    @Test("the SHA-1 the module carries is the one Redis names the script by")
+    func scriptSHAMatches() async throws {
+        let redis = try RedisConnection(configuration: try await SharedServer.get().configuration())
+        let loaded = try await redis.send("SCRIPT", "LOAD", BreakerScript.source).string
+        #expect(loaded != nil && loaded == BreakerScript.script.sha1, "run `make lua`")
     }
 }

@@ -181,6 +181,7 @@ struct ScaleTests {
         options.flushInterval = .seconds(60)  // the periodic flush never runs during this test
         let fleet = try Instance.fleet(2, options)
         defer { Task { for instance in fleet { await instance.stop() } } }
+        try await waitForSubscribers(2, namespace: options.namespace, server: server)
         var policy = BreakerPolicy()
         policy.minimumThroughput = 20
         let breakers = try fleet.map { try $0.registry.breaker("fast", policy: policy) }
@@ -360,6 +361,7 @@ struct ScaleTests {
         options.quietFlushInterval = .seconds(60)
         let fleet = try Instance.fleet(2, options)
         defer { Task { for instance in fleet { await instance.stop() } } }
+        try await waitForSubscribers(2, namespace: options.namespace, server: server)
         var policy = neverTrips()
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
         let a = try fleet[0].registry.breaker("recall", policy: policy)
@@ -389,6 +391,7 @@ struct ScaleTests {
         options.quietFlushInterval = .seconds(60)
         let fleet = try Instance.fleet(2, options)
         defer { Task { for instance in fleet { await instance.stop() } } }
+        try await waitForSubscribers(2, namespace: options.namespace, server: server)
         let policy = tripsOnFirstFailure {
             $0.consecutiveFailureThreshold = 3
             $0.window = .time(samplingDuration: .seconds(20), buckets: 20)

@@ -69,14 +69,4 @@ struct RedisConfigurationTests {
         let unix = try RedisConfiguration(url: "unix:///r.sock?db=2&password=hunter2")
         #expect(!unix.description.contains("hunter2"))
     }
-
-    @Test("SHA-1 matches the published test vectors")
-    func sha1Vectors() {
-        #expect(SHA1.hexDigest(of: []) == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
-        #expect(SHA1.hexDigest(of: Array("abc".utf8)) == "a9993e364706816aba3e25717850c26c9cd0d89d")
-        #expect(
-            SHA1.hexDigest(of: Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
-                == "84983e441c3bd26ebaae4aa1f95129e5e54670f1")
-        #expect(SHA1.hexDigest(of: [UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)) == "34aa973cd4c4daa4f61eeb2bdbad27316534016f")
-    }
 }

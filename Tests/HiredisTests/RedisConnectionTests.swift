@@ -112,11 +112,27 @@ struct RedisConnectionTests {
         try await RedisServerProcess.with { server in
             let redis = try RedisConnection(configuration: server.configuration())
             let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-            #expect(try await redis.send("SCRIPT", "LOAD", script.source).string == script.sha1)
+            #expect(script.sha1 == nil)
             #expect(try await redis.run(script, keys: ["c"], arguments: [2]) == .integer(2))
+            // The SHA-1 is the one Redis returned from SCRIPT LOAD.
+            let sha = try #require(script.sha1)
+            #expect(try await redis.send("SCRIPT", "LOAD", script.source).string == sha)
             _ = try await redis.send("SCRIPT", "FLUSH")
-            #expect(try await redis.send("SCRIPT", "EXISTS", script.sha1) == .array([.integer(0)]))
+            #expect(try await redis.send("SCRIPT", "EXISTS", sha) == .array([.integer(0)]))
             #expect(try await redis.run(script, keys: ["c"], arguments: [3]) == .integer(5))
+
+            // The callback path: its first call (SHA-1 not known yet) and one after SCRIPT FLUSH.
+            let submitted = RedisScript("return redis.call('INCRBY', KEYS[1], 10)")
+            func submit() async -> Result<RESPValue, RedisError> {
+                await withCheckedContinuation { continuation in
+                    redis.submit(submitted, keys: ["c"], arguments: []) { continuation.resume(returning: $0) }
+                }
+            }
+            #expect(try await submit().get() == .integer(15))
+            #expect(submitted.sha1 != nil)
+            _ = try await redis.send("SCRIPT", "FLUSH")
+            #expect(try await submit().get() == .integer(25))
+            #expect(try await redis.send("SCRIPT", "EXISTS", submitted.sha1!) == .array([.integer(1)]))
 
             try await server.restart()
             let reply = try await eventually { try await redis.run(script, keys: ["c"], arguments: [7]) }
