@@ -1,0 +1,128 @@
+import Foundation
+import Fusebox
+import FuseboxRedis
+import FuseboxTestKit
+import Hiredis
+import Testing
+
+/// The repository's root.
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// Every command line the README and Docs show: the lines of ```sh blocks, and lines after a `$ ` prompt in any
+/// block; comments after two spaces and a `#` are dropped.
+func documentedCommandLines() throws -> [(file: String, line: String)] {
+    let docs = try FileManager.default.contentsOfDirectory(atPath: repositoryRoot.appendingPathComponent("Docs").path)
+        .filter { $0.hasSuffix(".md") }.sorted().map { "Docs/\($0)" }
+    var lines: [(String, String)] = []
+    for file in ["README.md"] + docs {
+        let text = try String(contentsOf: repositoryRoot.appendingPathComponent(file), encoding: .utf8)
+        var fence: String?
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let line = String(raw)
+            if line.hasPrefix("```") {
+                fence = fence == nil ? String(line.dropFirst(3)) : nil
+                continue
+            }
+            guard let language = fence else { continue }
+            var command: String?
+            if line.hasPrefix("$ ") {
+                command = String(line.dropFirst(2))
+            } else if ["sh", "bash", "shell"].contains(language), !line.trimmingCharacters(in: .whitespaces).isEmpty {
+                command = line
+            }
+            guard var command else { continue }
+            if let comment = command.range(of: #"\s{2,}# .*$"#, options: .regularExpression) { command.removeSubrange(comment) }
+            lines.append((file, command.trimmingCharacters(in: .whitespaces)))
+        }
+    }
+    return lines
+}
+
+@Suite("Every documented command line", .timeLimit(.minutes(3)))
+struct DocumentedCommandsTests {
+    /// Lines that a test here does not start, each with what runs it: the lines that build and run everything.
+    static let runElsewhere: [String: String] = [
+        "make demo": "CI and the README's first step; `fusebox demo --short --compare` is tested in CLITests",
+        "make test": "CI itself (.ci/run)",
+        "make bench": "the benchmark package: minutes of release builds and measuring, not a test",
+        "swift run -c release --package-path Benchmarks fusebox-bench scale --seconds 20": "make bench (with --seconds 5)",
+        "swift run -c release --package-path Benchmarks fusebox-bench --json": "make bench",
+        "swift run -c release --package-path Benchmarks fusebox-bench --redis redis://127.0.0.1:6380": "needs a Redis the reader runs; the same command with a private server is in make bench",
+        "swift build -c release --package-path Benchmarks --product hotpath-profile": "make bench builds the Benchmarks package",
+        "valgrind --tool=callgrind Benchmarks/.build/release/hotpath-profile coarse 200000": "a profiling recipe; valgrind is not a test dependency",
+    ]
+
+    @Test("the fusebox and redis-cli lines of the README and Docs run as written, against a private server")
+    func documentedLinesRun() async throws {
+        let lines = try documentedCommandLines()
+        let run = lines.filter { Self.runElsewhere[$0.line] == nil }
+        #expect(run.count >= 15, "only \(run.count) documented lines found: is the extraction broken?")
+        // The list above names exactly the documented lines that are not run here: none is left out silently.
+        let elsewhere = Set(lines.map(\.line)).subtracting(run.map(\.line))
+        #expect(elsewhere == Set(Self.runElsewhere.keys), "documented lines not run here changed: \(elsewhere.symmetricDifference(Self.runElsewhere.keys))")
+        for (file, line) in run {
+            let program = line.split(separator: " ").first.map(String.init) ?? ""
+            #expect(["fusebox", "redis-cli"].contains(program), "\(file): `\(line)` is neither a fusebox nor a redis-cli line: add how to run it")
+        }
+
+        try await RedisServerProcess.with { server in
+            // A place to run them: `fusebox` and a `redis-cli` that reaches the private server on PATH, the
+            // environment's Redis URL pointing at it, and the ./export.sh the examples run.
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-docs-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let bin = directory.appendingPathComponent("bin")
+            try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: bin.appendingPathComponent("fusebox").path, withDestinationPath: fuseboxExecutable)
+            try executable(bin.appendingPathComponent("redis-cli"), "#!/bin/sh\nexec /usr/bin/redis-cli -p \(server.port) \"$@\"\n")
+            try executable(directory.appendingPathComponent("export.sh"), "#!/bin/sh\nexit 0\n")
+
+            // The breaker the examples name, made by an instance as an application would.
+            var options = DistributedOptions(redis: try RedisConfiguration(url: server.url))
+            options.instanceID = "docs"
+            let adapter = try DistributedAdapter(options: options)
+            let registry = BreakerRegistry(adapter: adapter)
+            let payments = try registry.breaker("payments", policy: tripsOnFirstFailure { $0.consecutiveFailureThreshold = 2 })
+            try await payments.acquireAsync().success()
+            try await payments.acquireAsync().failure(CLIDocsError())
+            try await payments.acquireAsync().failure(CLIDocsError())
+            await adapter.flush()
+
+            for (file, line) in run {
+                let log = directory.appendingPathComponent("out-\(UUID().uuidString).log").path
+                let child = try ChildProcess(
+                    executable: "/bin/sh", arguments: ["-c", "cd '\(directory.path)' && \(line)"], outputPath: log,
+                    environment: ["PATH": "\(bin.path):/usr/bin:/bin", "FUSEBOX_REDIS_URL": server.url, "NO_COLOR": "1"])
+                // `watch` and `SUBSCRIBE` run until interrupted: they pass when they are still listening after 2 s.
+                let listens = line.contains("fusebox watch") || line.contains("SUBSCRIBE")
+                let status = await child.waitForExit(upTo: .seconds(listens ? 2 : 30))
+                let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if listens {
+                    child.kill()
+                    #expect(status == nil, "\(file): `\(line)` exited: \(output)")
+                    #expect(output.contains("watching fusebox:transitions") || output.contains("subscribe"), "\(file): `\(line)` printed \(output)")
+                } else {
+                    #expect(status == 0, "\(file): `\(line)` exited \(String(describing: status)): \(output)")
+                    #expect(!output.isEmpty || line.contains("run "), "\(file): `\(line)` printed nothing")
+                    // redis-cli exits 0 after an error reply: the reply says it.
+                    #expect(!output.hasPrefix("ERR") && !output.contains("WRONGTYPE"), "\(file): `\(line)` answered \(output)")
+                }
+            }
+        }
+    }
+}
+
+struct CLIDocsError: Error {}
+
+func tripsOnFirstFailure(_ edit: (inout BreakerPolicy) -> Void) -> BreakerPolicy {
+    var policy = BreakerPolicy()
+    policy.failureRateThreshold = nil
+    policy.consecutiveFailureThreshold = 1
+    edit(&policy)
+    return policy
+}
+
+private func executable(_ url: URL, _ text: String) throws {
+    try text.write(to: url, atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: url.path)
+}
