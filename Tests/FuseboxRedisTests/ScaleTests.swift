@@ -26,6 +26,17 @@ func neverTrips() -> BreakerPolicy {
     return policy
 }
 
+/// Two subscribed instances that flush every 100 ms and hold a quiet breaker's successes for a minute.
+func quietFleet() async throws -> (RedisServerProcess, DistributedOptions, [Instance]) {
+    let server = try await SharedServer.get()
+    var options = testOptions(server)
+    options.flushInterval = .milliseconds(100)
+    options.quietFlushInterval = .seconds(60)
+    let fleet = try Instance.fleet(2, options)
+    try await waitForSubscribers(2, namespace: options.namespace, server: server)
+    return (server, options, fleet)
+}
+
 @Suite("What sharing costs Redis", .timeLimit(.minutes(2)))
 struct ScaleTests {
     @Test("a success-only breaker sends at most one script call per second, whatever its call rate")
@@ -355,13 +366,8 @@ struct ScaleTests {
 
     @Test("the write that ends a breaker's quiet recalls the successes other instances hold")
     func quietEndRecallsSuccesses() async throws {
-        let server = try await SharedServer.get()
-        var options = testOptions(server)
-        options.flushInterval = .milliseconds(100)
-        options.quietFlushInterval = .seconds(60)
-        let fleet = try Instance.fleet(2, options)
+        let (server, options, fleet) = try await quietFleet()
         defer { Task { for instance in fleet { await instance.stop() } } }
-        try await waitForSubscribers(2, namespace: options.namespace, server: server)
         var policy = neverTrips()
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
         let a = try fleet[0].registry.breaker("recall", policy: policy)
@@ -378,20 +384,15 @@ struct ScaleTests {
         for _ in 0..<50 { try a.acquire().success() }
         try await Task.sleep(for: .milliseconds(500))
         #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
-        // B's failure is written at once (B has no budget yet): it ends the quiet, and A writes what it holds.
+        // B's failure reaches Redis with B's next flush (100 ms): it ends the quiet, and A writes what it holds.
         try await b.acquireAsync().failure(Boom())
         #expect(await eventually(within: .seconds(2)) { (try? await successesInRedis()) == 52 })
     }
 
     @Test("successes a quiet instance held from before a failure streak began do not end it")
     func heldSuccessesKeepLaterStreak() async throws {
-        let server = try await SharedServer.get()
-        var options = testOptions(server)
-        options.flushInterval = .milliseconds(100)
-        options.quietFlushInterval = .seconds(60)
-        let fleet = try Instance.fleet(2, options)
+        let (server, options, fleet) = try await quietFleet()
         defer { Task { for instance in fleet { await instance.stop() } } }
-        try await waitForSubscribers(2, namespace: options.namespace, server: server)
         let policy = tripsOnFirstFailure {
             $0.consecutiveFailureThreshold = 3
             $0.window = .time(samplingDuration: .seconds(20), buckets: 20)
