@@ -267,7 +267,7 @@ struct PendingOutcomes: Sendable {
     /// when nothing is held.
     var holdsOnlySuccesses: Bool {
         func plain(_ batch: Batch) -> Bool {
-            batch.isEmpty || (batch.bad == 0 && batch.failures == 0 && batch.ignored == 0 && !batch.isProbe && batch.sequence == nil)
+            batch.isEmpty || (batch.bad == 0 && batch.ignored == 0 && !batch.isProbe && batch.sequence == nil)
         }
         return rejected == 0 && plain(current) && others.allSatisfy(plain)
     }

@@ -9,8 +9,7 @@ import Testing
 let fuseboxExecutable: String = {
     let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("fusebox").path
     if FileManager.default.isExecutableFile(atPath: beside) { return beside }
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return root.appendingPathComponent(".build/debug/fusebox").path
+    return repositoryRoot.appendingPathComponent(".build/debug/fusebox").path
 }()
 
 struct Finished {
@@ -170,12 +169,12 @@ struct CLITests {
             let json = try JSONSerialization.jsonObject(with: Data(shown.output.utf8)) as? [String: Any]
             #expect((json?["breaker"] as? [String: Any])?["state"] as? String == "isolated")
             #expect(try await fusebox(["--redis", server.url, "reset", "payments"]).output.contains("CLOSED"))
-            #expect(await eventually { (try? await breaker.acquireAsync())?.success() != nil })
+            #expect(await poll { (try? await breaker.acquireAsync())?.success() != nil })
 
             // Redis loses every key: the isolation is stored again and reaches the instance that cached CLOSED.
             _ = try await RedisConnection(url: server.url).send("FLUSHALL")
             #expect(try await fusebox(["--redis", server.url, "isolate", "payments", "--reason", "after restart"]).status == 0)
-            #expect(await eventually { await rejection(of: breaker)?.contains("after restart") == true })
+            #expect(await poll { await rejection(of: breaker)?.contains("after restart") == true })
         }
     }
 
@@ -189,7 +188,7 @@ struct CLITests {
                 executable: fuseboxExecutable, arguments: ["--json", "--redis", server.url, "watch", "--limit", "2"], outputPath: log)
             defer { watcher.kill() }
             // Subscribed once a transition made now shows up.
-            #expect(await eventually(within: .seconds(10)) {
+            #expect(await poll {
                 _ = try? await fusebox(["isolate", "watched", "--reason", "drill", "--redis", server.url])
                 return ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("isolated")
             })
@@ -280,7 +279,7 @@ struct CLITests {
 
     @Test("docker-compose.yml is a valid compose file")
     func compose() async throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = repositoryRoot
         let tool = ["/usr/bin/docker-compose", "/usr/local/bin/docker-compose"].first { FileManager.default.isExecutableFile(atPath: $0) }
         let path = try #require(tool, "docker-compose is not installed: run `make test`, which installs it")
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("compose-\(UUID().uuidString).log").path
@@ -290,17 +289,7 @@ struct CLITests {
     }
 }
 
-func poll(within limit: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + limit
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return condition()
-}
-
-/// Polls `condition` every 20 ms for up to `limit`.
-func eventually(within limit: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
+func poll(within limit: Duration = .seconds(10), _ condition: () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + limit
     while ContinuousClock.now < deadline {
         if await condition() { return true }

@@ -82,7 +82,9 @@ struct DocumentedCommandsTests {
             options.instanceID = "docs"
             let adapter = try DistributedAdapter(options: options)
             let registry = BreakerRegistry(adapter: adapter)
-            let payments = try registry.breaker("payments", policy: tripsOnFirstFailure { $0.consecutiveFailureThreshold = 2 })
+            var policy = BreakerPolicy()
+            policy.consecutiveFailureThreshold = 2
+            let payments = try registry.breaker("payments", policy: policy)
             try await payments.acquireAsync().success()
             try await payments.acquireAsync().failure(CLIDocsError())
             try await payments.acquireAsync().failure(CLIDocsError())
@@ -115,14 +117,6 @@ struct DocumentedCommandsTests {
 }
 
 struct CLIDocsError: Error {}
-
-func tripsOnFirstFailure(_ edit: (inout BreakerPolicy) -> Void) -> BreakerPolicy {
-    var policy = BreakerPolicy()
-    policy.failureRateThreshold = nil
-    policy.consecutiveFailureThreshold = 1
-    edit(&policy)
-    return policy
-}
 
 private func executable(_ url: URL, _ text: String) throws {
     try text.write(to: url, atomically: true, encoding: .utf8)
