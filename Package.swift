@@ -25,6 +25,8 @@ let package = Package(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
         ),
+        // Small C helpers for the breaker core (the current CPU, for per-CPU lanes and counters).
+        .target(name: "CFusebox"),
         .target(
             name: "Hiredis",
             dependencies: ["CHiredis"]
@@ -32,6 +34,7 @@ let package = Package(
         .target(
             name: "Fusebox",
             dependencies: [
+                "CFusebox",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -40,7 +43,7 @@ let package = Package(
         .target(
             name: "FuseboxRedis",
             dependencies: [
-                "Fusebox", "Hiredis", "CHiredis",
+                "Fusebox", "Hiredis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -27,7 +27,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "hotpath-profile",
-            dependencies: [.product(name: "Fusebox", package: "fusebox")]
+            dependencies: [
+                .product(name: "Fusebox", package: "fusebox"),
+                .product(name: "FuseboxRedis", package: "fusebox"),
+                .product(name: "FuseboxTestKit", package: "fusebox"),
+            ]
         ),
         .executableTarget(
             name: "fusebox-bench",

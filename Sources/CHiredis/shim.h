@@ -58,18 +58,6 @@ static inline int fusebox_socket_error(int fd) {
 
 static inline int fusebox_errno(void) { return errno; }
 
-/* The CPU the calling thread runs on (glibc reads it from rseq where the kernel offers it), for per-CPU counters;
-   0 where unknown. Declared here: <sched.h> exposes it only under _GNU_SOURCE. */
-#ifdef __linux__
-extern int sched_getcpu(void);
-static inline int fusebox_current_cpu(void) {
-    int cpu = sched_getcpu();
-    return cpu < 0 ? 0 : cpu;
-}
-#else
-static inline int fusebox_current_cpu(void) { return 0; }
-#endif
-
 /* Names the calling thread (shown by top -H and gdb); a no-op where unsupported. */
 static inline void fusebox_set_thread_name(const char *name) {
 #ifdef __linux__

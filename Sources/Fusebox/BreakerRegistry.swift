@@ -15,7 +15,7 @@ public final class BreakerRegistry: Service {
     /// The adapter breakers are made with.
     public let adapter: any BreakerAdapter
     private let logger: Logger
-    private let backends = Mutex<[String: any BreakerBackend]>([:])
+    private let breakers = Mutex<[String: BackendLanes]>([:])
     private let switchboard = FuseboxSwitch()
 
     /// Makes a registry with an adapter; transitions are logged through `logger` (default: not logged).
@@ -41,21 +41,21 @@ public final class BreakerRegistry: Service {
     public func breaker(_ name: String, policy: BreakerPolicy = BreakerPolicy()) throws(FuseboxError) -> CircuitBreaker {
         try Self.validate(name: name)
         let policy = try policy.validated()
-        let backend: any BreakerBackend = try backends.withLock { (backends) throws(FuseboxError) -> any BreakerBackend in
-            if let existing = backends[name] {
-                guard existing.policy.hasSameStateRules(as: policy) else {
+        let lanes = try breakers.withLock { (breakers) throws(FuseboxError) -> BackendLanes in
+            if let existing = breakers[name] {
+                guard existing.backend.policy.hasSameStateRules(as: policy) else {
                     throw FuseboxError(
                         code: .policyConflict,
-                        message: "breaker '\(name)' already exists with other state rules: existing [\(existing.policy.stateRulesDescription)], requested [\(policy.stateRulesDescription)]",
+                        message: "breaker '\(name)' already exists with other state rules: existing [\(existing.backend.policy.stateRulesDescription)], requested [\(policy.stateRulesDescription)]",
                         breakerName: name)
                 }
                 return existing
             }
-            let made = try adapter.makeBackend(name: name, policy: policy, logger: logger)
-            backends[name] = made
+            let made = BackendLanes(backend: try adapter.makeBackend(name: name, policy: policy, logger: logger))
+            breakers[name] = made
             return made
         }
-        return CircuitBreaker(backend: backend, policy: policy, switchboard: switchboard)
+        return CircuitBreaker(lanes: lanes, policy: policy, switchboard: switchboard)
     }
 
     /// Runs the adapter's background work (see ``BreakerAdapter``) until cancellation or graceful shutdown.
@@ -63,12 +63,12 @@ public final class BreakerRegistry: Service {
     public func run() async throws { try await adapter.run() }
 
     /// The names of every breaker made so far, sorted.
-    public var names: [String] { backends.withLock { $0.keys.sorted() } }
+    public var names: [String] { breakers.withLock { $0.keys.sorted() } }
 
     /// A snapshot of every breaker, sorted by name.
     public func snapshots() async throws(FuseboxError) -> [BreakerSnapshot] {
         var result: [BreakerSnapshot] = []
-        for backend in backends.withLock({ $0.values.sorted { $0.name < $1.name } }) {
+        for backend in breakers.withLock({ $0.values.map(\.backend).sorted { $0.name < $1.name } }) {
             result.append(try await backend.snapshot())
         }
         return result
@@ -76,7 +76,7 @@ public final class BreakerRegistry: Service {
 
     /// Resets every breaker.
     public func resetAll() async throws(FuseboxError) {
-        for backend in backends.withLock({ Array($0.values) }) { try await backend.reset() }
+        for backend in breakers.withLock({ $0.values.map(\.backend) }) { try await backend.reset() }
     }
 
     /// The global switch: when `false`, every breaker of this registry admits every call and records nothing.

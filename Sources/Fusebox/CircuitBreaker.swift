@@ -9,15 +9,17 @@ public struct CircuitBreaker: Sendable {
     /// The breaker's name.
     public var name: String { backend.name }
     /// The state behind the handle.
-    public let backend: any BreakerBackend
+    public var backend: any BreakerBackend { lanes.backend }
     /// How this handle classifies errors.
     public let classification: BreakerPolicy.Classification
     /// This handle's call timeout.
     public let callTimeout: Duration?
     let switchboard: FuseboxSwitch
+    /// What permits hold on to (one object per CPU, so cores never share a reference count).
+    let lanes: BackendLanes
 
-    init(backend: any BreakerBackend, policy: BreakerPolicy, switchboard: FuseboxSwitch) {
-        self.backend = backend
+    init(lanes: BackendLanes, policy: BreakerPolicy, switchboard: FuseboxSwitch) {
+        self.lanes = lanes
         self.classification = policy.classification
         self.callTimeout = policy.callTimeout
         self.switchboard = switchboard
@@ -31,9 +33,9 @@ public struct CircuitBreaker: Sendable {
     /// Synchronous and allocation-free: use it where a call cannot be wrapped in a closure, then report the
     /// outcome on the permit. A permit dropped without an outcome is released as ignored.
     public func acquire() throws(FuseboxError) -> BreakerPermit {
-        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
-        switch backend.acquire() {
-        case .admitted(let token): return BreakerPermit(backend: backend, token: token, classification: classification)
+        guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
+        switch lanes.backend.acquire() {
+        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
         case .rejected(let error): throw error
         }
     }
@@ -41,18 +43,18 @@ public struct CircuitBreaker: Sendable {
     /// Like ``acquire()``, but suspends instead of blocking when the backend must ask its store (the distributed
     /// adapter in half-open). ``run(isFailure:_:)`` uses it.
     public func acquireAsync() async throws(FuseboxError) -> BreakerPermit {
-        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
-        switch await backend.admit() {
-        case .admitted(let token): return BreakerPermit(backend: backend, token: token, classification: classification)
+        guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
+        switch await lanes.backend.admit() {
+        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
         case .rejected(let error): throw error
         }
     }
 
     /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
     public func tryAcquire() -> BreakerPermit? {
-        guard switchboard.isEnabled else { return BreakerPermit(backend: backend, token: .unrecorded, classification: classification) }
-        if case .admitted(let token) = backend.acquire() {
-            return BreakerPermit(backend: backend, token: token, classification: classification)
+        guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
+        if case .admitted(let token) = lanes.backend.acquire() {
+            return BreakerPermit(lane: lanes.current, token: token, classification: classification)
         }
         return nil
     }
@@ -150,7 +152,9 @@ struct UnacceptableResult: Error {}
 /// Non-copyable, so an outcome cannot be reported twice; dropping it without an outcome releases it as
 /// ignored, so a half-open permit is never leaked.
 public struct BreakerPermit: ~Copyable, Sendable {
-    private let backend: any BreakerBackend
+    /// Keeps the backend alive: the lane of the CPU the permit was taken on, not the backend itself (see
+    /// ``BackendLane``).
+    private let lane: BackendLane
     /// What the call was admitted under.
     public let token: PermitToken
     /// `nil` for the default classification (nothing to copy on the hot path).
@@ -158,15 +162,15 @@ public struct BreakerPermit: ~Copyable, Sendable {
     /// Set by the consuming methods, so `deinit` (which runs after them too) releases only a dropped permit.
     private var isSettled = false
 
-    init(backend: any BreakerBackend, token: PermitToken, classification: BreakerPolicy.Classification) {
-        self.backend = backend
+    init(lane: BackendLane, token: PermitToken, classification: BreakerPolicy.Classification) {
+        self.lane = lane
         self.token = token
         self.classification = classification.isDefault ? nil : classification
     }
 
     /// The call succeeded.
     public consuming func success() {
-        backend.record(.success, for: token)
+        lane.record(.success, for: token)
         isSettled = true
     }
 
@@ -179,20 +183,20 @@ public struct BreakerPermit: ~Copyable, Sendable {
         let verdict: BreakerPolicy.Classification.Verdict =
             classification?.classifyError(error) ?? (errorType == CancellationError.self ? .ignored : .failure)
         switch verdict {
-        case .failure: backend.record(.failure(errorType), for: token)
-        case .ignored: backend.record(.ignored, for: token)
+        case .failure: lane.record(.failure(errorType), for: token)
+        case .ignored: lane.record(.ignored, for: token)
         }
         isSettled = true
     }
 
     /// The outcome counts neither way (a half-open permit is given back).
     public consuming func ignore() {
-        backend.record(.ignored, for: token)
+        lane.record(.ignored, for: token)
         isSettled = true
     }
 
     deinit {
-        if !isSettled { backend.record(.ignored, for: token) }
+        if !isSettled { lane.record(.ignored, for: token) }
     }
 }
 

@@ -1,4 +1,3 @@
-import CHiredis
 import Dispatch
 import Fusebox
 import Hiredis
@@ -237,7 +236,7 @@ final class DistributedBackend: BreakerBackend {
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.cache = Mutex(Cache(state: base))
-        let count = SuccessStripe.count
+        let count = CPUSlots.count
         self.stripes = .allocate(capacity: count)
         for index in 0..<count { (stripes + index).initialize(to: SuccessStripe()) }
         self.stripeMask = count - 1
@@ -335,7 +334,7 @@ final class DistributedBackend: BreakerBackend {
     }
 
     /// The stripe of the CPU this thread runs on.
-    private var currentStripe: Int { Int(fusebox_current_cpu()) & stripeMask }
+    private var currentStripe: Int { CPUSlots.current(mask: stripeMask) }
 
     /// Counts a plain success on this CPU's stripe; `false` when the stripe is set up for another version or time
     /// bucket (the caller then records it under the cache's lock, which sets the stripe up again).
@@ -867,14 +866,6 @@ struct SuccessStripe: ~Copyable {
         var count = 0
         var firstAt: Int64 = 0
     }
-
-    /// Stripes per breaker: a power of two covering the CPUs, at most 16 (more CPUs share stripes).
-    static let count: Int = {
-        let cpus = max(1, min(16, Int(sysconf(Int32(_SC_NPROCESSORS_CONF)))))
-        var count = 1
-        while count < cpus { count *= 2 }
-        return count
-    }()
 
     let cell = Mutex(Cell())
     private let padding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)

@@ -139,6 +139,32 @@ struct CircuitBreakerTests {
         #expect(try await breaker.snapshot().totals.ignored == 1)
     }
 
+
+    @Test("a permit keeps its breaker alive after the registry and every handle are gone; then the breaker is freed")
+    func permitOwnsItsBreaker() async throws {
+        weak var backend: (any BreakerBackend)?
+        var first: BreakerPermit?
+        var second: BreakerPermit?
+        do {
+            let breaker = try makeRegistry().breaker("lifetime")
+            backend = breaker.backend
+            // From many tasks, so that permits come from more than one CPU's lane where there are several CPUs.
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<64 {
+                    group.addTask { if let permit = breaker.tryAcquire() { permit.ignore() } }
+                }
+            }
+            first = breaker.tryAcquire()
+            second = breaker.tryAcquire()
+        }
+        #expect(backend != nil)
+        first.take()?.success()
+        let totals = try #require(try await backend?.snapshot().totals)
+        #expect(totals.successes == 1 && totals.ignored == 64)
+        second.take()?.failure(ServiceUnavailable())
+        #expect(backend == nil)
+    }
+
     @Test("the registry: same name and rules give one breaker; other rules are a conflict")
     func registry() async throws {
         let registry = makeRegistry()

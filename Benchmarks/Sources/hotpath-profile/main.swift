@@ -1,17 +1,44 @@
-// A tight loop over the local adapter's closed-state path, for perf and callgrind:
-//   hotpath-profile [coarse] [ITERATIONS]   (default: the precise ContinuousClock, 5,000,000 pairs)
+// A tight loop over a closed breaker's hot path, for perf and callgrind:
+//   hotpath-profile [coarse] [distributed] [threads=N] [ITERATIONS]
+// Default: the local adapter with the precise ContinuousClock, one thread, 5,000,000 pairs per thread.
+// `distributed` starts a private redis-server and runs the distributed adapter against it; `threads=N` runs N
+// threads on the one breaker and prints the time per call in each thread.
+import Dispatch
 import Fusebox
+import FuseboxRedis
+import FuseboxTestKit
 
 var policy = BreakerPolicy()
 policy.failureRateThreshold = 1
 policy.minimumThroughput = 1_000_000
 let arguments = CommandLine.arguments.dropFirst()
-let adapter: any BreakerAdapter = arguments.contains("coarse") ? LocalAdapter(clock: CoarseMonotonicClock()) : LocalAdapter(clock: ContinuousClock())
-let breaker = try BreakerRegistry(adapter: adapter).breaker("profile", policy: policy)
 let iterations = arguments.compactMap { Int($0) }.first ?? 5_000_000
+let threads = arguments.compactMap { $0.hasPrefix("threads=") ? Int($0.dropFirst(8)) : nil }.first ?? 1
+
+var server: RedisServerProcess?
+let adapter: any BreakerAdapter
+if arguments.contains("distributed") {
+    let started = try await RedisServerProcess.start()
+    server = started
+    adapter = try DistributedAdapter(options: DistributedOptions(redis: started.configuration()))
+} else {
+    adapter = arguments.contains("coarse") ? LocalAdapter(clock: CoarseMonotonicClock()) : LocalAdapter(clock: ContinuousClock())
+}
+let registry = BreakerRegistry(adapter: adapter)
+let background = Task { try await registry.run() }
+let breaker = try registry.breaker("profile", policy: policy)
+try await breaker.acquireAsync().success()
+_ = try await breaker.snapshot()
+
 let start = ContinuousClock.now
-for _ in 0..<iterations {
-    try breaker.acquire().success()
+DispatchQueue.concurrentPerform(iterations: threads) { _ in
+    for _ in 0..<iterations {
+        guard let permit = breaker.tryAcquire() else { continue }
+        permit.success()
+    }
 }
 let elapsed = ContinuousClock.now - start
-print("\(iterations) calls, \(Double(elapsed.components.attoseconds) / 1e9 / Double(iterations) + Double(elapsed.components.seconds) * 1e9 / Double(iterations)) ns per call")
+let nanoseconds = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+print("\(threads) thread(s) × \(iterations) calls: \(nanoseconds / Double(iterations)) ns per call in each thread")
+background.cancel()
+await server?.stop()
