@@ -25,7 +25,7 @@ let package = Package(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
         ),
-        // Small C helpers for the breaker core (the current CPU, for per-CPU lanes and counters).
+        // Small C helpers: the current CPU (per-CPU lanes and counters), a close-on-exec pipe (test-kit watchdogs).
         .target(name: "CFusebox"),
         .target(
             name: "Hiredis",
@@ -50,7 +50,7 @@ let package = Package(
         ),
         .target(
             name: "FuseboxTestKit",
-            dependencies: ["Hiredis", "Fusebox"]
+            dependencies: ["Hiredis", "Fusebox", "CFusebox"]
         ),
         .executableTarget(
             name: "FuseboxCLI",

@@ -1,3 +1,4 @@
+import CFusebox
 import Synchronization
 
 #if canImport(Glibc)
@@ -17,15 +18,27 @@ public final class ChildProcess: Sendable {
 
     /// Starts `executable` with `arguments`; standard output and error go to `outputPath` (default /dev/null),
     /// or, when it is `nil`, stay this process's. With `searchPath`, `executable` may be a name found on `PATH`.
+    ///
+    /// With `inputPipe`, the child's standard input is a pipe whose only writer is this process (the descriptor
+    /// is closed on `exec`, so no other child inherits it): the child reads end-of-file when this process
+    /// closes it (``closeInput()``, or when this object goes) or dies, however it dies.
     public init(
         executable: String, arguments: [String], outputPath: String? = "/dev/null", environment: [String: String]? = nil,
-        searchPath: Bool = false
+        searchPath: Bool = false, inputPipe: Bool = false
     ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        var pipeEnds: [Int32] = [-1, -1]
+        if inputPipe {
+            guard fusebox_pipe_cloexec(&pipeEnds) == 0 else {
+                throw RedisServerProcess.Failure(description: "could not make a pipe for \(executable): \(String(cString: strerror(errno)))")
+            }
+            posix_spawn_file_actions_adddup2(&actions, pipeEnds[0], 0)
+        }
+        defer { if pipeEnds[0] >= 0 { close(pipeEnds[0]) } }
         if let outputPath {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            if !inputPipe { posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0) }
             posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
@@ -55,12 +68,26 @@ public final class ChildProcess: Sendable {
             ? spawn(&pid, executable, &actions, &attributes, argv, environ)
             : spawn(&pid, executable, &actions, &attributes, argv, &envp!)
         guard status == 0 else {
+            if pipeEnds[1] >= 0 { close(pipeEnds[1]) }
             throw RedisServerProcess.Failure(description: "could not start \(executable): \(String(cString: strerror(status)))")
         }
         processIdentifier = pid
+        input = Mutex(pipeEnds[1])
+    }
+
+    /// The write end of the child's input pipe, or -1.
+    private let input: Mutex<Int32>
+
+    /// Closes the child's input pipe: the child reads end-of-file.
+    public func closeInput() {
+        input.withLock { descriptor in
+            if descriptor >= 0 { close(descriptor) }
+            descriptor = -1
+        }
     }
 
     deinit {
+        closeInput()
         if isRunning {
             Glibc.kill(processIdentifier, SIGKILL)
             _ = reap(blocking: true)

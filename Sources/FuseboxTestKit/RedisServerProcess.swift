@@ -169,26 +169,38 @@ public final class RedisServerProcess: Sendable {
         arguments += options.extraArguments
 
         let server = try ChildProcess(executable: executable, arguments: arguments)
-        // Kills the server if this process dies without stopping it (a crash, a timeout of the test runner).
-        let watchdog = try ChildProcess(executable: "/bin/sh", arguments: [
-            "-c",
-            "while kill -0 \(getpid()) 2>/dev/null && kill -0 \(server.processIdentifier) 2>/dev/null; do sleep 1; done; kill -9 \(server.processIdentifier) 2>/dev/null",
-        ])
+        // Kills the server if this process dies without stopping it (a crash, a timeout of the test runner): the
+        // watchdog blocks reading a pipe that only this process writes, and reads end-of-file when it dies. No
+        // polling of process ids, which the system may reuse.
+        let watchdog = try ChildProcess(
+            executable: "/bin/sh", arguments: ["-c", "read _; kill -9 \(server.processIdentifier) 2>/dev/null"], inputPipe: true)
         children.withLock { $0 = (server, watchdog) }
 
         let deadline = ContinuousClock.now + .seconds(10)
-        let probe = try RedisConnection(configuration: configuration(connectTimeout: .milliseconds(200), commandTimeout: .milliseconds(500)))
+        let probe = try RedisConnection(configuration: configuration(
+            password: options.requirePassword, connectTimeout: .milliseconds(200), commandTimeout: .milliseconds(500)))
         defer { probe.close() }
         while ContinuousClock.now < deadline {
             guard server.isRunning else {
                 throw Failure(description: "redis-server exited at start (port \(port)): \(logTail())")
             }
             do {
-                _ = try await probe.send("PING")
+                // The server that answers must be the one started here, not another test's on a port that was
+                // taken between choosing and binding it.
+                let info = try await probe.send("INFO", "server").string ?? ""
+                let answering = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("process_id:") }
+                    .flatMap { Int32($0.dropFirst("process_id:".count)) }
+                guard answering == server.processIdentifier else {
+                    throw Failure(description: "port \(port) is answered by another redis-server (process \(answering.map(String.init) ?? "?"), not \(server.processIdentifier))")
+                }
                 return
-            } catch let error where error.code == .serverError {
-                // NOAUTH: the server is up and demands a password.
-                return
+            } catch let failure as Failure {
+                throw failure
+            } catch let error as RedisError where error.code == .serverError {
+                // NOAUTH with ACL users only: the server is up and demands credentials; it is ours if it still runs
+                // (a server that cannot bind its port exits at once).
+                try await Task.sleep(for: .milliseconds(100))
+                if server.isRunning { return }
             } catch {
                 try await Task.sleep(for: .milliseconds(20))
             }
