@@ -75,6 +75,21 @@ public final class ChildProcess: Sendable {
         input = Mutex(pipeEnds[1])
     }
 
+    /// Writes an executable script at `path`, through a descriptor closed on `exec`.
+    ///
+    /// A script written through an inheritable descriptor while another thread spawns a process cannot be run
+    /// until that process execs or exits (`ETXTBSY`); a shell then goes on down `PATH` and runs something else.
+    public static func writeExecutable(_ path: String, _ text: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw RedisServerProcess.Failure(description: "could not write \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count, fchmod(fd, 0o755) == 0 else {
+            throw RedisServerProcess.Failure(description: "could not write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// The write end of the child's input pipe, or -1.
     private let input: Mutex<Int32>
 

@@ -119,6 +119,5 @@ struct DocumentedCommandsTests {
 struct CLIDocsError: Error {}
 
 private func executable(_ url: URL, _ text: String) throws {
-    try text.write(to: url, atomically: true, encoding: .utf8)
-    try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: url.path)
+    try ChildProcess.writeExecutable(url.path, text)
 }

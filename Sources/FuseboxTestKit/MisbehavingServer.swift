@@ -1,0 +1,105 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A TCP server on a free loopback port that speaks anything but Redis, for fault tests: the client must fail
+/// with a typed error within its timeouts, never crash or hang.
+public final class MisbehavingServer: Sendable {
+    /// How the server treats each connection.
+    public enum Behaviour: String, Sendable, CaseIterable {
+        /// Answers every read with bytes that are not RESP.
+        case garbage
+        /// Accepts and never answers (nor closes).
+        case silent
+        /// Accepts and closes the connection at once.
+        case closing
+    }
+
+    /// The loopback port it listens on.
+    public let port: Int
+    /// What it does.
+    public let behaviour: Behaviour
+    private let listener: Int32
+    private let stopped = Atomic<Bool>(false)
+    /// Accepted connections still open (the silent server keeps them), closed on ``stop()``.
+    private let open = Mutex<[Int32]>([])
+
+    /// Starts the server on a free loopback port.
+    public init(_ behaviour: Behaviour) throws {
+        self.behaviour = behaviour
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisServerProcess.Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound, listen(fd, 64) == 0 else {
+            close(fd)
+            throw RedisServerProcess.Failure(description: "could not listen on a loopback port: \(String(cString: strerror(errno)))")
+        }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        let accepting = Thread { [self] in serve() }
+        accepting.name = "misbehaving-\(behaviour.rawValue)"
+        accepting.start()
+    }
+
+    deinit { stop() }
+
+    /// `redis://127.0.0.1:PORT`.
+    public var url: String { "redis://127.0.0.1:\(port)" }
+
+    /// Stops accepting and closes every connection.
+    public func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(listener, Int32(SHUT_RDWR))
+        open.withLock { descriptors in
+            for descriptor in descriptors { close(descriptor) }
+            descriptors.removeAll()
+        }
+    }
+
+    private func serve() {
+        defer { close(listener) }
+        while !stopped.load(ordering: .acquiring) {
+            var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 50) > 0 else { continue }
+            let connection = accept(listener, nil, nil)
+            guard connection >= 0 else { continue }
+            switch behaviour {
+            case .closing:
+                close(connection)
+            case .silent:
+                open.withLock { $0.append(connection) }
+            case .garbage:
+                open.withLock { $0.append(connection) }
+                let answering = Thread { [self] in answerWithGarbage(connection) }
+                answering.start()
+            }
+        }
+    }
+
+    /// Reads whatever comes and answers each read with bytes no RESP reply starts with.
+    private func answerWithGarbage(_ connection: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let garbage = Array("\u{1}\u{2}HTTP/1.1 400 Bad Request\r\n\r\n%%garbage%%\r\n".utf8)
+        while !stopped.load(ordering: .acquiring) {
+            var ready = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 50) > 0 else { continue }
+            let count = read(connection, &buffer, buffer.count)
+            guard count > 0 else { return }
+            _ = garbage.withUnsafeBytes { write(connection, $0.baseAddress, $0.count) }
+        }
+    }
+}
