@@ -31,6 +31,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How long the breaker stays open, e.g. 30s.") var breakDuration: String?
     @Option(name: .long, help: "Probes allowed at a time while half-open.") var halfOpenPermits: Int?
     @Option(name: .long, help: "Probe successes needed to close.") var successThreshold: Int?
+    @Option(name: .long, help: "The longest the breaker stays half-open without closing before it opens again, e.g. 1m.")
+    var maxHalfOpen: String?
     @Option(name: .long, help: "This process's instance id in events and the quorum (default: $FUSEBOX_INSTANCE_ID, else HOST-PID-RANDOM).")
     var instanceID: String?
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
@@ -48,6 +50,7 @@ struct RunCommand: AsyncParsableCommand {
         if let breakDuration { policy.breakDuration = .fixed(try parseDuration(breakDuration)) }
         if let halfOpenPermits { policy.permittedCallsInHalfOpen = halfOpenPermits }
         if let successThreshold { policy.successThreshold = successThreshold }
+        if let maxHalfOpen { policy.maxHalfOpenDuration = try parseDuration(maxHalfOpen) }
         do {
             return try policy.validated()
         } catch {

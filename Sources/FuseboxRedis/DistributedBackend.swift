@@ -552,9 +552,11 @@ final class DistributedBackend: BreakerBackend {
                     cache.withLock { $0.pending.recycle(sent) }
                 case .failure(let error):
                     markFailure(error)
-                    if error.code != .serverError {
+                    if error.mayBeRetried {
                         // Not written (or not known to be): keep it, with its sequence number, for the next flush
-                        // (bounded by maxBufferedOutcomes). Redis applies it once, whichever happened.
+                        // (bounded by maxBufferedOutcomes). Redis applies it once, whichever happened. Refusals
+                        // that depend on the server's condition (OOM, NOPERM, BUSY, LOADING, …) come here too:
+                        // the script did not run, and it will once the condition passes.
                         cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
                     }
                 }
@@ -683,9 +685,19 @@ final class DistributedBackend: BreakerBackend {
 
     private func apply(_ reply: StateReply, ownCall: Bool) {
         let now = self.now
-        let (transition, recovered) = updateCache { $0.apply(reply, now: now) }
+        let (transition, recovered, reborn) = updateCache { cache in
+            // A state hash of another incarnation: Redis lost the keys (restart, FLUSHALL, eviction) and the script
+            // made them again, so the breaker index may have lost the name too.
+            let reborn = cache.isKnown && reply.created != cache.created
+            let (transition, recovered) = cache.apply(reply, now: now)
+            return (transition, recovered, reborn)
+        }
         if recovered {
             instruments.logger.info("Redis is reachable again; breaker '\(name)' uses the shared state", metadata: ["breaker.state": .string(reply.state.rawValue)])
+        }
+        if reborn || recovered {
+            isRegistered.store(false, ordering: .relaxed)
+            registerIfNeeded()
         }
         if let transition { instruments.transitioned(transition, observedRemotely: !(ownCall && reply.transitioned)) }
     }

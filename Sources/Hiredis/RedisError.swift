@@ -52,6 +52,24 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         return message.split(separator: " ", maxSplits: 1).first
     }
 
+    /// Error-reply prefixes by which the server refuses a command for its condition of the moment, before running
+    /// it: the same command may succeed later, unchanged.
+    public static let transientServerErrorPrefixes: Set<Substring> = [
+        "OOM", "NOPERM", "NOAUTH", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MISCONF",
+        "NOREPLICAS", "MOVED", "ASK",
+    ]
+
+    /// `true` when sending the same command again may succeed: the connection failed or timed out (the command may
+    /// or may not have run), or the server refused it for a condition that can pass (see
+    /// ``transientServerErrorPrefixes``). `false` for configuration errors and replies that will not change.
+    public var mayBeRetried: Bool {
+        switch code {
+        case .connectionRefused, .connectionFailed, .timeout, .connectionClosed, .protocolError: true
+        case .serverError: serverErrorPrefix.map(Self.transientServerErrorPrefixes.contains) ?? false
+        default: false
+        }
+    }
+
     public var description: String {
         var text = "Redis \(code)"
         if !endpoint.isEmpty { text += " (\(endpoint))" }

@@ -1,0 +1,78 @@
+import Foundation
+import Fusebox
+import FuseboxRedis
+import FuseboxTestKit
+import Hiredis
+import Synchronization
+import Testing
+
+/// Faults that need a whole process to die: a `fusebox run` process is an instance like any other.
+@Suite("Fault injection: instance processes killed", .timeLimit(.minutes(2)))
+struct ProcessFaultInjectionTests {
+    @Test("the process holding the only half-open permit is SIGKILLed: the fleet leaves HALF_OPEN after its maximum and sends exactly one new probe")
+    func probeHolderKilled() async throws {
+        try await RedisServerProcess.with { server in
+            var policy = BreakerPolicy()
+            policy.failureRateThreshold = nil
+            policy.consecutiveFailureThreshold = 1
+            policy.breakDuration = .fixed(.seconds(1))
+            policy.maxHalfOpenDuration = .seconds(2)
+            let flags = ["--consecutive-failures", "1", "--break-duration", "1s", "--max-half-open", "2s"]
+            var options = DistributedOptions(redis: server.configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500)))
+            options.halfOpenRetryInterval = .zero
+            let adapter = try DistributedAdapter(options: options)
+            let registry = BreakerRegistry(adapter: adapter)
+            let running = Task { try? await registry.run() }
+            defer { running.cancel() }
+            let breaker = try registry.breaker("probe-holder", policy: policy)
+            try await breaker.acquireAsync().failure(CLIDocsError())
+            await adapter.flush()
+            #expect(try await breaker.snapshot().state == .open)
+            try await Task.sleep(for: .milliseconds(1100))
+
+            // Another process takes the only probe permit and dies holding it.
+            let holder = try ChildProcess(
+                executable: fuseboxExecutable, arguments: ["--redis", server.url, "run", "probe-holder"] + flags + ["--", "/bin/sleep", "3"],
+                environment: ["PATH": "/usr/bin:/bin", "NO_COLOR": "1"])
+            #expect(await poll(within: .seconds(10)) { (try? await breaker.snapshot())?.probesInFlight == 1 })
+            let halfOpenSince = ContinuousClock.now - (try await breaker.snapshot().timeInState)
+            holder.kill()
+            let killed = ContinuousClock.now
+
+            // Eight tasks race for a probe, holding any they get (never reporting it), until four seconds pass.
+            let probes = ProbesSeen()
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask {
+                        while ContinuousClock.now - killed < .seconds(4) {
+                            if let permit = breaker.tryAcquire() {
+                                if permit.token.isProbe {
+                                    probes.saw()
+                                    // Held until the loop ends: reporting would let the breaker close.
+                                    try? await Task.sleep(for: .seconds(4) - (ContinuousClock.now - killed))
+                                }
+                                permit.ignore()
+                            }
+                            try? await Task.sleep(for: .milliseconds(2))
+                        }
+                    }
+                }
+            }
+            #expect(probes.count == 1)
+            let transitions = try await breaker.timeline()
+            #expect(transitions.contains { $0.from == .halfOpen && $0.to == .open && $0.reason.contains("half-open for 2") })
+            let newProbe = try #require(probes.first)
+            // HALF_OPEN ends 2 s after it began, then the 1 s break; a second of margin for a loaded machine.
+            #expect(newProbe - halfOpenSince < .seconds(4))
+            print("fault-figure | probe holder SIGKILLed | one new probe fleet-wide, \(newProbe - halfOpenSince) after HALF_OPEN began (2 s maximum + 1 s break)")
+        }
+    }
+}
+
+/// Probe permits seen by racing tasks: how many, and when the first came.
+private final class ProbesSeen: Sendable {
+    private let seen = Mutex<(count: Int, first: ContinuousClock.Instant?)>((0, nil))
+    func saw() { seen.withLock { $0.count += 1; $0.first = $0.first ?? .now } }
+    var count: Int { seen.withLock { $0.count } }
+    var first: ContinuousClock.Instant? { seen.withLock { $0.first } }
+}

@@ -1,0 +1,355 @@
+import Fusebox
+import FuseboxTestKit
+import Hiredis
+import Logging
+import Synchronization
+import Testing
+
+@testable import FuseboxRedis
+
+/// Calls through one breaker from one task, about one every millisecond, until stopped: what it recorded and the
+/// longest any call waited.
+final class Load: Sendable {
+    struct Figures: Sendable {
+        var successes = 0
+        var rejected = 0
+        var longestWait: Duration = .zero
+    }
+
+    private final class Recorder: Sendable {
+        let figures = Mutex(Figures())
+    }
+
+    private let recorder = Recorder()
+    private let task: Task<Void, Never>
+
+    init(_ breaker: CircuitBreaker) {
+        let recorder = self.recorder
+        task = Task {
+            while !Task.isCancelled {
+                let started = ContinuousClock.now
+                do {
+                    let permit = try await breaker.acquireAsync()
+                    permit.success()
+                    recorder.figures.withLock { $0.successes += 1 }
+                } catch {
+                    recorder.figures.withLock { $0.rejected += 1 }
+                }
+                let waited = ContinuousClock.now - started
+                recorder.figures.withLock { $0.longestWait = max($0.longestWait, waited) }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+    }
+
+    /// Stops the load and returns its figures.
+    func stop() async -> Figures {
+        task.cancel()
+        await task.value
+        return recorder.figures.withLock { $0 }
+    }
+}
+
+/// What a fault did, printed for Docs/reliability.md (`make test-faults` shows these lines).
+func report(_ fault: String, _ figures: String) {
+    print("fault-figure | \(fault) | \(figures)")
+}
+
+/// Waits until the breaker's totals in Redis count `successes` successes; `false` (and what they count) after
+/// `limit`.
+func totalsReach(_ breaker: CircuitBreaker, _ instance: Instance, successes: Int, within limit: Duration = .seconds(5)) async -> Bool {
+    let reached = await eventually(within: limit) {
+        await instance.adapter.flush()
+        return (try? await breaker.snapshot().totals.successes) == successes
+    }
+    if !reached {
+        let totals = try? await breaker.snapshot().totals
+        Issue.record("expected \(successes) successes in Redis' totals, found \(totals.map { String(describing: $0) } ?? "no snapshot")")
+    }
+    return reached
+}
+
+/// Faults injected into a real redis-server while instances drive breakers through the public API. Each test
+/// asserts: no crash, no wait past the configured timeout (with a stated margin), the store-down policy covers the
+/// outage, shared state works again within a stated bound, and no outcome is lost or counted twice.
+@Suite("Fault injection under load", .timeLimit(.minutes(3)))
+struct FaultInjectionTests {
+    /// The command timeout the instances use, and the margin every bounded wait is checked against.
+    static let timeout = Duration.milliseconds(300)
+    static let bound = timeout * 4
+
+    @Test("DEBUG SLEEP 2: waits stay bounded, the local fallback covers, every outcome is counted once")
+    func debugSleep() async throws {
+        try await RedisServerProcess.with(.init(extraArguments: ["--enable-debug-command", "local"])) { server in
+            let instance = try Instance(testOptions(server, timeout: Self.timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("sleepy", policy: tripsOnFirstFailure())
+            _ = try await breaker.snapshot()
+            let load = Load(breaker)
+            try await Task.sleep(for: .milliseconds(200))
+
+            let sleeper = try RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
+            let asleep = Task { try await sleeper.send("DEBUG", "SLEEP", "2") }
+            try await Task.sleep(for: .milliseconds(100))
+            let asking = ContinuousClock.now
+            await #expect { try await breaker.snapshot() } throws: { ($0 as? FuseboxError)?.code == .backendUnavailable }
+            let snapshotWait = ContinuousClock.now - asking
+            #expect(snapshotWait < Self.bound)
+            #expect(try await asleep.value.string == "OK")
+
+            let back = ContinuousClock.now
+            let figures = await load.stop()
+            #expect(figures.rejected == 0)
+            #expect(figures.longestWait < Self.bound)
+            #expect(await totalsReach(breaker, instance, successes: figures.successes))
+            report("DEBUG SLEEP 2", "snapshot failed after \(snapshotWait); longest call \(figures.longestWait); \(figures.successes) successes counted once, totals exact \(ContinuousClock.now - back) after the sleep")
+        }
+    }
+
+    @Test("CLIENT KILL TYPE normal, five times under load: reconnected, nothing lost or counted twice, trips still work")
+    func clientKillNormal() async throws {
+        try await RedisServerProcess.with { server in
+            var options = testOptions(server, timeout: Self.timeout)
+            options.flushInterval = .milliseconds(20)
+            options.quietFlushInterval = .milliseconds(20)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("killed-clients", policy: tripsOnFirstFailure())
+            _ = try await breaker.snapshot()
+            let load = Load(breaker)
+            let admin = try RedisConnection(configuration: server.configuration())
+            var killed = 0
+            for _ in 0..<5 {
+                try await Task.sleep(for: .milliseconds(100))
+                killed += try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").int ?? 0
+            }
+            let figures = await load.stop()
+            #expect(killed >= 5)
+            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            let ended = ContinuousClock.now
+            #expect(await totalsReach(breaker, instance, successes: figures.successes))
+            let exactAfter = ContinuousClock.now - ended
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(breaker) })
+            report("CLIENT KILL TYPE normal ×5", "\(killed) connections killed; \(figures.successes) successes counted once, exact \(exactAfter) after; longest call \(figures.longestWait)")
+        }
+    }
+
+    @Test("CLIENT KILL TYPE pubsub: the subscriber comes back and catches up on a trip it may have missed")
+    func clientKillPubsub() async throws {
+        try await RedisServerProcess.with { server in
+            var options = testOptions(server, timeout: Self.timeout)
+            // No periodic refresh to fall back on: only the subscriber (and its catch-up on reconnecting) can
+            // tell instance A about B's trip.
+            options.refreshInterval = .seconds(60)
+            let fleet = try Instance.fleet(2, options)
+            defer { Task { for instance in fleet { await instance.stop() } } }
+            let a = try fleet[0].registry.breaker("missed", policy: tripsOnFirstFailure())
+            let b = try fleet[1].registry.breaker("missed", policy: tripsOnFirstFailure())
+            _ = try await a.snapshot()
+            _ = try await b.snapshot()
+            try await waitForSubscribers(2, namespace: options.namespace, server: server)
+
+            let admin = try RedisConnection(configuration: server.configuration())
+            let killed = try await admin.send("CLIENT", "KILL", "TYPE", "pubsub").int ?? 0
+            #expect(killed == 2)
+            try await b.acquireAsync().failure(Boom())
+            await fleet[1].adapter.flush()
+            let tripped = ContinuousClock.now
+            #expect(await eventually(within: .seconds(3)) { await isRejected(a) })
+            let seenAfter = ContinuousClock.now - tripped
+            try await waitForSubscribers(2, namespace: options.namespace, server: server)
+            report("CLIENT KILL TYPE pubsub", "both subscribers killed, a trip made at once; the other instance rejected \(seenAfter) after it")
+        }
+    }
+
+    @Test("FLUSHALL while running: no crash, the breakers come back, a trip works again")
+    func flushAll() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: Self.timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("flushed-all", policy: tripsOnFirstFailure())
+            try await breaker.isolate(reason: "before FLUSHALL")
+            let load = Load(breaker)
+            let admin = try RedisConnection(configuration: server.configuration())
+            _ = try await admin.send("FLUSHALL")
+            let flushed = ContinuousClock.now
+            // Everything Redis held is gone: the instance adopts the new, empty state (closed).
+            #expect(await eventually(within: .seconds(5)) { await !isRejected(breaker) })
+            let backAfter = ContinuousClock.now - flushed
+            let figures = await load.stop()
+            #expect(figures.longestWait < Self.bound)
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(breaker) })
+            #expect(try await breaker.snapshot().state == .open)
+            #expect(try await admin.send("SISMEMBER", "\(instance.adapter.core.options.namespace):breakers", "flushed-all").int == 1)
+            report("FLUSHALL", "shared (empty) state adopted \(backAfter) after; longest call \(figures.longestWait)")
+        }
+    }
+
+    @Test("maxmemory with noeviction: writes refused, reads work, the fallback covers, outcomes written once memory is back")
+    func maxMemoryNoEviction() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: Self.timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("full", policy: tripsOnFirstFailure())
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            let admin = try RedisConnection(configuration: server.configuration())
+            _ = try await admin.send("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            _ = try await admin.send("CONFIG", "SET", "maxmemory", "1")
+            let load = Load(breaker)
+            try await Task.sleep(for: .milliseconds(300))
+            // A write is refused with the server's OOM error; the local fallback goes on admitting.
+            let direct = try RedisConnection(configuration: server.configuration())
+            await #expect { try await direct.send("SET", "x", "y") } throws: { ($0 as? RedisError)?.serverErrorPrefix == "OOM" }
+            await instance.adapter.flush()
+            #expect(try await admin.send("HGET", "\(instance.adapter.core.options.namespace):{full}:state", "state").string == "closed")
+            _ = try await admin.send("CONFIG", "SET", "maxmemory", "0")
+            let freed = ContinuousClock.now
+            let figures = await load.stop()
+            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            #expect(await totalsReach(breaker, instance, successes: figures.successes + 1))
+            report("maxmemory reached (noeviction)", "\(figures.successes) successes held while writes were refused, written once \(ContinuousClock.now - freed) after memory was back")
+        }
+    }
+
+    @Test("an eviction policy drops the breaker's keys: the instance rebuilds them, a trip works again")
+    func evicted() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: Self.timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("evicted", policy: tripsOnFirstFailure())
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            let admin = try RedisConnection(configuration: server.configuration())
+            let namespace = instance.adapter.core.options.namespace
+            let stateKey = "\(namespace):{evicted}:state"
+            #expect(try await admin.send("EXISTS", stateKey).int == 1)
+            // Fill memory past a limit under allkeys-random until the breaker's state key has been evicted.
+            let used = try await admin.send("INFO", "memory").string?.split(whereSeparator: \.isNewline)
+                .first { $0.hasPrefix("used_memory:") }.flatMap { Int($0.dropFirst("used_memory:".count)) } ?? 0
+            _ = try await admin.send("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
+            _ = try await admin.send("CONFIG", "SET", "maxmemory", String(used + 2_000_000))
+            let filler = String(repeating: "x", count: 10_000)
+            var written = 0
+            while try await admin.send("EXISTS", stateKey).int == 1, written < 5_000 {
+                _ = try await admin.pipeline((0..<100).map { RedisCommand("SET", "filler:\(written + $0)", filler) })
+                written += 100
+            }
+            #expect(try await admin.send("EXISTS", stateKey).int == 0)
+            _ = try await admin.send("CONFIG", "SET", "maxmemory", "0")
+            // The filler goes; whatever of the breaker's other keys survived stays.
+            _ = try await admin.pipeline((0..<written).map { RedisCommand("DEL", "filler:\($0)") })
+            let load = Load(breaker)
+            // Once the instance has read the rebuilt state, its calls count there (calls admitted under the lost
+            // state count in the totals only, as any call admitted under an older state).
+            #expect(await eventually { (try? await breaker.snapshot()) != nil })
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually(within: .seconds(5)) { await isRejected(breaker) })
+            let snapshot = try await breaker.snapshot()
+            #expect(snapshot.state == .open, "\(snapshot)")
+            let figures = await load.stop()
+            #expect(figures.longestWait < Self.bound)
+            report("keys evicted (allkeys-random)", "\(written) filler keys written before the state key went; the breaker tripped again on its rebuilt keys; longest call \(figures.longestWait)")
+        }
+    }
+
+    @Test("the ACL user's EVALSHA revoked mid-run, then restored: the fallback covers, nothing is lost")
+    func aclRevoked() async throws {
+        let user = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
+        try await RedisServerProcess.with(.init(aclUsers: [user])) { server in
+            var options = DistributedOptions(redis: server.configuration(
+                username: "fusebox-app", password: "app-secret", connectTimeout: Self.timeout, commandTimeout: Self.timeout))
+            options.halfOpenRetryInterval = .zero
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("revoked", policy: tripsOnFirstFailure())
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+            let admin = try RedisConnection(configuration: server.configuration())
+            let load = Load(breaker)
+            _ = try await admin.send("ACL", "SETUSER", "fusebox-app", "-evalsha")
+            await #expect { try await breaker.snapshot() } throws: { error in
+                let error = error as? FuseboxError
+                return error?.code == .backendUnavailable && error?.message.contains("NOPERM") == true
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await admin.send("ACL", "SETUSER", "fusebox-app", "+evalsha")
+            let restored = ContinuousClock.now
+            let figures = await load.stop()
+            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            #expect(await totalsReach(breaker, instance, successes: figures.successes + 1))
+            report("ACL: EVALSHA revoked, then restored", "NOPERM named in the error; \(figures.successes) successes written once, \(ContinuousClock.now - restored) after the grant")
+        }
+    }
+
+    @Test("restarted from its RDB file: isolation and totals survive exactly")
+    func restartFromRDB() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: Self.timeout))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("persisted", policy: tripsOnFirstFailure())
+            for _ in 0..<100 { try await breaker.acquireAsync().success() }
+            await instance.adapter.flush()
+            try await breaker.isolate(reason: "kept across a restart")
+            let admin = try RedisConnection(configuration: server.configuration())
+            _ = try await admin.send("SAVE")
+            admin.close()
+            try await server.restart(kill: true)
+            let restarted = ContinuousClock.now
+            #expect(await eventually(within: .seconds(5)) { (try? await breaker.snapshot()) != nil })
+            let snapshot = try await breaker.snapshot()
+            #expect(snapshot.state == .isolated && snapshot.isolationReason == "kept across a restart")
+            #expect(snapshot.totals.successes == 100)
+            #expect(await isRejected(breaker))
+            try await breaker.reset()
+            #expect(await eventually { await !isRejected(breaker) })
+            report("SIGKILL, restarted from RDB", "isolation and 100 successes intact, read \(ContinuousClock.now - restarted) after the restart")
+        }
+    }
+
+    @Test("a server that speaks garbage, never answers, or closes at once: typed errors within the timeout, calls go on",
+          arguments: MisbehavingServer.Behaviour.allCases)
+    func misbehavingServer(_ behaviour: MisbehavingServer.Behaviour) async throws {
+        let server = try MisbehavingServer(behaviour)
+        defer { server.stop() }
+        let configuration = try RedisConfiguration(url: server.url)
+        var short = configuration
+        short.connectTimeout = Self.timeout
+        short.commandTimeout = Self.timeout
+
+        let started = ContinuousClock.now
+        let expected: RedisError.Code = switch behaviour {
+        case .garbage: .protocolError
+        case .silent: .timeout
+        case .closing: .connectionClosed
+        }
+        do {
+            let connection = try RedisConnection(configuration: short)
+            defer { connection.close() }
+            _ = try await connection.send("PING")
+            Issue.record("PING answered by a \(behaviour) server")
+        } catch {
+            #expect(error.code == expected, "\(behaviour): \(error)")
+        }
+        let pingWait = ContinuousClock.now - started
+        #expect(pingWait < Self.bound)
+
+        var options = DistributedOptions(redis: short)
+        options.namespace = uniqueNamespace()
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("misbehaving")
+        let asking = ContinuousClock.now
+        await #expect { try await breaker.snapshot() } throws: { ($0 as? FuseboxError)?.code == .backendUnavailable }
+        let admitting = ContinuousClock.now
+        // The state is not known: admission asks once, waits at most the timeouts, then the local fallback decides.
+        let permit = try await breaker.acquireAsync()
+        permit.success()
+        let admitWait = ContinuousClock.now - admitting
+        #expect(ContinuousClock.now - asking < Self.bound * 2)
+        #expect(admitWait < Self.bound)
+        report("a server that \(behaviour == .garbage ? "answers garbage" : behaviour == .silent ? "never answers" : "closes at once")", "PING failed with \(expected) after \(pingWait); first call admitted by the fallback after \(admitWait)")
+    }
+}
