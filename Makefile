@@ -3,7 +3,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose
 
-.PHONY: deps build test demo bench clean lua
+.PHONY: deps build test test-faults demo bench clean lua
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, and docker-compose (only to validate
 ## docker-compose.yml in the tests). apt-get update first; sudo when not root.
@@ -28,6 +28,14 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
+
+## The fault-injection suites alone (`make test` runs them too), then the figure each fault produced
+## (Docs/reliability.md).
+test-faults: deps
+	$(SWIFT) build --build-tests
+	@mkdir -p .build; $(SWIFT) test --filter "FaultInjection|FaultTests" > .build/test-faults.log 2>&1; status=$$?; \
+	grep -v "^fault-figure" .build/test-faults.log | grep -E "^(✔|✘|↳)|error" ; \
+	echo; echo "fault | figures"; grep "^fault-figure" .build/test-faults.log | cut -d'|' -f2-; exit $$status
 
 ## Builds and runs the main job against a private redis-server.
 demo: deps

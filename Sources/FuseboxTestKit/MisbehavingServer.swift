@@ -99,7 +99,7 @@ public final class MisbehavingServer: Sendable {
             guard poll(&ready, 1, 50) > 0 else { continue }
             let count = read(connection, &buffer, buffer.count)
             guard count > 0 else { return }
-            _ = garbage.withUnsafeBytes { write(connection, $0.baseAddress, $0.count) }
+            _ = garbage.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
     }
 }

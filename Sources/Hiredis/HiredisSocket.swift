@@ -231,6 +231,10 @@ final class WakeupPipe: Sendable {
 }
 
 /// Starts a detached OS thread running `body`: hiredis' blocking work never runs on Swift's cooperative pool.
+///
+/// The thread blocks `SIGPIPE`: hiredis writes with `write(2)`, and a write to a connection the server has reset
+/// would otherwise raise the signal, whose default action ends the whole process. Blocked, the signal stays
+/// pending on this thread alone, the write fails with `EPIPE`, and the connection reports a typed error.
 func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws(RedisError) {
     final class Box: Sendable {
         let name: String
@@ -244,6 +248,10 @@ func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws(Re
     var thread = pthread_t()
     let status = pthread_create(&thread, nil, { argument in
         let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+        var brokenPipe = sigset_t()
+        sigemptyset(&brokenPipe)
+        sigaddset(&brokenPipe, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &brokenPipe, nil)
         fusebox_set_thread_name(box.name)
         box.body()
         return nil

@@ -226,6 +226,22 @@ struct RedisConnectionTests {
         #expect(ContinuousClock.now - started < .seconds(1))
     }
 
+    @Test("writing to a connection the server has closed is a typed error, never a SIGPIPE that ends the process")
+    func writeAfterClose() async throws {
+        let server = try MisbehavingServer(.closing)
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .seconds(2)
+        let redis = try RedisConnection(configuration: configuration)
+        defer { redis.close() }
+        // Several megabytes, so that hiredis writes again after the peer's reset (EPIPE, and SIGPIPE unless the
+        // connection's threads block it).
+        let value = String(repeating: "x", count: 4 << 20)
+        for _ in 0..<3 {
+            await #expect(throws: RedisError.self) { try await redis.send("SET", "k", value) }
+        }
+    }
+
     @Test("a SIGSTOP-ed server gives a timeout error within twice the timeout")
     func frozenServer() async throws {
         try await RedisServerProcess.with { server in
