@@ -3,7 +3,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose
 
-.PHONY: deps build test test-faults demo bench clean lua
+.PHONY: deps build test test-faults test-asan demo bench clean lua
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, and docker-compose (only to validate
 ## docker-compose.yml in the tests). apt-get update first; sudo when not root.
@@ -37,6 +37,12 @@ test-faults: deps
 	grep -v "^fault-figure" .build/test-faults.log | grep -E "^(✔|✘|↳)|error" ; \
 	echo; echo "fault | figures"; grep "^fault-figure" .build/test-faults.log | cut -d'|' -f2-; exit $$status
 
+## The Redis client's tests under AddressSanitizer (its own build directory); XCTest's harness leaks at exit are
+## suppressed by .ci/lsan.supp.
+test-asan: deps
+	$(SWIFT) build --build-tests --sanitize=address --build-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp $(SWIFT) test --sanitize=address --build-path .build-asan --skip-build --filter HiredisTests
+
 ## Builds and runs the main job against a private redis-server.
 demo: deps
 	$(SWIFT) build --product fusebox
@@ -50,7 +56,7 @@ bench: deps
 	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench scale
 
 clean:
-	rm -rf .build Benchmarks/.build
+	rm -rf .build .build-asan Benchmarks/.build
 
 ## Regenerates Sources/FuseboxRedis/BreakerScript.swift from lua/breaker.lua (a test fails if they differ).
 lua:

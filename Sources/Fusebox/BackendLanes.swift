@@ -32,6 +32,9 @@ package enum CPUSlots {
 /// different cores write different lines, and the lane calls the backend without retaining it. Lanes hold the
 /// backend; the backend does not know them (no cycle). Made through ``make(backend:)``, as a ``TypedLane``.
 class BackendLane: @unchecked Sendable {  // Immutable; subclasses add only immutable state.
+    /// Only ``TypedLane`` makes lanes (through ``make(backend:)``), and it overrides ``record(_:for:)``.
+    fileprivate init() {}
+
     /// Records an outcome on the backend without writing its reference count.
     func record(_ outcome: CallOutcome, for token: PermitToken) {}
 
