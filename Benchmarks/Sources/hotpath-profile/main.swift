@@ -1,8 +1,9 @@
-// A tight loop over a closed breaker's hot path, for perf and callgrind:
-//   hotpath-profile [coarse] [distributed] [threads=N] [ITERATIONS]
+// A tight loop over a breaker's hot path, for perf and callgrind:
+//   hotpath-profile [coarse] [distributed] [open] [threads=N] [ITERATIONS]
 // Default: the local adapter with the precise ContinuousClock, one thread, 5,000,000 pairs per thread.
 // `distributed` starts a private redis-server and runs the distributed adapter against it; `threads=N` runs N
-// threads on the one breaker and prints the time per call in each thread.
+// threads on the one breaker and prints the time per call in each thread; `open` isolates the breaker first, so
+// every call is a rejection.
 import Dispatch
 import Fusebox
 import FuseboxRedis
@@ -29,6 +30,7 @@ let background = Task { try await registry.run() }
 let breaker = try registry.breaker("profile", policy: policy)
 try await breaker.acquireAsync().success()
 _ = try await breaker.snapshot()
+if arguments.contains("open") { try await breaker.isolate(reason: "profile") }
 
 let start = ContinuousClock.now
 DispatchQueue.concurrentPerform(iterations: threads) { _ in
