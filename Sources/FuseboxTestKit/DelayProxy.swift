@@ -24,19 +24,7 @@ public final class DelayProxy: Sendable {
     public init(upstreamPort: Int, delay: Duration) throws {
         self.upstreamPort = upstreamPort
         self.delay = delay
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RedisServerProcess.Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        var address = Self.loopback(port: 0)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound, listen(fd, 64) == 0 else {
-            close(fd)
-            throw RedisServerProcess.Failure(description: "could not listen on a loopback port: \(String(cString: strerror(errno)))")
-        }
-        listener = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
+        (listener, port) = try bindLoopback(listening: true)
         Thread { [self] in acceptConnections() }.start()
     }
 

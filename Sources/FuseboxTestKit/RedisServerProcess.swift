@@ -231,21 +231,8 @@ public final class RedisServerProcess: Sendable {
     /// A TCP port on 127.0.0.1 that was free a moment ago (never 6379).
     public static func freePort() throws -> Int {
         for _ in 0..<20 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { break }
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = 0
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-                }
-            }
-            guard bound else { continue }
-            let port = Int(UInt16(bigEndian: address.sin_port))
+            guard let (fd, port) = try? bindLoopback(listening: false) else { continue }
+            close(fd)
             if port != 6379 { return port }
         }
         throw Failure(description: "could not find a free loopback port")
