@@ -695,7 +695,7 @@ final class DistributedBackend: BreakerBackend {
         if recovered {
             instruments.logger.info("Redis is reachable again; breaker '\(name)' uses the shared state", metadata: ["breaker.state": .string(reply.state.rawValue)])
         }
-        if reborn || recovered {
+        if reborn {
             isRegistered.store(false, ordering: .relaxed)
             registerIfNeeded()
         }

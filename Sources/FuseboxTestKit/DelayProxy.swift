@@ -25,7 +25,7 @@ public final class DelayProxy: Sendable {
         self.upstreamPort = upstreamPort
         self.delay = delay
         (listener, port) = try bindLoopback(listening: true)
-        Thread { [self] in acceptConnections() }.start()
+        Thread { [self] in serve() }.start()
     }
 
     deinit { stop() }
@@ -47,30 +47,17 @@ public final class DelayProxy: Sendable {
         dropConnections()
     }
 
-    private static func loopback(port: Int) -> sockaddr_in {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return address
-    }
-
-    private func acceptConnections() {
-        defer { close(listener) }
-        while !stopped.load(ordering: .acquiring) {
-            var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&ready, 1, 50) > 0 else { continue }
-            let client = accept(listener, nil, nil)
-            guard client >= 0 else { continue }
+    private func serve() {
+        acceptConnections(on: listener, until: { stopped.load(ordering: .acquiring) }) { client in
             let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = Self.loopback(port: upstreamPort)
+            var address = loopbackAddress(port: upstreamPort)
             let connected = upstream >= 0 && withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
             }
             guard connected else {
                 close(client)
                 if upstream >= 0 { close(upstream) }
-                continue
+                return
             }
             var noDelay: Int32 = 1
             setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))

@@ -54,12 +54,7 @@ public final class MisbehavingServer: Sendable {
     }
 
     private func serve() {
-        defer { close(listener) }
-        while !stopped.load(ordering: .acquiring) {
-            var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&ready, 1, 50) > 0 else { continue }
-            let connection = accept(listener, nil, nil)
-            guard connection >= 0 else { continue }
+        acceptConnections(on: listener, until: { stopped.load(ordering: .acquiring) }) { connection in
             switch behaviour {
             case .closing:
                 close(connection)
@@ -67,8 +62,7 @@ public final class MisbehavingServer: Sendable {
                 open.withLock { $0.append(connection) }
             case .garbage:
                 open.withLock { $0.append(connection) }
-                let answering = Thread { [self] in answerWithGarbage(connection) }
-                answering.start()
+                Thread { [self] in answerWithGarbage(connection) }.start()
             }
         }
     }

@@ -18,13 +18,15 @@ struct ProcessFaultInjectionTests {
             policy.breakDuration = .fixed(.seconds(1))
             policy.maxHalfOpenDuration = .seconds(2)
             let flags = ["--consecutive-failures", "1", "--break-duration", "1s", "--max-half-open", "2s"]
-            var options = DistributedOptions(redis: server.configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500)))
+            var options = DistributedOptions(redis: server.configuration())
             options.halfOpenRetryInterval = .zero
             let adapter = try DistributedAdapter(options: options)
             let registry = BreakerRegistry(adapter: adapter)
             let running = Task { try? await registry.run() }
             defer { running.cancel() }
             let breaker = try registry.breaker("probe-holder", policy: policy)
+            // Known before the failure, so the failure is admitted under the shared state (not the fallback's).
+            _ = try await breaker.snapshot()
             try await breaker.acquireAsync().failure(CLIDocsError())
             await adapter.flush()
             #expect(try await breaker.snapshot().state == .open)

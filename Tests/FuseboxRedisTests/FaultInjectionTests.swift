@@ -42,6 +42,15 @@ final class Load: Sendable {
         }
     }
 
+    /// Stops the load and returns its figures, having checked that the store-down policy covered every call
+    /// (none rejected, unless `allowingRejections`) and that none waited `bound` or more.
+    func stop(bound: Duration, allowingRejections: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) async -> Figures {
+        let figures = await stop()
+        #expect(allowingRejections || figures.rejected == 0, "\(figures.rejected) calls rejected", sourceLocation: sourceLocation)
+        #expect(figures.longestWait < bound, "a call waited \(figures.longestWait)", sourceLocation: sourceLocation)
+        return figures
+    }
+
     /// Stops the load and returns its figures.
     func stop() async -> Figures {
         task.cancel()
@@ -98,9 +107,7 @@ struct FaultInjectionTests {
             #expect(try await asleep.value.string == "OK")
 
             let back = ContinuousClock.now
-            let figures = await load.stop()
-            #expect(figures.rejected == 0)
-            #expect(figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound)
             #expect(await totalsReach(breaker, instance, successes: figures.successes))
             report("DEBUG SLEEP 2", "snapshot failed after \(snapshotWait); longest call \(figures.longestWait); \(figures.successes) successes counted once, totals exact \(ContinuousClock.now - back) after the sleep")
         }
@@ -123,9 +130,8 @@ struct FaultInjectionTests {
                 try await Task.sleep(for: .milliseconds(100))
                 killed += try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").int ?? 0
             }
-            let figures = await load.stop()
+            let figures = await load.stop(bound: Self.bound)
             #expect(killed >= 5)
-            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
             let ended = ContinuousClock.now
             #expect(await totalsReach(breaker, instance, successes: figures.successes))
             let exactAfter = ContinuousClock.now - ended
@@ -178,8 +184,7 @@ struct FaultInjectionTests {
             // Everything Redis held is gone: the instance adopts the new, empty state (closed).
             #expect(await eventually(within: .seconds(5)) { await !isRejected(breaker) })
             let backAfter = ContinuousClock.now - flushed
-            let figures = await load.stop()
-            #expect(figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound, allowingRejections: true)
             try await breaker.acquireAsync().failure(Boom())
             #expect(await eventually { await isRejected(breaker) })
             #expect(try await breaker.snapshot().state == .open)
@@ -208,8 +213,7 @@ struct FaultInjectionTests {
             #expect(try await admin.send("HGET", "\(instance.adapter.core.options.namespace):{full}:state", "state").string == "closed")
             _ = try await admin.send("CONFIG", "SET", "maxmemory", "0")
             let freed = ContinuousClock.now
-            let figures = await load.stop()
-            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound)
             #expect(await totalsReach(breaker, instance, successes: figures.successes + 1))
             report("maxmemory reached (noeviction)", "\(figures.successes) successes held while writes were refused, written once \(ContinuousClock.now - freed) after memory was back")
         }
@@ -253,16 +257,14 @@ struct FaultInjectionTests {
             #expect(await eventually(within: .seconds(5)) { await isRejected(breaker) })
             let snapshot = try await breaker.snapshot()
             #expect(snapshot.state == .open, "\(snapshot)")
-            let figures = await load.stop()
-            #expect(figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound, allowingRejections: true)
             report("keys evicted (allkeys-random)", "\(written) filler keys written before the state key went; the breaker tripped again on its rebuilt keys; longest call \(figures.longestWait)")
         }
     }
 
     @Test("the ACL user's EVALSHA revoked mid-run, then restored: the fallback covers, nothing is lost")
     func aclRevoked() async throws {
-        let user = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
-        try await RedisServerProcess.with(.init(aclUsers: [user])) { server in
+        try await RedisServerProcess.with(.init(aclUsers: [appUser])) { server in
             var options = DistributedOptions(redis: server.configuration(
                 username: "fusebox-app", password: "app-secret", connectTimeout: Self.timeout, commandTimeout: Self.timeout))
             options.halfOpenRetryInterval = .zero
@@ -281,8 +283,7 @@ struct FaultInjectionTests {
             try await Task.sleep(for: .milliseconds(300))
             _ = try await admin.send("ACL", "SETUSER", "fusebox-app", "+evalsha")
             let restored = ContinuousClock.now
-            let figures = await load.stop()
-            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound)
             #expect(await totalsReach(breaker, instance, successes: figures.successes + 1))
             report("ACL: EVALSHA revoked, then restored", "NOPERM named in the error; \(figures.successes) successes written once, \(ContinuousClock.now - restored) after the grant")
         }
@@ -387,8 +388,7 @@ struct FaultInjectionTests {
             try await Task.sleep(for: .milliseconds(300))
             proxy.dropConnections()
             try await Task.sleep(for: .milliseconds(300))
-            let figures = await load.stop()
-            #expect(figures.rejected == 0 && figures.longestWait < Self.bound)
+            let figures = await load.stop(bound: Self.bound)
             #expect(await totalsReach(farBreaker, far, successes: figures.successes, within: .seconds(10)))
 
             try await waitForSubscribers(2, namespace: slow.namespace, server: server)

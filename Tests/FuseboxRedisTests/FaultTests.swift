@@ -13,6 +13,9 @@ let adapterCommands = [
     "+sismember", "+set", "+get", "+client|setname",
 ]
 
+/// An ACL user (`fusebox-app`, password `app-secret`) limited to the namespace `fusebox` and those commands.
+let appUser = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
+
 @Suite("When Redis is not well", .timeLimit(.minutes(2)))
 struct FaultTests {
     @Test("Redis restarted: scripts reloaded, state refreshed, a new trip works")
@@ -204,9 +207,8 @@ struct FaultTests {
 
     @Test("a Redis user limited to the namespace and the documented commands works; one without EVALSHA gets a clear error")
     func aclUsers() async throws {
-        let allowed = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
         let denied = ["reader", "on", ">reader-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all", "+ping", "+subscribe", "+hgetall", "+client|setname"]
-        try await RedisServerProcess.with(.init(aclUsers: [allowed, denied])) { server in
+        try await RedisServerProcess.with(.init(aclUsers: [appUser, denied])) { server in
             var options = DistributedOptions(redis: server.configuration(username: "fusebox-app", password: "app-secret"))
             options.halfOpenRetryInterval = .zero
             let app = try Instance(options)

@@ -42,6 +42,16 @@ private func distributedRegistry() async throws -> (DistributedAdapter<Continuou
     return (adapter, registry, Task { try await registry.run() })
 }
 
+/// A closed breaker `name` on a fresh distributed registry, its state known (one call made and read back), so that
+/// every measured call takes the cached, closed path.
+private func knownClosedBreaker(_ name: String) async throws -> (DistributedAdapter<ContinuousClock>, CircuitBreaker, Task<Void, Error>) {
+    let (adapter, registry, background) = try await distributedRegistry()
+    let breaker = try registry.breaker(name, policy: closedPolicy())
+    try await breaker.acquireAsync().success()
+    _ = try await breaker.snapshot()
+    return (adapter, breaker, background)
+}
+
 // Names are shell-safe (no spaces): the benchmark tool stores thresholds under cleaned-up file names but looks
 // them up by the raw name.
 let benchmarks: @Sendable () -> Void = {
@@ -99,11 +109,8 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [.mallocCountTotal: .init(absolute: [.p90: 150])])
 
     Benchmark("distributed-closed-success", configuration: distributed) { benchmark in
-        let (adapter, registry, background) = try await distributedRegistry()
+        let (adapter, breaker, background) = try await knownClosedBreaker("distributed")
         defer { background.cancel() }
-        let breaker = try registry.breaker("distributed", policy: closedPolicy())
-        try await breaker.acquireAsync().success()
-        _ = try await breaker.snapshot()
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
             let permit = try breaker.acquire()
@@ -120,11 +127,8 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .cpuTotal], timeUnits: .nanoseconds, warmupIterations: 1,
         scalingFactor: .mega, maxDuration: .seconds(3), maxIterations: 40)
     Benchmark("distributed-closed-success-task-per-core", configuration: perCore) { benchmark in
-        let (adapter, registry, background) = try await distributedRegistry()
+        let (adapter, breaker, background) = try await knownClosedBreaker("distributed-cores")
         defer { background.cancel() }
-        let breaker = try registry.breaker("distributed-cores", policy: closedPolicy())
-        try await breaker.acquireAsync().success()
-        _ = try await breaker.snapshot()
         let tasks = max(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         let calls = benchmark.scaledIterations.count
         benchmark.startMeasurement()
