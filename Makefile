@@ -1,9 +1,10 @@
 # Fusebox: `make demo` and `make test` work on a fresh Debian/Ubuntu machine with Swift installed.
 SWIFT ?= swift
+SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose
 
-.PHONY: deps build test test-faults test-asan demo bench clean lua
+.PHONY: deps build test test-faults test-asan test-tsan demo bench clean lua
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, and docker-compose (only to validate
 ## docker-compose.yml in the tests). apt-get update first; sudo when not root.
@@ -43,6 +44,17 @@ test-asan: deps
 	$(SWIFT) build --build-tests --sanitize=address --build-path .build-asan
 	LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp $(SWIFT) test --sanitize=address --build-path .build-asan --skip-build --filter HiredisTests
 
+## The whole suite under ThreadSanitizer (its own build directory). `-DFUSEBOX_TSAN` swaps the futex-based
+## `Mutex` for a pthread mutex that ThreadSanitizer understands (Sources/FuseboxLocking); the first report stops
+## the run. Tests run one at a time: the sanitizer slows every thread several times, and the timing bounds the
+## suites assert hold for one test at a time on two cores.
+test-tsan: deps
+	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
+	@mkdir -p .build-tsan; TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
+		--no-parallel -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
+	if grep -q "WARNING: ThreadSanitizer" .build-tsan/test.log; then echo "make test-tsan: ThreadSanitizer reported a race"; exit 1; fi; \
+	exit $$status
+
 ## Builds and runs the main job against a private redis-server.
 demo: deps
 	$(SWIFT) build --product fusebox
@@ -56,7 +68,7 @@ bench: deps
 	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench scale
 
 clean:
-	rm -rf .build .build-asan Benchmarks/.build
+	rm -rf .build .build-asan .build-tsan Benchmarks/.build
 
 ## Regenerates Sources/FuseboxRedis/BreakerScript.swift from lua/breaker.lua (a test fails if they differ).
 lua:

@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
@@ -27,14 +28,17 @@ let package = Package(
         ),
         // Small C helpers: the current CPU (per-CPU lanes and counters), a close-on-exec pipe (test-kit watchdogs).
         .target(name: "CFusebox"),
+        // The one lock type of every module: `Synchronization.Mutex`, or a pthread mutex in a ThreadSanitizer
+        // build (`make test-tsan`), where the futex-based `Mutex` shows every guarded access as a race.
+        .target(name: "FuseboxLocking"),
         .target(
             name: "Hiredis",
-            dependencies: ["CHiredis"]
+            dependencies: ["CHiredis", "FuseboxLocking"]
         ),
         .target(
             name: "Fusebox",
             dependencies: [
-                "CFusebox",
+                "CFusebox", "FuseboxLocking",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -43,45 +47,50 @@ let package = Package(
         .target(
             name: "FuseboxRedis",
             dependencies: [
-                "Fusebox", "Hiredis",
+                "Fusebox", "FuseboxLocking", "Hiredis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
             name: "FuseboxTestKit",
-            dependencies: ["Hiredis", "Fusebox", "CFusebox"]
+            dependencies: ["Hiredis", "Fusebox", "CFusebox", "FuseboxLocking"]
         ),
         .executableTarget(
             name: "FuseboxCLI",
             dependencies: [
-                "Hiredis", "Fusebox", "FuseboxRedis", "FuseboxTestKit",
+                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "HiredisTests",
-            dependencies: ["Hiredis", "FuseboxTestKit"]
+            dependencies: ["Hiredis", "FuseboxTestKit", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(
             name: "FuseboxRedisTests",
             dependencies: [
-                "Fusebox", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
         .testTarget(
             name: "FuseboxCLITests",
-            dependencies: ["Fusebox", "FuseboxRedis", "Hiredis", "FuseboxTestKit"]
+            dependencies: [
+                "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
         ),
         .testTarget(
             name: "FuseboxTests",
             dependencies: [
-                "Fusebox", "FuseboxTestKit",
+                "Fusebox", "FuseboxLocking", "FuseboxTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
     ],

@@ -1,3 +1,4 @@
+import FuseboxLocking
 import Logging
 import Metrics
 import Synchronization
@@ -6,7 +7,7 @@ import Synchronization
 ///
 /// Publishing checks an atomic count first, so with no consumer an event costs one relaxed load.
 final class EventBroadcaster: Sendable {
-    private let consumers = Mutex<[Int: AsyncStream<BreakerEvent>.Continuation]>([:])
+    private let consumers = Locked<[Int: AsyncStream<BreakerEvent>.Continuation]>([:])
     private let consumerCount = Atomic<Int>(0)
     private let nextID = Atomic<Int>(0)
 

@@ -1,3 +1,4 @@
+import FuseboxLocking
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -15,7 +16,7 @@ public final class BreakerRegistry: Service {
     /// The adapter breakers are made with.
     public let adapter: any BreakerAdapter
     private let logger: Logger
-    private let breakers = Mutex<[String: BackendLanes]>([:])
+    private let breakers = Locked<[String: BackendLanes]>([:])
     private let switchboard = FuseboxSwitch()
 
     /// Makes a registry with an adapter; transitions are logged through `logger` (default: not logged).

@@ -1,3 +1,4 @@
+import FuseboxLocking
 import Logging
 import Synchronization
 
@@ -42,7 +43,7 @@ public final class LocalBackend: BreakerBackend {
     public let name: String
     public let policy: BreakerPolicy
     private let clock: NanosecondClock
-    private let machine: Mutex<BreakerStateMachine>
+    private let machine: Locked<BreakerStateMachine>
     private let instruments: BreakerInstruments
 
     /// Makes a breaker in its base state; `policy` must be validated.
@@ -57,7 +58,7 @@ public final class LocalBackend: BreakerBackend {
         self.clock = clock
         let machine = BreakerStateMachine(name: name, policy: policy, now: 0)
         self.instruments = BreakerInstruments(name: name, initialState: machine.state, slowCallDuration: policy.slowCallDuration, logger: logger)
-        self.machine = Mutex(machine)
+        self.machine = Locked(machine)
     }
 
     private var now: Int64 { clock.now }

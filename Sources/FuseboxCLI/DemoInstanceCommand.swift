@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Fusebox
+import FuseboxLocking
 import FuseboxRedis
 import Hiredis
 import Logging
@@ -193,8 +194,8 @@ struct DemoInstanceCommand: AsyncParsableCommand {
 
 /// The stats shared by an instance's workers.
 final class SharedStats: Sendable {
-    private let stats: Mutex<InstanceStats>
-    init(_ stats: InstanceStats) { self.stats = Mutex(stats) }
+    private let stats: Locked<InstanceStats>
+    init(_ stats: InstanceStats) { self.stats = Locked(stats) }
     func withLock<T>(_ body: (inout InstanceStats) -> T) -> T { stats.withLock { body(&$0) } }
 }
 

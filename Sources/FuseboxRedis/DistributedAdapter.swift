@@ -1,5 +1,6 @@
 import Foundation
 import Fusebox
+import FuseboxLocking
 import Hiredis
 import Logging
 import ServiceLifecycle
@@ -200,7 +201,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
 
 /// The adapter's breakers by name, shared with the subscriber's message handler.
 final class BackendTable: Sendable {
-    private let table = Mutex<[String: DistributedBackend]>([:])
+    private let table = Locked<[String: DistributedBackend]>([:])
     func withLock<T>(_ body: (inout [String: DistributedBackend]) -> T) -> T { table.withLock { body(&$0) } }
 }
 

@@ -1,5 +1,6 @@
 import Dispatch
 import Fusebox
+import FuseboxLocking
 import Hiredis
 import Logging
 import Synchronization
@@ -20,8 +21,8 @@ final class DistributedCore: Sendable {
     /// How long (ms) an outcome may wait in this instance before it is written: the flush interval.
     let holdMilliseconds: String
     /// Set when the namespace holds another key schema: every script call is refused with this error.
-    let schemaRefusal = Mutex<RedisError?>(nil)
-    private let schemaGate = Mutex<SchemaGate>(.unchecked)
+    let schemaRefusal = Locked<RedisError?>(nil)
+    private let schemaGate = Locked<SchemaGate>(.unchecked)
 
     private enum SchemaGate {
         case unchecked
@@ -32,7 +33,7 @@ final class DistributedCore: Sendable {
 
     /// Held while a breaker (or the flusher, for all of them) takes pending outcomes and submits them, so that
     /// whatever is submitted next runs after them: Redis applies each sender's batches in sequence order.
-    let sendOrder = Mutex<Void>(())
+    let sendOrder = Locked<Void>(())
 
     /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
     static let keySchema = "2"
@@ -182,7 +183,7 @@ final class DistributedBackend: BreakerBackend {
     private let policyFingerprint: String
     private let policyJSON: String
     private let instruments: BreakerInstruments
-    private let cache: Mutex<Cache>
+    private let cache: Locked<Cache>
     // The options the hot path reads, copied out once (the options struct holds strings: copying it costs).
     private let whenUnavailable: DistributedOptions.UnavailablePolicy
     private let writeThrough: Bool
@@ -196,7 +197,7 @@ final class DistributedBackend: BreakerBackend {
     private let isRegistered = Atomic<Bool>(false)
     private let batchSequence = Atomic<Int>(0)
     /// Script calls submitted and not yet answered, and who waits for them all to be answered.
-    private let inFlight = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+    private let inFlight = Locked<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     /// The version a call is admitted under without a lock (``admitWhileClosed()``), or -1: set, under the cache's
     /// lock, to the cached version while the breaker is known, healthy and closed (or metrics-only).
     private let admission = Atomic<Int>(-1)
@@ -235,7 +236,7 @@ final class DistributedBackend: BreakerBackend {
         case .disabled: .disabled
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
-        self.cache = Mutex(Cache(state: base))
+        self.cache = Locked(Cache(state: base))
         let count = CPUSlots.count
         self.stripes = .allocate(capacity: count)
         for index in 0..<count { (stripes + index).initialize(to: SuccessStripe()) }
@@ -261,7 +262,7 @@ final class DistributedBackend: BreakerBackend {
             // Half-open, or the state is not known yet: wait for one bounded round trip. The reply arrives on the
             // connection's own thread, so this wait never needs Swift's cooperative pool to make progress.
             let done = DispatchSemaphore(value: 0)
-            let result = Mutex<BreakerAdmission?>(nil)
+            let result = Locked<BreakerAdmission?>(nil)
             askRedis { admission in
                 result.withLock { $0 = admission }
                 done.signal()
@@ -879,6 +880,6 @@ struct SuccessStripe: ~Copyable {
         var firstAt: Int64 = 0
     }
 
-    let cell = Mutex(Cell())
+    let cell = Locked(Cell())
     private let padding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)
 }

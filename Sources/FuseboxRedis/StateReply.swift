@@ -1,4 +1,5 @@
 import Fusebox
+import FuseboxLocking
 import Hiredis
 
 /// The reply of `lua/breaker.lua`, converted once (or a state read with `HMGET` by the refresher).
@@ -145,7 +146,7 @@ final class Doorbell: Sendable {
         var waiter: CheckedContinuation<Void, Never>?
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func ring() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in

@@ -1,4 +1,5 @@
 import CFusebox
+import FuseboxLocking
 import Synchronization
 
 #if canImport(Glibc)
@@ -14,7 +15,7 @@ public final class ChildProcess: Sendable {
     /// The child's process id.
     public let processIdentifier: pid_t
     /// The exit status once reaped; `waitpid` runs under this lock so a child is reaped once.
-    private let exitStatus = Mutex<Int32?>(nil)
+    private let exitStatus = Locked<Int32?>(nil)
 
     /// Starts `executable` with `arguments`; standard output and error go to `outputPath` (default /dev/null),
     /// or, when it is `nil`, stay this process's. With `searchPath`, `executable` may be a name found on `PATH`.
@@ -72,7 +73,7 @@ public final class ChildProcess: Sendable {
             throw RedisServerProcess.Failure(description: "could not start \(executable): \(String(cString: strerror(status)))")
         }
         processIdentifier = pid
-        input = Mutex(pipeEnds[1])
+        input = Locked(pipeEnds[1])
     }
 
     /// Writes an executable script at `path`, through a descriptor closed on `exec`.
@@ -91,7 +92,7 @@ public final class ChildProcess: Sendable {
     }
 
     /// The write end of the child's input pipe, or -1.
-    private let input: Mutex<Int32>
+    private let input: Locked<Int32>
 
     /// Closes the child's input pipe: the child reads end-of-file.
     public func closeInput() {

@@ -1,4 +1,5 @@
 import Foundation
+import FuseboxLocking
 import Synchronization
 
 #if canImport(Glibc)
@@ -18,7 +19,7 @@ public final class DelayProxy: Sendable {
     private let listener: Int32
     private let stopped = Atomic<Bool>(false)
     /// Both sockets of every open connection.
-    private let sockets = Mutex<Set<Int32>>([])
+    private let sockets = Locked<Set<Int32>>([])
 
     /// Starts a proxy to `127.0.0.1:upstreamPort` that delays each direction by `delay`.
     public init(upstreamPort: Int, delay: Duration) throws {
@@ -95,7 +96,7 @@ private final class DelayedPipe: Sendable {
     private let destination: Int32
     private let delay: Duration
     private let onEnd: @Sendable () -> Void
-    private let queue = Mutex<(chunks: [(at: ContinuousClock.Instant, bytes: [UInt8])], ended: Bool)>(([], false))
+    private let queue = Locked<(chunks: [(at: ContinuousClock.Instant, bytes: [UInt8])], ended: Bool)>(([], false))
     private let available = DispatchSemaphore(value: 0)
 
     init(from source: Int32, to destination: Int32, delay: Duration, onEnd: @escaping @Sendable () -> Void) {

@@ -1,3 +1,4 @@
+import FuseboxLocking
 import Synchronization
 
 /// A clock that moves only when told to, so tests advance time instead of sleeping.
@@ -11,7 +12,7 @@ public final class ManualClock: Clock, Sendable {
         public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
     }
 
-    private let current = Mutex(Instant(offset: .zero))
+    private let current = Locked(Instant(offset: .zero))
 
     /// A clock at offset zero.
     public init() {}

@@ -1,4 +1,5 @@
 import Foundation
+import FuseboxLocking
 import Synchronization
 
 #if canImport(Glibc)
@@ -27,7 +28,7 @@ public final class MisbehavingServer: Sendable {
     private let listener: Int32
     private let stopped = Atomic<Bool>(false)
     /// Accepted connections still open (the silent server keeps them), closed on ``stop()``.
-    private let open = Mutex<[Int32]>([])
+    private let open = Locked<[Int32]>([])
 
     /// Starts the server on a free loopback port.
     public init(_ behaviour: Behaviour) throws {

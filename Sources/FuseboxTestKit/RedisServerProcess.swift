@@ -1,4 +1,5 @@
 import Foundation
+import FuseboxLocking
 import Hiredis
 import Synchronization
 
@@ -47,7 +48,7 @@ public final class RedisServerProcess: Sendable {
     public var url: String { "redis://127.0.0.1:\(port)" }
 
     /// The server and its watchdog while running.
-    private let children = Mutex<(server: ChildProcess, watchdog: ChildProcess)?>(nil)
+    private let children = Locked<(server: ChildProcess, watchdog: ChildProcess)?>(nil)
     private let directory: URL
     private let executable: String
 

@@ -1,4 +1,5 @@
 import CHiredis
+import FuseboxLocking
 import Synchronization
 
 #if canImport(Glibc)
@@ -32,7 +33,7 @@ final class CommandLoop: Sendable {
     }
 
     let configuration: RedisConfiguration
-    private let shared = Mutex(Shared())
+    private let shared = Locked(Shared())
     private let wakeup: WakeupPipe
 
     init(configuration: RedisConfiguration) throws(RedisError) {

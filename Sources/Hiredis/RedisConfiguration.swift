@@ -99,13 +99,17 @@ private struct RedisURLParser {
         if let rest = url.dropPrefix("redis://") { return try parseTCP(rest) }
         if let rest = url.dropPrefix("unix://") { return try parseUnix(rest) }
         if url.hasPrefix("rediss://") { throw invalid("scheme 'rediss' (TLS) is not supported; use 'redis' or 'unix'") }
-        let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
-        throw invalid("scheme '\(scheme.isEmpty ? url : scheme)' is not supported; use 'redis' or 'unix'")
+        // Quote the scheme only when it looks like one (the text may be a password pasted in the wrong place).
+        if let colon = url.firstIndex(of: ":"), url[..<colon].allSatisfy({ $0.isLetter || $0.isNumber || "+-.".contains($0) }), colon > url.startIndex {
+            throw invalid("scheme '\(url[..<colon])' is not supported; use 'redis' or 'unix'")
+        }
+        throw invalid("no scheme; write redis://host:port or unix:///path/to.sock")
     }
 
     private func parseTCP(_ rest: Substring) throws(RedisError) -> RedisConfiguration {
         if rest.contains("?") || rest.contains("#") {
-            throw invalid("query '\(rest.drop(while: { $0 != "?" && $0 != "#" }))' is not supported in a redis:// URL")
+            // The query is not quoted: it may hold a password.
+            throw invalid("a query or fragment ('?…', '#…') is not supported in a redis:// URL; write a password as redis://:PASSWORD@host")
         }
         let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<authorityEnd]
@@ -121,10 +125,10 @@ private struct RedisURLParser {
                 config.username = user.isEmpty ? nil : user
                 config.password = try decode(userInfo[userInfo.index(after: colon)...], part: "password")
             } else {
-                let user = try decode(userInfo, part: "user")
-                guard !user.isEmpty else { throw invalid("empty user before '@'") }
-                // `redis://secret@host` is the common password-only spelling.
-                config.password = user
+                // `redis://secret@host` is the common password-only spelling: the part is a password, never quoted.
+                let password = try decode(userInfo, part: "password")
+                guard !password.isEmpty else { throw invalid("empty password before '@'") }
+                config.password = password
             }
         }
 
@@ -222,30 +226,26 @@ private struct RedisURLParser {
         RedisError(code: .invalidConfiguration, message: "invalid Redis URL '\(redacted)': \(reason)")
     }
 
-    /// The URL with anything between `:` and `@` of the authority replaced, so errors never print a password.
+    /// The URL with its user information (before the authority's last `@`) and every `password=` value replaced by
+    /// `***`, so errors never print a password.
     private var redacted: String {
-        guard let schemeEnd = url.firstRange(of: "://") else { return url }
-        let rest = url[schemeEnd.upperBound...]
-        let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
-        var result = String(url[..<schemeEnd.upperBound])
-        let authority = rest[..<authorityEnd]
-        if let at = authority.lastIndex(of: "@") {
-            let userInfo = authority[..<at]
-            if let colon = userInfo.firstIndex(of: ":") {
-                result += userInfo[..<colon] + ":***"
-            } else {
-                result += "***"
+        var text = url
+        if let schemeEnd = text.firstRange(of: "://") {
+            let rest = text[schemeEnd.upperBound...]
+            let authority = rest.prefix(while: { !"/?#".contains($0) })
+            if let at = authority.lastIndex(of: "@") {
+                let userInfo = authority[..<at]
+                let masked = userInfo.firstIndex(of: ":").map { userInfo[..<$0] + ":***" } ?? "***"
+                text.replaceSubrange(userInfo.startIndex..<at, with: masked)
             }
-            result += authority[at...]
-        } else {
-            result += authority
         }
-        // Query parameters: hide the value of `password=`.
-        let tail = rest[authorityEnd...].split(separator: "&", omittingEmptySubsequences: false).map { part in
-            part.hasPrefix("password=") || part.hasSuffix("?password") || part.contains("?password=")
-                ? part.prefix(while: { $0 != "=" }) + "=***" : part
+        var result = ""
+        var remaining = text[...]
+        while let found = remaining.firstRange(of: "password=") {
+            result += remaining[..<found.upperBound] + "***"
+            remaining = remaining[found.upperBound...].drop(while: { $0 != "&" && $0 != "#" })
         }
-        return result + tail.joined(separator: "&")
+        return result + remaining
     }
 }
 

@@ -1,3 +1,4 @@
+import FuseboxLocking
 import Synchronization
 
 /// A Lua script: its source, and the SHA-1 Redis knows it by.
@@ -10,7 +11,7 @@ public final class RedisScript: Sendable {
     /// The Lua source.
     public let source: String
     private let expected: String?
-    private let loaded: Mutex<String?>
+    private let loaded: Locked<String?>
 
     /// Makes a script value; nothing is sent until it is first run. `sha1`, when given, is the lowercase hex
     /// SHA-1 of `source` as a build step computed it: calls use it from the first, and a `SCRIPT LOAD` that
@@ -18,7 +19,7 @@ public final class RedisScript: Sendable {
     public init(_ source: String, sha1: String? = nil) {
         self.source = source
         self.expected = sha1
-        self.loaded = Mutex(sha1)
+        self.loaded = Locked(sha1)
     }
 
     /// The lowercase hex SHA-1 of ``source``: the one given, or the one `SCRIPT LOAD` returned; `nil` before either.

@@ -1,4 +1,5 @@
 import CHiredis
+import FuseboxLocking
 import Synchronization
 
 #if canImport(Glibc)
@@ -105,7 +106,7 @@ final class SubscriberLoop: Sendable {
     private let healthCheckInterval: Duration
     private let continuation: AsyncStream<SubscriberEvent>.Continuation
     private let onMessage: (@Sendable (RedisMessage) -> Void)?
-    private let shared: Mutex<Shared>
+    private let shared: Locked<Shared>
     private let wakeup: WakeupPipe
 
     init(
@@ -116,7 +117,7 @@ final class SubscriberLoop: Sendable {
         self.healthCheckInterval = healthCheckInterval
         self.continuation = continuation
         self.onMessage = onMessage
-        self.shared = Mutex(Shared(channels: channels, patterns: patterns))
+        self.shared = Locked(Shared(channels: channels, patterns: patterns))
         self.wakeup = try WakeupPipe()
     }
 

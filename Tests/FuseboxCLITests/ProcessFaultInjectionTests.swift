@@ -1,5 +1,6 @@
 import Foundation
 import Fusebox
+import FuseboxLocking
 import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
@@ -73,7 +74,7 @@ struct ProcessFaultInjectionTests {
 
 /// Probe permits seen by racing tasks: how many, and when the first came.
 private final class ProbesSeen: Sendable {
-    private let seen = Mutex<(count: Int, first: ContinuousClock.Instant?)>((0, nil))
+    private let seen = Locked<(count: Int, first: ContinuousClock.Instant?)>((0, nil))
     func saw() { seen.withLock { $0.count += 1; $0.first = $0.first ?? .now } }
     var count: Int { seen.withLock { $0.count } }
     var first: ContinuousClock.Instant? { seen.withLock { $0.first } }

@@ -1,4 +1,5 @@
 import Fusebox
+import FuseboxLocking
 import FuseboxTestKit
 import Hiredis
 import Logging
@@ -17,7 +18,7 @@ final class Load: Sendable {
     }
 
     private final class Recorder: Sendable {
-        let figures = Mutex(Figures())
+        let figures = Locked(Figures())
     }
 
     private let recorder = Recorder()

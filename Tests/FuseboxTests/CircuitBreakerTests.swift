@@ -1,4 +1,5 @@
 import Fusebox
+import FuseboxLocking
 import FuseboxTestKit
 import Logging
 import Metrics
@@ -271,7 +272,7 @@ final class LogSink: Sendable {
         var metadata: [String: String]
     }
 
-    private let captured = Mutex<[Line]>([])
+    private let captured = Locked<[Line]>([])
     var lines: [Line] { captured.withLock { $0 } }
     func append(_ line: Line) { captured.withLock { $0.append(line) } }
     func handler() -> Handler { Handler(sink: self) }

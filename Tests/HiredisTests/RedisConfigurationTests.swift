@@ -38,7 +38,7 @@ struct RedisConfigurationTests {
         ("redis://host:70000", "port '70000'"),
         ("redis://host/x", "database 'x'"),
         ("redis://host/-1", "database '-1'"),
-        ("redis://host?timeout=1", "query '?timeout=1'"),
+        ("redis://host?timeout=1", "a query or fragment"),
         ("redis://[::1:6379", "without a closing ']'"),
         ("redis://ho st", "host 'ho st'"),
         ("unix://relative.sock", "must be absolute"),
