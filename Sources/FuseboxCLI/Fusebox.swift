@@ -155,14 +155,17 @@ extension String {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h`, `250us`.
+/// Parses `500ms`, `10s`, `2m`, `1h`, `250us`: a non-negative number of a unit, at most 10 years.
 func parseDuration(_ text: String) throws -> Duration {
-    let units: [(String, (Double) -> Duration)] = [
-        ("ms", { .milliseconds($0) }), ("us", { .microseconds($0) }), ("s", { .seconds($0) }),
-        ("m", { .seconds($0 * 60) }), ("h", { .seconds($0 * 3600) }),
-    ]
-    for (suffix, make) in units where text.hasSuffix(suffix) {
-        if let value = Double(text.dropLast(suffix.count)), value.isFinite, value >= 0 { return make(value) }
+    let units: [(suffix: String, seconds: Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60), ("h", 3600)]
+    let longest: Double = 10 * 365 * 86_400
+    for unit in units where text.hasSuffix(unit.suffix) {
+        guard let value = Double(text.dropLast(unit.suffix.count)), value.isFinite, value >= 0 else { continue }
+        let seconds = value * unit.seconds
+        guard seconds <= longest else {
+            throw CLIError.usage("bad duration '\(text)': at most 10 years (87600h); write it like 500ms, 10s, 2m or 1h")
+        }
+        return unit.suffix == "us" ? .microseconds(value) : unit.suffix == "ms" ? .milliseconds(value) : .seconds(seconds)
     }
     throw CLIError.usage("bad duration '\(text)': write it like 500ms, 10s, 2m or 1h")
 }
