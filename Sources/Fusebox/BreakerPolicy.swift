@@ -95,7 +95,7 @@ public struct BreakerPolicy: Sendable {
                 default: return .seconds(120)
                 }
             case .custom(_, let function):
-                return max(.zero, function(attempt))
+                return min(max(.zero, function(attempt)), .seconds(10 * 365 * 86_400))
             }
         }
 
@@ -179,6 +179,24 @@ extension BreakerPolicy {
         func fail(_ field: String, _ value: Any, _ range: String) -> FuseboxError {
             FuseboxError(code: .invalidPolicy, message: "policy field '\(field)' is \(value); allowed: \(range)")
         }
+        // Every duration is at most ten years: longer ones mean nothing to a breaker, and the arithmetic on them
+        // (backoff steps, milliseconds for Redis) stays far from overflow.
+        let longest = Duration.seconds(10 * 365 * 86_400)
+        func tooLong(_ field: String, _ duration: Duration) -> FuseboxError {
+            fail(field, duration, "at most 10 years (\(longest))")
+        }
+        var durations: [(String, Duration)] = [("slowCallDuration", slowCallDuration), ("maxHalfOpenDuration", maxHalfOpenDuration)]
+        if let callTimeout { durations.append(("callTimeout", callTimeout)) }
+        if case .time(let sampling, _) = window { durations.append(("window.samplingDuration", sampling)) }
+        switch breakDuration {
+        case .fixed(let duration): durations.append(("breakDuration", duration))
+        case .exponential(let base, _, let maximum): durations += [("breakDuration.base", base), ("breakDuration.maximum", maximum)]
+        case .linear(let base, let increment, let maximum):
+            durations += [("breakDuration.base", base), ("breakDuration.increment", increment), ("breakDuration.maximum", maximum)]
+        case .adaptive, .custom: break
+        }
+        if let (field, duration) = durations.first(where: { $0.1 > longest }) { throw tooLong(field, duration) }
+
         if let ratio = failureRateThreshold, !(ratio > 0 && ratio <= 1) {
             throw fail("failureRateThreshold", ratio, "0 < value ≤ 1, or nil to turn the rule off")
         }

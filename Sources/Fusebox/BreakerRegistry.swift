@@ -94,8 +94,9 @@ public final class BreakerRegistry: Service {
         if name.isEmpty { throw fail("is empty") }
         if name.utf8.count > 200 { throw fail("is \(name.utf8.count) bytes long; at most 200 are allowed") }
         if let bad = name.unicodeScalars.first(where: { $0.properties.generalCategory == .control || $0 == "{" || $0 == "}" }) {
-            let shown = bad.value < 0x20 || bad.value == 0x7F ? "U+\(String(bad.value, radix: 16, uppercase: true))" : "'\(bad)'"
-            throw fail("'\(name.unicodeScalars.map { $0.value < 0x20 ? "?" : String($0) }.joined())' contains \(shown); control characters, '{' and '}' are not allowed")
+            let shown = bad.properties.generalCategory == .control ? "U+\(String(bad.value, radix: 16, uppercase: true))" : "'\(bad)'"
+            let printable = name.unicodeScalars.map { $0.properties.generalCategory == .control ? "?" : String($0) }.joined()
+            throw fail("'\(printable)' contains \(shown); control characters, '{' and '}' are not allowed")
         }
     }
 }

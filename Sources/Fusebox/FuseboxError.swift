@@ -136,18 +136,22 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
 }
 
 extension Duration {
-    /// Whole milliseconds, rounded down.
+    /// Whole milliseconds, rounded down (saturating at ±292 million years).
     public var milliseconds: Int64 {
         let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+        let (sum, carried) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
+        if overflow || carried { return seconds < 0 ? .min : .max }
+        return sum
     }
 
     /// Whole nanoseconds, rounded down (saturating at ±292 years).
     public var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return product &+ attoseconds / 1_000_000_000
+        let (sum, carried) = product.addingReportingOverflow(attoseconds / 1_000_000_000)
+        if overflow || carried { return seconds < 0 ? .min : .max }
+        return sum
     }
 
     /// The duration in seconds as a `Double`.

@@ -38,6 +38,8 @@ struct PolicyTests {
         (policy { $0.permittedCallsInHalfOpen = 0 }, "permittedCallsInHalfOpen"),
         (policy { $0.successThreshold = 0 }, "successThreshold"),
         (policy { $0.maxHalfOpenDuration = .zero }, "maxHalfOpenDuration"),
+        (policy { $0.maxHalfOpenDuration = .seconds(Int64.max / 2) }, "'maxHalfOpenDuration' is 4.611686018427388e+18 seconds; allowed: at most 10 years"),
+        (policy { $0.breakDuration = .linear(base: .seconds(1), increment: .seconds(400_000_000), maximum: .seconds(5)) }, "at most 10 years"),
         (policy { $0.callTimeout = .seconds(-1) }, "callTimeout"),
         (policy { $0.failureRateThreshold = nil }, "at least one trip rule"),
     ])
