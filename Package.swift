@@ -54,7 +54,10 @@ let package = Package(
         ),
         .target(
             name: "FuseboxTestKit",
-            dependencies: ["Hiredis", "Fusebox", "CFusebox", "FuseboxLocking"]
+            dependencies: [
+                "Hiredis", "Fusebox", "CFusebox", "FuseboxLocking",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .executableTarget(
             name: "FuseboxCLI",

@@ -848,6 +848,25 @@ final class DistributedBackend: BreakerBackend {
         return String(hash, radix: 16)
     }
 
+    /// `text` as a JSON string literal (quotes, backslashes and control characters escaped).
+    static func jsonString(_ text: String) -> String {
+        var literal = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": literal += "\\\""
+            case "\\": literal += "\\\\"
+            case "\n": literal += "\\n"
+            case "\r": literal += "\\r"
+            case "\t": literal += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                let hex = String(scalar.value, radix: 16)
+                literal += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: literal.unicodeScalars.append(scalar)
+            }
+        }
+        return literal + "\""
+    }
+
     /// The policy as JSON, for operators reading the `policy` field with redis-cli.
     static func policyJSON(_ policy: BreakerPolicy, minimumInstances: Int = 1) -> String {
         func ms(_ duration: Duration) -> String { String(duration.milliseconds) }
@@ -861,7 +880,7 @@ final class DistributedBackend: BreakerBackend {
         case .exponential(let base, let factor, let maximum): #"{"kind":"exponential","baseMs":\#(ms(base)),"factor":\#(factor),"maximumMs":\#(ms(maximum))}"#
         case .linear(let base, let increment, let maximum): #"{"kind":"linear","baseMs":\#(ms(base)),"incrementMs":\#(ms(increment)),"maximumMs":\#(ms(maximum))}"#
         case .adaptive: #"{"kind":"adaptive"}"#
-        case .custom(let id, _): #"{"kind":"custom","id":"\#(id.filter { $0 != "\"" && $0 != "\\" })"}"#
+        case .custom(let id, _): #"{"kind":"custom","id":\#(jsonString(id))}"#
         }
         return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
     }

@@ -1,4 +1,5 @@
 import Fusebox
+import Logging
 
 /// Something the conformance scenarios can run against: an adapter plus a way to move its clock.
 ///
@@ -10,6 +11,20 @@ public protocol ConformanceSubject: Sendable {
     func advance(by duration: Duration) async throws
     /// How far apart expected and reported durations may be (0 for a manual clock; a few ms for Redis time).
     var timeTolerance: Duration { get }
+}
+
+/// The `local` adapter on a manual clock.
+public struct LocalSubject: ConformanceSubject {
+    public let clock = ManualClock()
+    public var timeTolerance: Duration { .zero }
+
+    public init() {}
+
+    public func makeBackend(name: String, policy: BreakerPolicy) async throws -> any BreakerBackend {
+        try LocalAdapter(clock: clock).makeBackend(name: name, policy: policy.validated(), logger: Logger(label: "test"))
+    }
+
+    public func advance(by duration: Duration) async throws { clock.advance(by: duration) }
 }
 
 /// Failure types whose names appear in snapshots' error breakdowns.

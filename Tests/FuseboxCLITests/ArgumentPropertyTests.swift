@@ -49,6 +49,7 @@ struct ArgumentPropertyTests {
     @Test("global options mean the same before the subcommand as after it")
     func globalOptionsAnywhere() async {
         await propertyCheck(count: 200, input: Self.lines) { line in
+            await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             let parsed = try FuseboxCommand.parseAsRoot(GlobalOptions.hoisting(line.arguments))
             let found: (global: GlobalOptions, json: Bool, name: String?)? = switch parsed {
             case let command as ListCommand: (command.global, command.json, nil)
@@ -75,6 +76,7 @@ struct ArgumentPropertyTests {
         let words = ["list", "show", "isolate", "reset", "--redis", "--redis=", "--namespace", "--json", "--reason", "x",
                      "--", "-", "=", "--unknown", "watch", "--limit", "-1", "run", "payments"]
         await propertyCheck(count: 300, input: Gen.element(of: words).array(of: 0...7).map { $0.compactMap { $0 } }) { arguments in
+            await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             do {
                 _ = try FuseboxCommand.parseAsRoot(GlobalOptions.hoisting(arguments))
             } catch {
@@ -93,6 +95,7 @@ struct ArgumentPropertyTests {
     func durationsParse() async {
         let amounts = Gen.int(in: 0...1_000_000)
         await propertyCheck(count: 500, input: amounts, Gen.int(in: 0...4), Gen.int(in: 0...3)) { amount, unit, decimals in
+            await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             let value = Double(amount) / pow(10, Double(decimals))
             let text = "\(value)\(Self.units[unit].suffix)"
             let parsed = try parseDuration(text)
@@ -106,6 +109,7 @@ struct ArgumentPropertyTests {
     func anyDurationTextIsTyped() async {
         let pieces = ["1", "0", "-", ".", "5", "e", "1e300", "9e18", "inf", "nan", "ms", "s", "m", "h", "us", " ", "x", "0x1p3"]
         await propertyCheck(count: 2000, input: Gen.element(of: pieces).array(of: 0...4).map { $0.compactMap { $0 }.joined() }) { text in
+            await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             do {
                 let parsed = try parseDuration(text)
                 #expect(parsed >= .zero, "\(text)")

@@ -3,18 +3,6 @@ import FuseboxTestKit
 import Logging
 import Testing
 
-/// The `local` adapter on a manual clock.
-struct LocalSubject: ConformanceSubject {
-    let clock = ManualClock()
-    var timeTolerance: Duration { .zero }
-
-    func makeBackend(name: String, policy: BreakerPolicy) async throws -> any BreakerBackend {
-        try LocalAdapter(clock: clock).makeBackend(name: name, policy: policy.validated(), logger: Logger(label: "test"))
-    }
-
-    func advance(by duration: Duration) async throws { clock.advance(by: duration) }
-}
-
 @Suite("Conformance: the local adapter")
 struct LocalConformanceTests {
     @Test("scenario", arguments: ConformanceScenario.all.map(\.name))
