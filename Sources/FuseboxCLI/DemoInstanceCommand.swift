@@ -178,6 +178,9 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                 }
             }
         }
+        // The periodic writer stops first, so that it cannot overwrite the final figures with older ones.
+        writer.cancel()
+        await writer.value
         var final = shared.withLock { $0 }
         final.done = !forever
         Self.write(final, to: statsPath)

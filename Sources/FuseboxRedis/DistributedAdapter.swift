@@ -129,9 +129,19 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.listen() }
             group.addTask {
+                // Rings every flush interval, and sooner (after DistributedCore.retryInterval) when a write failed.
+                let tick = min(self.options.flushInterval, DistributedCore.retryInterval)
+                var sinceFlush = Duration.zero
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: self.options.flushInterval)
-                    self.core.doorbell.ring()
+                    try? await Task.sleep(for: tick)
+                    sinceFlush += tick
+                    let retry = self.core.retryWanted.exchange(false, ordering: .relaxed)
+                    if sinceFlush >= self.options.flushInterval {
+                        sinceFlush = .zero
+                        self.core.doorbell.ring()
+                    } else if retry {
+                        self.core.doorbell.ring()
+                    }
                 }
             }
             group.addTask {

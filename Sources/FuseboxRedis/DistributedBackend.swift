@@ -35,6 +35,14 @@ final class DistributedCore: Sendable {
     /// whatever is submitted next runs after them: Redis applies each sender's batches in sequence order.
     let sendOrder = Locked<Void>(())
 
+    /// Set when a write failed and its outcomes were kept: the flusher tries again after ``retryInterval``
+    /// rather than a whole flush interval later (a kept failure may be the one that trips the breaker).
+    let retryWanted = Atomic<Bool>(false)
+
+    /// How soon the flusher tries again after a failed write. Commands to a connection that is being re-made fail
+    /// at once, and the connection spaces its attempts (25 ms doubling to 1 s), so retries cost little.
+    static let retryInterval = Duration.milliseconds(100)
+
     /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
     static let keySchema = "2"
 
@@ -559,6 +567,7 @@ final class DistributedBackend: BreakerBackend {
                         // that depend on the server's condition (OOM, NOPERM, BUSY, LOADING, …) come here too:
                         // the script did not run, and it will once the condition passes.
                         cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
+                        core.retryWanted.store(true, ordering: .relaxed)
                     }
                 }
             })

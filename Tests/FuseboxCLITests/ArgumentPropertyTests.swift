@@ -48,7 +48,7 @@ struct ArgumentPropertyTests {
 
     @Test("global options mean the same before the subcommand as after it")
     func globalOptionsAnywhere() async {
-        await propertyCheck(count: 200, input: Self.lines) { line in
+        await propertyCheck(count: 100, input: Self.lines) { line in
             await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             let parsed = try FuseboxCommand.parseAsRoot(GlobalOptions.hoisting(line.arguments))
             let found: (global: GlobalOptions, json: Bool, name: String?)? = switch parsed {
@@ -75,7 +75,7 @@ struct ArgumentPropertyTests {
     func anyWordsAreTyped() async {
         let words = ["list", "show", "isolate", "reset", "--redis", "--redis=", "--namespace", "--json", "--reason", "x",
                      "--", "-", "=", "--unknown", "watch", "--limit", "-1", "run", "payments"]
-        await propertyCheck(count: 300, input: Gen.element(of: words).array(of: 0...7).map { $0.compactMap { $0 } }) { arguments in
+        await propertyCheck(count: 150, input: Gen.element(of: words).array(of: 0...7).map { $0.compactMap { $0 } }) { arguments in
             await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             do {
                 _ = try FuseboxCommand.parseAsRoot(GlobalOptions.hoisting(arguments))
@@ -108,7 +108,7 @@ struct ArgumentPropertyTests {
     @Test("any text parses to a duration or to a usage error that shows how to write one; never a crash")
     func anyDurationTextIsTyped() async {
         let pieces = ["1", "0", "-", ".", "5", "e", "1e300", "9e18", "inf", "nan", "ms", "s", "m", "h", "us", " ", "x", "0x1p3"]
-        await propertyCheck(count: 2000, input: Gen.element(of: pieces).array(of: 0...4).map { $0.compactMap { $0 }.joined() }) { text in
+        await propertyCheck(count: 1000, input: Gen.element(of: pieces).array(of: 0...4).map { $0.compactMap { $0 }.joined() }) { text in
             await Task.yield()  // CPU-bound cases: leave the shared pool to the suites that time things
             do {
                 let parsed = try parseDuration(text)

@@ -205,6 +205,55 @@ struct FaultTests {
         #expect(await eventually { await isRejected(breaker) })
     }
 
+    @Test("a policy that is not JSON, a window and totals of the wrong type, garbage counters: typed errors or repair, never a crash")
+    func corruptFields() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let breaker = try instance.registry.breaker("garbled", policy: tripsOnFirstFailure())
+        try await breaker.acquireAsync().success()
+        await instance.adapter.flush()
+        let redis = try RedisConnection(configuration: server.configuration())
+        let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
+        let keys = DistributedBackend.keys(namespace: options.namespace, name: "garbled")
+
+        // The stored policy is what operators' commands apply: garbage there is refused, and reset repairs it.
+        _ = try await redis.send("HSET", keys[0], "policy", "{not json")
+        await #expect {
+            try await operatorSide.isolate("garbled", reason: "x")
+        } throws: { error in
+            let error = error as! FuseboxError
+            return error.code == .corruptState && error.message.contains("'policy' is not the JSON")
+        }
+        _ = try await operatorSide.reset("garbled")
+        try await breaker.acquireAsync().success()
+        await instance.adapter.flush()
+        #expect(try await operatorSide.isolate("garbled", reason: "repaired").state == .isolated)
+        _ = try await operatorSide.reset("garbled")
+
+        // Counters that are not numbers, and the window and totals replaced by other types.
+        for corruption in [
+            RedisCommand("HSET", keys[0], "consecutive_failures", "many", "probes", "-", "attempt", "1e999"),
+            RedisCommand("SET", keys[1], "not a window"),
+            RedisCommand("SET", keys[2], "not totals"),
+            RedisCommand("SET", keys[3], "not events"),
+        ] {
+            _ = try await redis.send(corruption)
+            var failure: FuseboxError?
+            do { _ = try await breaker.snapshot() } catch { failure = error }
+            if let failure { #expect(failure.code == .corruptState, "\(corruption.name): \(failure)") }
+            // Calls go on (under the fallback while the state is refused), and reset repairs.
+            try await breaker.acquireAsync().success()
+            try await breaker.reset()
+            let repaired = try await breaker.snapshot()
+            #expect(repaired.state == .closed, "after \(corruption.name) \(corruption)")
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(breaker) }, "a trip after repairing \(corruption)")
+            try await breaker.reset()
+        }
+    }
+
     @Test("a Redis user limited to the namespace and the documented commands works; one without EVALSHA gets a clear error")
     func aclUsers() async throws {
         let denied = ["reader", "on", ">reader-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all", "+ping", "+subscribe", "+hgetall", "+client|setname"]

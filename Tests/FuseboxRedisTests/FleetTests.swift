@@ -64,8 +64,10 @@ struct FleetTests {
         #expect(await !isRejected(b))
         let started = ContinuousClock.now
         try await a.acquireAsync().failure(Boom())
-        #expect(await eventually(within: .seconds(2)) { await isRejected(b) })
-        #expect(ContinuousClock.now - started < .seconds(1))
+        #expect(await eventually(within: .seconds(3)) { await isRejected(b) })
+        // About a millisecond when the machine is idle (Docs/performance.md, propagation); the bound leaves room for
+        // the whole suite running in parallel on two cores.
+        #expect(ContinuousClock.now - started < .seconds(2))
         let snapshot = try await b.snapshot()
         #expect(snapshot.state == .open)
         #expect(snapshot.errorCounts == ["Boom": 1])
@@ -162,6 +164,8 @@ struct FleetTests {
             }
         }
         for instance in fleet { await instance.adapter.flush() }
+        // On a loaded machine a write may time out; its outcomes are kept and written on the next try (100 ms).
+        _ = await eventually { (try? await breakers[0].snapshot().totals.calls) == 40_000 }
         let totals = try await breakers[0].snapshot().totals
         #expect(totals.calls == 40_000)
         #expect(totals.failures == 10_000)
@@ -264,9 +268,11 @@ struct FleetTests {
         #expect(reopened.state == .open)
         #expect(reopened.attempt == 2)
         // Attempt 2 of exponential(500 ms × 4): 2 s, as Swift computed it (not a default: 30 s, nor attempt 1's
-        // 500 ms). The instance's own read may have reopened it a little earlier than the operator's read.
+        // 500 ms). The instance's own read may have reopened it earlier than the operator's read, so the break is
+        // what is left of it plus the time already spent open.
         let wait = try #require(reopened.timeUntilProbe)
-        #expect(wait > .milliseconds(1000) && wait <= .seconds(2))
+        let breakDuration = wait + reopened.timeInState
+        #expect(breakDuration > .milliseconds(1980) && breakDuration <= .milliseconds(2020), "\(wait) left + \(reopened.timeInState) open")
     }
 
     @Test("the keys are readable with redis-cli and documented fields are there")

@@ -61,7 +61,7 @@ struct ScaleTests {
             }
             let elapsed = ContinuousClock.now - started
             let scripts = try await commandCounts(stats)["evalsha", default: 0]
-            #expect(calls > 50_000)
+            #expect(calls > 20_000, "too few calls to show that the call rate does not matter")
             #expect(scripts <= Int(elapsed / .seconds(1)) + 1, "\(scripts) script calls in \(elapsed) for \(calls) calls")
             await instance.adapter.flush()
             #expect(try await breaker.snapshot().totals.successes == calls)
