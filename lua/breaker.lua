@@ -129,6 +129,14 @@ local function run(A, K)
     return reply
   end
 
+  -- reset repairs every key of the breaker, also those this call would not otherwise touch.
+  if op == 'reset' then
+    for index = 2, #EXPECTED do
+      local kind = redis.call('TYPE', K[index])['ok']
+      if kind ~= 'none' and kind ~= EXPECTED[index] then redis.call('DEL', K[index]) end
+    end
+  end
+
   local values = checked(1, 'HMGET', unpack(READ))
   local exists = values[1] ~= false
 
@@ -144,6 +152,9 @@ local function run(A, K)
       if stored and op ~= 'reset' then
         refuse('CORRUPT ' .. K[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
       end
+      -- reset repairs it: the garbage goes, and the fingerprint with it, so the next instance to write stores its
+      -- policy again (its reply says Redis no longer holds it).
+      if stored then redis.call('HDEL', K[1], 'policy', 'policy_fp'); values[13] = nil end
       p = { window = { kind = 'time', samplingMs = 10000, buckets = 10 }, minimumThroughput = 10, failureRateThreshold = 0.5,
             permittedCallsInHalfOpen = 1, successThreshold = 1, maxHalfOpenDurationMs = 60000, mode = 'normal' }
     end

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "ad48edca6378668c3436deb1d4a3050ba8f44c58")
+    static let script = RedisScript(source, sha1: "1b7fa7fd616679655253942b307950f10cc2b91f")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -139,6 +139,14 @@ enum BreakerScript {
         return reply
       end
 
+      -- reset repairs every key of the breaker, also those this call would not otherwise touch.
+      if op == 'reset' then
+        for index = 2, #EXPECTED do
+          local kind = redis.call('TYPE', K[index])['ok']
+          if kind ~= 'none' and kind ~= EXPECTED[index] then redis.call('DEL', K[index]) end
+        end
+      end
+
       local values = checked(1, 'HMGET', unpack(READ))
       local exists = values[1] ~= false
 
@@ -154,6 +162,9 @@ enum BreakerScript {
           if stored and op ~= 'reset' then
             refuse('CORRUPT ' .. K[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
           end
+          -- reset repairs it: the garbage goes, and the fingerprint with it, so the next instance to write stores its
+          -- policy again (its reply says Redis no longer holds it).
+          if stored then redis.call('HDEL', K[1], 'policy', 'policy_fp'); values[13] = nil end
           p = { window = { kind = 'time', samplingMs = 10000, buckets = 10 }, minimumThroughput = 10, failureRateThreshold = 0.5,
                 permittedCallsInHalfOpen = 1, successThreshold = 1, maxHalfOpenDurationMs = 60000, mode = 'normal' }
         end

@@ -43,19 +43,22 @@ struct ProcessFaultInjectionTests {
             #expect(await poll(within: .seconds(10)) { (try? await breaker.snapshot())?.probesInFlight == 1 })
             let halfOpenSince = ContinuousClock.now - (try await breaker.snapshot().timeInState)
             holder.kill()
-            let killed = ContinuousClock.now
+            try #require(ContinuousClock.now - halfOpenSince < .seconds(2), "the machine was too slow to kill the holder while it held the probe")
 
-            // Eight tasks race for a probe, holding any they get (never reporting it), until four seconds pass.
+            // Eight tasks race for a probe, holding any they get (never reporting it), until 4.5 s after HALF_OPEN
+            // began: the new probe comes at about 3 s (2 s maximum + 1 s break); a second cycle could not give
+            // another before 6 s.
+            let end = halfOpenSince + .milliseconds(4500)
             let probes = ProbesSeen()
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<8 {
                     group.addTask {
-                        while ContinuousClock.now - killed < .seconds(4) {
+                        while ContinuousClock.now < end {
                             if let permit = breaker.tryAcquire() {
                                 if permit.token.isProbe {
                                     probes.saw()
                                     // Held until the loop ends: reporting would let the breaker close.
-                                    try? await Task.sleep(for: .seconds(4) - (ContinuousClock.now - killed))
+                                    try? await Task.sleep(until: end, clock: .continuous)
                                 }
                                 permit.ignore()
                             }
