@@ -175,10 +175,18 @@ public struct ClusterRedirect: Sendable, Hashable {
     public var slot: Int
     public var endpoint: RedisConfiguration.Endpoint
 
-    /// Parses `MOVED 3999 127.0.0.1:6381` or `ASK 3999 [::1]:6381` (the text of an error reply); `nil` otherwise.
+    /// Makes a redirection.
+    public init(kind: Kind, slot: Int, endpoint: RedisConfiguration.Endpoint) {
+        self.kind = kind
+        self.slot = slot
+        self.endpoint = endpoint
+    }
+
+    /// Parses `MOVED 3999 127.0.0.1:6381` or `ASK 3999 [::1]:6381` (the text of an error reply, and anything after
+    /// it); `nil` otherwise.
     public init?(errorMessage: String) {
-        let parts = errorMessage.split(separator: " ")
-        guard parts.count == 3, let slot = Int(parts[1]), (0..<ClusterSlot.count).contains(slot) else { return nil }
+        let parts = errorMessage.split(separator: " ", maxSplits: 3)
+        guard parts.count >= 3, let slot = Int(parts[1]), (0..<ClusterSlot.count).contains(slot) else { return nil }
         switch parts[0] {
         case "MOVED": kind = .moved
         case "ASK": kind = .ask

@@ -99,6 +99,9 @@ private struct RedisURLParser {
         if let rest = url.dropPrefix("redis://") { return try parseTCP(rest) }
         if let rest = url.dropPrefix("unix://") { return try parseUnix(rest) }
         if url.hasPrefix("rediss://") { throw invalid("scheme 'rediss' (TLS) is not supported; use 'redis' or 'unix'") }
+        for (scheme, topology) in [("redis+cluster", "Redis Cluster"), ("redis+sentinel", "Redis Sentinel")] where url.hasPrefix(scheme + "://") {
+            throw invalid("scheme '\(scheme)' (\(topology)) is not supported by this version yet; use 'redis' or 'unix'")
+        }
         // Quote the scheme only when it looks like one (the text may be a password pasted in the wrong place).
         if let colon = url.firstIndex(of: ":"), url[..<colon].allSatisfy({ $0.isLetter || $0.isNumber || "+-.".contains($0) }), colon > url.startIndex {
             throw invalid("scheme '\(url[..<colon])' is not supported; use 'redis' or 'unix'")

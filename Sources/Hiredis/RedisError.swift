@@ -38,13 +38,19 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     /// The error this one wraps, if any.
     public var underlying: (any Error & Sendable)?
 
-    /// Makes an error.
+    /// Makes an error. A server's `MOVED` or `ASK` answer gets a hint: the server is a Redis Cluster node.
     public init(code: Code, message: String, endpoint: String = "", underlying: (any Error & Sendable)? = nil) {
         self.code = code
         self.message = message
+        if code == .serverError, ClusterRedirect(errorMessage: message) != nil, !message.contains(Self.clusterHint) {
+            self.message += " (\(Self.clusterHint))"
+        }
         self.endpoint = endpoint
         self.underlying = underlying
     }
+
+    /// What a `MOVED` or `ASK` answer on a standalone connection means for the user.
+    static let clusterHint = "the server is a Redis Cluster node; a cluster is reached with a redis+cluster://HOST:PORT URL"
 
     /// The server error's prefix, such as `NOSCRIPT`, `WRONGTYPE` or `NOPERM`; `nil` for other codes.
     public var serverErrorPrefix: Substring? {
