@@ -95,7 +95,7 @@ public struct BreakerPolicy: Sendable {
                 default: return .seconds(120)
                 }
             case .custom(_, let function):
-                return min(max(.zero, function(attempt)), .seconds(10 * 365 * 86_400))
+                return min(max(.zero, function(attempt)), BreakerPolicy.longestDuration)
             }
         }
 
@@ -174,14 +174,16 @@ public struct BreakerPolicy: Sendable {
 // MARK: - Validation
 
 extension BreakerPolicy {
+    /// The longest any duration of a policy may be: ten years. Longer ones mean nothing to a breaker, and the
+    /// arithmetic on durations (backoff steps, milliseconds for Redis) stays far from overflow.
+    public static let longestDuration = Duration.seconds(10 * 365 * 86_400)
+
     /// The policy, checked: throws ``FuseboxError/Code/invalidPolicy`` naming the first bad field and its range.
     public func validated() throws(FuseboxError) -> BreakerPolicy {
         func fail(_ field: String, _ value: Any, _ range: String) -> FuseboxError {
             FuseboxError(code: .invalidPolicy, message: "policy field '\(field)' is \(value); allowed: \(range)")
         }
-        // Every duration is at most ten years: longer ones mean nothing to a breaker, and the arithmetic on them
-        // (backoff steps, milliseconds for Redis) stays far from overflow.
-        let longest = Duration.seconds(10 * 365 * 86_400)
+        let longest = Self.longestDuration
         func tooLong(_ field: String, _ duration: Duration) -> FuseboxError {
             fail(field, duration, "at most 10 years (\(longest))")
         }

@@ -137,19 +137,16 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
 
 extension Duration {
     /// Whole milliseconds, rounded down (saturating at ±292 million years).
-    public var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
-        let (sum, carried) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
-        if overflow || carried { return seconds < 0 ? .min : .max }
-        return sum
-    }
+    public var milliseconds: Int64 { wholeUnits(perSecond: 1000) }
 
     /// Whole nanoseconds, rounded down (saturating at ±292 years).
-    public var nanoseconds: Int64 {
+    public var nanoseconds: Int64 { wholeUnits(perSecond: 1_000_000_000) }
+
+    /// Whole units of which `perSecond` make a second (a divisor of 10¹⁸), rounded down, saturating at `Int64`'s ends.
+    private func wholeUnits(perSecond: Int64) -> Int64 {
         let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        let (sum, carried) = product.addingReportingOverflow(attoseconds / 1_000_000_000)
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: perSecond)
+        let (sum, carried) = product.addingReportingOverflow(attoseconds / (1_000_000_000_000_000_000 / perSecond))
         if overflow || carried { return seconds < 0 ? .min : .max }
         return sum
     }

@@ -158,7 +158,7 @@ extension String {
 /// Parses `500ms`, `10s`, `2m`, `1h`, `250us`: a non-negative number of a unit, at most 10 years.
 func parseDuration(_ text: String) throws -> Duration {
     let units: [(suffix: String, seconds: Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60), ("h", 3600)]
-    let longest: Double = 10 * 365 * 86_400
+    let longest = Double(BreakerPolicy.longestDuration.components.seconds)
     for unit in units where text.hasSuffix(unit.suffix) {
         guard let value = Double(text.dropLast(unit.suffix.count)), value.isFinite, value >= 0 else { continue }
         let seconds = value * unit.seconds
