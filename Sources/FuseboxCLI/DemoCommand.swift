@@ -35,7 +35,7 @@ struct DemoCommand: AsyncParsableCommand {
             }
             defer { server?.kill() }
             if let url, redis != nil {
-                let connection = try RedisConnection(url: url)
+                let connection = try RedisClient(url: url)
                 do { _ = try await connection.send("PING") } catch {
                     throw CLIError.unavailable("Redis at \(url.redactingPassword) is unavailable: \(error)")
                 }

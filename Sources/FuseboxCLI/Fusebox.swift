@@ -85,7 +85,7 @@ struct GlobalOptions: ParsableArguments {
 
     /// An operator on a connection checked with `PING`.
     func makeOperator() async throws -> BreakerOperator {
-        let connection = try RedisConnection(configuration: configuration())
+        let connection = try RedisClient(configuration: configuration())
         do {
             _ = try await connection.send("PING")
         } catch {

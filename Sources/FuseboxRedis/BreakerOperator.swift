@@ -8,14 +8,14 @@ import Hiredis
 /// a transition made here is published to and seen by every instance.
 public struct BreakerOperator: Sendable {
     /// The connection used.
-    public let connection: RedisConnection
+    public let connection: RedisClient
     /// The key prefix.
     public let namespace: String
     /// The name written to the events stream for changes made here.
     public let actor: String
 
     /// Makes an operator for `namespace` on `connection`.
-    public init(connection: RedisConnection, namespace: String = "fusebox", actor: String = "fusebox-cli") {
+    public init(connection: RedisClient, namespace: String = "fusebox", actor: String = "fusebox-cli") {
         self.connection = connection
         self.namespace = namespace
         self.actor = actor
@@ -129,7 +129,7 @@ public struct BreakerOperator: Sendable {
     }
 
     /// Reads the events stream of a breaker into transitions, oldest first.
-    static func timeline(of name: String, eventsKey: String, connection: RedisConnection) async throws -> [BreakerTransition] {
+    static func timeline(of name: String, eventsKey: String, connection: RedisClient) async throws -> [BreakerTransition] {
         let entries = try await connection.send("XREVRANGE", eventsKey, "+", "-", "COUNT", BreakerStateMachine.timelineCapacity)
         var transitions: [BreakerTransition] = []
         for entry in entries.array ?? [] {

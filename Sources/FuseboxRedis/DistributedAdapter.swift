@@ -43,7 +43,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         var configuration = options.redis
         if configuration.clientName == nil { configuration.clientName = "fusebox:\(options.instanceID)" }
         do {
-            let connection = try RedisConnection(configuration: configuration)
+            let connection = try RedisClient(configuration: configuration)
             core = DistributedCore(options: options, connection: connection, logger: logger)
             // Transition messages are applied on the subscriber's own thread as they arrive: no task switch.
             let backends = self.backends

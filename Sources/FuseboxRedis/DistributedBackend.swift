@@ -8,7 +8,7 @@ import Synchronization
 /// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
 final class DistributedCore: Sendable {
     let options: DistributedOptions
-    let connection: RedisConnection
+    let connection: RedisClient
     let logger: Logger
     let doorbell = Doorbell()
     let channel: String
@@ -49,7 +49,7 @@ final class DistributedCore: Sendable {
     /// The most breakers one script call carries: about a millisecond of Redis time.
     static let breakersPerCall = 32
 
-    init(options: DistributedOptions, connection: RedisConnection, logger: Logger) {
+    init(options: DistributedOptions, connection: RedisClient, logger: Logger) {
         self.options = options
         self.connection = connection
         self.logger = logger
@@ -89,10 +89,7 @@ final class DistributedCore: Sendable {
         guard !calls.isEmpty else { return }
         let pinned = pinnedTime.load(ordering: .relaxed)
         let header: [any RedisArgument] = [channel, options.instanceID, pinned == 0 ? "" : String(pinned), holdMilliseconds, senderID]
-        var start = 0
-        while start < calls.count {
-            let part = Array(calls[start..<min(calls.count, start + Self.breakersPerCall)])
-            start += part.count
+        for part in Self.parts(of: calls, isCluster: isCluster) {
             var keys: [String] = []
             var arguments = header
             keys.reserveCapacity(part.count * 5)
@@ -111,6 +108,36 @@ final class DistributedCore: Sendable {
                 }
             }
         }
+    }
+
+    /// Whether the connection is to a Redis Cluster: a script call's keys must then share one slot.
+    private var isCluster: Bool {
+        if case .cluster = connection.configuration.topology { true } else { false }
+    }
+
+    /// `calls` cut into script calls of at most ``breakersPerCall`` breakers, in order; in a cluster, one slot's
+    /// breakers per call (a script's keys must share a slot), each slot's calls in their order.
+    static func parts(of calls: [ScriptCall], isCluster: Bool) -> [[ScriptCall]] {
+        var parts: [[ScriptCall]] = []
+        if isCluster {
+            var bySlot: [Int: Int] = [:]
+            for call in calls {
+                let slot = ClusterSlot.of(key: call.keys[0])
+                if let index = bySlot[slot], parts[index].count < breakersPerCall {
+                    parts[index].append(call)
+                } else {
+                    bySlot[slot] = parts.count
+                    parts.append([call])
+                }
+            }
+            return parts
+        }
+        var start = 0
+        while start < calls.count {
+            parts.append(Array(calls[start..<min(calls.count, start + breakersPerCall)]))
+            start += parts[parts.count - 1].count
+        }
+        return parts
     }
 
     private static func deliver(_ result: Result<RESPValue, RedisError>, to part: [ScriptCall]) {

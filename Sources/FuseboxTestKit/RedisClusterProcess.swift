@@ -11,16 +11,19 @@ public final class RedisClusterProcess: Sendable {
         self.nodes = nodes
     }
 
-    /// Starts the nodes, creates the cluster, and returns once every node reports `cluster_state:ok` (at most 30 s).
+    /// Starts the nodes, creates the cluster, and returns once every node reports `cluster_state:ok` and every
+    /// replica is online (at most a minute).
     public static func start(primaries: Int = 3, replicasPerPrimary: Int = 0) async throws -> RedisClusterProcess {
         let options = RedisServerProcess.Options(extraArguments: [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+            "--repl-diskless-sync-delay", "0",
         ])
         var nodes: [RedisServerProcess] = []
         do {
             for _ in 0..<(primaries * (1 + replicasPerPrimary)) { nodes.append(try await RedisServerProcess.start(options)) }
             let cluster = RedisClusterProcess(nodes: nodes)
             try await cluster.create(replicasPerPrimary: replicasPerPrimary)
+            try await cluster.waitUntilHealthy(replicas: replicasPerPrimary)
             return cluster
         } catch {
             for node in nodes { node.kill() }
@@ -50,7 +53,7 @@ public final class RedisClusterProcess: Sendable {
         }
         let deadline = ContinuousClock.now + .seconds(30)
         for node in nodes {
-            let connection = try RedisConnection(configuration: node.configuration())
+            let connection = try RedisClient(configuration: node.configuration())
             defer { connection.close() }
             while true {
                 let info = (try? await connection.send("CLUSTER", "INFO").string) ?? ""
@@ -64,11 +67,98 @@ public final class RedisClusterProcess: Sendable {
     }
 }
 
-/// The one cluster of a test run, started by the first test that asks and shared by every test after it (each
-/// test uses keys of its own). Its nodes end with the test process (their watchdogs see to that).
+/// The one cluster of a test run, 3 primaries and 3 replicas, started by the first test that asks and shared by every
+/// test after it (each test uses keys of its own). Its nodes end with the test process (their watchdogs see to that).
+///
+/// Tests that only send commands hold it shared (``use(_:)``); a test that kills a node or moves slots holds it
+/// alone (``useAlone(_:)``), waits for the shared users to finish, and hands it back healthy.
 public enum SharedCluster {
-    private static let started = Task { try await RedisClusterProcess.start() }
+    private static let started = Task { try await RedisClusterProcess.start(primaries: 3, replicasPerPrimary: 1) }
+    private static let lease = Lease()
 
-    /// The cluster, once it reports `cluster_state:ok`.
-    public static func get() async throws -> RedisClusterProcess { try await started.value }
+    /// Runs `body` with the cluster, alongside other shared users.
+    public static func use<T: Sendable>(_ body: (RedisClusterProcess) async throws -> T) async throws -> T {
+        let cluster = try await started.value
+        await lease.acquire(alone: false)
+        do {
+            let result = try await body(cluster)
+            await lease.release(alone: false)
+            return result
+        } catch {
+            await lease.release(alone: false)
+            throw error
+        }
+    }
+
+    /// Runs `body` with the cluster and no other user.
+    public static func useAlone<T: Sendable>(_ body: (RedisClusterProcess) async throws -> T) async throws -> T {
+        let cluster = try await started.value
+        await lease.acquire(alone: true)
+        do {
+            let result = try await body(cluster)
+            await lease.release(alone: true)
+            return result
+        } catch {
+            await lease.release(alone: true)
+            throw error
+        }
+    }
+
+    /// A readers–writer lease, fair to a waiting writer (new readers queue behind it).
+    private actor Lease {
+        private var readers = 0
+        private var writer = false
+        private var queue: [(alone: Bool, resume: CheckedContinuation<Void, Never>)] = []
+
+        func acquire(alone: Bool) async {
+            if queue.isEmpty && !writer && (!alone || readers == 0) {
+                if alone { writer = true } else { readers += 1 }
+                return
+            }
+            await withCheckedContinuation { queue.append((alone, $0)) }
+        }
+
+        func release(alone: Bool) {
+            if alone { writer = false } else { readers -= 1 }
+            while let next = queue.first, !writer, !next.alone || readers == 0 {
+                queue.removeFirst()
+                if next.alone { writer = true } else { readers += 1 }
+                next.resume.resume()
+            }
+        }
+    }
+}
+
+extension RedisClusterProcess {
+    /// The `redis+cluster://` URL naming the first node as the seed.
+    public var url: String { "redis+cluster://127.0.0.1:\(nodes[0].port)" }
+
+    /// Waits until every running node reports `cluster_state:ok` and agrees on one primary per slot range, each
+    /// with `replicas` replicas online (at most `timeout`).
+    public func waitUntilHealthy(replicas: Int = 1, timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var healthy = true
+            for node in nodes {
+                let client = try RedisClient(configuration: node.configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500)))
+                defer { client.close() }
+                guard let info = try? await client.send("CLUSTER", "INFO").string, info.contains("cluster_state:ok"),
+                      let map = try? ClusterSlotMap(shards: try await client.send("CLUSTER", "SHARDS")),
+                      map.coveredSlots == ClusterSlot.count, map.ranges.allSatisfy({ $0.replicas.count >= replicas }) else {
+                    healthy = false
+                    break
+                }
+            }
+            if healthy { return }
+            guard ContinuousClock.now < deadline else {
+                throw RedisServerProcess.Failure(description: "the cluster did not become healthy within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// The node listening on `endpoint`.
+    public func node(at endpoint: RedisConfiguration.Endpoint) -> RedisServerProcess? {
+        nodes.first { endpoint == .tcp(host: "127.0.0.1", port: $0.port) }
+    }
 }

@@ -178,7 +178,7 @@ public final class RedisServerProcess: Sendable {
         children.withLock { $0 = (server, watchdog) }
 
         let deadline = ContinuousClock.now + .seconds(10)
-        let probe = try RedisConnection(configuration: configuration(
+        let probe = try RedisClient(configuration: configuration(
             password: options.requirePassword, connectTimeout: .milliseconds(200), commandTimeout: .milliseconds(500)))
         defer { probe.close() }
         while ContinuousClock.now < deadline {

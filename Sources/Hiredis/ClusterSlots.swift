@@ -14,7 +14,12 @@ public enum ClusterSlot {
 
     /// The slot of a key given as bytes.
     public static func of(key: [UInt8]) -> Int {
-        var hashed = key[...]
+        of(key: key[...])
+    }
+
+    /// The slot of a key given as a slice of bytes.
+    public static func of(key: ArraySlice<UInt8>) -> Int {
+        var hashed = key
         if let open = key.firstIndex(of: UInt8(ascii: "{")),
            let close = key[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
             hashed = key[(open + 1)..<close]

@@ -8,7 +8,7 @@ import Glibc
 import Darwin
 #endif
 
-/// The thread behind a ``RedisConnection``: it owns the socket, writes every queued request, and matches each
+/// The thread behind a ``RedisClient``: it owns the socket, writes every queued request, and matches each
 /// reply to its caller in order.
 ///
 /// Callers enqueue under a mutex and wake the thread through a pipe; the thread takes everything queued at
@@ -30,15 +30,35 @@ final class CommandLoop: Sendable {
         var wakeScheduled = false
         var isShuttingDown = false
         var isRunning = false
+        /// Set by ``retire(because:)``: drop the connection before writing anything more.
+        var retirement: (reason: String, keeping: String?)?
     }
 
     let configuration: RedisConfiguration
+    /// Says which server to connect to at each (re)connection, on the loop's thread (Sentinel asks the sentinels);
+    /// `nil` connects to ``configuration``.
+    private let resolve: (@Sendable (ContinuousClock.Instant) throws(RedisError) -> RedisConfiguration)?
     private let shared = Locked(Shared())
     private let wakeup: WakeupPipe
 
-    init(configuration: RedisConfiguration) throws(RedisError) {
+    init(
+        configuration: RedisConfiguration,
+        resolve: (@Sendable (ContinuousClock.Instant) throws(RedisError) -> RedisConfiguration)? = nil
+    ) throws(RedisError) {
         self.configuration = configuration
+        self.resolve = resolve
         self.wakeup = try WakeupPipe()
+    }
+
+    /// Drops the connection (what is in flight fails with ``RedisError/Code/connectionClosed``, which callers may
+    /// retry), so the next command connects anew: to the new primary, after a failover.
+    /// `keeping` names an endpoint (`host:port`) whose connection is kept: the switch it announces is made already.
+    func retire(because reason: String, unlessConnectedTo keeping: String? = nil) {
+        let running = shared.withLock { shared in
+            shared.retirement = (reason, keeping)
+            return shared.isRunning
+        }
+        if running { wakeup.wake() }
     }
 
     /// Queues a request; starts the thread on first use. Fails the request at once after ``shutdown()``.
@@ -111,10 +131,16 @@ final class CommandLoop: Sendable {
         }
 
         while true {
-            let (incoming, isShuttingDown) = shared.withLock { shared in
+            let (incoming, isShuttingDown, retirement) = shared.withLock { shared in
                 shared.wakeScheduled = false
-                defer { shared.queue.removeAll(keepingCapacity: true) }
-                return (shared.queue, shared.isShuttingDown)
+                defer {
+                    shared.queue.removeAll(keepingCapacity: true)
+                    shared.retirement = nil
+                }
+                return (shared.queue, shared.isShuttingDown, shared.retirement)
+            }
+            if let retirement, let live = socket, live.endpoint != retirement.keeping {
+                failInFlight(RedisError(code: .connectionClosed, message: retirement.reason, endpoint: live.endpoint))
             }
             if isShuttingDown {
                 let error = closedError()
@@ -134,7 +160,8 @@ final class CommandLoop: Sendable {
                         continue
                     }
                     do {
-                        socket = try HiredisSocket.connect(configuration, deadline: .now + configuration.connectTimeout)
+                        let deadline = ContinuousClock.now + configuration.connectTimeout
+                        socket = try HiredisSocket.connect(try resolve?(deadline) ?? configuration, deadline: deadline)
                         reconnect.succeeded()
                     } catch {
                         reconnect.failed(error)
@@ -193,6 +220,12 @@ final class CommandLoop: Sendable {
                             guard inFlight.first != nil else {
                                 throw RedisError(code: .protocolError, message: "a reply arrived that no command asked for", endpoint: live.endpoint)
                             }
+                            if resolve != nil, case .error(let message) = reply, message.hasPrefix("READONLY") {
+                                // The primary became a replica: connect anew (to whichever server is primary now)
+                                // once this batch is answered.
+                                shared.withLock { $0.retirement = ("the server became a replica (\(message))", nil) }
+                                wakeup.wake()
+                            }
                             inFlight.first!.replies.append(reply)
                             if inFlight.first!.replies.count == inFlight.first!.request.replyCount {
                                 let done = inFlight.popFirst()!
@@ -210,7 +243,7 @@ final class CommandLoop: Sendable {
                 // The reply stream can no longer be matched to callers: drop the connection, fail everything in flight.
                 failInFlight(RedisError(
                     code: .timeout, message: "no reply within \(configuration.commandTimeout)",
-                    endpoint: configuration.endpoint.description))
+                    endpoint: socket?.endpoint ?? configuration.endpoint.description))
             }
         }
     }

@@ -55,10 +55,16 @@ final class HiredisSocket {
         }
         if configuration.database != 0 { handshake.append(RedisCommand("SELECT", configuration.database)) }
         if let name = configuration.clientName { handshake.append(RedisCommand("CLIENT", "SETNAME", name)) }
+        if configuration.requiresPrimary { handshake.append(RedisCommand("ROLE")) }
         guard !handshake.isEmpty else { return socket }
 
         let replies = try socket.roundTrip(handshake, deadline: deadline)
         for (command, reply) in zip(handshake, replies) {
+            if command.name == "ROLE", case .array(let parts) = reply, let role = parts.first?.string, role != "master" {
+                throw RedisError(
+                    code: .connectionFailed, message: "the server is a \(role == "slave" ? "replica" : role), not the primary; asking the sentinels again",
+                    endpoint: endpoint)
+            }
             guard case .error(let message) = reply else { continue }
             let code: RedisError.Code = command.name == "AUTH" ? .authenticationFailed : .serverError
             throw RedisError(code: code, message: "\(command.name) failed: \(message)", endpoint: endpoint)

@@ -30,6 +30,8 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     public let encoded: [UInt8]
     /// The command name, upper-cased, for errors and logs.
     public let name: String
+    /// Where the key that routes this command in a cluster lies in ``encoded``; `nil` for a command without keys.
+    let keyBytes: Range<Int>?
 
     /// Makes a command from its name and arguments.
     public init(_ name: String, _ arguments: any RedisArgument...) {
@@ -42,16 +44,47 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         buffer.reserveCapacity(16 + name.utf8.count + arguments.count * 24)
         Self.appendHeader(UInt8(ascii: "*"), arguments.count + 1, to: &buffer)
         Self.appendBulk(name, to: &buffer)
+        let upper = name.uppercased()
+        var keyIndex = Self.keyArgumentIndex(upper, argumentCount: arguments.count)
+        var keyBytes: Range<Int>?
         var scratch: [UInt8] = []
-        for argument in arguments {
+        for (index, argument) in arguments.enumerated() {
             scratch.removeAll(keepingCapacity: true)
             argument.appendBytes(to: &scratch)
             Self.appendHeader(UInt8(ascii: "$"), scratch.count, to: &buffer)
+            if index == keyIndex { keyBytes = buffer.count..<(buffer.count + scratch.count) }
+            if index == 1, keyIndex == 2, Self.scriptCommands.contains(upper) {
+                // EVAL script numkeys key…: a script without keys runs anywhere.
+                if Int(String(decoding: scratch, as: UTF8.self)) ?? 0 <= 0 { keyIndex = nil }
+            }
             buffer.append(contentsOf: scratch)
             buffer.append(contentsOf: [13, 10])
         }
         self.encoded = buffer
-        self.name = name.uppercased()
+        self.name = upper
+        self.keyBytes = keyBytes
+    }
+
+    /// The cluster slot of the command's key; `nil` for a command without keys (any node answers it).
+    public var slot: Int? {
+        keyBytes.map { ClusterSlot.of(key: encoded[$0]) }
+    }
+
+    private static let scriptCommands: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
+    private static let secondArgumentKeyed: Set<String> = ["MEMORY", "OBJECT", "XINFO"]
+    private static let keyless: Set<String> = [
+        "ACL", "ASKING", "AUTH", "BGREWRITEAOF", "BGSAVE", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DBSIZE", "DEBUG",
+        "ECHO", "EXEC", "FLUSHALL", "FLUSHDB", "FUNCTION", "HELLO", "INFO", "KEYS", "LASTSAVE", "LATENCY", "MONITOR",
+        "MULTI", "PING", "PSUBSCRIBE", "PUBLISH", "PUNSUBSCRIBE", "QUIT", "RANDOMKEY", "READONLY", "READWRITE", "RESET",
+        "ROLE", "SAVE", "SCAN", "SCRIPT", "SELECT", "SENTINEL", "SHUTDOWN", "SLOWLOG", "SUBSCRIBE", "SWAPDB", "TIME",
+        "UNSUBSCRIBE", "WAIT",
+    ]
+
+    /// Which argument names the key that routes a command: the first, for the commands this package sends and most
+    /// others; the third for scripts (after the script and the key count); none for server and connection commands.
+    private static func keyArgumentIndex(_ name: String, argumentCount: Int) -> Int? {
+        let index = scriptCommands.contains(name) ? 2 : secondArgumentKeyed.contains(name) ? 1 : keyless.contains(name) ? nil : 0
+        return index.flatMap { $0 < argumentCount ? $0 : nil }
     }
 
     public var description: String { name }

@@ -15,7 +15,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let connectionFailed = Code("connection failed")
         /// The operation did not finish within its configured timeout.
         public static let timeout = Code("timeout")
-        /// The connection was closed, by the server or by ``RedisConnection/close()``.
+        /// The connection was closed, by the server or by ``RedisClient/close()``.
         public static let connectionClosed = Code("connection closed")
         /// The server sent bytes that are not valid RESP.
         public static let protocolError = Code("protocol error")

@@ -3,7 +3,7 @@ import Synchronization
 
 /// A Lua script: its source, and the SHA-1 Redis knows it by.
 ///
-/// ``RedisConnection/run(_:keys:arguments:)`` and ``RedisConnection/submit(_:keys:arguments:completion:)`` run it
+/// ``RedisClient/run(_:keys:arguments:)`` and ``RedisClient/submit(_:keys:arguments:completion:)`` run it
 /// with `EVALSHA`. The SHA-1 is never computed here: it is either given (a build step hashed the source with a
 /// standard tool, and `SCRIPT LOAD` must agree) or learnt from the first `SCRIPT LOAD`. Whenever the server answers
 /// `NOSCRIPT` (a restart, a `SCRIPT FLUSH`), the call sends `SCRIPT LOAD` and retries once, so callers never see it.

@@ -60,16 +60,53 @@ public final class RedisSubscriber: Sendable {
     /// With `onMessage`, messages are handed to it on the subscriber's own thread as they are read (no task
     /// switch: the lowest latency) instead of going to ``events``; keep it short and non-blocking. The other
     /// events still go to ``events``.
-    public init(
+    ///
+    /// Whatever the topology: in a Redis Cluster it subscribes on one node (classic pub/sub reaches every node) and
+    /// moves to another node, learnt from the slot map, when that one is lost; with Sentinel it subscribes on the
+    /// primary the sentinels name at each connection.
+    public convenience init(
         configuration: RedisConfiguration, channels: [String] = [], patterns: [String] = [],
         healthCheckInterval: Duration = .seconds(1), onMessage: (@Sendable (RedisMessage) -> Void)? = nil
+    ) throws(RedisError) {
+        try self.init(
+            configuration: configuration, connect: Self.connector(for: configuration), channels: channels, patterns: patterns,
+            healthCheckInterval: healthCheckInterval, onMessage: onMessage)
+    }
+
+    init(
+        configuration: RedisConfiguration, connect: @escaping SubscriberLoop.Connector, channels: [String], patterns: [String],
+        healthCheckInterval: Duration, onMessage: (@Sendable (RedisMessage) -> Void)?
     ) throws(RedisError) {
         let (stream, continuation) = AsyncStream.makeStream(of: SubscriberEvent.self, bufferingPolicy: .bufferingNewest(4096))
         self.events = stream
         self.healthCheckInterval = healthCheckInterval
         self.loop = try SubscriberLoop(
-            configuration: configuration, channels: channels, patterns: patterns,
+            configuration: configuration, connect: connect, channels: channels, patterns: patterns,
             healthCheckInterval: healthCheckInterval, continuation: continuation, onMessage: onMessage)
+    }
+
+    /// How a subscriber of `configuration` connects, at its `attempt`th try since the last success.
+    static func connector(for configuration: RedisConfiguration) -> SubscriberLoop.Connector {
+        switch configuration.topology {
+        case .standalone:
+            return { _, deadline throws(RedisError) in try HiredisSocket.connect(configuration, deadline: deadline) }
+        case .sentinel:
+            let resolver = SentinelResolver(configuration)!
+            return { _, deadline throws(RedisError) in try HiredisSocket.connect(try resolver.primary(deadline: deadline), deadline: deadline) }
+        case .cluster(let seeds):
+            let known = Locked(seeds)
+            return { attempt, deadline throws(RedisError) in
+                let nodes = known.withLock { $0 }
+                let socket = try HiredisSocket.connect(configuration.node(nodes[attempt % nodes.count]), deadline: deadline)
+                // Learn every node, so a later loss can move to any of them (not only to the seeds).
+                if let reply = try? socket.roundTrip([RedisCommand("CLUSTER", "SHARDS")], deadline: deadline)[0],
+                   let map = try? ClusterSlotMap(shards: reply) {
+                    let learnt = map.ranges.flatMap { [$0.primary] + $0.replicas }
+                    known.withLock { list in list += learnt.filter { !list.contains($0) } }
+                }
+                return socket
+            }
+        }
     }
 
     deinit { loop.shutdown() }
@@ -95,6 +132,9 @@ public final class RedisSubscriber: Sendable {
 
 /// The thread behind a ``RedisSubscriber``.
 final class SubscriberLoop: Sendable {
+    /// Makes the connection at the given attempt (0 after a success, then 1, 2, …), before the deadline.
+    typealias Connector = @Sendable (_ attempt: Int, _ deadline: ContinuousClock.Instant) throws(RedisError) -> HiredisSocket
+
     private struct Shared {
         var channels: [String]
         var patterns: [String]
@@ -103,6 +143,7 @@ final class SubscriberLoop: Sendable {
     }
 
     private let configuration: RedisConfiguration
+    private let connect: Connector
     private let healthCheckInterval: Duration
     private let continuation: AsyncStream<SubscriberEvent>.Continuation
     private let onMessage: (@Sendable (RedisMessage) -> Void)?
@@ -110,10 +151,11 @@ final class SubscriberLoop: Sendable {
     private let wakeup: WakeupPipe
 
     init(
-        configuration: RedisConfiguration, channels: [String], patterns: [String], healthCheckInterval: Duration,
+        configuration: RedisConfiguration, connect: @escaping Connector, channels: [String], patterns: [String], healthCheckInterval: Duration,
         continuation: AsyncStream<SubscriberEvent>.Continuation, onMessage: (@Sendable (RedisMessage) -> Void)?
     ) throws(RedisError) {
         self.configuration = configuration
+        self.connect = connect
         self.healthCheckInterval = healthCheckInterval
         self.continuation = continuation
         self.onMessage = onMessage
@@ -174,7 +216,7 @@ final class SubscriberLoop: Sendable {
         var failures = 0
         while !isShuttingDown {
             do {
-                try session(isReconnect: hasConnectedBefore) {
+                try session(isReconnect: hasConnectedBefore, attempt: failures) {
                     hasConnectedBefore = true
                     failures = 0
                 }
@@ -189,8 +231,8 @@ final class SubscriberLoop: Sendable {
     }
 
     /// One connection's life: connect, subscribe, deliver, ping. Returns only on shutdown; throws on any loss.
-    private func session(isReconnect: Bool, onSubscribed: () -> Void) throws(RedisError) {
-        let socket = try HiredisSocket.connect(configuration, deadline: .now + configuration.connectTimeout)
+    private func session(isReconnect: Bool, attempt: Int, onSubscribed: () -> Void) throws(RedisError) {
+        let socket = try connect(attempt, .now + configuration.connectTimeout)
         var sentChannels: Set<String> = []
         var sentPatterns: Set<String> = []
         var awaitingAcks = 0

@@ -172,7 +172,7 @@ struct CLITests {
             #expect(await poll { (try? await breaker.acquireAsync())?.success() != nil })
 
             // Redis loses every key: the isolation is stored again and reaches the instance that cached CLOSED.
-            _ = try await RedisConnection(url: server.url).send("FLUSHALL")
+            _ = try await RedisClient(url: server.url).send("FLUSHALL")
             #expect(try await fusebox(["--redis", server.url, "isolate", "payments", "--reason", "after restart"]).status == 0)
             #expect(await poll { await rejection(of: breaker)?.contains("after restart") == true })
         }
@@ -243,7 +243,7 @@ struct CLITests {
             #expect(ran.count == 2)
             #expect(results.filter { $0 == 0 }.count == 2)
             #expect(results.filter { $0 == 75 }.count == 14)
-            let snapshot = try await BreakerOperator(connection: RedisConnection(url: server.url)).snapshot(of: "export")
+            let snapshot = try await BreakerOperator(connection: RedisClient(url: server.url)).snapshot(of: "export")
             #expect(snapshot.state == .closed)
         }
     }

@@ -111,7 +111,7 @@ extension ProcessFaultInjectionTests {
             #expect(reached > 200, "the load was too light to mean anything: \(reached) calls")
 
             // Every outcome, written before the kill (kept by the AOF) or buffered through it, counted exactly once.
-            let operatorSide = BreakerOperator(connection: try RedisConnection(configuration: server.configuration()), namespace: "aof")
+            let operatorSide = BreakerOperator(connection: try RedisClient(configuration: server.configuration()), namespace: "aof")
             let totals = try await operatorSide.snapshot(of: "inventory-service").totals
             #expect(totals.successes + totals.failures == reached, "Redis counted \(totals), the instances reached the dependency \(reached) times")
             print("fault-figure | SIGKILL, restarted from AOF, 2 instance processes | \(reached) calls, counted once; both instances exited cleanly \(ContinuousClock.now - restarted) after the restart")

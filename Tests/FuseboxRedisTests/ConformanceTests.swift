@@ -32,7 +32,7 @@ struct DistributedConformanceTests {
 
     @Test("the SHA-1 the module carries is the one Redis names the script by")
     func scriptSHAMatches() async throws {
-        let redis = try RedisConnection(configuration: try await SharedServer.get().configuration())
+        let redis = try RedisClient(configuration: try await SharedServer.get().configuration())
         let loaded = try await redis.send("SCRIPT", "LOAD", BreakerScript.source).string
         #expect(loaded != nil && loaded == BreakerScript.script.sha1, "run `make lua`")
     }

@@ -98,7 +98,7 @@ struct FaultInjectionTests {
             let load = Load(breaker)
             try await Task.sleep(for: .milliseconds(200))
 
-            let sleeper = try RedisConnection(configuration: server.configuration(commandTimeout: .seconds(5)))
+            let sleeper = try RedisClient(configuration: server.configuration(commandTimeout: .seconds(5)))
             let asleep = Task { try await sleeper.send("DEBUG", "SLEEP", "2") }
             try await Task.sleep(for: .milliseconds(100))
             let asking = ContinuousClock.now
@@ -125,7 +125,7 @@ struct FaultInjectionTests {
             let breaker = try instance.registry.breaker("killed-clients", policy: tripsOnFirstFailure())
             _ = try await breaker.snapshot()
             let load = Load(breaker)
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             var killed = 0
             for _ in 0..<5 {
                 try await Task.sleep(for: .milliseconds(100))
@@ -157,7 +157,7 @@ struct FaultInjectionTests {
             _ = try await b.snapshot()
             try await waitForSubscribers(2, namespace: options.namespace, server: server)
 
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             let killed = try await admin.send("CLIENT", "KILL", "TYPE", "pubsub").int ?? 0
             #expect(killed == 2)
             try await b.acquireAsync().failure(Boom())
@@ -179,7 +179,7 @@ struct FaultInjectionTests {
             try await breaker.isolate(reason: "before FLUSHALL")
             #expect(await isRejected(breaker))
             let load = Load(breaker)
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             _ = try await admin.send("FLUSHALL")
             let flushed = ContinuousClock.now
             // Everything Redis held is gone: the instance adopts the new, empty state (closed).
@@ -202,13 +202,13 @@ struct FaultInjectionTests {
             let breaker = try instance.registry.breaker("full", policy: tripsOnFirstFailure())
             try await breaker.acquireAsync().success()
             await instance.adapter.flush()
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             _ = try await admin.send("CONFIG", "SET", "maxmemory-policy", "noeviction")
             _ = try await admin.send("CONFIG", "SET", "maxmemory", "1")
             let load = Load(breaker)
             try await Task.sleep(for: .milliseconds(300))
             // A write is refused with the server's OOM error; the local fallback goes on admitting.
-            let direct = try RedisConnection(configuration: server.configuration())
+            let direct = try RedisClient(configuration: server.configuration())
             await #expect { try await direct.send("SET", "x", "y") } throws: { ($0 as? RedisError)?.serverErrorPrefix == "OOM" }
             await instance.adapter.flush()
             #expect(try await admin.send("HGET", "\(instance.adapter.core.options.namespace):{full}:state", "state").string == "closed")
@@ -228,7 +228,7 @@ struct FaultInjectionTests {
             let breaker = try instance.registry.breaker("evicted", policy: tripsOnFirstFailure())
             try await breaker.acquireAsync().success()
             await instance.adapter.flush()
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             let namespace = instance.adapter.core.options.namespace
             let stateKey = "\(namespace):{evicted}:state"
             #expect(try await admin.send("EXISTS", stateKey).int == 1)
@@ -274,7 +274,7 @@ struct FaultInjectionTests {
             let breaker = try instance.registry.breaker("revoked", policy: tripsOnFirstFailure())
             try await breaker.acquireAsync().success()
             await instance.adapter.flush()
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             let load = Load(breaker)
             _ = try await admin.send("ACL", "SETUSER", "fusebox-app", "-evalsha")
             await #expect { try await breaker.snapshot() } throws: { error in
@@ -299,7 +299,7 @@ struct FaultInjectionTests {
             for _ in 0..<100 { try await breaker.acquireAsync().success() }
             await instance.adapter.flush()
             try await breaker.isolate(reason: "kept across a restart")
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             _ = try await admin.send("SAVE")
             admin.close()
             try await server.restart(kill: true)
@@ -332,7 +332,7 @@ struct FaultInjectionTests {
         case .closing: .connectionClosed
         }
         do {
-            let connection = try RedisConnection(configuration: short)
+            let connection = try RedisClient(configuration: short)
             defer { connection.close() }
             _ = try await connection.send("PING")
             Issue.record("PING answered by a \(behaviour) server")

@@ -46,7 +46,7 @@ struct FaultTests {
         let breaker = try instance.registry.breaker("flushed", policy: tripsOnFirstFailure())
         try await breaker.acquireAsync().success()
         _ = try await breaker.snapshot()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         _ = try await redis.send("SCRIPT", "FLUSH")
         try await breaker.acquireAsync().failure(Boom())
         await instance.adapter.flush()
@@ -178,7 +178,7 @@ struct FaultTests {
         defer { Task { await instance.stop() } }
         let breaker = try instance.registry.breaker("corrupt", policy: tripsOnFirstFailure())
         _ = try await breaker.snapshot()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let key = "\(options.namespace):{corrupt}:state"
 
         _ = try await redis.send("DEL", key)
@@ -215,7 +215,7 @@ struct FaultTests {
         let breaker = try instance.registry.breaker("garbled", policy: tripsOnFirstFailure())
         try await breaker.acquireAsync().success()
         await instance.adapter.flush()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
         let keys = DistributedBackend.keys(namespace: options.namespace, name: "garbled")
 
@@ -284,7 +284,7 @@ struct FaultTests {
             for _ in 0..<3 { try await ratio.acquireAsync().failure(Boom()) }
             await app.adapter.flush()
             #expect(try await ratio.snapshot().state == .open)
-            let admin = try RedisConnection(configuration: server.configuration())
+            let admin = try RedisClient(configuration: server.configuration())
             #expect(try await admin.send("GET", "fusebox:schema").string == DistributedAdapter<ContinuousClock>.keySchema)
 
             var readerOptions = DistributedOptions(redis: server.configuration(username: "reader", password: "reader-secret"))

@@ -185,7 +185,7 @@ struct FleetTests {
         try await breaker.reset()
         let version = try await breaker.snapshot().version
         #expect(version == 2)
-        let publisher = try RedisConnection(configuration: server.configuration())
+        let publisher = try RedisClient(configuration: server.configuration())
         let stale = #"{"name":"stale","version":1,"state":"isolated","probe_in_ms":0,"reason":"isolated: old","isolation_reason":"old"}"#
         _ = try await publisher.send("PUBLISH", "\(options.namespace):transitions", stale)
         try await Task.sleep(for: .milliseconds(150))
@@ -198,7 +198,7 @@ struct FleetTests {
         #expect(await eventually { await isRejected(breaker) })
     }
 
-    private func createdOf(_ breaker: CircuitBreaker, _ redis: RedisConnection, _ options: DistributedOptions) async throws -> Int {
+    private func createdOf(_ breaker: CircuitBreaker, _ redis: RedisClient, _ options: DistributedOptions) async throws -> Int {
         try await redis.send("HGET", "\(options.namespace):{\(breaker.name)}:state", "created").decodeInt()
     }
 
@@ -261,7 +261,7 @@ struct FleetTests {
         #expect(try await breaker.snapshot().attempt == 1)
 
         // The operator knows no policy: it forces half-open, and a read after maxHalfOpenDuration reopens it.
-        let operatorSide = BreakerOperator(connection: try RedisConnection(configuration: server.configuration()), namespace: options.namespace)
+        let operatorSide = BreakerOperator(connection: try RedisClient(configuration: server.configuration()), namespace: options.namespace)
         _ = try await operatorSide.forceHalfOpen("backoff")
         try await Task.sleep(for: .milliseconds(250))
         let reopened = try await operatorSide.snapshot(of: "backoff")
@@ -285,7 +285,7 @@ struct FleetTests {
         try await breaker.acquireAsync().failure(Boom())
         await instance.adapter.flush()
         _ = try await breaker.snapshot()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let ns = options.namespace
         let state = try await redis.send("HGETALL", "\(ns):{layout}:state").decodeDictionary()
         for field in ["state", "version", "since", "open_until", "attempt", "reason", "consecutive_failures", "probes", "probe_successes", "policy"] {

@@ -40,7 +40,7 @@ struct RedisPropertyTests {
     @Test("the policy JSON an instance stores is valid JSON with the policy's values, and the script reads it")
     func policyJSONRoundTrips() async throws {
         let server = try await SharedServer.get()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         var index = 0
         await propertyCheck(count: 60, input: Self.policies) { policy in
             index += 1

@@ -7,7 +7,7 @@ import Testing
 @testable import FuseboxRedis
 
 /// Commands the server has run, by name (INFO commandstats; commands inside scripts count too).
-func commandCounts(_ redis: RedisConnection) async throws -> [String: Int] {
+func commandCounts(_ redis: RedisClient) async throws -> [String: Int] {
     let info = try await redis.send("INFO", "commandstats").decodeString()
     var counts: [String: Int] = [:]
     for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
@@ -50,7 +50,7 @@ struct ScaleTests {
             let breaker = try instance.registry.breaker("busy")
             try await breaker.acquireAsync().success()
             await instance.adapter.flush()
-            let stats = try RedisConnection(configuration: server.configuration())
+            let stats = try RedisClient(configuration: server.configuration())
             _ = try await stats.send("CONFIG", "RESETSTAT")
             let started = ContinuousClock.now
             var calls = 1
@@ -89,7 +89,7 @@ struct ScaleTests {
                 adapter.shiftClock(by: .seconds(1))
             }
         }
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         var bytes = 0
         for key in DistributedBackend.keys(namespace: options.namespace, name: "memory") {
             if case .integer(let size) = try await redis.send("MEMORY", "USAGE", key, "SAMPLES", "0") { bytes += size }
@@ -114,7 +114,7 @@ struct ScaleTests {
         let breaker = try instance.registry.breaker("resent", policy: policy)
         try await breaker.acquireAsync().success()
         await instance.adapter.flush()
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let keys = DistributedBackend.keys(namespace: options.namespace, name: "resent")
         let state = try await redis.send("HGETALL", keys[0]).decodeDictionary()
         func record(sequence: Int) async throws -> StateReply {
@@ -202,7 +202,7 @@ struct ScaleTests {
         }
         // 40 failures alternating between the instances: the 40th makes 40 of 80, the threshold. Nothing flushes.
         for call in 0..<39 { try breakers[call % 2].acquire().failure(Boom()) }
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let stateKey = DistributedBackend.keys(namespace: options.namespace, name: "fast")[0]
         try await Task.sleep(for: .milliseconds(100))
         #expect(try await redis.send("HGET", stateKey, "state").string == "closed")
@@ -253,7 +253,7 @@ struct ScaleTests {
             defer { Task { await instance.stop() } }
             let breakers = try (0..<200).map { try instance.registry.breaker("idle-\($0)") }
             for breaker in breakers { _ = try await breaker.snapshot() }
-            let stats = try RedisConnection(configuration: server.configuration())
+            let stats = try RedisClient(configuration: server.configuration())
             _ = try await stats.send("CONFIG", "RESETSTAT")
             try await Task.sleep(for: .seconds(1))
             let counts = try await commandCounts(stats)
@@ -340,7 +340,7 @@ struct ScaleTests {
             let breaker = try instance.registry.breaker("quiet", policy: neverTrips())
             try await breaker.acquireAsync().success()
             await instance.adapter.flush()
-            let stats = try RedisConnection(configuration: server.configuration())
+            let stats = try RedisClient(configuration: server.configuration())
 
             func scriptCalls(whileCalling duration: Duration) async throws -> Int {
                 _ = try await stats.send("CONFIG", "RESETSTAT")
@@ -372,7 +372,7 @@ struct ScaleTests {
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
         let a = try fleet[0].registry.breaker("recall", policy: policy)
         let b = try fleet[1].registry.breaker("recall", policy: policy)
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "recall")[2]
         func successesInRedis() async throws -> Int { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
         // Both instances have written once (a new sender shrinks every budget, which recalls too).
@@ -404,7 +404,7 @@ struct ScaleTests {
         for _ in 0..<5 { try a.acquire().success() }
         // The streak starts in a later one-second bucket than A's held successes.
         try await Task.sleep(for: .milliseconds(1100))
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "held")[2]
         try await b.acquireAsync().failure(Boom())
         #expect(await eventually(within: .seconds(2)) { (try? await redis.send("HGET", totalsKey, "successes").string) == "6" })
@@ -418,7 +418,7 @@ struct ScaleTests {
     func schemaRefused() async throws {
         let server = try await SharedServer.get()
         let options = testOptions(server)
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         _ = try await redis.send("SET", "\(options.namespace):schema", "3")
         let adapter = try DistributedAdapter(options: options, logger: Logger(label: "test"))
         let registry = BreakerRegistry(adapter: adapter)

@@ -66,7 +66,7 @@ struct Boom: Error {}
 /// Waits (up to 10 s) until `count` connections listen on the namespace's transitions channel: recalls and
 /// transition messages published before an instance has subscribed never reach it.
 func waitForSubscribers(_ count: Int, namespace: String, server: RedisServerProcess) async throws {
-    let redis = try RedisConnection(configuration: server.configuration())
+    let redis = try RedisClient(configuration: server.configuration())
     let listening = await eventually(within: .seconds(10)) {
         let reply = try? await redis.send("PUBSUB", "NUMSUB", "\(namespace):transitions")
         return (reply?.array?.last?.int ?? 0) >= count

@@ -15,7 +15,7 @@ struct HiredisPropertyTests {
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .seconds(2)
-        let connection = try RedisConnection(configuration: configuration)
+        let connection = try RedisClient(configuration: configuration)
         defer { connection.close() }
 
         await propertyCheck(count: 300, input: Self.replies.array(of: 1...4), Gen.int(in: 0...40).array(of: 0...6)) { values, pieces in
@@ -33,7 +33,7 @@ struct HiredisPropertyTests {
         await propertyCheck(count: 150, input: Self.wireNoise, Gen.int(in: 0...20).array(of: 0...3)) { bytes, pieces in
             var configuration = try RedisConfiguration(url: server.url)
             configuration.commandTimeout = .milliseconds(500)
-            let connection = try RedisConnection(configuration: configuration)
+            let connection = try RedisClient(configuration: configuration)
             defer { connection.close() }
             server.answerNext(.init(bytes, pieces: pieces, thenClose: true))
             let started = ContinuousClock.now

@@ -16,7 +16,7 @@ struct RedisSubscriberTests {
             var events = subscriber.events.makeAsyncIterator()
 
             #expect(try await next(&events) { if case .subscribed = $0 { true } else { false } })
-            let publisher = try RedisConnection(configuration: server.configuration())
+            let publisher = try RedisClient(configuration: server.configuration())
             _ = try await publisher.send("PUBLISH", "news", "hello")
             _ = try await publisher.send("PUBLISH", "alerts:disk", [0, 1, 2] as [UInt8])
             let first = try await nextMessage(&events)
@@ -62,7 +62,7 @@ struct RedisSubscriberTests {
             var events = subscriber.events.makeAsyncIterator()
             #expect(try await next(&events) { if case .subscribed = $0 { true } else { false } })
             subscriber.subscribe(["late"])
-            let publisher = try RedisConnection(configuration: server.configuration())
+            let publisher = try RedisClient(configuration: server.configuration())
             // The SUBSCRIBE goes out asynchronously: publish until a subscriber receives it.
             let deadline = ContinuousClock.now + .seconds(3)
             while try await publisher.send("PUBLISH", "late", "x").int == 0 && ContinuousClock.now < deadline {

@@ -184,7 +184,7 @@ let benchmarks: @Sendable () -> Void = {
             maxDuration: .seconds(2), maxIterations: 5000, thresholds: [:])
     ) { benchmark in
         let server = try await redisServer.value
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         let script = RedisScript("return redis.call('HINCRBY', KEYS[1], 'n', 1)")
         _ = try await redis.run(script, keys: ["bench:{roundtrip}"])
         benchmark.startMeasurement()

@@ -160,7 +160,7 @@ struct Coordinate: AsyncParsableCommand {
     // MARK: - Measurements
 
     func measureRoundTrip(_ configuration: RedisConfiguration) async throws -> Double {
-        let redis = try RedisConnection(configuration: configuration)
+        let redis = try RedisClient(configuration: configuration)
         let script = RedisScript("return redis.call('HINCRBY', KEYS[1], 'n', 1)")
         var samples: [Double] = []
         for index in 0..<2200 {
@@ -202,7 +202,7 @@ struct Coordinate: AsyncParsableCommand {
         try await breaker.acquireAsync().success()
         _ = try await breaker.snapshot()
 
-        let stats = try RedisConnection(configuration: configuration)
+        let stats = try RedisClient(configuration: configuration)
         let before = try await commandCount(stats)
         let guarded = try rounds { try breaker.acquire().success() }
         await adapter.flush()
@@ -227,7 +227,7 @@ struct Coordinate: AsyncParsableCommand {
         return (guarded, twoTasks, rejected, perCall)
     }
 
-    func commandCount(_ redis: RedisConnection) async throws -> Int {
+    func commandCount(_ redis: RedisClient) async throws -> Int {
         let info = try await redis.send("INFO", "commandstats").decodeString()
         var total = 0
         for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
@@ -244,13 +244,13 @@ struct Coordinate: AsyncParsableCommand {
     }
 
     /// A connection for BLPOP, whose timeout outlasts the wait.
-    func waitingConnection(_ configuration: RedisConfiguration) throws -> RedisConnection {
+    func waitingConnection(_ configuration: RedisConfiguration) throws -> RedisClient {
         var waiting = configuration
         waiting.commandTimeout = .seconds(30)
-        return try RedisConnection(configuration: waiting)
+        return try RedisClient(configuration: waiting)
     }
 
-    func pop(_ redis: RedisConnection, _ key: String) async throws -> String {
+    func pop(_ redis: RedisClient, _ key: String) async throws -> String {
         let reply = try await redis.send("BLPOP", key, 20)
         guard let value = reply.array?.last?.string else { throw ValidationError("no answer from a worker on \(key)") }
         return value
@@ -316,7 +316,7 @@ struct Coordinate: AsyncParsableCommand {
         for worker in workers {
             guard await worker.waitForExit(upTo: .seconds(120)) == 0 else { throw ValidationError("an outcomes worker failed; see /tmp/fusebox-bench-worker.log") }
         }
-        let redis = try RedisConnection(configuration: configuration)
+        let redis = try RedisClient(configuration: configuration)
         let calls = try await redis.send("HGET", "\(namespace):{outcomes}:totals", "calls").decodeInt()
         return 4 * perProcess - calls
     }
@@ -341,7 +341,7 @@ struct Worker: AsyncParsableCommand {
         let configuration = try RedisConfiguration(url: redis)
         var waiting = configuration
         waiting.commandTimeout = .seconds(30)
-        let control = try RedisConnection(configuration: waiting)
+        let control = try RedisClient(configuration: waiting)
         let (adapter, registry, runner) = try makeInstance(redis: configuration, namespace: namespace, id: "bench-\(role)-\(index)")
         defer { runner.cancel() }
         switch role {
@@ -428,7 +428,7 @@ struct PubSubLatency: AsyncParsableCommand {
         defer { runner.cancel() }
         var events = subscriber.events.makeAsyncIterator()
         _ = await events.next()
-        let publisher = try RedisConnection(configuration: server.configuration())
+        let publisher = try RedisClient(configuration: server.configuration())
         for _ in 0..<messages {
             _ = try await publisher.send("PUBLISH", "latency", String(wallNanoseconds()))
             try await Task.sleep(for: .milliseconds(2))

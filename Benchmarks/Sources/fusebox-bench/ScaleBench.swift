@@ -23,7 +23,7 @@ struct Scale: AsyncParsableCommand {
     func run() async throws {
         let server = try await RedisServerProcess.start()
         defer { server.kill() }
-        let redis = try RedisConnection(configuration: server.configuration())
+        let redis = try RedisClient(configuration: server.configuration())
         // Redis' own floor (its timers, with no client but this one), subtracted from every point below.
         let quiet = try await info(redis)
         try await Task.sleep(for: .seconds(seconds))
@@ -118,7 +118,7 @@ struct Scale: AsyncParsableCommand {
 
     /// Runs one point: P worker processes, Redis counters read around the measured window.
     func measure(
-        _ server: RedisServerProcess, _ redis: RedisConnection, mode: String, breakers: Int, active: Int, rate: Int, instances: Int
+        _ server: RedisServerProcess, _ redis: RedisClient, mode: String, breakers: Int, active: Int, rate: Int, instances: Int
     ) async throws -> Point {
         let namespace = "scale\(UInt32.random(in: 0...UInt32.max))"
         // Time to start, make the breakers and settle (the first reads, a few flushes) before measuring.
@@ -186,7 +186,7 @@ struct Scale: AsyncParsableCommand {
     /// 4 instances at 200 calls/s each on one breaker switch from 0 % to 100 % failures. From every outcome's time,
     /// the moment the fleet-wide window crosses the threshold; then when Redis opened the breaker (its `since`,
     /// Redis time) and when the last instance first rejected a call.
-    func tripLatency(_ server: RedisServerProcess, _ redis: RedisConnection, trials: Int) async throws -> [String: Any] {
+    func tripLatency(_ server: RedisServerProcess, _ redis: RedisClient, trials: Int) async throws -> [String: Any] {
         var toRedis: [Double] = []
         var toEveryInstance: [Double] = []
         var ratiosAtTrip: [Double] = []
@@ -270,7 +270,7 @@ struct Scale: AsyncParsableCommand {
     }
 
     /// The sum, over breakers b0 ..< `breakers`, of every sender's batch sequence high-water mark (`seq:*` fields).
-    func batchesWritten(_ redis: RedisConnection, namespace: String, breakers: Int) async throws -> Int {
+    func batchesWritten(_ redis: RedisClient, namespace: String, breakers: Int) async throws -> Int {
         var total = 0
         for index in 0..<breakers {
             let state = try await redis.send("HGETALL", "\(namespace):{b\(index)}:state").decodeDictionary()
@@ -281,7 +281,7 @@ struct Scale: AsyncParsableCommand {
         return total
     }
 
-    func info(_ redis: RedisConnection) async throws -> [String: String] {
+    func info(_ redis: RedisClient) async throws -> [String: String] {
         var values: [String: String] = [:]
         for line in try await redis.send("INFO", "all").decodeString().split(whereSeparator: \.isNewline) {
             let parts = line.split(separator: ":", maxSplits: 1)
@@ -306,7 +306,7 @@ struct Scale: AsyncParsableCommand {
         return Double(usec.dropFirst(5)) ?? 0
     }
 
-    func redisVersion(_ redis: RedisConnection) async throws -> String { try await info(redis)["redis_version"] ?? "?" }
+    func redisVersion(_ redis: RedisClient) async throws -> String { try await info(redis)["redis_version"] ?? "?" }
 
     func machineDescription() -> String {
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?.split(separator: "\n")
@@ -353,7 +353,7 @@ struct ScaleWorker: AsyncParsableCommand {
             await adapter.flush()
         case "baseline":
             // What a library that asks Redis on every call does: read the state, write it back.
-            let connection = try RedisConnection(configuration: configuration)
+            let connection = try RedisClient(configuration: configuration)
             let keys = (0..<max(1, active)).map { "\(namespace):baseline:\($0)" }
             report["calls"] = try await pace(until: end + 300) { index in
                 let key = keys[index % keys.count]

@@ -8,11 +8,11 @@ import Glibc
 #endif
 
 @Suite("Redis connection, against a real redis-server", .timeLimit(.minutes(1)))
-struct RedisConnectionTests {
+struct RedisClientTests {
     @Test("every reply type converts")
     func replyTypes() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             #expect(try await redis.send("PING") == .status("PONG"))
             #expect(try await redis.send("SET", "k", "v") == .status("OK"))
             #expect(try await redis.send("GET", "k") == .bulk(Array("v".utf8)))
@@ -42,7 +42,7 @@ struct RedisConnectionTests {
     @Test("decoding helpers")
     func decoding() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             _ = try await redis.send("HSET", "h", "a", "1", "b", "two")
             #expect(try await redis.send("HGETALL", "h").decodeDictionary() == ["a": "1", "b": "two"])
             #expect(try await redis.send("HGET", "h", "a").decodeInt() == 1)
@@ -57,7 +57,7 @@ struct RedisConnectionTests {
     @Test("binary values: NUL bytes, 1 MiB, UTF-8")
     func binaryValues() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             let withNul: [UInt8] = [0, 1, 2, 0, 255, 13, 10, 0]
             _ = try await redis.send("SET", "bin", withNul)
             #expect(try await redis.send("GET", "bin") == .bulk(withNul))
@@ -78,7 +78,7 @@ struct RedisConnectionTests {
     @Test("a pipeline of 10,000 commands, every reply matched to its command")
     func bigPipeline() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             let commands = (0..<10_000).map { RedisCommand("ECHO", "reply-\($0)") }
             let replies = try await redis.pipeline(commands)
             #expect(replies.count == 10_000)
@@ -89,7 +89,7 @@ struct RedisConnectionTests {
     @Test("200 concurrent tasks on one connection each get their own reply")
     func concurrentTasks() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             let mismatches = try await withThrowingTaskGroup(of: Int.self) { group in
                 for task in 0..<200 {
                     group.addTask {
@@ -110,7 +110,7 @@ struct RedisConnectionTests {
     @Test("EVALSHA survives SCRIPT FLUSH and a server restart")
     func scriptReload() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
             #expect(script.sha1 == nil)
             #expect(try await redis.run(script, keys: ["c"], arguments: [2]) == .integer(2))
@@ -149,15 +149,15 @@ struct RedisConnectionTests {
     @Test("AUTH with requirepass: right password works, wrong and missing fail clearly")
     func authRequirePass() async throws {
         try await RedisServerProcess.with(.init(requirePassword: "s3cret")) { server in
-            let good = try RedisConnection(configuration: server.configuration(password: "s3cret"))
+            let good = try RedisClient(configuration: server.configuration(password: "s3cret"))
             #expect(try await good.send("PING") == .status("PONG"))
 
-            let bad = try RedisConnection(configuration: server.configuration(password: "wrong"))
+            let bad = try RedisClient(configuration: server.configuration(password: "wrong"))
             await #expect {
                 try await bad.send("PING")
             } throws: { ($0 as? RedisError)?.code == .authenticationFailed }
 
-            let none = try RedisConnection(configuration: server.configuration())
+            let none = try RedisClient(configuration: server.configuration())
             await #expect {
                 try await none.send("PING")
             } throws: { error in
@@ -172,13 +172,13 @@ struct RedisConnectionTests {
         let options = RedisServerProcess.Options(aclUsers: [["alice", "on", ">wonderland", "~fusebox:*", "+@all", "-flushall"]])
         try await RedisServerProcess.with(options) { server in
             let url = "redis://alice:wonderland@127.0.0.1:\(server.port)"
-            let alice = try RedisConnection(url: url)
+            let alice = try RedisClient(url: url)
             #expect(try await alice.send("SET", "fusebox:x", "1") == .status("OK"))
             await #expect {
                 try await alice.send("SET", "other", "1")
             } throws: { ($0 as? RedisError)?.serverErrorPrefix == "NOPERM" }
 
-            let wrong = try RedisConnection(configuration: server.configuration(username: "alice", password: "queen"))
+            let wrong = try RedisClient(configuration: server.configuration(username: "alice", password: "queen"))
             await #expect {
                 try await wrong.send("PING")
             } throws: { error in
@@ -193,10 +193,10 @@ struct RedisConnectionTests {
         try await RedisServerProcess.with { server in
             var configuration = try RedisConfiguration(url: "\(server.url)/4")
             configuration.clientName = "fusebox-test"
-            let redis = try RedisConnection(configuration: configuration)
+            let redis = try RedisClient(configuration: configuration)
             _ = try await redis.send("SET", "in-db-4", "yes")
             #expect(try await redis.send("CLIENT", "GETNAME").string == "fusebox-test")
-            let db0 = try RedisConnection(configuration: server.configuration())
+            let db0 = try RedisClient(configuration: server.configuration())
             #expect(try await db0.send("EXISTS", "in-db-4") == .integer(0))
             _ = try await db0.send("SELECT", 4)
             #expect(try await db0.send("EXISTS", "in-db-4") == .integer(1))
@@ -207,7 +207,7 @@ struct RedisConnectionTests {
     func unixSocket() async throws {
         let path = "/tmp/fusebox-\(UInt32.random(in: 0...UInt32.max)).sock"
         try await RedisServerProcess.with(.init(extraArguments: ["--unixsocket", path])) { server in
-            let redis = try RedisConnection(url: "unix://\(path)?db=2")
+            let redis = try RedisClient(url: "unix://\(path)?db=2")
             #expect(try await redis.send("PING") == .status("PONG"))
         }
     }
@@ -215,7 +215,7 @@ struct RedisConnectionTests {
     @Test("connection refused is a typed error, fast")
     func connectionRefused() async throws {
         let port = try RedisServerProcess.freePort()
-        let redis = try RedisConnection(configuration: RedisConfiguration(port: port))
+        let redis = try RedisClient(configuration: RedisConfiguration(port: port))
         let started = ContinuousClock.now
         await #expect {
             try await redis.send("PING")
@@ -232,7 +232,7 @@ struct RedisConnectionTests {
         defer { server.stop() }
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .seconds(2)
-        let redis = try RedisConnection(configuration: configuration)
+        let redis = try RedisClient(configuration: configuration)
         defer { redis.close() }
         // Several megabytes, so that hiredis writes again after the peer's reset (EPIPE, and SIGPIPE unless the
         // connection's threads block it).
@@ -247,7 +247,7 @@ struct RedisConnectionTests {
         try await RedisServerProcess.with { server in
             // Long enough that scheduling noise on a loaded two-core machine fits within the 2x allowance.
             let timeout = Duration.seconds(1)
-            let redis = try RedisConnection(configuration: server.configuration(connectTimeout: timeout, commandTimeout: timeout))
+            let redis = try RedisClient(configuration: server.configuration(connectTimeout: timeout, commandTimeout: timeout))
             #expect(try await redis.send("PING") == .status("PONG"))
             server.pause()
             defer { server.resume() }
@@ -261,7 +261,7 @@ struct RedisConnectionTests {
             #expect(elapsed < timeout * 2)
 
             // A new connection to the frozen server: the kernel accepts, nothing answers; still bounded.
-            let fresh = try RedisConnection(configuration: server.configuration(connectTimeout: timeout, commandTimeout: timeout))
+            let fresh = try RedisClient(configuration: server.configuration(connectTimeout: timeout, commandTimeout: timeout))
             let again = ContinuousClock.now
             await #expect(throws: RedisError.self) { try await fresh.send("PING") }
             #expect(ContinuousClock.now - again < timeout * 2 + .milliseconds(100))
@@ -275,7 +275,7 @@ struct RedisConnectionTests {
     @Test("the server killed in the middle of a pipeline fails the pipeline, and the next command reconnects")
     func killedMidPipeline() async throws {
         try await RedisServerProcess.with(.init(extraArguments: ["--enable-debug-command", "yes"])) { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             _ = try await redis.send("PING")
             // DEBUG SLEEP holds the server while the pipeline is in flight; the kill lands in the middle.
             let pipeline = Task {
@@ -296,7 +296,7 @@ struct RedisConnectionTests {
     @Test("close() fails later commands with connectionClosed")
     func closing() async throws {
         try await RedisServerProcess.with { server in
-            let redis = try RedisConnection(configuration: server.configuration())
+            let redis = try RedisClient(configuration: server.configuration())
             _ = try await redis.send("PING")
             redis.close()
             await #expect {
