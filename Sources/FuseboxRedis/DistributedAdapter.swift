@@ -198,6 +198,11 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         }
     }
 
+    /// Whether breaker `name` decides by its store-down policy now (Redis unavailable for it): for tests and figures.
+    package func isUsingStoreDownPolicy(_ name: String) -> Bool {
+        backends.withLock { $0[name] }?.isUsingStoreDownPolicy ?? false
+    }
+
     /// Makes the scripts of this adapter use `milliseconds` as the time instead of Redis `TIME`: for tests only.
     package func pinClock(atMilliseconds milliseconds: Int64) {
         core.pinnedTime.store(milliseconds, ordering: .relaxed)

@@ -622,6 +622,9 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
+    /// Whether admission follows the store-down policy now (Redis is unavailable for this breaker).
+    var isUsingStoreDownPolicy: Bool { cache.withLock { !$0.health.isHealthy } }
+
     /// Whether outcomes are waiting to be written.
     var hasPending: Bool {
         (0...stripeMask).contains { stripes[$0].cell.withLock { $0.count > 0 } } || cache.withLock { !$0.pending.isEmpty }

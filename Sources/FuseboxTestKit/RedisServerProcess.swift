@@ -23,12 +23,18 @@ public final class RedisServerProcess: Sendable {
         public var aclUsers: [[String]]
         /// More `redis-server` arguments, e.g. `["--maxmemory", "10mb"]`.
         public var extraArguments: [String]
+        /// Set for a Redis Sentinel: the lines of its configuration file (written once, in the server's own
+        /// directory, where the sentinel rewrites it), and the server runs with `--sentinel`.
+        public var sentinelConfiguration: [String]?
 
         /// Makes options.
-        public init(requirePassword: String? = nil, aclUsers: [[String]] = [], extraArguments: [String] = []) {
+        public init(
+            requirePassword: String? = nil, aclUsers: [[String]] = [], extraArguments: [String] = [], sentinelConfiguration: [String]? = nil
+        ) {
             self.requirePassword = requirePassword
             self.aclUsers = aclUsers
             self.extraArguments = extraArguments
+            self.sentinelConfiguration = sentinelConfiguration
         }
     }
 
@@ -168,6 +174,13 @@ public final class RedisServerProcess: Sendable {
         if let password = options.requirePassword { arguments += ["--requirepass", password] }
         for user in options.aclUsers { arguments += ["--user"] + user }
         arguments += options.extraArguments
+        if let lines = options.sentinelConfiguration {
+            let file = directory.appendingPathComponent("sentinel.conf")
+            if !FileManager.default.fileExists(atPath: file.path) {
+                try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
+            }
+            arguments = [file.path] + arguments + ["--sentinel"]
+        }
 
         let server = try ChildProcess(executable: executable, arguments: arguments)
         // Kills the server if this process dies without stopping it (a crash, a timeout of the test runner): the

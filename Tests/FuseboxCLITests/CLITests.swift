@@ -178,6 +178,48 @@ struct CLITests {
         }
     }
 
+    @Test("every command takes a redis+cluster:// URL: run, list, isolate and watch across all three primaries")
+    func onACluster() async throws { try await SharedCluster.use { cluster in
+        let namespace = "cli\(UInt32.random(in: 0...UInt32.max))"
+        let client = try RedisClient(url: cluster.url)
+        defer { client.close() }
+        let map = try ClusterSlotMap(shards: try await client.send("CLUSTER", "SHARDS"))
+        var names: [RedisConfiguration.Endpoint: String] = [:]
+        var index = 0
+        while names.count < 3 {
+            let name = "api-\(index)"
+            if let owner = map.primary(forKey: "\(namespace):{\(name)}:state"), names[owner] == nil { names[owner] = name }
+            index += 1
+        }
+        let global = ["--redis", cluster.url, "--namespace", namespace]
+        for name in names.values {
+            let ran = try await fusebox(["run", name] + global + ["--", "true"])
+            #expect(ran.status == 0, "\(ran.output)")
+        }
+        let listed = try await fusebox(global + ["list"])
+        #expect(listed.status == 0, "\(listed.output)")
+        for name in names.values { #expect(listed.output.contains(name), "\(listed.output)") }
+
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-watch-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let watcher = try ChildProcess(executable: fuseboxExecutable, arguments: global + ["watch", "--limit", "1"], outputPath: log)
+        defer { watcher.kill() }
+        let target = names[map.primaries[2]]!
+        #expect(await poll {
+            _ = try? await fusebox(["isolate", target, "--reason", "drill"] + global)
+            return ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("isolated")
+        })
+        #expect(await watcher.waitForExit(upTo: .seconds(10)) == 0)
+        #expect(try await fusebox(["show", target] + global).output.contains("isolated"))
+
+        // A redis:// URL to one node of the cluster: the error says what the server is and which scheme reaches it.
+        let indexKey = "\(namespace):breakers"
+        let other = try #require(map.primaries.first { $0 != map.primary(forKey: indexKey) })
+        let wrong = try await fusebox(["--redis", "redis://\(other)", "--namespace", namespace, "list"])
+        #expect(wrong.status == 69 && wrong.output.contains("redis+cluster://"), "\(wrong.output)")
+        #expect(wrong.output.split(separator: "\n").count == 1, "\(wrong.output)")
+    } }
+
     @Test("watch --json prints each transition as one line of JSON and nothing else")
     func watchJSON() async throws {
         try await RedisServerProcess.with { server in

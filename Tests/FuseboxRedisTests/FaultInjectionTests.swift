@@ -14,6 +14,8 @@ final class Load: Sendable {
     struct Figures: Sendable {
         var successes = 0
         var rejected = 0
+        /// Calls decided by the store-down policy (counted only when the load was given a way to tell).
+        var storeDown = 0
         var longestWait: Duration = .zero
     }
 
@@ -24,10 +26,12 @@ final class Load: Sendable {
     private let recorder = Recorder()
     private let task: Task<Void, Never>
 
-    init(_ breaker: CircuitBreaker) {
+    /// `isStoreDown`, when given, tells whether a call is decided by the store-down policy.
+    init(_ breaker: CircuitBreaker, isStoreDown: (@Sendable () -> Bool)? = nil) {
         let recorder = self.recorder
         task = Task {
             while !Task.isCancelled {
+                if isStoreDown?() == true { recorder.figures.withLock { $0.storeDown += 1 } }
                 let started = ContinuousClock.now
                 do {
                     let permit = try await breaker.acquireAsync()
