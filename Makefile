@@ -2,18 +2,21 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose
+APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl
 
 .PHONY: deps build test test-faults test-asan test-tsan demo bench clean lua
 
-## Installs what is missing: hiredis headers, redis-server, redis-cli, and docker-compose (only to validate
-## docker-compose.yml in the tests). apt-get update first; sudo when not root.
+## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
+## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test). apt-get update first; sudo when
+## not root.
 deps:
 	@missing=""; \
 	[ -f /usr/include/hiredis/hiredis.h ] || missing="$$missing libhiredis-dev"; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null 2>&1 || missing="$$missing redis-tools"; \
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v stunnel4 >/dev/null 2>&1 || missing="$$missing stunnel4"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
 		$(SUDO) apt-get update -q && \

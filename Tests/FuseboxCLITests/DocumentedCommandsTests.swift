@@ -49,6 +49,7 @@ struct DocumentedCommandsTests {
         "swift run -c release --package-path Benchmarks fusebox-bench --json": "make bench",
         "swift run -c release --package-path Benchmarks fusebox-bench --redis redis://127.0.0.1:6380": "needs a Redis the reader runs; the same command with a private server is in make bench",
         "swift build -c release --package-path Benchmarks --product hotpath-profile": "make bench builds the Benchmarks package",
+        "stunnel4 fusebox-tunnel.conf": "TLSTunnelTests runs it as written, beside the documented configuration (the test's addresses and paths in it)",
         "valgrind --tool=callgrind Benchmarks/.build/release/hotpath-profile coarse 200000": "a profiling recipe; valgrind is not a test dependency",
     ]
 
