@@ -19,11 +19,29 @@ struct Scale: AsyncParsableCommand {
     @Option(help: "Points as BxRxP, comma-separated (default: the issue's grid).") var points = "1x1000x1,10x100x1,100x10x1,100x10x4,1000x1x1"
     @Option(help: "Trip-latency trials (0 skips).") var tripTrials = 10
     @Flag(help: "Skip the idle and 10,000-breaker points.") var gridOnly = false
+    @Flag(help: "Run the grid on a 3-primary Redis Cluster (figures summed over the primaries); no trip or idle points.")
+    var cluster = false
 
     func run() async throws {
-        let server = try await RedisServerProcess.start()
-        defer { server.kill() }
-        let redis = try RedisClient(configuration: server.configuration())
+        let server: RedisServerProcess
+        let redis: RedisClient
+        var started: RedisClusterProcess?
+        if cluster {
+            let nodes = try await RedisClusterProcess.start(primaries: 3)
+            started = nodes
+            server = nodes.nodes[0]
+            Self.url = nodes.url
+            Self.nodes = try nodes.nodes.map { try RedisClient(configuration: $0.configuration()) }
+            redis = try RedisClient(url: nodes.url)
+        } else {
+            server = try await RedisServerProcess.start()
+            Self.url = server.url
+            redis = try RedisClient(configuration: server.configuration())
+        }
+        defer {
+            server.kill()
+            for node in started?.nodes ?? [] { node.kill() }
+        }
         // Redis' own floor (its timers, with no client but this one), subtracted from every point below.
         let quiet = try await info(redis)
         try await Task.sleep(for: .seconds(seconds))
@@ -44,7 +62,7 @@ struct Scale: AsyncParsableCommand {
             line["redis_cpu_ratio_to_baseline"] = shared.cpuMicrosecondsPerCall / baseline.cpuMicrosecondsPerCall
             emit(line)
         }
-        if !gridOnly {
+        if !gridOnly && !cluster {
             let idle = try await measure(server, redis, mode: "distributed", breakers: 1000, active: 0, rate: 0, instances: 1)
             emit(idle.json(point: "1000 idle x 1"))
             let many = try await measure(server, redis, mode: "distributed", breakers: 10_000, active: 1000, rate: 10, instances: 1)
@@ -53,11 +71,15 @@ struct Scale: AsyncParsableCommand {
             line["instance_memory_bytes_per_breaker"] = many.instanceBytesPerBreaker
             emit(line)
         }
-        if tripTrials > 0 {
+        if tripTrials > 0 && !cluster {
             emit(try await tripLatency(server, redis, trials: tripTrials))
         }
         await server.stop()
     }
+
+    /// The URL the workers use; with `--cluster`, every node, whose figures `info` sums.
+    nonisolated(unsafe) static var url = ""
+    nonisolated(unsafe) static var nodes: [RedisClient] = []
 
     /// Redis CPU seconds per second with no traffic; set at the start of `run()`.
     nonisolated(unsafe) static var floor = 0.0
@@ -128,7 +150,7 @@ struct Scale: AsyncParsableCommand {
         let outputs = (0..<instances).map { "/tmp/fusebox-scale-\(namespace)-\($0).json" }
         let workers = try (0..<instances).map { index in
             try spawnSelf([
-                "scale-worker", "--mode", mode, "--redis", server.url, "--namespace", namespace, "--breakers", String(breakers),
+                "scale-worker", "--mode", mode, "--redis", Self.url, "--namespace", namespace, "--breakers", String(breakers),
                 "--active", String(active), "--rate", String(rate), "--start-at", String(startAt), "--measure-ms", String(measureMs),
                 "--output", outputs[index],
             ])
@@ -179,7 +201,10 @@ struct Scale: AsyncParsableCommand {
             }
             point.memoryBytesPerBreaker = Double(bytes) / Double(sample)
         }
-        _ = try await redis.send("FLUSHALL")
+        for node in Self.nodes.isEmpty ? [redis] : Self.nodes {
+            // A replica refuses FLUSHALL (READONLY): its primary's flush reaches it.
+            _ = try? await node.send("FLUSHALL")
+        }
         return point
     }
 
@@ -199,7 +224,7 @@ struct Scale: AsyncParsableCommand {
             let outputs = (0..<4).map { "/tmp/fusebox-trip-\(namespace)-\($0).json" }
             let workers = try (0..<4).map { index in
                 try spawnSelf([
-                    "scale-worker", "--mode", "trip", "--redis", server.url, "--namespace", namespace, "--breakers", "1", "--active", "1",
+                    "scale-worker", "--mode", "trip", "--redis", Self.url, "--namespace", namespace, "--breakers", "1", "--active", "1",
                     "--rate", "200", "--start-at", String(startAt), "--measure-ms", String(until - startAt), "--switch-at", String(switchAt),
                     "--output", outputs[index],
                 ])
@@ -281,13 +306,26 @@ struct Scale: AsyncParsableCommand {
         return total
     }
 
+    /// INFO of the server, or with `--cluster` of every node, summed (CPU, bytes, and each command's calls and µs).
     func info(_ redis: RedisClient) async throws -> [String: String] {
-        var values: [String: String] = [:]
-        for line in try await redis.send("INFO", "all").decodeString().split(whereSeparator: \.isNewline) {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
+        var merged: [String: String] = [:]
+        for client in Self.nodes.isEmpty ? [redis] : Self.nodes {
+            for line in try await client.send("INFO", "all").decodeString().split(whereSeparator: \.isNewline) {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2 else { continue }
+                let (key, value) = (String(parts[0]), String(parts[1]))
+                guard let existing = merged[key] else { merged[key] = value; continue }
+                if key.hasPrefix("cmdstat_") {
+                    func field(_ name: String, _ text: String) -> Double {
+                        text.split(separator: ",").first { $0.hasPrefix(name + "=") }.flatMap { Double($0.dropFirst(name.count + 1)) } ?? 0
+                    }
+                    merged[key] = "calls=\(Int(field("calls", existing) + field("calls", value))),usec=\(Int(field("usec", existing) + field("usec", value)))"
+                } else if let a = Double(existing), let b = Double(value) {
+                    merged[key] = String(a + b)
+                }
+            }
         }
-        return values
+        return merged
     }
 
     /// Every command counted in commandstats (inside scripts too), less the benchmark's own INFO calls.
