@@ -78,28 +78,23 @@ public enum SharedCluster {
 
     /// Runs `body` with the cluster, alongside other shared users.
     public static func use<T: Sendable>(_ body: (RedisClusterProcess) async throws -> T) async throws -> T {
-        let cluster = try await started.value
-        await lease.acquire(alone: false)
-        do {
-            let result = try await body(cluster)
-            await lease.release(alone: false)
-            return result
-        } catch {
-            await lease.release(alone: false)
-            throw error
-        }
+        try await holding(alone: false, body)
     }
 
     /// Runs `body` with the cluster and no other user.
     public static func useAlone<T: Sendable>(_ body: (RedisClusterProcess) async throws -> T) async throws -> T {
+        try await holding(alone: true, body)
+    }
+
+    private static func holding<T: Sendable>(alone: Bool, _ body: (RedisClusterProcess) async throws -> T) async throws -> T {
         let cluster = try await started.value
-        await lease.acquire(alone: true)
+        await lease.acquire(alone: alone)
         do {
             let result = try await body(cluster)
-            await lease.release(alone: true)
+            await lease.release(alone: alone)
             return result
         } catch {
-            await lease.release(alone: true)
+            await lease.release(alone: alone)
             throw error
         }
     }

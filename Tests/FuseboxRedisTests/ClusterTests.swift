@@ -9,14 +9,7 @@ import Testing
 
 /// Options for instances of a test on the run's cluster.
 func clusterOptions(_ cluster: RedisClusterProcess, timeout: Duration = .milliseconds(500)) throws -> DistributedOptions {
-    var redis = try RedisConfiguration(url: cluster.url)
-    redis.connectTimeout = timeout
-    redis.commandTimeout = timeout
-    var options = DistributedOptions(redis: redis)
-    options.namespace = uniqueNamespace("c")
-    options.halfOpenRetryInterval = .zero
-    options.refreshInterval = .milliseconds(200)
-    return options
+    testOptions(redis: try RedisConfiguration(url: cluster.url), namespace: uniqueNamespace("c"), timeout: timeout)
 }
 
 /// One breaker name per primary of `map` (by the slot of its keys in `namespace`), in the map's order.

@@ -10,14 +10,7 @@ import Testing
 
 /// Options for instances behind the group's sentinels.
 func sentinelOptions(_ group: RedisSentinelGroup, timeout: Duration) throws -> DistributedOptions {
-    var redis = try RedisConfiguration(url: group.url)
-    redis.connectTimeout = timeout
-    redis.commandTimeout = timeout
-    var options = DistributedOptions(redis: redis)
-    options.namespace = uniqueNamespace("s")
-    options.halfOpenRetryInterval = .zero
-    options.refreshInterval = .milliseconds(200)
-    return options
+    testOptions(redis: try RedisConfiguration(url: group.url), namespace: uniqueNamespace("s"), timeout: timeout)
 }
 
 /// Records when the sentinels announce `+switch-master` (as a subscriber to the first sentinel that answers).

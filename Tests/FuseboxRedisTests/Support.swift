@@ -19,7 +19,15 @@ func uniqueNamespace(_ label: String = "t") -> String {
 
 /// Options for tests: short timeouts, a unique namespace, no local pause after a denied probe.
 func testOptions(_ server: RedisServerProcess, namespace: String = uniqueNamespace(), timeout: Duration = .milliseconds(500)) -> DistributedOptions {
-    var options = DistributedOptions(redis: server.configuration(connectTimeout: timeout, commandTimeout: timeout))
+    testOptions(redis: server.configuration(), namespace: namespace, timeout: timeout)
+}
+
+/// The same for any topology's configuration (a cluster's, Sentinel's).
+func testOptions(redis: RedisConfiguration, namespace: String = uniqueNamespace(), timeout: Duration = .milliseconds(500)) -> DistributedOptions {
+    var redis = redis
+    redis.connectTimeout = timeout
+    redis.commandTimeout = timeout
+    var options = DistributedOptions(redis: redis)
     options.namespace = namespace
     options.halfOpenRetryInterval = .zero
     options.refreshInterval = .milliseconds(200)
