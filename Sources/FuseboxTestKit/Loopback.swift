@@ -42,3 +42,13 @@ func acceptConnections(on listener: Int32, until isStopped: () -> Bool, _ handle
         if connection >= 0 { handle(connection) }
     }
 }
+
+/// Checks `condition` every 100 ms until it holds; throws ``RedisServerProcess/Failure`` naming `what` once `timeout`
+/// has passed.
+public func waitUntil(_ what: String, timeout: Duration, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw RedisServerProcess.Failure(description: "\(what): not within \(timeout)") }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+}

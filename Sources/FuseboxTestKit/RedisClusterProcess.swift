@@ -51,19 +51,7 @@ public final class RedisClusterProcess: Sendable {
             let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
             throw RedisServerProcess.Failure(description: "redis-cli --cluster create ended with \(status.map(String.init) ?? "no exit"): \(text.suffix(500))")
         }
-        let deadline = ContinuousClock.now + .seconds(30)
-        for node in nodes {
-            let connection = try RedisClient(configuration: node.configuration())
-            defer { connection.close() }
-            while true {
-                let info = (try? await connection.send("CLUSTER", "INFO").string) ?? ""
-                if info.contains("cluster_state:ok") { break }
-                guard ContinuousClock.now < deadline else {
-                    throw RedisServerProcess.Failure(description: "node \(node.port) did not report cluster_state:ok within 30 s")
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
+        // start() then waits until every node reports the cluster healthy.
     }
 }
 
@@ -131,24 +119,17 @@ extension RedisClusterProcess {
     /// Waits until every running node reports `cluster_state:ok` and agrees on one primary per slot range, each
     /// with `replicas` replicas online (at most `timeout`).
     public func waitUntilHealthy(replicas: Int = 1, timeout: Duration = .seconds(30)) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var healthy = true
+        try await waitUntil("the cluster is healthy", timeout: timeout) {
             for node in nodes {
                 let client = try RedisClient(configuration: node.configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500)))
                 defer { client.close() }
                 guard let info = try? await client.send("CLUSTER", "INFO").string, info.contains("cluster_state:ok"),
                       let map = try? ClusterSlotMap(shards: try await client.send("CLUSTER", "SHARDS")),
                       map.coveredSlots == ClusterSlot.count, map.ranges.allSatisfy({ $0.replicas.count >= replicas }) else {
-                    healthy = false
-                    break
+                    return false
                 }
             }
-            if healthy { return }
-            guard ContinuousClock.now < deadline else {
-                throw RedisServerProcess.Failure(description: "the cluster did not become healthy within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(100))
+            return true
         }
     }
 

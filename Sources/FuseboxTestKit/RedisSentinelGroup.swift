@@ -69,9 +69,7 @@ public final class RedisSentinelGroup: Sendable {
 
     /// Waits (at most 30 s) until every sentinel sees one replica of the primary and the two other sentinels.
     public func waitUntilSettled(timeout: Duration = .seconds(30)) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            var settled = true
+        try await waitUntil("the sentinels settle", timeout: timeout) {
             for sentinel in sentinels {
                 let client = try RedisClient(configuration: sentinel.configuration(connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(500)))
                 defer { client.close() }
@@ -80,13 +78,9 @@ public final class RedisSentinelGroup: Sendable {
                 for index in stride(from: 0, to: fields.count - 1, by: 2) {
                     if let name = fields[index].string { values[name] = fields[index + 1].string ?? "" }
                 }
-                if values["num-slaves"] != "1" || values["num-other-sentinels"] != "2" || values["flags"] != "master" { settled = false }
+                if values["num-slaves"] != "1" || values["num-other-sentinels"] != "2" || values["flags"] != "master" { return false }
             }
-            if settled { return }
-            guard ContinuousClock.now < deadline else {
-                throw RedisServerProcess.Failure(description: "the sentinels did not settle within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(100))
+            return true
         }
     }
 

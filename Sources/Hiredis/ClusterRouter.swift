@@ -81,9 +81,6 @@ final class ClusterRouter: Sendable {
         for body in waiting { body(error) }
     }
 
-    /// The primaries of the map last read (empty before the first command).
-    var primaries: [Endpoint] { state.withLock { $0.map?.primaries ?? [] } }
-
     /// Reads the slot map now (if none is being read), and waits for it.
     func refreshedMap() async throws(RedisError) -> ClusterSlotMap {
         let error: RedisError? = await withCheckedContinuation { continuation in

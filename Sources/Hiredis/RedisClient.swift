@@ -53,10 +53,7 @@ public final class RedisClient: Sendable {
                 connect: { attempt, deadline throws(RedisError) in try HiredisSocket.connect(resolver.sentinel(attempt: attempt), deadline: deadline) },
                 channels: ["+switch-master"], patterns: [], healthCheckInterval: .seconds(1)
             ) { message in
-                // NAME OLD-IP OLD-PORT NEW-IP NEW-PORT
-                let parts = message.text.split(separator: " ")
-                guard resolver.isSwitch(message), parts.count == 5, let port = Int(parts[4]) else { return }
-                let primary = RedisConfiguration.Endpoint.tcp(host: String(parts[3]), port: port)
+                guard let primary = resolver.switchedPrimary(message) else { return }
                 loop.retire(because: "the sentinels switched the primary to \(primary)", unlessConnectedTo: primary.description)
             }
             switchWatch = Task.detached { await watcher.run() }

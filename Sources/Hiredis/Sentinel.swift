@@ -55,8 +55,11 @@ final class SentinelResolver: Sendable {
         sentinel.node(sentinels[attempt % sentinels.count])
     }
 
-    /// Whether a `+switch-master` message (`NAME OLD-IP OLD-PORT NEW-IP NEW-PORT`) is about this primary.
-    func isSwitch(_ message: RedisMessage) -> Bool {
-        message.text.split(separator: " ").first.map(String.init) == primaryName
+    /// The new primary a `+switch-master` message (`NAME OLD-IP OLD-PORT NEW-IP NEW-PORT`) announces for this
+    /// primary's name; `nil` for another name or a malformed message.
+    func switchedPrimary(_ message: RedisMessage) -> RedisConfiguration.Endpoint? {
+        let parts = message.text.split(separator: " ")
+        guard parts.count == 5, parts[0] == primaryName, let port = Int(parts[4]) else { return nil }
+        return .tcp(host: String(parts[3]), port: port)
     }
 }
