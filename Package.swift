@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "Fusebox", targets: ["Fusebox"]),
         .library(name: "FuseboxRedis", targets: ["FuseboxRedis"]),
         .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
+        .library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"]),
         .executable(name: "fusebox", targets: ["FuseboxCLI"]),
     ],
     dependencies: [
@@ -17,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
@@ -59,10 +62,28 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The operator's HTTP surface: admin routes, Prometheus export, the dashboard. Its own target and product,
+        // so that applications that only need breakers never build an HTTP server.
+        .target(
+            name: "FuseboxHTTP",
+            dependencies: [
+                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [
+                .embedInCode("Dashboard/dashboard.html"),
+                .embedInCode("Dashboard/dashboard.css"),
+                .embedInCode("Dashboard/dashboard.js"),
+            ]
+        ),
         .executableTarget(
             name: "FuseboxCLI",
             dependencies: [
-                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
+                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit", "FuseboxHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -84,6 +105,17 @@ let package = Package(
             dependencies: [
                 "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
+            name: "FuseboxHTTPTests",
+            dependencies: [
+                "Fusebox", "FuseboxHTTP", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .testTarget(

@@ -679,7 +679,7 @@ local function run(A, K)
       'version', st.version, 'instance', instance, 'at', now)
     local probe_in = 0
     if st.state == 'open' then probe_in = st.open_until - now end
-    redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, state = st.state,
+    redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
       probe_in_ms = probe_in, reason = st.reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
       created = st.created }))
   end

@@ -63,6 +63,13 @@ public final class BreakerRegistry: Service {
     /// Add the registry to the application's `ServiceGroup`, or run it in a task of its own.
     public func run() async throws { try await adapter.run() }
 
+    /// The breaker `name` if it has been made, with the policy it was made with; `nil` otherwise. Unlike
+    /// ``breaker(_:policy:)`` it never makes one: for operators' tools (the admin router) that steer what exists.
+    public func existingBreaker(named name: String) -> CircuitBreaker? {
+        guard let lanes = breakers.withLock({ $0[name] }) else { return nil }
+        return CircuitBreaker(lanes: lanes, policy: lanes.backend.policy, switchboard: switchboard)
+    }
+
     /// The names of every breaker made so far, sorted.
     public var names: [String] { breakers.withLock { $0.keys.sorted() } }
 

@@ -25,6 +25,8 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         public static let corruptState = Code(7)
         /// The configuration (adapter name, URL, option) is not valid.
         public static let invalidConfiguration = Code(8)
+        /// No breaker of that name exists (in the registry, or in the Redis namespace).
+        public static let unknownBreaker = Code(9)
 
         public var description: String {
             switch raw {
@@ -35,6 +37,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
             case 5: "call timed out"
             case 6: "backend unavailable"
             case 7: "corrupt state"
+            case 9: "unknown breaker"
             default: "invalid configuration"
             }
         }

@@ -17,7 +17,7 @@ struct FuseboxCommand: AsyncParsableCommand {
         discussion: "Exit codes: 0 success, 64 usage, 69 Redis unavailable, 75 rejected by the breaker (run).",
         subcommands: [
             ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
-            WatchCommand.self, RunCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+            WatchCommand.self, RunCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self,
         ]
     )
 
@@ -107,7 +107,7 @@ enum CLIError: Error {
     static func from(_ error: FuseboxError) -> CLIError {
         switch error.code {
         case .backendUnavailable: .unavailable(error.message)
-        case .invalidConfiguration, .invalidName, .invalidPolicy: .usage(error.message)
+        case .invalidConfiguration, .invalidName, .invalidPolicy, .unknownBreaker: .usage(error.message)
         default: .failed(error.message)
         }
     }

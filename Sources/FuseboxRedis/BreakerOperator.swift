@@ -1,4 +1,5 @@
 import Fusebox
+import FuseboxLocking
 import Hiredis
 
 /// Inspects and steers the breakers of one namespace in Redis, without knowing their policies: the operator's
@@ -39,11 +40,58 @@ public struct BreakerOperator: Sendable {
         return try BreakerSnapshot(name: name, reply: reply, totalsKey: keys(of: name)[2])
     }
 
-    /// Snapshots of every breaker, sorted by name.
+    /// Snapshots of every breaker, sorted by name, read as ``readings(of:)`` does; the first breaker that cannot be
+    /// read throws.
     public func snapshots() async throws(FuseboxError) -> [BreakerSnapshot] {
         var result: [BreakerSnapshot] = []
-        for name in try await names() { result.append(try await snapshot(of: name)) }
+        for reading in try await readings() { result.append(try reading.snapshot.get()) }
         return result
+    }
+
+    /// The snapshot of every breaker in `names` (default: every registered one, sorted) and the policy each last
+    /// stored, read in one round trip whatever their number: the script's `read` for up to 32 breakers per call
+    /// (in a cluster, one call per slot) and an `HGET` of each stored policy, all written together. With `names`
+    /// `nil` the names are read first (`SMEMBERS`), one round trip more.
+    ///
+    /// A breaker whose keys are corrupt gets its error in place; the others are read as usual. Only an unreachable
+    /// Redis throws.
+    public func readings(of chosen: [String]? = nil) async throws(FuseboxError) -> [BreakerReading] {
+        let names: [String]
+        if let chosen { names = chosen } else { names = try await self.names() }
+        guard !names.isEmpty else { return [] }
+        let results = ReadingResults(count: names.count)
+        let policies = Locked<Result<[RESPValue], RedisError>?>(nil)
+        let calls = names.enumerated().map { index, name in
+            ScriptCall(keys: keys(of: name), arguments: ["read", name] + Array(repeating: "", count: 16)) { result in
+                results.deliver(result, at: index)
+            }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            results.whenComplete = { continuation.resume() }
+            connection.submit(names.map { RedisCommand("HGET", keys(of: $0)[0], "policy") }) { result in
+                policies.withLock { $0 = result }
+                results.deliverExtra()
+            }
+            let header: [any RedisArgument] = [channel, actor, "", "1000", ""]
+            for batch in DistributedCore.batches(of: calls, header: header, isCluster: DistributedCore.isCluster(connection)) {
+                DistributedCore.send(batch, on: connection)
+            }
+        }
+        var readings: [BreakerReading] = []
+        let stored = policies.withLock { $0 }.flatMap { try? $0.get() }
+        for (index, name) in names.enumerated() {
+            let snapshot: Result<BreakerSnapshot, FuseboxError>
+            switch results.value(at: index) {
+            case .failure(let error) where Self.isRefusal(error) || error.code == .unexpectedReply:
+                snapshot = .failure(Self.corrupt(name, error))
+            case .failure(let error):
+                throw Self.unavailable(error)
+            case .success(let reply):
+                snapshot = Result { () throws(FuseboxError) in try BreakerSnapshot(name: name, reply: reply, totalsKey: keys(of: name)[2]) }
+            }
+            readings.append(BreakerReading(name: name, snapshot: snapshot, policyJSON: stored.flatMap { index < $0.count ? $0[index].string : nil }))
+        }
+        return readings
     }
 
     /// The last transitions of `name` (up to 100), oldest first.
@@ -83,18 +131,21 @@ public struct BreakerOperator: Sendable {
         return try await snapshot(of: name)
     }
 
-    private func keys(of name: String) -> [String] { DistributedBackend.keys(namespace: namespace, name: name) }
+    func keys(of name: String) -> [String] { DistributedBackend.keys(namespace: namespace, name: name) }
 
-    private func requireKnown(_ name: String) async throws(FuseboxError) {
-        try BreakerRegistry.validate(name: name)
-        let known: Bool
+    /// Whether `name` is registered in the namespace (one `SISMEMBER`).
+    public func contains(_ name: String) async throws(FuseboxError) -> Bool {
         do {
-            known = try await connection.send("SISMEMBER", "\(namespace):breakers", name).decodeInt() == 1
+            return try await connection.send("SISMEMBER", "\(namespace):breakers", name).decodeInt() == 1
         } catch {
             throw Self.unavailable(error)
         }
-        guard known else {
-            throw FuseboxError(code: .invalidConfiguration, message: "unknown breaker '\(name)' in namespace '\(namespace)' (see `fusebox list`)", breakerName: name)
+    }
+
+    private func requireKnown(_ name: String) async throws(FuseboxError) {
+        try BreakerRegistry.validate(name: name)
+        guard try await contains(name) else {
+            throw FuseboxError(code: .unknownBreaker, message: "unknown breaker '\(name)' in namespace '\(namespace)' (see `fusebox list`)", breakerName: name)
         }
     }
 
@@ -114,14 +165,19 @@ public struct BreakerOperator: Sendable {
             if case .error(let message) = reply { throw RedisError(code: .serverError, message: message) }
             value = reply
         } catch {
-            if error.serverErrorPrefix == "CORRUPT" || error.serverErrorPrefix == "NOPOLICY" || error.serverErrorPrefix == "SCHEMA" {
-                throw FuseboxError(
-                    code: .corruptState, message: "breaker '\(name)': \(error.message.drop(while: { $0 != " " }).dropFirst())",
-                    breakerName: name, underlying: error)
-            }
-            throw Self.unavailable(error)
+            throw Self.isRefusal(error) ? Self.corrupt(name, error) : Self.unavailable(error)
         }
         return try StateReply(value, key: keys(of: name)[0])
+    }
+
+    /// The script refused to work on the breaker's keys (malformed, no policy, another key schema).
+    static func isRefusal(_ error: RedisError) -> Bool {
+        ["CORRUPT", "NOPOLICY", "SCHEMA"].contains(error.serverErrorPrefix ?? "")
+    }
+
+    static func corrupt(_ name: String, _ error: RedisError) -> FuseboxError {
+        let detail = error.code == .serverError ? String(error.message.drop(while: { $0 != " " }).dropFirst()) : error.message
+        return FuseboxError(code: .corruptState, message: "breaker '\(name)': \(detail)", breakerName: name, underlying: error)
     }
 
     static func unavailable(_ error: RedisError) -> FuseboxError {
@@ -148,5 +204,55 @@ public struct BreakerOperator: Sendable {
             transitions.append(BreakerTransition(from: from, to: to, reason: fields["reason"] ?? "", version: version, at: .milliseconds(at)))
         }
         return transitions.reversed()
+    }
+}
+
+/// One breaker as ``BreakerOperator/readings(of:)`` read it.
+public struct BreakerReading: Sendable {
+    /// The breaker's name.
+    public var name: String
+    /// Its snapshot, or why it could not be read (``FuseboxError/Code/corruptState``).
+    public var snapshot: Result<BreakerSnapshot, FuseboxError>
+    /// The policy JSON the last instance stored with it (`nil` when none is: isolated before any instance used it).
+    public var policyJSON: String?
+}
+
+/// The replies of one batched read, gathered from the connection's thread; calls `whenComplete` once every
+/// breaker's reply and the policies have arrived.
+private final class ReadingResults: Sendable {
+    private struct State {
+        var values: [Result<StateReply, RedisError>?]
+        var waiting: Int
+        var whenComplete: (@Sendable () -> Void)?
+    }
+    private let state: Locked<State>
+
+    init(count: Int) { state = Locked(State(values: Array(repeating: nil, count: count), waiting: count + 1)) }
+
+    /// Set before anything is submitted.
+    var whenComplete: @Sendable () -> Void {
+        get { state.withLock { $0.whenComplete ?? {} } }
+        set { state.withLock { $0.whenComplete = newValue } }
+    }
+
+    func deliver(_ result: Result<StateReply, RedisError>, at index: Int) {
+        let done = state.withLock { state -> (@Sendable () -> Void)? in
+            state.values[index] = result
+            state.waiting -= 1
+            return state.waiting == 0 ? state.whenComplete : nil
+        }
+        done?()
+    }
+
+    func deliverExtra() {
+        let done = state.withLock { state -> (@Sendable () -> Void)? in
+            state.waiting -= 1
+            return state.waiting == 0 ? state.whenComplete : nil
+        }
+        done?()
+    }
+
+    func value(at index: Int) -> Result<StateReply, RedisError> {
+        state.withLock { $0.values[index] } ?? .failure(RedisError(code: .unexpectedReply, message: "no reply"))
     }
 }

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "1b7fa7fd616679655253942b307950f10cc2b91f")
+    static let script = RedisScript(source, sha1: "bb896a9b9c2e8c68251e9d724af1f65b19305eb6")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -689,7 +689,7 @@ enum BreakerScript {
           'version', st.version, 'instance', instance, 'at', now)
         local probe_in = 0
         if st.state == 'open' then probe_in = st.open_until - now end
-        redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, state = st.state,
+        redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
           probe_in_ms = probe_in, reason = st.reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
           created = st.created }))
       end

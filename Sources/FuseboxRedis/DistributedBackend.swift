@@ -89,29 +89,47 @@ final class DistributedCore: Sendable {
         guard !calls.isEmpty else { return }
         let pinned = pinnedTime.load(ordering: .relaxed)
         let header: [any RedisArgument] = [channel, options.instanceID, pinned == 0 ? "" : String(pinned), holdMilliseconds, senderID]
-        for part in Self.parts(of: calls, isCluster: isCluster) {
-            var keys: [String] = []
-            var arguments = header
-            keys.reserveCapacity(part.count * 5)
-            for call in part {
-                keys += call.keys
-                arguments.append(call.arguments.count)
-                arguments += call.arguments
-            }
-            afterSchemaCheck { [self, keys, arguments] in
+        for batch in Self.batches(of: calls, header: header, isCluster: Self.isCluster(connection)) {
+            afterSchemaCheck { [self] in
                 if let refusal = schemaRefusal.withLock({ $0 }) {
-                    for call in part { call.completion(.failure(refusal)) }
+                    for call in batch.calls { call.completion(.failure(refusal)) }
                     return
                 }
-                connection.submit(BreakerScript.script, keys: keys, arguments: arguments) { result in
-                    Self.deliver(result, to: part)
-                }
+                Self.send(batch, on: connection)
             }
         }
     }
 
-    /// Whether the connection is to a Redis Cluster: a script call's keys must then share one slot.
-    private var isCluster: Bool {
+    /// One script call: the breakers it carries, its keys, and its arguments (the header, then each breaker's).
+    struct ScriptBatch: Sendable {
+        var calls: [ScriptCall]
+        var keys: [String]
+        var arguments: [any RedisArgument]
+    }
+
+    /// `calls` as script calls (see ``parts(of:isCluster:)``), each with the header `ARGV[1…5]` first.
+    static func batches(of calls: [ScriptCall], header: [any RedisArgument], isCluster: Bool) -> [ScriptBatch] {
+        parts(of: calls, isCluster: isCluster).map { part in
+            var batch = ScriptBatch(calls: part, keys: [], arguments: header)
+            batch.keys.reserveCapacity(part.count * 4)
+            for call in part {
+                batch.keys += call.keys
+                batch.arguments.append(call.arguments.count)
+                batch.arguments += call.arguments
+            }
+            return batch
+        }
+    }
+
+    /// Submits one script call; each breaker's completion gets its reply.
+    static func send(_ batch: ScriptBatch, on connection: RedisClient) {
+        connection.submit(BreakerScript.script, keys: batch.keys, arguments: batch.arguments) { result in
+            deliver(result, to: batch.calls)
+        }
+    }
+
+    /// Whether `connection` is to a Redis Cluster: a script call's keys must then share one slot.
+    static func isCluster(_ connection: RedisClient) -> Bool {
         if case .cluster = connection.configuration.topology { true } else { false }
     }
 

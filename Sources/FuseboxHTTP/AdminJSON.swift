@@ -1,0 +1,203 @@
+import Foundation
+import Fusebox
+
+/// A JSON value written in the order its fields are given: the admin API's field names stay where a reader of
+/// Docs/http-api.md expects them, and `null` is written, never left out.
+enum JSON: Sendable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
+    case object([(String, JSON)])
+    case array([JSON])
+    case string(String)
+    case int(Int64)
+    case double(Double)
+    case bool(Bool)
+    case null
+
+    init(stringLiteral value: String) { self = .string(value) }
+    init(integerLiteral value: Int) { self = .int(Int64(value)) }
+    init(booleanLiteral value: Bool) { self = .bool(value) }
+
+    static func optional(_ value: String?) -> JSON { value.map(JSON.string) ?? .null }
+    static func optional(_ value: Int?) -> JSON { value.map { .int(Int64($0)) } ?? .null }
+    static func optional(_ value: Double?) -> JSON { value.map(JSON.double) ?? .null }
+    static func number(_ value: Int) -> JSON { .int(Int64(value)) }
+
+    /// The UTF-8 text.
+    var bytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        write(into: &out)
+        return out
+    }
+
+    func write(into out: inout [UInt8]) {
+        switch self {
+        case .object(let fields):
+            out.append(UInt8(ascii: "{"))
+            for (index, field) in fields.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                Self.write(field.0, into: &out)
+                out.append(UInt8(ascii: ":"))
+                field.1.write(into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        case .array(let items):
+            out.append(UInt8(ascii: "["))
+            for (index, item) in items.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                item.write(into: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .string(let text): Self.write(text, into: &out)
+        case .int(let value): out += Array(String(value).utf8)
+        case .double(let value):
+            // JSON has no NaN or infinity.
+            guard value.isFinite else { return out += Array("null".utf8) }
+            out += Array((value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)).utf8)
+        case .bool(let value): out += Array((value ? "true" : "false").utf8)
+        case .null: out += Array("null".utf8)
+        }
+    }
+
+    private static func write(_ text: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
+            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
+            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
+            case ..<0x20, 0x7F:
+                let hex = String(byte, radix: 16)
+                out += Array(("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
+            default: out.append(byte)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+}
+
+/// The JSON shapes of the admin API (Docs/http-api.md lists every field).
+enum AdminJSON {
+    /// `2026-12-01T19:20:03.120Z`.
+    static func timestamp(_ date: Date) -> JSON {
+        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        var seconds = time_t(milliseconds >= 0 ? milliseconds / 1000 : (milliseconds - 999) / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return .string(String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), Int(((milliseconds % 1000) + 1000) % 1000)))
+    }
+
+    static func ratio(_ part: Int, of whole: Int) -> Double { whole == 0 ? 0 : Double(part) / Double(whole) }
+
+    static func breaker(_ status: BreakerStatus) -> JSON {
+        let snapshot = status.snapshot
+        let totals = snapshot.totals
+        let successes = snapshot.windowCalls - snapshot.windowFailures
+        return .object([
+            ("name", .string(snapshot.name)),
+            ("state", .string(snapshot.state.rawValue)),
+            ("version", .number(snapshot.version)),
+            ("since", timestamp(status.since)),
+            ("time_in_state_ms", .int(snapshot.timeInState.milliseconds)),
+            ("time_until_retry", snapshot.timeUntilProbe.map { .double(Double($0.milliseconds) / 1000) } ?? .null),
+            ("time_until_retry_ms", snapshot.timeUntilProbe.map { .int($0.milliseconds) } ?? .null),
+            ("failure_count", .number(snapshot.windowFailures)),
+            ("failure_rate", .double(snapshot.failureRate)),
+            ("success_count", .number(successes)),
+            ("success_rate", .double(ratio(successes, of: snapshot.windowCalls))),
+            ("slow_call_count", .number(snapshot.windowSlowCalls)),
+            ("slow_call_rate", .double(snapshot.slowCallRate)),
+            ("rejection_count", .number(totals.rejected)),
+            ("rejection_rate", .double(ratio(totals.rejected, of: totals.calls + totals.rejected))),
+            ("window_calls", .number(snapshot.windowCalls)),
+            ("consecutive_failures", .number(snapshot.consecutiveFailures)),
+            ("attempt", .number(snapshot.attempt)),
+            ("probes_in_flight", .number(snapshot.probesInFlight)),
+            ("isolation_reason", .optional(snapshot.isolationReason)),
+            ("last_reason", .string(snapshot.lastReason)),
+            ("thresholds", status.thresholds.map(thresholds) ?? .null),
+            ("totals", .object([
+                ("calls", .number(totals.calls)), ("successes", .number(totals.successes)), ("failures", .number(totals.failures)),
+                ("ignored", .number(totals.ignored)), ("rejected", .number(totals.rejected)), ("slow", .number(totals.slow)),
+            ])),
+            ("errors", .object(snapshot.errorCounts.sorted { $0.key < $1.key }.map { ($0.key, .number($0.value)) })),
+        ])
+    }
+
+    static func thresholds(_ thresholds: BreakerThresholds) -> JSON {
+        .object([
+            ("failure_rate", .optional(thresholds.failureRate)),
+            ("consecutive_failures", .optional(thresholds.consecutiveFailures)),
+            ("slow_call_rate", .optional(thresholds.slowCallRate)),
+            ("slow_call_duration_ms", .int(thresholds.slowCallDuration.milliseconds)),
+            ("minimum_throughput", .number(thresholds.minimumThroughput)),
+            ("permitted_calls_in_half_open", .number(thresholds.permittedCallsInHalfOpen)),
+            ("success_threshold", .number(thresholds.successThreshold)),
+            ("max_half_open_duration_ms", .int(thresholds.maxHalfOpenDuration.milliseconds)),
+            ("window", .string(thresholds.window)),
+            ("break_duration", .string(thresholds.breakDuration)),
+            ("mode", .string(thresholds.mode)),
+        ])
+    }
+
+    static func summary(_ health: FleetHealth) -> JSON {
+        .object([
+            ("total_breakers", .number(health.total)),
+            ("open", .number(health.open)),
+            ("half_open", .number(health.halfOpen)),
+            ("closed", .number(health.closed)),
+            ("isolated", .number(health.isolated)),
+            ("disabled", .number(health.disabled)),
+            ("metrics_only", .number(health.metricsOnly)),
+            ("unreadable", .number(health.unreadable)),
+            ("health", .string(health.verdict.rawValue)),
+        ])
+    }
+
+    static func survey(_ survey: BreakerSurvey, scope: String) -> JSON {
+        .object([
+            ("timestamp", timestamp(survey.observedAt)),
+            ("scope", .string(scope)),
+            ("summary", summary(FleetHealth(survey))),
+            ("breakers", .object(survey.breakers.map { ($0.name, breaker($0)) })),
+            ("unreadable", .object(survey.unreadable.map { ($0.name, .string($0.error.message)) })),
+        ])
+    }
+
+    static func transition(_ timed: TimedTransition) -> JSON {
+        .object([
+            ("from", .string(timed.transition.from.rawValue)),
+            ("to", .string(timed.transition.to.rawValue)),
+            ("reason", .string(timed.transition.reason)),
+            ("version", .number(timed.transition.version)),
+            ("at", timestamp(timed.at)),
+        ])
+    }
+
+    static func notice(_ notice: TransitionNotice) -> JSON {
+        .object([
+            ("name", .string(notice.name)),
+            ("from", .optional(notice.from?.rawValue)),
+            ("state", .string(notice.to.rawValue)),
+            ("version", .number(notice.version)),
+            ("reason", .string(notice.reason)),
+            ("time_until_retry_ms", notice.timeUntilProbe.map { .int($0.milliseconds) } ?? .null),
+        ])
+    }
+
+    static func health(_ health: FleetHealth, at date: Date) -> JSON {
+        .object([
+            ("status", .string(health.verdict.rawValue)),
+            ("timestamp", timestamp(date)),
+            ("reasons", .array(health.reasons.map(JSON.string))),
+            ("summary", summary(health)),
+        ])
+    }
+
+    static func error(_ code: String, _ message: String) -> JSON {
+        .object([("error", .string(code)), ("message", .string(message))])
+    }
+}

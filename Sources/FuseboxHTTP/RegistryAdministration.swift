@@ -1,0 +1,115 @@
+import Foundation
+import Fusebox
+
+/// The breakers of one application's ``BreakerRegistry``, on either adapter: what an application mounts the admin
+/// router over.
+///
+/// Only breakers the application has made are known; it cannot make one (it would not know its policy). Actions
+/// go through each breaker's backend, so with the `distributed` adapter they reach every instance.
+public struct RegistryAdministration: BreakerAdministration {
+    /// The registry administered.
+    public let registry: BreakerRegistry
+
+    /// Administers `registry`.
+    public init(registry: BreakerRegistry) {
+        self.registry = registry
+    }
+
+    public var scope: String {
+        registry.adapter.kind == .local ? "this process (local adapter)" : "this application's breakers (distributed adapter)"
+    }
+
+    public func survey() async throws(FuseboxError) -> BreakerSurvey {
+        var statuses: [BreakerStatus] = []
+        var unreadable: [(name: String, error: FuseboxError)] = []
+        for name in registry.names {
+            do {
+                statuses.append(try await status(of: name))
+            } catch where error.code == .corruptState {
+                unreadable.append((name, error))
+            }
+        }
+        return BreakerSurvey(breakers: statuses, unreadable: unreadable)
+    }
+
+    public func status(of name: String) async throws(FuseboxError) -> BreakerStatus {
+        let breaker = try existing(name)
+        return BreakerStatus(snapshot: try await breaker.snapshot(), thresholds: BreakerThresholds(policy: breaker.backend.policy))
+    }
+
+    public func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition] {
+        let breaker = try existing(name)
+        let transitions = try await breaker.timeline()
+        guard registry.adapter.kind == .local else {
+            // The distributed adapter's transitions carry Redis time: milliseconds since the Unix epoch.
+            return transitions.map { TimedTransition($0, at: Date(timeIntervalSince1970: $0.at.seconds)) }
+        }
+        // The local adapter's times count from its clock's epoch. The last transition began the current state,
+        // which has lasted `timeInState`: that places the clock's "now", and every other time with it.
+        let snapshot = try await breaker.snapshot()
+        let now = Date()
+        guard let last = transitions.last else { return [] }
+        let clockNow = last.at + snapshot.timeInState
+        return transitions.map { TimedTransition($0, at: now.addingTimeInterval(-(clockNow - $0.at).seconds)) }
+    }
+
+    public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus {
+        try await existing(name).isolate(reason: reason)
+        return try await status(of: name)
+    }
+
+    public func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus {
+        try await existing(name).reset()
+        return try await status(of: name)
+    }
+
+    public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
+        try await existing(name).forceHalfOpen()
+        return try await status(of: name)
+    }
+
+    public func resetAll() async throws(FuseboxError) -> BreakerSurvey {
+        try await registry.resetAll()
+        return try await survey()
+    }
+
+    /// Merges the events of every breaker made so far, and of those made later (looked for twice a second).
+    public func transitions() -> AsyncStream<TransitionNotice> {
+        let (stream, continuation) = AsyncStream.makeStream(of: TransitionNotice.self, bufferingPolicy: .bufferingNewest(1024))
+        let registry = self.registry
+        let forwarder = Task {
+            await withTaskGroup(of: Void.self) { group in
+                var watched: Set<String> = []
+                while !Task.isCancelled {
+                    for name in registry.names where !watched.contains(name) {
+                        guard let breaker = registry.existingBreaker(named: name) else { continue }
+                        watched.insert(name)
+                        let events = breaker.events()
+                        group.addTask {
+                            for await event in events {
+                                guard case .stateChanged(let transition) = event else { continue }
+                                continuation.yield(TransitionNotice(
+                                    name: name, from: transition.from, to: transition.to, version: transition.version,
+                                    reason: transition.reason, timeUntilProbe: nil))
+                            }
+                        }
+                    }
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+                group.cancelAll()
+            }
+        }
+        continuation.onTermination = { _ in forwarder.cancel() }
+        return stream
+    }
+
+    public func transitionCounts() -> [TransitionKey: Int]? { nil }
+
+    private func existing(_ name: String) throws(FuseboxError) -> CircuitBreaker {
+        try BreakerRegistry.validate(name: name)
+        guard let breaker = registry.existingBreaker(named: name) else {
+            throw FuseboxError(code: .unknownBreaker, message: "unknown breaker '\(name)' (this registry has \(registry.names.count))", breakerName: name)
+        }
+        return breaker
+    }
+}
