@@ -1,0 +1,402 @@
+import Foundation
+import Fusebox
+@testable import FuseboxHTTP
+import FuseboxRedis
+import FuseboxTestKit
+import Hiredis
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Prometheus
+import Testing
+
+/// One redis-server shared by this module's tests (each uses its own namespace).
+enum SharedServer {
+    private static let started = Task { try await RedisServerProcess.start() }
+    static func get() async throws -> RedisServerProcess { try await started.value }
+}
+
+struct Boom: Error {}
+
+/// The three things the routes are mounted over.
+enum Subject: String, CaseIterable, CustomTestStringConvertible {
+    /// An application's registry on the local adapter.
+    case localRegistry
+    /// An application's registry on the distributed adapter.
+    case distributedRegistry
+    /// Every breaker of a Redis namespace (`fusebox serve`), made by an instance elsewhere.
+    case redisNamespace
+
+    var testDescription: String { rawValue }
+}
+
+/// Breakers `payments` (opens after 2 failures) and `search`, and the administration over them.
+final class Fixture: Sendable {
+    let registry: BreakerRegistry
+    let administration: any BreakerAdministration
+    let payments: CircuitBreaker
+    let search: CircuitBreaker
+    let namespace: String
+    private let background: Task<Void, Never>
+
+    init(_ subject: Subject, token: String? = nil) async throws {
+        namespace = "http\(UInt32.random(in: 0...UInt32.max))"
+        let adapter: any BreakerAdapter
+        var redis: RedisConfiguration?
+        if subject == .localRegistry {
+            adapter = LocalAdapter()
+        } else {
+            var configuration = try await SharedServer.get().configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500))
+            configuration.clientName = "test"
+            redis = configuration
+            var options = DistributedOptions(redis: configuration)
+            options.namespace = namespace
+            options.refreshInterval = .milliseconds(200)
+            adapter = try DistributedAdapter(options: options)
+        }
+        registry = BreakerRegistry(adapter: adapter)
+        var policy = BreakerPolicy()
+        policy.consecutiveFailureThreshold = 2
+        policy.breakDuration = .fixed(.seconds(60))
+        payments = try registry.breaker("payments", policy: policy)
+        search = try registry.breaker("search")
+        let fleet: RedisAdministration?
+        if subject == .redisNamespace, let redis {
+            fleet = try RedisAdministration(configuration: redis, namespace: namespace, surveyMaxAge: .milliseconds(250))
+            administration = fleet!
+        } else {
+            fleet = nil
+            administration = RegistryAdministration(registry: registry)
+        }
+        let registry = self.registry
+        background = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await registry.run() }
+                if let fleet { group.addTask { try? await fleet.run() } }
+            }
+        }
+        // Both breakers known to the store before the tests look.
+        try await payments.run { () }
+        try await search.run { () }
+        if let backend = adapter as? DistributedAdapter<ContinuousClock> { await backend.flush() }
+        if let fleet, let redis {
+            // Messages published before the administration subscribes never reach it.
+            let client = try RedisClient(configuration: redis)
+            for _ in 0..<500 {
+                let reply = try await client.send("PUBSUB", "NUMSUB", fleet.breakers.channel)
+                if (reply.array?.last?.int ?? 0) >= 2 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+    }
+
+    /// Two failures: `payments` opens (in Redis too, before this returns).
+    func tripPayments() async throws {
+        for _ in 0..<2 { _ = try? await payments.run { throw Boom() } }
+        for _ in 0..<200 {
+            if try await payments.snapshot().state == .open { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("payments did not open")
+    }
+
+    func close() {
+        background.cancel()
+        (administration as? RedisAdministration)?.close()
+    }
+
+    func routes(token: String? = nil, metrics: PrometheusCollectorRegistry? = nil) -> Application<RouterResponder<BasicRequestContext>> {
+        let router = Router()
+        router.addRoutes(AdminRoutes<BasicRequestContext>(administration: administration, token: token, metrics: metrics).collection, atPath: "/admin")
+        return Application(router: router)
+    }
+}
+
+/// The body of a response as a JSON object.
+func object(_ response: TestResponse) throws -> [String: Any] {
+    let value = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView))
+    return try #require(value as? [String: Any], "not a JSON object: \(String(buffer: response.body))")
+}
+
+func dictionary(_ value: Any?) throws -> [String: Any] { try #require(value as? [String: Any]) }
+
+@Suite("The admin routes", .timeLimit(.minutes(2)))
+struct AdminRoutesTests {
+    @Test("every route, status code and state change, on each thing they are mounted over", arguments: Subject.allCases)
+    func routes(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        try await fixture.tripPayments()
+        try await fixture.routes().test(.router) { client in
+            // The list: summary counts, the health rule (1 of 2 tripped is critical), every field of a breaker.
+            var list = try object(try await client.execute(uri: "/admin/circuit-breakers", method: .get))
+            var summary = try dictionary(list["summary"])
+            #expect(summary["total_breakers"] as? Int == 2)
+            #expect(summary["open"] as? Int == 1)
+            #expect(summary["closed"] as? Int == 1)
+            #expect(summary["half_open"] as? Int == 0)
+            #expect(summary["isolated"] as? Int == 0)
+            #expect(summary["health"] as? String == "critical")
+            #expect((list["timestamp"] as? String)?.hasSuffix("Z") == true)
+            let breakers = try dictionary(list["breakers"])
+            #expect(Set(breakers.keys) == ["payments", "search"])
+            let payments = try dictionary(breakers["payments"])
+            #expect(payments["state"] as? String == "open")
+            #expect(payments["version"] as? Int == 1)
+            #expect((payments["time_until_retry"] as? Double ?? 0) > 50)
+            #expect((payments["time_until_retry_ms"] as? Int ?? 0) > 50_000)
+            #expect(payments["since"] as? String != nil)
+            #expect(payments["rejection_count"] as? Int == 0)
+            #expect(payments["failure_rate"] as? Double != nil && payments["success_rate"] as? Double != nil)
+            #expect((try dictionary(payments["totals"]))["failures"] as? Int == 2)
+            #expect((try dictionary(payments["thresholds"]))["consecutive_failures"] as? Int == 2)
+            #expect((try dictionary(payments["thresholds"]))["break_duration"] as? String == "fixed(1m)")
+            #expect(try dictionary(breakers["search"])["time_until_retry"] is NSNull)
+
+            let critical = try await client.execute(uri: "/admin/health", method: .get)
+            #expect(critical.status == .serviceUnavailable)
+            let verdict = try object(critical)
+            #expect(verdict["status"] as? String == "critical")
+            #expect((verdict["reasons"] as? [String] ?? []).contains { $0.contains("'payments' is OPEN") })
+
+            // One breaker with its transitions.
+            let shown = try object(try await client.execute(uri: "/admin/circuit-breakers/payments", method: .get))
+            #expect(try dictionary(shown["breaker"])["state"] as? String == "open")
+            let transitions = try #require(shown["transitions"] as? [[String: Any]])
+            #expect(transitions.last?["from"] as? String == "closed" && transitions.last?["to"] as? String == "open")
+
+            // Isolate (deliberate: degraded, not critical), half-open, reset.
+            let isolated = try await client.execute(
+                uri: "/admin/circuit-breakers/payments/isolate", method: .post, body: ByteBuffer(string: #"{"reason": "db maintenance"}"#))
+            #expect(isolated.status == .ok)
+            #expect(try object(isolated)["state"] as? String == "isolated")
+            #expect(try object(isolated)["isolation_reason"] as? String == "db maintenance")
+            let degraded = try await client.execute(uri: "/admin/health", method: .get)
+            #expect(degraded.status == .ok)
+            #expect(try object(degraded)["status"] as? String == "degraded")
+            let halfOpen = try await client.execute(uri: "/admin/circuit-breakers/payments/half-open", method: .post)
+            #expect(try object(halfOpen)["state"] as? String == "half_open")
+            let reset = try await client.execute(uri: "/admin/circuit-breakers/payments/reset", method: .post)
+            #expect(try object(reset)["state"] as? String == "closed")
+
+            // Reset-all closes everything; the verdict is healthy again.
+            try await fixture.tripPayments()
+            let all = try object(try await client.execute(uri: "/admin/circuit-breakers/reset-all", method: .post))
+            #expect(try dictionary(all["summary"])["closed"] as? Int == 2)
+            let healthy = try await client.execute(uri: "/admin/health", method: .get)
+            #expect(healthy.status == .ok)
+            #expect(try object(healthy)["status"] as? String == "healthy")
+            list = try object(try await client.execute(uri: "/admin/circuit-breakers", method: .get))
+            summary = try dictionary(list["summary"])
+            #expect(summary["health"] as? String == "healthy")
+
+            // Unknown and malformed names.
+            for (method, uri) in [(HTTPRequest.Method.get, "/admin/circuit-breakers/nope"), (.post, "/admin/circuit-breakers/nope/reset"),
+                                  (.post, "/admin/circuit-breakers/nope/half-open")] {
+                let missing = try await client.execute(uri: uri, method: method)
+                #expect(missing.status == .notFound, "\(uri)")
+                #expect(try object(missing)["error"] as? String == "unknown_breaker")
+            }
+            let unknownIsolate = try await client.execute(
+                uri: "/admin/circuit-breakers/nope/isolate", method: .post, body: ByteBuffer(string: #"{"reason":"x"}"#))
+            #expect(unknownIsolate.status == .notFound)
+            for bad in ["/admin/circuit-breakers/bad%7Bname", "/admin/circuit-breakers/bad%ZZ", "/admin/circuit-breakers/tab%09name"] {
+                let response = try await client.execute(uri: bad, method: .get)
+                #expect(response.status == .badRequest, "\(bad)")
+                #expect(try object(response)["error"] as? String == "invalid_name")
+            }
+
+            // Bodies the isolate route refuses, each with a JSON error that says what to send.
+            for body in ["", "not json", "[1]", #"{"why":"x"}"#, #"{"reason":""}"#, #"{"reason":"   "}"#, #"{"reason":42}"#,
+                         #"{"reason":"\#(String(repeating: "x", count: 501))"}"#, #"{"reason":"a\u0007b"}"#] {
+                let response = try await client.execute(uri: "/admin/circuit-breakers/search/isolate", method: .post, body: ByteBuffer(string: body))
+                #expect(response.status == .badRequest, "\(body)")
+                #expect(try object(response)["error"] as? String == "bad_request", "\(body)")
+            }
+            let huge = try await client.execute(
+                uri: "/admin/circuit-breakers/search/isolate", method: .post,
+                body: ByteBuffer(string: #"{"reason":"\#(String(repeating: "y", count: 40_000))"}"#))
+            #expect(huge.status == .contentTooLarge)
+            #expect(try await fixture.search.snapshot().state == .closed, "nothing a refused request sent may change a breaker")
+
+            // The dashboard: one self-contained page.
+            let page = try await client.execute(uri: "/admin", method: .get)
+            #expect(page.status == .ok)
+            #expect(page.headers[.contentType]?.hasPrefix("text/html") == true)
+            let html = String(buffer: page.body)
+            #expect(html.contains("EventSource") && html.contains(".card"))
+            #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"))
+        }
+    }
+
+    @Test("a name with spaces, quotes and non-ASCII letters is reached percent-encoded and written as valid JSON")
+    func awkwardNames() async throws {
+        let registry = BreakerRegistry(adapter: LocalAdapter())
+        let name = #"pay "EU" \ café/v2"#
+        let breaker = try registry.breaker(name)
+        try await breaker.run { () }
+        let router = Router()
+        router.addRoutes(AdminRoutes<BasicRequestContext>(administration: RegistryAdministration(registry: registry)).collection)
+        try await Application(router: router).test(.router) { client in
+            let list = try object(try await client.execute(uri: "/circuit-breakers", method: .get))
+            #expect(try dictionary(list["breakers"]).keys.contains(name))
+            let encoded = try #require(name.addingPercentEncoding(withAllowedCharacters: .alphanumerics))
+            let shown = try await client.execute(uri: "/circuit-breakers/\(encoded)", method: .get)
+            #expect(shown.status == .ok)
+            #expect(try dictionary(try object(shown)["breaker"])["name"] as? String == name)
+        }
+    }
+
+    @Test("with a token, every POST needs it (401 otherwise, with WWW-Authenticate); reads stay open")
+    func token() async throws {
+        let fixture = try await Fixture(.localRegistry)
+        defer { fixture.close() }
+        try await fixture.routes(token: "s3cret-token").test(.router) { client in
+            for headers: HTTPFields in [[:], [.authorization: "Bearer wrong-token!"], [.authorization: "Basic czNjcmV0LXRva2Vu"], [.authorization: "Bearer s3cret-toke"]] {
+                let refused = try await client.execute(uri: "/admin/circuit-breakers/search/half-open", method: .post, headers: headers)
+                #expect(refused.status == .unauthorized, "\(headers)")
+                #expect(refused.headers[.wwwAuthenticate]?.hasPrefix("Bearer") == true)
+                #expect(try object(refused)["error"] as? String == "unauthorized")
+            }
+            let refusedAll = try await client.execute(uri: "/admin/circuit-breakers/reset-all", method: .post)
+            #expect(refusedAll.status == .unauthorized)
+            #expect(try await fixture.search.snapshot().state == .closed)
+            let allowed = try await client.execute(
+                uri: "/admin/circuit-breakers/search/half-open", method: .post, headers: [.authorization: "Bearer s3cret-token"])
+            #expect(allowed.status == .ok)
+            #expect(try await fixture.search.snapshot().state == .halfOpen)
+            #expect(try await client.execute(uri: "/admin/circuit-breakers", method: .get).status == .ok)
+            #expect(try await client.execute(uri: "/admin/metrics", method: .get).status == .ok)
+        }
+        #expect(AdminRoutes<BasicRequestContext>.constantTimeEqual("abc", "abc"))
+        #expect(!AdminRoutes<BasicRequestContext>.constantTimeEqual("abc", "abd"))
+        #expect(!AdminRoutes<BasicRequestContext>.constantTimeEqual("abc", "abcd"))
+        #expect(!AdminRoutes<BasicRequestContext>.constantTimeEqual("", "a"))
+    }
+
+    @Test("/metrics: every line is a comment or a sample Prometheus parses; counted series fleet-wide, derived ones always",
+          arguments: [Subject.localRegistry, .redisNamespace])
+    func metrics(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        try await fixture.tripPayments()
+        if subject == .redisNamespace {
+            // The transition count comes from the channel: wait for the message.
+            let fleet = try #require(fixture.administration as? RedisAdministration)
+            for _ in 0..<200 where (fleet.transitionCounts() ?? [:]).isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let own = PrometheusCollectorRegistry()
+        own.makeCounter(descriptor: MetricNameDescriptor(metricName: "app_requests", unitName: "total", helpText: "The app's own."), labels: []).increment(by: Int64(7))
+        try await fixture.routes(metrics: subject == .localRegistry ? own : nil).test(.router) { client in
+            let response = try await client.execute(uri: "/admin/metrics", method: .get)
+            #expect(response.status == .ok)
+            #expect(response.headers[.contentType]?.hasPrefix("text/plain; version=0.0.4") == true)
+            let samples = try PrometheusText.parse(String(buffer: response.body))
+            func value(_ name: String, _ labels: [String: String]) -> Double? {
+                samples.first { $0.name == name && $0.labels == labels }?.value
+            }
+            #expect(value("fusebox_breaker_time_in_state_seconds", ["breaker": "payments"]) != nil)
+            #expect(value("fusebox_breaker_failure_rate", ["breaker": "search"]) == 0)
+            #expect(value("fusebox_breakers", ["state": "open"]) == 1)
+            #expect(value("fusebox_health", [:]) == 2)
+            if subject == .localRegistry {
+                #expect(value("app_requests_total", [:]) == 7, "the application's registry comes first")
+                #expect(value("fusebox_calls_total", ["breaker": "payments", "outcome": "failure"]) == nil, "the breakers' own metrics count these")
+            } else {
+                #expect(value("fusebox_breaker_state", ["breaker": "payments"]) == 2)
+                #expect(value("fusebox_calls_total", ["breaker": "payments", "outcome": "failure"]) == 2)
+                #expect(value("fusebox_calls_total", ["breaker": "payments", "outcome": "success"]) == 1)
+                #expect(value("fusebox_rejections_total", ["breaker": "payments"]) == 0)
+                #expect(value("fusebox_transitions_total", ["breaker": "payments", "from": "closed", "to": "open"]) == 1)
+            }
+        }
+    }
+
+    @Test("Redis down: 503 with the reason on every read, critical health, nothing crashes")
+    func redisDown() async throws {
+        let server = try await RedisServerProcess.start()
+        let configuration = server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300))
+        let administration = try RedisAdministration(configuration: configuration, namespace: "down", surveyMaxAge: .zero)
+        defer { administration.close() }
+        let operatorView = BreakerOperator(connection: try RedisClient(configuration: configuration), namespace: "down")
+        _ = try await operatorView.isolate("payments", reason: "before the outage")
+        server.kill()
+        let router = Router()
+        router.addRoutes(AdminRoutes<BasicRequestContext>(administration: administration).collection)
+        try await Application(router: router).test(.router) { client in
+            for uri in ["/circuit-breakers", "/circuit-breakers/payments"] {
+                let started = ContinuousClock.now
+                let response = try await client.execute(uri: uri, method: .get)
+                #expect(response.status == .serviceUnavailable, "\(uri)")
+                #expect(try object(response)["error"] as? String == "backend_unavailable")
+                #expect((try object(response)["message"] as? String)?.contains("unavailable") == true)
+                #expect(ContinuousClock.now - started < .seconds(3))
+            }
+            let reset = try await client.execute(uri: "/circuit-breakers/payments/reset", method: .post)
+            #expect(reset.status == .serviceUnavailable)
+            let health = try await client.execute(uri: "/health", method: .get)
+            #expect(health.status == .serviceUnavailable)
+            #expect(try object(health)["status"] as? String == "critical")
+            let metrics = try await client.execute(uri: "/metrics", method: .get)
+            #expect(metrics.status == .serviceUnavailable)
+            #expect(String(buffer: metrics.body).contains("fusebox_health 2"))
+        }
+    }
+
+    @Test("a corrupted key: listed as unreadable with the reason, the others still read, health degraded; reset repairs it")
+    func corrupted() async throws {
+        let fixture = try await Fixture(.redisNamespace)
+        defer { fixture.close() }
+        let redis = try RedisClient(configuration: try await SharedServer.get().configuration())
+        _ = try await redis.send("HSET", "\(fixture.namespace):{search}:state", "state", "bogus")
+        try await fixture.routes().test(.router) { client in
+            let list = try object(try await client.execute(uri: "/admin/circuit-breakers", method: .get))
+            #expect(try dictionary(list["breakers"]).keys.sorted() == ["payments"])
+            #expect((try dictionary(list["unreadable"])["search"] as? String)?.contains("bogus") == true)
+            #expect(try dictionary(list["summary"])["unreadable"] as? Int == 1)
+            let health = try await client.execute(uri: "/admin/health", method: .get)
+            #expect(health.status == .ok)
+            #expect(try object(health)["status"] as? String == "degraded")
+            let shown = try await client.execute(uri: "/admin/circuit-breakers/search", method: .get)
+            #expect(shown.status == .internalServerError)
+            #expect(try object(shown)["error"] as? String == "corrupt_state")
+            let reset = try await client.execute(uri: "/admin/circuit-breakers/search/reset", method: .post)
+            #expect(reset.status == .ok)
+            #expect(try object(reset)["state"] as? String == "closed")
+        }
+    }
+}
+
+@Suite("The health verdict")
+struct FleetHealthTests {
+    static func survey(_ states: [BreakerState], unreadable: Int = 0) -> BreakerSurvey {
+        let statuses = states.enumerated().map { index, state in
+            BreakerStatus(snapshot: BreakerSnapshot(
+                name: "b\(index)", state: state, version: 1, timeInState: .seconds(1), windowCalls: 0, windowFailures: 0,
+                windowSlowCalls: 0, consecutiveFailures: 0, errorCounts: [:], totals: BreakerTotals(), timeUntilProbe: nil,
+                isolationReason: state == .isolated ? "maintenance" : nil, attempt: 0, probesInFlight: 0, probeSuccesses: 0,
+                lastReason: "why"), thresholds: nil)
+        }
+        let broken = (0..<unreadable).map { (name: "u\($0)", error: FuseboxError(code: .corruptState, message: "bad")) }
+        return BreakerSurvey(breakers: statuses, unreadable: broken)
+    }
+
+    @Test("the rules, case by case", arguments: [
+        ([], 0, FleetHealth.Verdict.healthy),
+        ([.closed, .closed, .disabled, .metricsOnly], 0, .healthy),
+        ([.closed, .closed, .open], 0, .degraded),
+        ([.closed, .open], 0, .critical),
+        ([.open], 0, .critical),
+        ([.closed, .halfOpen, .open, .closed], 0, .critical),
+        ([.isolated, .isolated, .isolated], 0, .degraded),
+        ([.closed, .closed], 1, .degraded),
+        ([.closed, .closed, .closed, .halfOpen], 0, .degraded),
+    ] as [([BreakerState], Int, FleetHealth.Verdict)])
+    func rules(states: [BreakerState], unreadable: Int, expected: FleetHealth.Verdict) {
+        let health = FleetHealth(Self.survey(states, unreadable: unreadable))
+        #expect(health.verdict == expected)
+        #expect(health.total == states.count + unreadable)
+        #expect(health.reasons.isEmpty == (expected == .healthy))
+    }
+}
