@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
@@ -104,6 +105,7 @@ let package = Package(
             name: "FuseboxCLITests",
             dependencies: [
                 "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),

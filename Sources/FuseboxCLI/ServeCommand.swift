@@ -24,6 +24,7 @@ struct ServeCommand: AsyncParsableCommand {
             let token = token ?? ProcessInfo.processInfo.environment["FUSEBOX_ADMIN_TOKEN"]
             var logger = Logger(label: "fusebox-serve")
             logger.logLevel = .notice
+            try AdminServer.validate(host: host, port: port, token: token)
             let configuration = try global.configuration()
             _ = try await global.makeOperator()
             let administration = try RedisAdministration(configuration: configuration, namespace: global.keyNamespace, logger: logger)

@@ -5,6 +5,8 @@ import Hummingbird
 import Logging
 import NIOCore
 import Prometheus
+import ServiceLifecycle
+import FuseboxLocking
 
 /// The operator's HTTP surface over any ``BreakerAdministration``: the admin API, `/health`, `/metrics`, the
 /// live event stream and the dashboard, as one Hummingbird route collection an application mounts where it likes.
@@ -31,6 +33,8 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     public let metrics: PrometheusCollectorRegistry?
     /// How often the event stream sends a comment to keep idle connections open.
     public let heartbeatInterval: Duration
+    /// The last list and scrape rendered, by the survey they show: clients that read one survey share one rendering.
+    private let rendered = RenderedSurveys()
 
     /// The largest request body read (an isolation reason).
     static var maximumBodySize: Int { 16 * 1024 }
@@ -95,7 +99,13 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     // MARK: - Handlers
 
     private func list() async throws -> Response {
-        try await answer { () async throws(FuseboxError) -> JSON in .survey(try await administration.survey(), scope: administration.scope) }
+        do {
+            let survey = try await administration.survey()
+            let bytes = rendered.bytes(for: "list", survey: survey) { JSON.survey(survey, scope: administration.scope).bytes }
+            return Self.json(bytes: bytes)
+        } catch {
+            return Self.failure(error)
+        }
     }
 
     private func health() async -> Response {
@@ -114,9 +124,13 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         let status: HTTPResponse.Status
         do {
             let survey = try await administration.survey()
-            FleetMetrics.emit(
-                survey: survey, health: FleetHealth(survey), counted: metrics == nil, transitions: administration.transitionCounts(),
-                into: &buffer)
+            buffer += rendered.bytes(for: "metrics", survey: survey) {
+                var text: [UInt8] = []
+                FleetMetrics.emit(
+                    survey: survey, health: FleetHealth(survey), counted: metrics == nil, transitions: administration.transitionCounts(),
+                    into: &text)
+                return text
+            }
             status = .ok
         } catch {
             buffer += Array("# the breakers cannot be read: \(error.message.replacingOccurrences(of: "\n", with: " "))\n".utf8)
@@ -153,7 +167,8 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
                 }
                 defer { group.cancelAll() }
                 try await writer.write(ByteBuffer(string: "retry: 1000\n: connected\n\n"))
-                for await chunk in chunks {
+                // A graceful shutdown ends the stream: the server's shutdown waits for open responses.
+                for await chunk in chunks.cancelOnGracefulShutdown() {
                     try await writer.write(ByteBuffer(string: chunk))
                 }
             }
@@ -183,11 +198,13 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         return json(AdminJSON.error(code, error.message), status: status)
     }
 
-    static func json(_ value: JSON, status: HTTPResponse.Status = .ok) -> Response {
+    static func json(_ value: JSON, status: HTTPResponse.Status = .ok) -> Response { json(bytes: value.bytes, status: status) }
+
+    static func json(bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json; charset=utf-8"
         headers[.cacheControl] = "no-store"
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: value.bytes)))
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
     /// A request refused before it reached the breakers: 400, 401, 413 with a JSON body.
@@ -271,6 +288,19 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         headers[.contentType] = "text/html; charset=utf-8"
         headers[.cacheControl] = "no-cache"
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: Dashboard.page)))
+    }
+}
+
+/// The rendering of the last survey per route. A survey is identified by when it was read: the administration
+/// hands the same survey to every request it serves from one read.
+final class RenderedSurveys: Sendable {
+    private let last = Locked<[String: (observedAt: Date, bytes: [UInt8])]>([:])
+
+    func bytes(for route: String, survey: BreakerSurvey, render: () -> [UInt8]) -> [UInt8] {
+        if let hit = last.withLock({ $0[route] }), hit.observedAt == survey.observedAt { return hit.bytes }
+        let bytes = render()
+        last.withLock { $0[route] = (survey.observedAt, bytes) }
+        return bytes
     }
 }
 
