@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl
 
-.PHONY: deps build test test-faults test-asan test-tsan demo bench clean lua
+.PHONY: deps browser-deps build test test-browser test-faults test-asan test-tsan demo bench clean lua
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
 ## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test). apt-get update first; sudo when
@@ -25,13 +25,40 @@ deps:
 		echo "make deps: $(APT_PACKAGES) already installed"; \
 	fi
 
+## What the dashboard's browser test needs: Debian's chromium and chromium-driver, Selenium from PyPI. When they
+## cannot be installed, the browser test is skipped with a loud message (and only then).
+browser-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		echo "make browser-deps: installing$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing \
+			|| echo "make browser-deps: could not install$$missing"; \
+	fi; \
+	python3 -c "import selenium" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore selenium \
+		|| echo "make browser-deps: could not install selenium"
+
 build: deps
 	$(SWIFT) build
 
 ## Builds and runs every test against real redis-server processes the tests start themselves.
-test: deps
+test: deps browser-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
+	@$(MAKE) --no-print-directory test-browser
+
+## The dashboard in real headless Chromium against `fusebox serve` (Tests/Browser/dashboard_test.py).
+test-browser: browser-deps
+	$(SWIFT) build --product fusebox
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && python3 -c "import selenium" 2>/dev/null; then \
+		python3 Tests/Browser/dashboard_test.py; \
+	else \
+		echo "##################################################################"; \
+		echo "# SKIPPED: the dashboard browser test: Chromium, chromedriver or  #"; \
+		echo "# Selenium could not be installed on this machine (make browser-deps)"; \
+		echo "##################################################################"; \
+	fi
 
 ## The fault-injection suites alone (`make test` runs them too), then the figure each fault produced
 ## (Docs/reliability.md).

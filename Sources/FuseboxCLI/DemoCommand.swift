@@ -74,6 +74,23 @@ struct DemoCommand: AsyncParsableCommand {
             children.append(try ChildProcess(executable: executable, arguments: arguments, outputPath: directory.appendingPathComponent("\(index).log").path))
         }
         defer { for child in children { child.kill() } }
+        // The fleet's dashboard while the distributed run lasts: `fusebox serve` on a free loopback port.
+        var dashboard: ChildProcess?
+        if kind == .distributed, let url {
+            let log = directory.appendingPathComponent("serve.log").path
+            dashboard = try? ChildProcess(
+                executable: executable, arguments: ["serve", "--redis", url, "--namespace", namespace, "--port", "0"], outputPath: log)
+            for _ in 0..<300 {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("dashboard: ") }) {
+                    print("\(line) (the fleet's live dashboard, while this run lasts)")
+                    flushOutput()
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        defer { dashboard?.kill() }
 
         let isTerminal = isatty(STDOUT_FILENO) == 1
         let deadline = ContinuousClock.now + schedule.total + .seconds(10)

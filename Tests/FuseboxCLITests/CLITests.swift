@@ -317,6 +317,7 @@ struct CLITests {
         #expect(result.output.contains("Summary: distributed adapter, 3 instances"))
         #expect(result.output.contains("Summary: local adapter, 3 instances"))
         #expect(result.output.contains("Shared breaker vs one breaker per process"))
+        #expect(result.output.contains("dashboard: http://127.0.0.1:"), "the demo prints the fleet's dashboard address")
     }
 
     @Test("docker-compose.yml is a valid compose file")
@@ -328,6 +329,8 @@ struct CLITests {
         let check = try ChildProcess(executable: path, arguments: ["-f", root.appendingPathComponent("docker-compose.yml").path, "config", "-q"], outputPath: log)
         let status = await check.waitForExit(upTo: .seconds(60))
         #expect(status == 0, "\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        let text = try String(contentsOf: root.appendingPathComponent("docker-compose.yml"), encoding: .utf8)
+        #expect(text.contains("dashboard:") && text.contains(#"["serve", "--host", "0.0.0.0", "--port", "8080"]"#))
     }
 }
 
