@@ -2,7 +2,7 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl
+APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl
 
 .PHONY: deps browser-deps build test test-browser test-faults test-asan test-tsan demo bench clean lua
 
@@ -17,6 +17,7 @@ deps:
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	command -v stunnel4 >/dev/null 2>&1 || missing="$$missing stunnel4"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
 		$(SUDO) apt-get update -q && \
@@ -69,18 +70,19 @@ test-faults: deps
 	echo; echo "fault | figures"; grep "^fault-figure" .build/test-faults.log | cut -d'|' -f2-; exit $$status
 
 ## The Redis client's tests under AddressSanitizer (its own build directory); XCTest's harness leaks at exit are
-## suppressed by .ci/lsan.supp.
+## suppressed by .ci/lsan.supp. Both sanitizer builds leave the HTTP surface out (FUSEBOX_WITHOUT_HTTP, see
+## Package.swift): Hummingbird would triple their build time, and `make test` runs the HTTP tests.
 test-asan: deps
-	$(SWIFT) build --build-tests --sanitize=address --build-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp $(SWIFT) test --sanitize=address --build-path .build-asan --skip-build --filter HiredisTests
+	FUSEBOX_WITHOUT_HTTP=1 $(SWIFT) build --build-tests --sanitize=address --build-path .build-asan
+	FUSEBOX_WITHOUT_HTTP=1 LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp $(SWIFT) test --sanitize=address --build-path .build-asan --skip-build --filter HiredisTests
 
 ## The whole suite under ThreadSanitizer (its own build directory). `-DFUSEBOX_TSAN` swaps the futex-based
 ## `Mutex` for a pthread mutex that ThreadSanitizer understands (Sources/FuseboxLocking); the first report stops
 ## the run. Tests run one at a time: the sanitizer slows every thread several times, and the timing bounds the
 ## suites assert hold for one test at a time on two cores.
 test-tsan: deps
-	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
-	@mkdir -p .build-tsan; TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
+	FUSEBOX_WITHOUT_HTTP=1 $(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
+	@mkdir -p .build-tsan; FUSEBOX_WITHOUT_HTTP=1 TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
 		--no-parallel -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
 	if grep -q "WARNING: ThreadSanitizer" .build-tsan/test.log; then echo "make test-tsan: ThreadSanitizer reported a race"; exit 1; fi; \
 	exit $$status

@@ -1,6 +1,12 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// The sanitizer builds (make test-asan, make test-tsan) leave the HTTP surface out: Hummingbird and its
+// dependencies would triple their build time, and `make test` runs the HTTP tests. FUSEBOX_HTTP marks the
+// code that needs it.
+let withHTTP = Context.environment["FUSEBOX_WITHOUT_HTTP"] == nil
+let httpSettings: [SwiftSetting] = withHTTP ? [.define("FUSEBOX_HTTP")] : []
+
 let package = Package(
     name: "fusebox",
     platforms: [.macOS(.v15)],
@@ -9,19 +15,19 @@ let package = Package(
         .library(name: "Fusebox", targets: ["Fusebox"]),
         .library(name: "FuseboxRedis", targets: ["FuseboxRedis"]),
         .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
-        .library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"]),
         .executable(name: "fusebox", targets: ["FuseboxCLI"]),
-    ],
+    ] + (withHTTP ? [.library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"])] : []),
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ] + (withHTTP ? [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
-    ],
+    ] : []),
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
         // warning on every build. The headers and library are in the default paths; `make deps` checks for them
@@ -63,6 +69,51 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(
+            name: "FuseboxCLI",
+            dependencies: [
+                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + (withHTTP ? ["FuseboxHTTP"] : []),
+            swiftSettings: httpSettings
+        ),
+        .testTarget(
+            name: "HiredisTests",
+            dependencies: ["Hiredis", "FuseboxTestKit", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(
+            name: "FuseboxRedisTests",
+            dependencies: [
+                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(
+            name: "FuseboxCLITests",
+            dependencies: [
+                "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ] + (withHTTP ? [.product(name: "AsyncHTTPClient", package: "async-http-client")] : []),
+            swiftSettings: httpSettings
+        ),
+        .testTarget(
+            name: "FuseboxTests",
+            dependencies: [
+                "Fusebox", "FuseboxLocking", "FuseboxTestKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
+
+if withHTTP {
+    package.targets += [
         // The operator's HTTP surface: admin routes, Prometheus export, the dashboard. Its own target and product,
         // so that applications that only need breakers never build an HTTP server.
         .target(
@@ -81,34 +132,6 @@ let package = Package(
                 .embedInCode("Dashboard/dashboard.js"),
             ]
         ),
-        .executableTarget(
-            name: "FuseboxCLI",
-            dependencies: [
-                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit", "FuseboxHTTP",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
-        ),
-        .testTarget(
-            name: "HiredisTests",
-            dependencies: ["Hiredis", "FuseboxTestKit", .product(name: "PropertyBased", package: "swift-property-based")]
-        ),
-        .testTarget(
-            name: "FuseboxRedisTests",
-            dependencies: [
-                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "PropertyBased", package: "swift-property-based"),
-            ]
-        ),
-        .testTarget(
-            name: "FuseboxCLITests",
-            dependencies: [
-                "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "PropertyBased", package: "swift-property-based"),
-            ]
-        ),
         .testTarget(
             name: "FuseboxHTTPTests",
             dependencies: [
@@ -120,16 +143,5 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        .testTarget(
-            name: "FuseboxTests",
-            dependencies: [
-                "Fusebox", "FuseboxLocking", "FuseboxTestKit",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "MetricsTestKit", package: "swift-metrics"),
-                .product(name: "PropertyBased", package: "swift-property-based"),
-            ]
-        ),
-    ],
-    swiftLanguageModes: [.v6]
-)
+    ]
+}

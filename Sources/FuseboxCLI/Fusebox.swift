@@ -15,11 +15,21 @@ struct FuseboxCommand: AsyncParsableCommand {
         commandName: "fusebox",
         abstract: "Shared-state circuit breakers: inspect, steer, run commands through them, demo.",
         discussion: "Exit codes: 0 success, 64 usage, 69 Redis unavailable, 75 rejected by the breaker (run).",
-        subcommands: [
-            ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
-            WatchCommand.self, RunCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self,
-        ]
+        subcommands: subcommands
     )
+
+    #if FUSEBOX_HTTP
+    static let subcommands: [any ParsableCommand.Type] = [
+        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
+        WatchCommand.self, RunCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+    ]
+    #else
+    // A sanitizer build (Package.swift, FUSEBOX_WITHOUT_HTTP) has no HTTP server.
+    static let subcommands: [any ParsableCommand.Type] = [
+        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
+        WatchCommand.self, RunCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+    ]
+    #endif
 
     /// Runs the command line, with the global options accepted before the subcommand as well as after it.
     static func main() async {

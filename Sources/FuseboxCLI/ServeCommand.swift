@@ -1,3 +1,4 @@
+#if FUSEBOX_HTTP
 import ArgumentParser
 import Foundation
 import Fusebox
@@ -43,3 +44,4 @@ struct ServeCommand: AsyncParsableCommand {
         }
     }
 }
+#endif

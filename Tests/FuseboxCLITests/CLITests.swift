@@ -317,7 +317,9 @@ struct CLITests {
         #expect(result.output.contains("Summary: distributed adapter, 3 instances"))
         #expect(result.output.contains("Summary: local adapter, 3 instances"))
         #expect(result.output.contains("Shared breaker vs one breaker per process"))
+        #if FUSEBOX_HTTP
         #expect(result.output.contains("dashboard: http://127.0.0.1:"), "the demo prints the fleet's dashboard address")
+        #endif
     }
 
     @Test("docker-compose.yml is a valid compose file")

@@ -1,3 +1,4 @@
+#if FUSEBOX_HTTP
 import AsyncHTTPClient
 import Foundation
 import Fusebox
@@ -174,3 +175,4 @@ struct ServeTests {
     }
 }
 
+#endif
