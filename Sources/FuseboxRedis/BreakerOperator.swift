@@ -48,9 +48,9 @@ public struct BreakerOperator: Sendable {
         return result
     }
 
-    /// The snapshot of every breaker in `names` (default: every registered one, sorted) and the policy each last
+    /// The snapshot of every breaker in `chosen` (default: every registered one, sorted) and the policy each last
     /// stored, read in one round trip whatever their number: the script's `read` for up to 32 breakers per call
-    /// (in a cluster, one call per slot) and an `HGET` of each stored policy, all written together. With `names`
+    /// (in a cluster, one call per slot) and an `HGET` of each stored policy, all written together. With `chosen`
     /// `nil` the names are read first (`SMEMBERS`), one round trip more.
     ///
     /// A breaker whose keys are corrupt gets its error in place; the others are read as usual. Only an unreachable
@@ -131,7 +131,7 @@ public struct BreakerOperator: Sendable {
         return try await snapshot(of: name)
     }
 
-    func keys(of name: String) -> [String] { DistributedBackend.keys(namespace: namespace, name: name) }
+    private func keys(of name: String) -> [String] { DistributedBackend.keys(namespace: namespace, name: name) }
 
     /// Whether `name` is registered in the namespace (one `SISMEMBER`).
     public func contains(_ name: String) async throws(FuseboxError) -> Bool {
