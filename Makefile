@@ -43,10 +43,13 @@ browser-deps:
 build: deps
 	$(SWIFT) build
 
-## Builds and runs every test against real redis-server processes the tests start themselves.
+## Builds and runs every test against real redis-server processes the tests start themselves. `fusebox serve`'s
+## tests (200 concurrent clients) run after the others, alone: their load would break the timing bounds of the
+## suites running beside them on two cores.
 test: deps browser-deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	$(SWIFT) test --skip ServeTests
+	$(SWIFT) test --skip-build --filter ServeTests
 	@$(MAKE) --no-print-directory test-browser
 
 ## The dashboard in real headless Chromium against `fusebox serve` (Tests/Browser/dashboard_test.py).
