@@ -155,7 +155,7 @@ extension Duration {
     }
 
     /// The duration in seconds as a `Double`.
-    var seconds: Double {
+    public var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }

@@ -96,12 +96,17 @@ struct GlobalOptions: ParsableArguments {
     /// An operator on a connection checked with `PING`.
     func makeOperator() async throws -> BreakerOperator {
         let connection = try RedisClient(configuration: configuration())
+        try await checkReachable(connection)
+        return BreakerOperator(connection: connection, namespace: keyNamespace)
+    }
+
+    /// `PING`s through `connection`; unreachable Redis is exit 69 with the reason.
+    func checkReachable(_ connection: RedisClient) async throws {
         do {
             _ = try await connection.send("PING")
         } catch {
             throw CLIError.unavailable("Redis at \(redisURL.redactingPassword) is unavailable: \(error.code): \(error.message)")
         }
-        return BreakerOperator(connection: connection, namespace: keyNamespace)
     }
 }
 

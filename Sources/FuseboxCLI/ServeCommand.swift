@@ -27,9 +27,9 @@ struct ServeCommand: AsyncParsableCommand {
             logger.logLevel = .notice
             try AdminServer.validate(host: host, port: port, token: token)
             let configuration = try global.configuration()
-            _ = try await global.makeOperator()
             let administration = try RedisAdministration(configuration: configuration, namespace: global.keyNamespace, logger: logger)
             defer { administration.close() }
+            try await global.checkReachable(administration.breakers.connection)
             let hasToken = !(token ?? "").isEmpty
             let application = try AdminServer.makeApplication(
                 administration: administration, host: host, port: port, token: token, logger: logger

@@ -3,18 +3,13 @@ import Fusebox
 
 /// A JSON value written in the order its fields are given: the admin API's field names stay where a reader of
 /// Docs/http-api.md expects them, and `null` is written, never left out.
-enum JSON: Sendable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
+enum JSON: Sendable {
     case object([(String, JSON)])
     case array([JSON])
     case string(String)
     case int(Int64)
     case double(Double)
-    case bool(Bool)
     case null
-
-    init(stringLiteral value: String) { self = .string(value) }
-    init(integerLiteral value: Int) { self = .int(Int64(value)) }
-    init(booleanLiteral value: Bool) { self = .bool(value) }
 
     static func optional(_ value: String?) -> JSON { value.map(JSON.string) ?? .null }
     static func optional(_ value: Int?) -> JSON { value.map { .int(Int64($0)) } ?? .null }
@@ -53,7 +48,6 @@ enum JSON: Sendable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
             // JSON has no NaN or infinity.
             guard value.isFinite else { return out += Array("null".utf8) }
             out += Array((value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)).utf8)
-        case .bool(let value): out += Array((value ? "true" : "false").utf8)
         case .null: out += Array("null".utf8)
         }
     }

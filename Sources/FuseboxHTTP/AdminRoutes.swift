@@ -59,7 +59,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         routes.get("circuit-breakers") { _, _ in try await self.list() }
         routes.post("circuit-breakers/reset-all") { request, _ in
             try self.authorize(request)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in .survey(try await administration.resetAll(), scope: administration.scope) }
+            return try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.survey(try await administration.resetAll(), scope: administration.scope) }
         }
         routes.get("circuit-breakers/:name") { _, context in
             let name = try Self.name(context)
@@ -101,7 +101,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     private func list() async throws -> Response {
         do {
             let survey = try await administration.survey()
-            let bytes = rendered.bytes(for: "list", survey: survey) { JSON.survey(survey, scope: administration.scope).bytes }
+            let bytes = rendered.bytes(for: "list", survey: survey) { AdminJSON.survey(survey, scope: administration.scope).bytes }
             return Self.json(bytes: bytes)
         } catch {
             return Self.failure(error)
@@ -312,8 +312,4 @@ enum Dashboard {
         let script = String(decoding: PackageResources.dashboard_js, as: UTF8.self)
         return Array(html.replacingOccurrences(of: "/*FUSEBOX_CSS*/", with: css).replacingOccurrences(of: "/*FUSEBOX_JS*/", with: script).utf8)
     }()
-}
-
-extension JSON {
-    static func survey(_ survey: BreakerSurvey, scope: String) -> JSON { AdminJSON.survey(survey, scope: scope) }
 }

@@ -225,10 +225,3 @@ public struct TransitionKey: Sendable, Hashable {
         self.to = to
     }
 }
-
-extension Duration {
-    /// The duration in seconds, as a `Double`.
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-}

@@ -150,7 +150,10 @@ public final class RedisAdministration: BreakerAdministration, Service {
     }
 
     public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus {
-        _ = try await status(of: name)
+        // `BreakerOperator.isolate` makes an unknown breaker isolated (operators may isolate before first use);
+        // the HTTP route answers 404 instead.
+        try BreakerRegistry.validate(name: name)
+        guard try await breakers.contains(name) else { throw unknown(name) }
         _ = try await breakers.isolate(name, reason: reason)
         invalidate()
         return try await status(of: name)

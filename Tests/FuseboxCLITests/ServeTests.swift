@@ -47,23 +47,10 @@ final class ServeProcess: Sendable {
     }
 }
 
-/// Sums INFO commandstats' calls (commands inside scripts included) and used_cpu_sys + used_cpu_user.
+/// What the server has done so far: commands (inside scripts too), script calls, CPU seconds.
 func redisCost(_ client: RedisClient) async throws -> (commands: Int, cpu: Double, scripts: Int) {
-    let stats = try await client.send("INFO", "commandstats").string ?? ""
-    var commands = 0
-    var scripts = 0
-    for line in stats.split(separator: "\r\n") where line.hasPrefix("cmdstat_") {
-        // `cmdstat_get:calls=5,usec=…,rejected_calls=0,failed_calls=0`: the first `calls=`.
-        guard let start = line.range(of: ":calls="), let calls = Int(line[start.upperBound...].prefix { $0.isNumber }) else { continue }
-        commands += calls
-        if line.hasPrefix("cmdstat_evalsha:") || line.hasPrefix("cmdstat_eval:") { scripts += calls }
-    }
-    let cpu = try await client.send("INFO", "cpu").string ?? ""
-    var seconds = 0.0
-    for line in cpu.split(separator: "\r\n") where line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
-        seconds += Double(line.split(separator: ":")[1]) ?? 0
-    }
-    return (commands, seconds, scripts)
+    let counts = try await commandCounts(client)
+    return (counts.values.reduce(0, +), try await cpuSeconds(client), (counts["evalsha"] ?? 0) + (counts["eval"] ?? 0))
 }
 
 @Suite("fusebox serve", .timeLimit(.minutes(3)))

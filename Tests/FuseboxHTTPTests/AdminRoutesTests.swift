@@ -1,7 +1,7 @@
 import Foundation
 import Fusebox
 @testable import FuseboxHTTP
-import FuseboxRedis
+@testable import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Hummingbird
@@ -398,5 +398,39 @@ struct FleetHealthTests {
         #expect(health.verdict == expected)
         #expect(health.total == states.count + unreadable)
         #expect(health.reasons.isEmpty == (expected == .healthy))
+    }
+}
+
+@Suite("Thresholds")
+struct ThresholdsTests {
+    /// The JSON an instance stores (FuseboxRedis) and its reading here are two places that know one shape.
+    @Test("read from the policy JSON an instance stores, they are those of the policy itself")
+    func storedPolicyRoundTrip() throws {
+        var policies: [BreakerPolicy] = [BreakerPolicy()]
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = nil
+        policy.consecutiveFailureThreshold = 7
+        policy.slowCallRateThreshold = 0.25
+        policy.slowCallDuration = .milliseconds(750)
+        policy.window = .count(40)
+        policy.breakDuration = .exponential(base: .seconds(5), factor: 2, maximum: .seconds(120))
+        policy.permittedCallsInHalfOpen = 3
+        policy.successThreshold = 2
+        policy.maxHalfOpenDuration = .seconds(90)
+        policy.mode = .metricsOnly
+        policies.append(policy)
+        policy.breakDuration = .linear(base: .seconds(1), increment: .milliseconds(500), maximum: .seconds(60))
+        policy.window = .time(samplingDuration: .seconds(30), buckets: 6)
+        policies.append(policy)
+        policy.breakDuration = .adaptive
+        policies.append(policy)
+        policy.breakDuration = .custom(id: #"jitter "v2""#) { _ in .seconds(1) }
+        policies.append(policy)
+        for policy in policies {
+            let stored = DistributedBackend.policyJSON(policy)
+            #expect(BreakerThresholds(storedPolicyJSON: stored) == BreakerThresholds(policy: policy), "\(stored)")
+        }
+        #expect(BreakerThresholds(storedPolicyJSON: "not json") == nil)
+        #expect(BreakerThresholds(storedPolicyJSON: #"{"mode":"normal"}"#) == nil)
     }
 }

@@ -6,18 +6,6 @@ import Testing
 
 @testable import FuseboxRedis
 
-/// Commands the server has run, by name (INFO commandstats; commands inside scripts count too).
-func commandCounts(_ redis: RedisClient) async throws -> [String: Int] {
-    let info = try await redis.send("INFO", "commandstats").decodeString()
-    var counts: [String: Int] = [:]
-    for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
-        let parts = line.dropFirst("cmdstat_".count).split(separator: ":", maxSplits: 1)
-        guard parts.count == 2, let calls = parts[1].split(separator: ",").first(where: { $0.hasPrefix("calls=") }) else { continue }
-        counts[String(parts[0])] = Int(calls.dropFirst(6)) ?? 0
-    }
-    return counts
-}
-
 /// A policy that never trips, so a breaker stays on the closed path.
 func neverTrips() -> BreakerPolicy {
     var policy = BreakerPolicy()
