@@ -78,6 +78,8 @@ public enum SharedCluster {
         let cluster = try await started.value
         await lease.acquire(alone: alone)
         do {
+            // Whoever held it alone before may have failed before handing it back whole.
+            if alone { try await cluster.waitUntilHealthy() }
             let result = try await body(cluster)
             await lease.release(alone: alone)
             return result
@@ -120,6 +122,9 @@ extension RedisClusterProcess {
     /// with `replicas` replicas online (at most `timeout`).
     public func waitUntilHealthy(replicas: Int = 1, timeout: Duration = .seconds(30)) async throws {
         try await waitUntil("the cluster is healthy", timeout: timeout) {
+            // Every node must also name the same primary for every slot: gossip spreads a failover or a reshard
+            // node by node, and a test that reads the map from one node must not see a view the others left.
+            var views: Set<[String]> = []
             for node in nodes {
                 let client = try RedisClient(configuration: node.configuration(connectTimeout: .milliseconds(500), commandTimeout: .milliseconds(500)))
                 defer { client.close() }
@@ -128,8 +133,9 @@ extension RedisClusterProcess {
                       map.coveredSlots == ClusterSlot.count, map.ranges.allSatisfy({ $0.replicas.count >= replicas }) else {
                     return false
                 }
+                views.insert(map.ranges.map { "\($0.slots) \($0.primary)" })
             }
-            return true
+            return views.count == 1
         }
     }
 
