@@ -36,6 +36,13 @@ public protocol BreakerBackend: AnyObject, Sendable {
     /// Records the outcome of a call admitted with `token`. Hot path: synchronous, no I/O.
     func record(_ outcome: CallOutcome, for token: PermitToken)
 
+    /// Runs `policy`'s state rules from now on (a reloaded configuration, an operator's override), keeping the
+    /// state: see ``BreakerStateMachine/replacePolicy(_:now:)``. `policy` is validated; a backend that cannot
+    /// honour it throws ``FuseboxError/Code/invalidPolicy`` and keeps the rules it has. Not the hot path.
+    func updatePolicy(_ policy: BreakerPolicy) throws(FuseboxError)
+    /// Whether an operator's fleet-wide override is in force rather than the policy this process gave.
+    var isOverridden: Bool { get }
+
     /// Forces the breaker open until reset; rejections carry `reason`.
     func isolate(reason: String) async throws(FuseboxError)
     /// Closes the breaker with an empty window.
@@ -52,6 +59,8 @@ public protocol BreakerBackend: AnyObject, Sendable {
 
 extension BreakerBackend {
     public func admit() async -> BreakerAdmission { acquire() }
+    /// `false`: only the distributed adapter knows operators' overrides.
+    public var isOverridden: Bool { false }
 }
 
 extension BreakerAdapter {

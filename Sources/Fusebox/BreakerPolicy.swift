@@ -38,6 +38,11 @@ public struct BreakerPolicy: Sendable {
     /// never reported, e.g. a process that died holding a permit). Default 60 s. Range > 0.
     public var maxHalfOpenDuration: Duration = .seconds(60)
 
+    /// Trip only when the failures in the window come from at least this many distinct instances (the
+    /// `distributed` adapter, time windows only; one process is one instance to the `local` adapter). `nil`
+    /// (default): the adapter's ``minimumInstances`` option decides. Range 1…1,000.
+    public var minimumInstances: Int? = nil
+
     // MARK: Mode
 
     /// Normal, metrics-only or disabled. Default normal.
@@ -111,7 +116,7 @@ public struct BreakerPolicy: Sendable {
     }
 
     /// What the breaker does with calls.
-    public enum Mode: String, Sendable, Hashable, Codable {
+    public enum Mode: String, Sendable, Hashable, Codable, CaseIterable {
         /// Trips, rejects, probes.
         case normal
         /// Records outcomes and keeps figures, never trips and never rejects (to try a policy in production).
@@ -239,6 +244,9 @@ extension BreakerPolicy {
         case .custom(let id, _):
             if id.isEmpty { throw fail("breakDuration.id", "empty", "a non-empty name for the function") }
         }
+        if let instances = minimumInstances, !(1...1000).contains(instances) {
+            throw fail("minimumInstances", instances, "1…1,000, or nil for the adapter's option")
+        }
         if !(1...10_000).contains(permittedCallsInHalfOpen) {
             throw fail("permittedCallsInHalfOpen", permittedCallsInHalfOpen, "1…10,000")
         }
@@ -271,6 +279,7 @@ extension BreakerPolicy {
         parts.append("successThreshold=\(successThreshold)")
         parts.append("maxHalfOpenDuration=\(maxHalfOpenDuration)")
         parts.append("mode=\(mode.rawValue)")
+        if let minimumInstances { parts.append("minimumInstances=\(minimumInstances)") }
         return parts.joined(separator: " ")
     }
 }

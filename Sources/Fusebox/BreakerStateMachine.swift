@@ -43,8 +43,8 @@ public enum BreakerAdmission: Sendable {
 public struct BreakerStateMachine: Sendable {
     /// The breaker's name.
     public let name: String
-    /// Its policy (validated by the caller).
-    public let policy: BreakerPolicy
+    /// Its policy (validated by the caller); ``replacePolicy(_:now:)`` changes it.
+    public private(set) var policy: BreakerPolicy
 
     /// The current state.
     public private(set) var state: BreakerState
@@ -70,8 +70,8 @@ public struct BreakerStateMachine: Sendable {
     public private(set) var totals = BreakerTotals()
 
     private var window: SlidingWindow
-    private let slowCallNanoseconds: Int64
-    private let maxHalfOpenNanoseconds: Int64
+    private var slowCallNanoseconds: Int64
+    private var maxHalfOpenNanoseconds: Int64
     private var errorCounts: [ObjectIdentifier: Int] = [:]
     private var errorNames: [ObjectIdentifier: String] = [:]
     private var recentTransitions: [BreakerTransition] = []
@@ -90,6 +90,22 @@ public struct BreakerStateMachine: Sendable {
         self.since = now
         self.window = SlidingWindow(policy.window)
         recentTransitions.reserveCapacity(Self.timelineCapacity)
+    }
+
+    /// Runs `policy`'s rules from `now` on (validated by the caller), keeping the state, the streak, the break
+    /// already under way and the totals. A window of another shape starts empty (its buckets cannot be mapped);
+    /// a breaker in its mode's base state moves to the new mode's base state. New thresholds apply from the next
+    /// outcome.
+    public mutating func replacePolicy(_ policy: BreakerPolicy, now: Int64) -> BreakerTransition? {
+        let old = self.policy
+        self.policy = policy
+        slowCallNanoseconds = policy.slowCallDuration.nanoseconds
+        maxHalfOpenNanoseconds = policy.maxHalfOpenDuration.nanoseconds
+        if old.window != policy.window { window = SlidingWindow(policy.window) }
+        if old.mode != policy.mode, state == Self.baseState(of: old.mode) {
+            return transition(to: Self.baseState(of: policy.mode), reason: "policy mode is now \(policy.mode.rawValue)", now: now)
+        }
+        return nil
     }
 
     private static func baseState(of mode: BreakerPolicy.Mode) -> BreakerState {

@@ -27,6 +27,8 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         public static let invalidConfiguration = Code(8)
         /// No breaker of that name exists (in the registry, or in the Redis namespace).
         public static let unknownBreaker = Code(9)
+        /// A bulkhead turned the call away: every slot was busy and its wait queue full, or the wait timed out.
+        public static let bulkheadFull = Code(10)
 
         public var description: String {
             switch raw {
@@ -38,6 +40,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
             case 6: "backend unavailable"
             case 7: "corrupt state"
             case 9: "unknown breaker"
+            case 10: "bulkhead full"
             default: "invalid configuration"
             }
         }

@@ -41,7 +41,7 @@ extension LocalAdapter where C == ContinuousClock {
 /// made, so the hot path runs specialised code.
 public final class LocalBackend: BreakerBackend {
     public let name: String
-    public let policy: BreakerPolicy
+    public var policy: BreakerPolicy { machine.withLock { $0.policy } }
     private let clock: NanosecondClock
     private let machine: Locked<BreakerStateMachine>
     private let instruments: BreakerInstruments
@@ -54,7 +54,6 @@ public final class LocalBackend: BreakerBackend {
     /// Makes a breaker reading `clock`; `policy` must be validated.
     public init(name: String, policy: BreakerPolicy, clock: NanosecondClock, logger: Logger) {
         self.name = name
-        self.policy = policy
         self.clock = clock
         let machine = BreakerStateMachine(name: name, policy: policy, now: 0)
         self.instruments = BreakerInstruments(name: name, initialState: machine.state, slowCallDuration: policy.slowCallDuration, logger: logger)
@@ -89,6 +88,12 @@ public final class LocalBackend: BreakerBackend {
         let transition = machine.withLock { $0.record(outcome, token: token, now: now) }
         instruments.recorded(outcome, nanoseconds: now - token.startedAt)
         if let transition { instruments.transitioned(transition) }
+    }
+
+    public func updatePolicy(_ policy: BreakerPolicy) throws(FuseboxError) {
+        let policy = try policy.validated()
+        let now = self.now
+        if let transition = machine.withLock({ $0.replacePolicy(policy, now: now) }) { instruments.transitioned(transition) }
     }
 
     public func isolate(reason: String) async throws(FuseboxError) {

@@ -57,7 +57,13 @@ struct Cache: Sendable {
     var pending = PendingOutcomes()
     private var errorNames: [ObjectIdentifier: String] = [:]
 
-    init(state: BreakerState) { self.state = state }
+    /// The policy in force and what follows from it.
+    var rules: PolicyRules
+
+    init(state: BreakerState, rules: PolicyRules) {
+        self.state = state
+        self.rules = rules
+    }
 
     /// Applies a script reply; returns the transition it reveals and whether the store just became usable again.
     mutating func apply(_ reply: StateReply, now: Int64) -> (BreakerTransition?, Bool) {

@@ -25,6 +25,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     private let choosesClockPerPolicy: Bool
     private let subscriber: RedisSubscriber
     private let backends = BackendTable()
+    private let overrides: OverrideTable
 
     /// The key schema this build reads and writes (`NS:schema`, and the `schema` field of each state hash).
     public static var keySchema: String { DistributedCore.keySchema }
@@ -45,8 +46,10 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         do {
             let connection = try RedisClient(configuration: configuration)
             core = DistributedCore(options: options, connection: connection, logger: logger)
-            // Transition messages are applied on the subscriber's own thread as they arrive: no task switch.
             let backends = self.backends
+            let overrides = OverrideTable(core: core, backends: backends)
+            self.overrides = overrides
+            // Transition messages are applied on the subscriber's own thread as they arrive: no task switch.
             let logger = logger
             subscriber = try RedisSubscriber(
                 configuration: configuration, channels: [core.channel],
@@ -56,6 +59,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                         logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
                         return
                     }
+                    if decoded.override != nil { return overrides.load(decoded.name) }
                     guard let backend = backends.withLock({ $0[decoded.name] }) else { return }
                     if decoded.recall != nil { backend.applyRecall(decoded) } else { backend.apply(decoded) }
                 })
@@ -65,7 +69,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     }
 
     public func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend {
-        if options.minimumInstances > 1, case .count = policy.window {
+        if (policy.minimumInstances ?? options.minimumInstances) > 1, case .count = policy.window {
             throw FuseboxError(
                 code: .invalidPolicy,
                 message: "breaker '\(name)': minimumInstances \(options.minimumInstances) needs a time window; a count window keeps no instances",
@@ -74,6 +78,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
         let backend = DistributedBackend(name: name, policy: policy, core: core, clock: reader, logger: logger)
         backends.withLock { $0[name] = backend }
+        overrides.applyKnown(to: backend)
         // Learn the shared state now rather than at the first call.
         backend.refresh()
         return backend
@@ -163,6 +168,8 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     try? await Task.sleep(for: tick)
                     if Task.isCancelled { break }
                     if round.isEmpty {
+                        // A new round: the overrides are read again with it (one HGETALL per refresh interval).
+                        self.overrides.loadAll()
                         round = self.allBackends
                         perTick = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
                     }
@@ -189,10 +196,12 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 break  // delivered to the onMessage handler instead
             case .reconnected:
                 core.logger.info("Redis pub/sub reconnected; refreshing every breaker")
+                overrides.loadAll()
                 refreshStates(allBackends)
             case .disconnected(let error):
                 core.logger.info("Redis pub/sub disconnected (\(error.code): \(error.message)); reconnecting")
             case .subscribed:
+                overrides.loadAll()
                 refreshStates(allBackends)
             }
         }
@@ -236,11 +245,26 @@ extension BreakerRegistry {
     ) throws(FuseboxError) -> BreakerRegistry {
         switch configuration.adapter {
         case .local:
-            return BreakerRegistry(adapter: LocalAdapter(), logger: logger)
+            return BreakerRegistry(adapter: LocalAdapter(), configuration: configuration, logger: logger)
         case .distributed:
-            var options = try DistributedOptions(url: configuration.redisURL)
-            options.namespace = configuration.namespace
-            return BreakerRegistry(adapter: try DistributedAdapter(options: options, logger: logger), logger: logger)
+            return BreakerRegistry(adapter: try DistributedAdapter(options: try DistributedOptions(configuration: configuration), logger: logger), configuration: configuration, logger: logger)
         }
+    }
+}
+
+extension DistributedOptions {
+    /// The options a configuration gives: its Redis URL, namespace, store-down policy, intervals and quorum.
+    public init(configuration: FuseboxConfiguration) throws(FuseboxError) {
+        try self.init(url: configuration.redisURL)
+        namespace = configuration.namespace
+        whenUnavailable = switch configuration.storeDownPolicy {
+        case .local: .local
+        case .failOpen: .failOpen
+        case .failClosed: .failClosed
+        }
+        flushInterval = configuration.flushInterval
+        quietFlushInterval = configuration.quietFlushInterval
+        refreshInterval = configuration.refreshInterval
+        minimumInstances = configuration.minimumInstances
     }
 }

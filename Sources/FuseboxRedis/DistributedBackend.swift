@@ -228,24 +228,23 @@ struct ScriptCall: Sendable {
 /// and every message refreshes the cache; one with a lower version than the cache's is ignored.
 final class DistributedBackend: BreakerBackend {
     let name: String
-    let policy: BreakerPolicy
+    /// The policy in force: an operator's override (``applyOverride(_:)``) when one is set, else this instance's own.
+    var policy: BreakerPolicy { cache.withLock { $0.rules.policy } }
+    /// Whether an operator's override is in force.
+    var isOverridden: Bool { policies.withLock { $0.override != nil } }
     private let core: DistributedCore
     private let clock: NanosecondClock
     private let keys: [String]
-    private let policyArguments: [String]
-    private let policyFingerprint: String
-    private let policyJSON: String
+    /// This instance's own policy (code or configuration) and the operator's override.
+    private let policies: Locked<(own: BreakerPolicy, override: BreakerPolicy?)>
     private let instruments: BreakerInstruments
     private let cache: Locked<Cache>
     // The options the hot path reads, copied out once (the options struct holds strings: copying it costs).
     private let whenUnavailable: DistributedOptions.UnavailablePolicy
     private let writeThrough: Bool
     private let maxBufferedOutcomes: Int
-    private let slowCallNanoseconds: Int64
-    /// The time window's bucket width in ms (0 for a count window).
-    private let bucketMilliseconds: Int64
-    /// How long successes may wait before the flusher writes them: while the breaker is quiet, and otherwise (ns).
-    private let quietHoldNanoseconds: Int64
+    /// The policy's slow-call duration (ns), for the hot path outside the cache's lock.
+    private let slowCallNanoseconds: Atomic<Int64>
     private let flushNanoseconds: Int64
     private let isRegistered = Atomic<Bool>(false)
     private let batchSequence = Atomic<Int>(0)
@@ -263,33 +262,22 @@ final class DistributedBackend: BreakerBackend {
 
     init(name: String, policy: BreakerPolicy, core: DistributedCore, clock: NanosecondClock, logger: Logger) {
         self.name = name
-        self.policy = policy
         self.core = core
         self.clock = clock
         self.keys = Self.keys(namespace: core.options.namespace, name: name)
-        self.policyArguments = Self.policyArguments(policy, minimumInstances: core.options.minimumInstances)
-        self.policyJSON = Self.policyJSON(policy, minimumInstances: core.options.minimumInstances)
-        self.policyFingerprint = Self.fingerprint(policyJSON + "|" + policyArguments.joined(separator: ","))
+        self.policies = Locked((policy, nil))
         self.whenUnavailable = core.options.whenUnavailable
         self.writeThrough = core.options.writeThrough
         self.maxBufferedOutcomes = core.options.maxBufferedOutcomes
-        self.slowCallNanoseconds = policy.slowCallDuration.nanoseconds
-        self.bucketMilliseconds = switch policy.window {
-        case .time(let sampling, let buckets): max(1, (sampling / buckets).milliseconds)
-        case .count: 0
-        }
-        let flushInterval = core.options.flushInterval
-        var quietHold = max(flushInterval, core.options.quietFlushInterval)
-        if case .time(let sampling, _) = policy.window { quietHold = max(flushInterval, min(quietHold, sampling / 2)) }
-        self.quietHoldNanoseconds = quietHold.nanoseconds
-        self.flushNanoseconds = flushInterval.nanoseconds
+        self.slowCallNanoseconds = Atomic(policy.slowCallDuration.nanoseconds)
+        self.flushNanoseconds = core.options.flushInterval.nanoseconds
         let base: BreakerState = switch policy.mode {
         case .normal: .closed
         case .metricsOnly: .metricsOnly
         case .disabled: .disabled
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
-        self.cache = Locked(Cache(state: base))
+        self.cache = Locked(Cache(state: base, rules: PolicyRules(policy, options: core.options)))
         let count = CPUSlots.count
         self.stripes = .allocate(capacity: count)
         for index in 0..<count { (stripes + index).initialize(to: SuccessStripe()) }
@@ -418,7 +406,7 @@ final class DistributedBackend: BreakerBackend {
                     cache.pending.rejected += 1
                     return (.decided(.rejected(unavailableRejection(cache.health.description))), nil)
                 case .local:
-                    if cache.fallback == nil { cache.fallback = BreakerStateMachine(name: name, policy: policy, now: now) }
+                    if cache.fallback == nil { cache.fallback = BreakerStateMachine(name: name, policy: cache.rules.policy, now: now) }
                     let (admission, transition) = cache.fallback!.acquire(now: now)
                     switch admission {
                     case .admitted(let token):
@@ -494,7 +482,7 @@ final class DistributedBackend: BreakerBackend {
         guard token.isRecorded else { return }
         let now = self.now
         let duration = now - token.startedAt
-        let isSlow = duration > slowCallNanoseconds
+        let isSlow = duration > slowCallNanoseconds.load(ordering: .relaxed)
         let isPlainSuccess: Bool
         if case .success = outcome, !isSlow, !token.isProbe, token.version >= 0, !writeThrough {
             isPlainSuccess = true
@@ -509,7 +497,7 @@ final class DistributedBackend: BreakerBackend {
             if isPlainSuccess {
                 // Set this CPU's stripe up for the token's version and the current bucket; what it held goes first.
                 if token.version == cache.version && (cache.state == .closed || cache.state == .metricsOnly) {
-                    let slot = cache.slot(at: now, widthMilliseconds: bucketMilliseconds)
+                    let slot = cache.slot(at: now, widthMilliseconds: cache.rules.bucketMilliseconds)
                     let held = stripes[currentStripe].cell.withLock { cell -> SuccessStripe.Cell in
                         let taken = cell
                         cell = SuccessStripe.Cell(
@@ -536,11 +524,11 @@ final class DistributedBackend: BreakerBackend {
                 }
                 version = -1
             }
-            let bucket = cache.bucket(at: now, widthMilliseconds: bucketMilliseconds)
+            let bucket = cache.bucket(at: now, widthMilliseconds: cache.rules.bucketMilliseconds)
             let isProbe = cache.pending.append(
                 outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
                 bucket: bucket, now: now, limit: maxBufferedOutcomes)
-            let urgent = version == cache.version && cache.mustWriteNow(after: outcome, slow: isSlow, policy: policy)
+            let urgent = version == cache.version && cache.mustWriteNow(after: outcome, slow: isSlow, policy: cache.rules.policy)
             return (isProbe || writeThrough, urgent, transition)
         }
         instruments.recorded(outcome, nanoseconds: duration)
@@ -564,20 +552,16 @@ final class DistributedBackend: BreakerBackend {
     /// submit them before releasing it.
     func takePending() -> [ScriptCall] {
         let now = self.now
-        let (batches, rejected, dropped) = cache.withLock { cache in
+        let (batches, rejected, dropped, windowAge) = cache.withLock { cache in
             drainStripes(into: &cache)
             let (batches, rejected) = cache.pending.take()
-            return (batches, rejected, cache.pending.takeDropped())
+            return (batches, rejected, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds)
         }
         if dropped > 0 {
             instruments.logger.info(
                 "breaker '\(name)': \(dropped) outcomes were dropped: more than \(maxBufferedOutcomes) waited to be written to Redis")
         }
         guard !batches.isEmpty || rejected > 0 else { return [] }
-        let windowAge: Int64 = switch policy.window {
-        case .time(let sampling, _): sampling.nanoseconds
-        case .count: 10_000_000_000
-        }
         var calls: [ScriptCall] = []
         let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
         for (index, part) in parts.enumerated() {
@@ -640,6 +624,60 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
+    // MARK: - Policy changes
+
+    func updatePolicy(_ policy: BreakerPolicy) throws(FuseboxError) {
+        let policy = try checked(policy)
+        let inForce = policies.withLock { policies -> BreakerPolicy? in
+            policies.own = policy
+            return policies.override == nil ? policy : nil
+        }
+        if let inForce { install(inForce) }
+    }
+
+    /// Puts an operator's override in force (or, with `nil`, this instance's own policy again). An override this
+    /// instance cannot honour is refused with the reason, and the policy in force stays.
+    func applyOverride(_ override: BreakerPolicy?) throws(FuseboxError) {
+        let override = try override.map { (policy) throws(FuseboxError) in try checked(policy) }
+        let inForce = policies.withLock { policies -> BreakerPolicy? in
+            let before = policies.override ?? policies.own
+            policies.override = override
+            let after = override ?? policies.own
+            return before.hasSameStateRules(as: after) ? nil : after
+        }
+        if let inForce { install(inForce) }
+    }
+
+    /// `policy` validated, and possible for this adapter.
+    private func checked(_ policy: BreakerPolicy) throws(FuseboxError) -> BreakerPolicy {
+        let policy = try policy.validated()
+        if (policy.minimumInstances ?? core.options.minimumInstances) > 1, case .count = policy.window {
+            throw FuseboxError(
+                code: .invalidPolicy, message: "breaker '\(name)': minimumInstances > 1 needs a time window; a count window keeps no instances",
+                breakerName: name)
+        }
+        return policy
+    }
+
+    /// Runs `policy` from now on: the next script call sends it (and its JSON, as its fingerprint is new).
+    private func install(_ policy: BreakerPolicy) {
+        let rules = PolicyRules(policy, options: core.options)
+        let now = self.now
+        let transition = updateCache { cache -> BreakerTransition? in
+            guard cache.rules.fingerprint != rules.fingerprint else { return nil }
+            // Successes counted per CPU go out under the old bucket width first.
+            drainStripes(into: &cache, invalidate: true)
+            cache.rules = rules
+            cache.policyStored = false
+            slowCallNanoseconds.store(rules.slowCallNanoseconds, ordering: .relaxed)
+            return cache.fallback?.replacePolicy(policy, now: now)
+        }
+        if let transition { instruments.transitioned(transition) }
+        instruments.logger.info("breaker '\(name)' runs a new policy: \(policy.stateRulesDescription)")
+        // Redis learns it now, not at the next outcome.
+        refresh()
+    }
+
     /// Whether admission follows the store-down policy now (Redis is unavailable for this breaker).
     var isUsingStoreDownPolicy: Bool { cache.withLock { !$0.health.isHealthy } }
 
@@ -661,8 +699,8 @@ final class DistributedBackend: BreakerBackend {
             guard cache.pending.holdsOnlySuccesses else { return true }
             if let held = cache.pending.oldestRecordedAt { oldest = min(oldest, held) }
             guard oldest != .max else { return false }
-            guard cache.isQuiet(for: policy) else { return true }
-            return now - oldest >= quietHoldNanoseconds - flushNanoseconds
+            guard cache.isQuiet(for: cache.rules.policy) else { return true }
+            return now - oldest >= cache.rules.quietHoldNanoseconds - flushNanoseconds
         }
     }
 
@@ -696,7 +734,7 @@ final class DistributedBackend: BreakerBackend {
     func applyRecall(_ message: BreakerMessage) {
         guard let budget = message.recall else { return }
         let (mustWrite, wasQuiet) = cache.withLock { cache in
-            let wasQuiet = cache.isQuiet(for: policy)
+            let wasQuiet = cache.isQuiet(for: cache.rules.policy)
             return (cache.applyRecall(version: message.version, created: message.created ?? 0, budget: budget), wasQuiet)
         }
         if mustWrite || (wasQuiet && hasPending) { flush() }
@@ -715,14 +753,15 @@ final class DistributedBackend: BreakerBackend {
 
     /// This breaker's part of a script call: `op` with the policy, then `extra` (lua/breaker.lua, `A[19…]`).
     private func scriptCall(_ op: String, _ extra: [any RedisArgument], completion: @escaping @Sendable (Result<StateReply, RedisError>) -> Void) -> ScriptCall {
-        let (attempt, durations, policyStored) = cache.withLock { cache in
-            (cache.attempt, (1...4).map { policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds }, cache.policyStored)
+        let (attempt, durations, policyStored, rules) = cache.withLock { cache in
+            (cache.attempt, (1...4).map { cache.rules.policy.breakDuration.duration(forAttempt: cache.attempt + $0).milliseconds },
+             cache.policyStored, cache.rules)
         }
         var arguments: [any RedisArgument] = [op, name]
         arguments.reserveCapacity(18 + extra.count)
-        arguments += policyArguments as [any RedisArgument]
-        arguments.append(policyFingerprint)
-        arguments.append(policyStored ? "" : policyJSON)
+        arguments += rules.arguments as [any RedisArgument]
+        arguments.append(rules.fingerprint)
+        arguments.append(policyStored ? "" : rules.json)
         arguments.append(attempt)
         arguments.append(durations.map { String($0) }.joined(separator: ","))
         arguments += extra
@@ -940,6 +979,42 @@ final class DistributedBackend: BreakerBackend {
         case .custom(let id, _): #"{"kind":"custom","id":\#(jsonString(id))}"#
         }
         return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
+    }
+}
+
+/// What a policy means to the distributed backend, worked out once per policy: the script's arguments, the JSON
+/// for operators, and the figures the hot path and the flusher read.
+struct PolicyRules: Sendable {
+    let policy: BreakerPolicy
+    let arguments: [String]
+    let fingerprint: String
+    let json: String
+    let slowCallNanoseconds: Int64
+    /// The time window's bucket width in ms (0 for a count window).
+    let bucketMilliseconds: Int64
+    /// How long successes may wait before the flusher writes them while the breaker is quiet (ns).
+    let quietHoldNanoseconds: Int64
+    /// How old outcomes may be and still enter the window (ns).
+    let windowAgeNanoseconds: Int64
+
+    init(_ policy: BreakerPolicy, options: DistributedOptions) {
+        self.policy = policy
+        let instances = policy.minimumInstances ?? options.minimumInstances
+        arguments = DistributedBackend.policyArguments(policy, minimumInstances: instances)
+        json = DistributedBackend.policyJSON(policy, minimumInstances: instances)
+        fingerprint = DistributedBackend.fingerprint(json + "|" + arguments.joined(separator: ","))
+        slowCallNanoseconds = policy.slowCallDuration.nanoseconds
+        bucketMilliseconds = switch policy.window {
+        case .time(let sampling, let buckets): max(1, (sampling / buckets).milliseconds)
+        case .count: 0
+        }
+        var quietHold = max(options.flushInterval, options.quietFlushInterval)
+        if case .time(let sampling, _) = policy.window { quietHold = max(options.flushInterval, min(quietHold, sampling / 2)) }
+        quietHoldNanoseconds = quietHold.nanoseconds
+        windowAgeNanoseconds = switch policy.window {
+        case .time(let sampling, _): sampling.nanoseconds
+        case .count: 10_000_000_000
+        }
     }
 }
 

@@ -136,6 +136,8 @@ struct BreakerMessage: Decodable, Sendable {
     var attempt: Int?
     /// A recall: every instance holding more failures than this for `version` writes them now.
     var recall: Int?
+    /// An operator set or cleared the breaker's policy override (`set` or `cleared`): read `NS:overrides` again.
+    var override: String?
 }
 
 /// Wakes the flusher: the ticker rings it every flush interval, and the hot path when an outcome may cross a

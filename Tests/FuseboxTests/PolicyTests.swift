@@ -102,16 +102,4 @@ struct PolicyTests {
     func goodNames(name: String) throws {
         try BreakerRegistry.validate(name: name)
     }
-
-    @Test("configuration from the environment")
-    func configuration() throws {
-        #expect(try FuseboxConfiguration(environment: [:]).adapter == .local)
-        let distributed = try FuseboxConfiguration(environment: [
-            "FUSEBOX_ADAPTER": "Distributed", "FUSEBOX_REDIS_URL": "redis://r:7000", "FUSEBOX_NAMESPACE": "shop",
-        ])
-        #expect(distributed == FuseboxConfiguration(adapter: .distributed, redisURL: "redis://r:7000", namespace: "shop"))
-        #expect {
-            try FuseboxConfiguration(environment: ["FUSEBOX_ADAPTER": "remote"])
-        } throws: { ($0 as! FuseboxError).code == .invalidConfiguration }
-    }
 }

@@ -1,0 +1,290 @@
+import Foundation
+import Fusebox
+import FuseboxLocking
+import Hiredis
+
+/// An operator's fleet-wide policy for one breaker, kept in the hash `NS:overrides` (field: the breaker's name)
+/// until cleared. Every instance applies it within one refresh (at once when the publish reaches it), over the
+/// policy its code or configuration gives, and says so in its snapshots. It survives restarts of instances and
+/// of the operator's tools; it is checked before it is stored, and an instance that cannot honour it (a count
+/// window with a quorum, a field this build does not know) logs why and keeps its own.
+public struct PolicyOverride: Sendable {
+    /// The state rules in force while the override is set (classification and call timeout stay each handle's).
+    public var policy: BreakerPolicy
+    /// Who set it (`user@host` for the `fusebox` command).
+    public var setBy: String
+    /// When it was set, in ms since 1970 (Redis `TIME` is not read: this is for people).
+    public var setAtMilliseconds: Int64
+    /// Why, as the operator wrote it.
+    public var reason: String?
+
+    /// Makes an override.
+    public init(policy: BreakerPolicy, setBy: String, setAtMilliseconds: Int64, reason: String? = nil) {
+        self.policy = policy
+        self.setBy = setBy
+        self.setAtMilliseconds = setAtMilliseconds
+        self.reason = reason
+    }
+
+    /// The JSON stored in `NS:overrides`: `{"policy": {…the policy JSON…}, "set_by": …, "set_at_ms": …, "reason": …}`.
+    public var json: String {
+        var text = #"{"policy":\#(PolicyJSON.encode(policy)),"set_by":\#(DistributedBackend.jsonString(setBy)),"set_at_ms":\#(setAtMilliseconds)"#
+        if let reason { text += #","reason":\#(DistributedBackend.jsonString(reason))"# }
+        return text + "}"
+    }
+
+    /// Reads what ``json`` wrote; anything else throws ``FuseboxError/Code/corruptState`` saying what is wrong.
+    public init(json text: String) throws(FuseboxError) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let policy = object["policy"] as? [String: Any]
+        else {
+            throw FuseboxError(code: .corruptState, message: "the override is not the JSON Fusebox writes: \(text.prefix(200))")
+        }
+        self.policy = try PolicyJSON.decode(policy)
+        self.setBy = object["set_by"] as? String ?? "unknown"
+        self.setAtMilliseconds = (object["set_at_ms"] as? NSNumber)?.int64Value ?? 0
+        self.reason = object["reason"] as? String
+    }
+}
+
+/// The policy as the JSON Fusebox stores (the `policy` field of a state hash, an override's `policy`), and back.
+public enum PolicyJSON {
+    /// `policy` as JSON; `minimumInstances` is written when the policy or the caller sets it.
+    public static func encode(_ policy: BreakerPolicy, minimumInstances: Int? = nil) -> String {
+        var text = DistributedBackend.policyJSON(policy, minimumInstances: minimumInstances ?? policy.minimumInstances ?? 1)
+        if minimumInstances == nil, policy.minimumInstances == nil {
+            text = text.replacingOccurrences(of: #"{"minimumInstances":1,"#, with: "{")
+        }
+        return text
+    }
+
+    /// The policy in `text`; throws ``FuseboxError/Code/corruptState`` for JSON Fusebox did not write, and
+    /// ``FuseboxError/Code/invalidPolicy`` for values out of range.
+    public static func decode(_ text: String) throws(FuseboxError) -> BreakerPolicy {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            throw FuseboxError(code: .corruptState, message: "the policy is not the JSON Fusebox writes: \(text.prefix(200))")
+        }
+        return try decode(object)
+    }
+
+    static func decode(_ object: [String: Any]) throws(FuseboxError) -> BreakerPolicy {
+        func corrupt(_ field: String) -> FuseboxError {
+            FuseboxError(code: .corruptState, message: "the policy's field '\(field)' is missing or not what Fusebox writes")
+        }
+        func number(_ field: String) throws(FuseboxError) -> Double {
+            guard let value = object[field] as? NSNumber else { throw corrupt(field) }
+            return value.doubleValue
+        }
+        func optionalNumber(_ field: String) throws(FuseboxError) -> Double? {
+            guard let value = object[field] else { throw corrupt(field) }
+            if value is NSNull { return nil }
+            guard let number = value as? NSNumber else { throw corrupt(field) }
+            return number.doubleValue
+        }
+        func milliseconds(_ value: Any?, _ field: String) throws(FuseboxError) -> Duration {
+            guard let number = value as? NSNumber, number.doubleValue >= 0, number.doubleValue < 1e15 else { throw corrupt(field) }
+            return .milliseconds(number.int64Value)
+        }
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = try optionalNumber("failureRateThreshold")
+        policy.consecutiveFailureThreshold = try optionalNumber("consecutiveFailureThreshold").map { Int($0) }
+        policy.slowCallRateThreshold = try optionalNumber("slowCallRateThreshold")
+        policy.slowCallDuration = try milliseconds(object["slowCallDurationMs"], "slowCallDurationMs")
+        policy.minimumThroughput = Int(try number("minimumThroughput"))
+        guard let window = object["window"] as? [String: Any] else { throw corrupt("window") }
+        switch window["kind"] as? String {
+        case "time":
+            guard let buckets = window["buckets"] as? NSNumber else { throw corrupt("window.buckets") }
+            policy.window = .time(samplingDuration: try milliseconds(window["samplingMs"], "window.samplingMs"), buckets: buckets.intValue)
+        case "count":
+            guard let size = window["size"] as? NSNumber else { throw corrupt("window.size") }
+            policy.window = .count(size.intValue)
+        default:
+            throw corrupt("window.kind")
+        }
+        guard let breakDuration = object["breakDuration"] as? [String: Any] else { throw corrupt("breakDuration") }
+        switch breakDuration["kind"] as? String {
+        case "fixed":
+            policy.breakDuration = .fixed(try milliseconds(breakDuration["ms"], "breakDuration.ms"))
+        case "exponential":
+            guard let factor = breakDuration["factor"] as? NSNumber else { throw corrupt("breakDuration.factor") }
+            policy.breakDuration = .exponential(
+                base: try milliseconds(breakDuration["baseMs"], "breakDuration.baseMs"), factor: factor.doubleValue,
+                maximum: try milliseconds(breakDuration["maximumMs"], "breakDuration.maximumMs"))
+        case "linear":
+            policy.breakDuration = .linear(
+                base: try milliseconds(breakDuration["baseMs"], "breakDuration.baseMs"),
+                increment: try milliseconds(breakDuration["incrementMs"], "breakDuration.incrementMs"),
+                maximum: try milliseconds(breakDuration["maximumMs"], "breakDuration.maximumMs"))
+        case "adaptive":
+            policy.breakDuration = .adaptive
+        case "custom":
+            // A function cannot travel through Redis: an instance keeps its own.
+            throw FuseboxError(code: .invalidPolicy, message: "a custom break duration cannot be stored or applied from Redis")
+        default:
+            throw corrupt("breakDuration.kind")
+        }
+        policy.permittedCallsInHalfOpen = Int(try number("permittedCallsInHalfOpen"))
+        policy.successThreshold = Int(try number("successThreshold"))
+        policy.maxHalfOpenDuration = try milliseconds(object["maxHalfOpenDurationMs"], "maxHalfOpenDurationMs")
+        guard let mode = (object["mode"] as? String).flatMap(BreakerPolicy.Mode.init(rawValue:)) else { throw corrupt("mode") }
+        policy.mode = mode
+        if let instances = object["minimumInstances"] {
+            guard let number = instances as? NSNumber else { throw corrupt("minimumInstances") }
+            policy.minimumInstances = number.intValue
+        }
+        let known: Set<String> = [
+            "failureRateThreshold", "consecutiveFailureThreshold", "slowCallRateThreshold", "slowCallDurationMs",
+            "minimumThroughput", "window", "breakDuration", "permittedCallsInHalfOpen", "successThreshold",
+            "maxHalfOpenDurationMs", "mode", "minimumInstances",
+        ]
+        if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
+            throw FuseboxError(code: .invalidPolicy, message: "the policy has a field this build does not know: '\(unknown)'")
+        }
+        return try policy.validated()
+    }
+}
+
+extension BreakerOperator {
+    /// The hash of overrides.
+    var overridesKey: String { "\(namespace):overrides" }
+
+    /// The override of `name`, if one is set. A stored value Fusebox cannot read throws
+    /// ``FuseboxError/Code/corruptState``; `fusebox policy clear` removes it.
+    public func override(of name: String) async throws(FuseboxError) -> PolicyOverride? {
+        let reply: RESPValue
+        do {
+            reply = try await connection.send("HGET", overridesKey, name)
+        } catch {
+            throw Self.unavailable(error)
+        }
+        guard let text = reply.string else { return nil }
+        return try PolicyOverride(json: text)
+    }
+
+    /// The policy the instances last stored with `name` (the `policy` field of its state hash), if any.
+    public func storedPolicy(of name: String) async throws(FuseboxError) -> BreakerPolicy? {
+        let reply: RESPValue
+        do {
+            reply = try await connection.send("HGET", "\(namespace):{\(name)}:state", "policy")
+        } catch {
+            throw Self.unavailable(error)
+        }
+        guard let text = reply.string else { return nil }
+        var policy = try PolicyJSON.decode(text)
+        // The stored JSON always names the quorum the instances resolved; an override keeps it only if set.
+        if policy.minimumInstances == 1 { policy.minimumInstances = nil }
+        return policy
+    }
+
+    /// Stores `override` for `name` (checked first: an invalid policy throws ``FuseboxError/Code/invalidPolicy``
+    /// and nothing is stored) and tells every instance on the transitions channel.
+    public func setOverride(_ override: PolicyOverride, for name: String) async throws(FuseboxError) {
+        try BreakerRegistry.validate(name: name)
+        var checked = override
+        checked.policy = try override.policy.validated()
+        if (checked.policy.minimumInstances ?? 1) > 1, case .count = checked.policy.window {
+            throw FuseboxError(code: .invalidPolicy, message: "minimumInstances > 1 needs a time window; a count window keeps no instances")
+        }
+        // What is stored must read back as the same policy (a custom break duration cannot).
+        _ = try PolicyOverride(json: checked.json)
+        do {
+            _ = try await connection.send("HSET", overridesKey, name, checked.json)
+            _ = try await connection.send("PUBLISH", channel, Self.overrideMessage(name, "set"))
+        } catch {
+            throw Self.unavailable(error)
+        }
+    }
+
+    /// Removes the override of `name`; returns whether one was set. Every instance goes back to its own policy.
+    @discardableResult
+    public func clearOverride(of name: String) async throws(FuseboxError) -> Bool {
+        do {
+            let removed = try await connection.send("HDEL", overridesKey, name).int ?? 0
+            _ = try await connection.send("PUBLISH", channel, Self.overrideMessage(name, "cleared"))
+            return removed > 0
+        } catch {
+            throw Self.unavailable(error)
+        }
+    }
+
+    static func overrideMessage(_ name: String, _ change: String) -> String {
+        #"{"name":\#(DistributedBackend.jsonString(name)),"version":0,"override":"\#(change)"}"#
+    }
+}
+
+/// The adapter's view of `NS:overrides`: read whole once per refresh round and after the subscriber
+/// (re)connects, one name at a time when a publish says it changed; applied to each breaker as it is made.
+final class OverrideTable: Sendable {
+    private let core: DistributedCore
+    private let backends: BackendTable
+    /// The last value read per name: an override, or the reason it cannot be used.
+    private let known = Locked<[String: Result<PolicyOverride, FuseboxError>]>([:])
+    private let key: String
+
+    init(core: DistributedCore, backends: BackendTable) {
+        self.core = core
+        self.backends = backends
+        self.key = "\(core.options.namespace):overrides"
+    }
+
+    /// Reads every override (`HGETALL`) and applies them; a breaker without one runs its own policy again.
+    func loadAll() {
+        core.connection.submit([RedisCommand("HGETALL", key)]) { [self] result in
+            guard case .success(let replies) = result, let flat = replies.first?.array else { return }
+            var table: [String: Result<PolicyOverride, FuseboxError>] = [:]
+            var index = 0
+            while index + 1 < flat.count {
+                if let name = flat[index].string, let text = flat[index + 1].string {
+                    table[name] = Result { () throws(FuseboxError) in try PolicyOverride(json: text) }
+                }
+                index += 2
+            }
+            known.withLock { $0 = table }
+            for backend in backends.withLock({ Array($0.values) }) { apply(table[backend.name], to: backend) }
+        }
+    }
+
+    /// Reads the override of `name` (`HGET`) and applies it.
+    func load(_ name: String) {
+        core.connection.submit([RedisCommand("HGET", key, name)]) { [self] result in
+            guard case .success(let replies) = result, let reply = replies.first else { return }
+            if case .error = reply { return }
+            let value = reply.string.map { text in Result { () throws(FuseboxError) in try PolicyOverride(json: text) } }
+            known.withLock { $0[name] = value }
+            if let backend = backends.withLock({ $0[name] }) { apply(value, to: backend) }
+        }
+    }
+
+    /// Applies what is known for a breaker just made.
+    func applyKnown(to backend: DistributedBackend) {
+        if let value = known.withLock({ $0[backend.name] }) { apply(value, to: backend) }
+    }
+
+    private func apply(_ value: Result<PolicyOverride, FuseboxError>?, to backend: DistributedBackend) {
+        let logger = core.logger
+        switch value {
+        case nil:
+            if backend.isOverridden {
+                logger.info("breaker '\(backend.name)': the operator's override was cleared; back to this instance's own policy",
+                            metadata: ["breaker.name": "\(backend.name)"])
+            }
+            try? backend.applyOverride(nil)
+        case .success(let override):
+            do {
+                let wasOverridden = backend.isOverridden
+                try backend.applyOverride(override.policy)
+                if !wasOverridden {
+                    logger.info("breaker '\(backend.name)': the operator's override (set by \(override.setBy)) is in force",
+                                metadata: ["breaker.name": "\(backend.name)"])
+                }
+            } catch {
+                logger.info("breaker '\(backend.name)': the operator's override cannot be applied here (\(error.message)); keeping this instance's policy",
+                            metadata: ["breaker.name": "\(backend.name)"])
+            }
+        case .failure(let error):
+            logger.info("breaker '\(backend.name)': the operator's override cannot be read (\(error.message)); keeping this instance's policy",
+                        metadata: ["breaker.name": "\(backend.name)"])
+        }
+    }
+}
