@@ -13,9 +13,17 @@ public final class ManualClock: Clock, Sendable {
     }
 
     private let current = Locked(Instant(offset: .zero))
+    private let advancesOnSleep: Bool
+    private let slept = Locked<[Duration]>([])
 
-    /// A clock at offset zero.
-    public init() {}
+    /// A clock at offset zero. With `advancesOnSleep`, a sleep moves the clock to its deadline at once (and is
+    /// recorded in ``sleeps``): code that waits runs through its waits without real time passing.
+    public init(advancesOnSleep: Bool = false) {
+        self.advancesOnSleep = advancesOnSleep
+    }
+
+    /// Every sleep asked of a clock that advances on sleep, in order.
+    public var sleeps: [Duration] { slept.withLock { $0 } }
 
     public var now: Instant { current.withLock { $0 } }
     public var minimumResolution: Duration { .nanoseconds(1) }
@@ -27,6 +35,16 @@ public final class ManualClock: Clock, Sendable {
 
     /// Waits (polling every millisecond of real time) until the clock reaches `deadline`.
     public func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        if advancesOnSleep {
+            try Task.checkCancellation()
+            let length = current.withLock { current -> Duration in
+                let length = current.duration(to: deadline)
+                if current < deadline { current = deadline }
+                return length
+            }
+            slept.withLock { $0.append(length) }
+            return
+        }
         while now < deadline { try await Task.sleep(for: .milliseconds(1)) }
     }
 }

@@ -1,0 +1,201 @@
+import FuseboxLocking
+import Metrics
+
+/// A limit on concurrent calls: at most ``maxConcurrent`` run at once, up to ``maxQueued`` more wait (each for
+/// at most ``queueTimeout``), and the rest are turned away at once with ``FuseboxError/Code/bulkheadFull``, a
+/// rejection distinct from an open circuit.
+///
+/// A slot is given back however the call ends: success, error, or cancellation of the waiting or running task.
+/// A free slot goes to the longest waiter first. One lock, held for a few instructions per call; waiting tasks
+/// suspend, they never block a thread. The figures (``snapshot``) are also gauges and counters in metrics.
+public final class Bulkhead: Sendable {
+    /// The name in errors, snapshots and metrics (`fusebox_bulkhead_*{bulkhead=NAME}`).
+    public let name: String
+    /// Calls allowed to run at once.
+    public let maxConcurrent: Int
+    /// Calls allowed to wait for a slot; 0 (default) turns every call beyond the limit away at once.
+    public let maxQueued: Int
+    /// The longest a call waits for a slot; `nil`: as long as it takes.
+    public let queueTimeout: Duration?
+
+    private struct Waiter {
+        let id: UInt64
+        let continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var running = 0
+        var peak = 0
+        var waiters: [Waiter] = []
+        /// Waiters between the decision to wait and their place in the queue, and why any of them was given up
+        /// meanwhile (the cancellation handler or the timer ran first).
+        var joining: [UInt64: Abandonment?] = [:]
+        var nextID: UInt64 = 0
+        var admitted = 0
+        var rejected = 0
+    }
+
+    private let state = Locked(State())
+    private let runningGauge: Gauge
+    private let peakGauge: Gauge
+    private let rejections: Counter
+
+    /// What a bulkhead is doing now.
+    public struct Snapshot: Sendable, Hashable {
+        /// Calls running now.
+        public var running: Int
+        /// The most calls that ever ran at once.
+        public var peak: Int
+        /// Calls waiting for a slot.
+        public var queued: Int
+        /// Calls let through since the bulkhead was made.
+        public var admitted: Int
+        /// Calls turned away (full, or their wait timed out).
+        public var rejected: Int
+    }
+
+    /// Makes a bulkhead; throws ``FuseboxError/Code/invalidPolicy`` for limits out of range.
+    public init(name: String, maxConcurrent: Int, maxQueued: Int = 0, queueTimeout: Duration? = nil) throws(FuseboxError) {
+        guard (1...1_000_000).contains(maxConcurrent) else {
+            throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': maxConcurrent is \(maxConcurrent); allowed: 1…1,000,000")
+        }
+        guard (0...1_000_000).contains(maxQueued) else {
+            throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': maxQueued is \(maxQueued); allowed: 0…1,000,000")
+        }
+        if let queueTimeout, queueTimeout <= .zero {
+            throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': queueTimeout must be > 0, or nil to wait as long as it takes")
+        }
+        self.name = name
+        self.maxConcurrent = maxConcurrent
+        self.maxQueued = maxQueued
+        self.queueTimeout = queueTimeout
+        runningGauge = Gauge(label: "fusebox_bulkhead_running_calls", dimensions: [("bulkhead", name)])
+        peakGauge = Gauge(label: "fusebox_bulkhead_peak_calls", dimensions: [("bulkhead", name)])
+        rejections = Counter(label: "fusebox_bulkhead_rejections_total", dimensions: [("bulkhead", name)])
+    }
+
+    /// The figures now.
+    public var snapshot: Snapshot {
+        state.withLock { Snapshot(running: $0.running, peak: $0.peak, queued: $0.waiters.count, admitted: $0.admitted, rejected: $0.rejected) }
+    }
+
+    /// Runs `operation` in a slot, waiting for one if the queue allows; throws ``FuseboxError/Code/bulkheadFull``
+    /// without running it when none comes.
+    public func run<T>(_ operation: () async throws -> T) async throws -> T {
+        try await acquire()
+        defer { release() }
+        return try await operation()
+    }
+
+    /// Takes a slot (waiting if the queue allows); give it back with ``release()`` exactly once.
+    public func acquire() async throws {
+        enum Decision { case admitted(Int), full, wait(UInt64) }
+        let decision = state.withLock { state -> Decision in
+            if state.running < maxConcurrent && state.waiters.isEmpty {
+                state.running += 1
+                state.admitted += 1
+                state.peak = max(state.peak, state.running)
+                return .admitted(state.running)
+            }
+            guard state.waiters.count < maxQueued else {
+                state.rejected += 1
+                return .full
+            }
+            state.nextID += 1
+            state.joining[state.nextID] = .some(nil)
+            return .wait(state.nextID)
+        }
+        switch decision {
+        case .admitted(let running):
+            if running == maxConcurrent { record() }
+        case .full:
+            rejections.increment()
+            throw full("all \(maxConcurrent) slots are busy and \(maxQueued == 0 ? "it queues no calls" : "its \(maxQueued) queue places are taken")")
+        case .wait(let id):
+            try await wait(id)
+            record()
+        }
+    }
+
+    /// Gives a slot back: to the longest waiter if there is one.
+    public func release() {
+        let next = state.withLock { state -> Waiter? in
+            if state.waiters.isEmpty {
+                state.running -= 1
+                return nil
+            }
+            state.admitted += 1
+            return state.waiters.removeFirst()
+        }
+        next?.continuation.resume()
+    }
+
+    private func wait(_ id: UInt64) async throws {
+        let timer = queueTimeout.map { timeout in
+            Task { [weak self] in
+                try await Task.sleep(for: timeout)
+                self?.abandon(id, because: .timedOut)
+            }
+        }
+        defer { timer?.cancel() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let abandoned = state.withLock { state -> Abandonment? in
+                    if let reason = state.joining.removeValue(forKey: id) ?? nil { return reason }
+                    if state.running < maxConcurrent && state.waiters.isEmpty {
+                        // A slot came free between the decision and now.
+                        state.running += 1
+                        state.admitted += 1
+                        state.peak = max(state.peak, state.running)
+                        continuation.resume()
+                        return nil
+                    }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return nil
+                }
+                switch abandoned {
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .timedOut: continuation.resume(throwing: full("no slot came free within \(FuseboxError.format(queueTimeout ?? .zero))"))
+                case nil: break
+                }
+            }
+        } onCancel: {
+            abandon(id, because: .cancelled)
+        }
+    }
+
+    private enum Abandonment { case cancelled, timedOut }
+
+    private func abandon(_ id: UInt64, because reason: Abandonment) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else {
+                // Not queued yet: the enqueue sees this and gives up. Already given a slot: nothing to do.
+                if state.joining[id] != nil {
+                    state.joining[id] = .some(reason)
+                    if reason == .timedOut { state.rejected += 1 }
+                }
+                return nil
+            }
+            if reason == .timedOut { state.rejected += 1 }
+            return state.waiters.remove(at: index)
+        }
+        guard let waiter else { return }
+        switch reason {
+        case .cancelled:
+            waiter.continuation.resume(throwing: CancellationError())
+        case .timedOut:
+            rejections.increment()
+            waiter.continuation.resume(throwing: full("no slot came free within \(FuseboxError.format(queueTimeout ?? .zero))"))
+        }
+    }
+
+    private func record() {
+        let (running, peak) = state.withLock { ($0.running, $0.peak) }
+        runningGauge.record(running)
+        peakGauge.record(peak)
+    }
+
+    private func full(_ detail: String) -> FuseboxError {
+        FuseboxError(code: .bulkheadFull, message: "bulkhead '\(name)' is full: \(detail)")
+    }
+}

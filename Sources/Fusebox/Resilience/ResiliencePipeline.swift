@@ -1,0 +1,102 @@
+/// Timeout, retry, breaker, bulkhead and fallback composed at one call site: `try await pipeline.run { … }`.
+///
+/// Stages run in the order they are added, the first outermost, as in Polly's resilience pipelines:
+/// ```swift
+/// let quotes = ResiliencePipeline<Quote>()
+///     .fallback { _ in Quote.cached }                        // 1. whatever happens inside, answer
+///     .retry(RetryPolicy(maxAttempts: 3))                    // 2. try again…
+///     .breaker(try registry.breaker("pricing"))              // 3. …through the shared breaker (never a rejection)
+///     .bulkhead(try Bulkhead(name: "pricing", maxConcurrent: 20))
+///     .timeout(.seconds(2))                                  // 5. each attempt gets 2 s
+/// let quote = await quotes.run { try await pricing.quote(for: item) }
+/// ```
+/// A pipeline is an immutable value: build it once and share it. Without a timeout stage a call allocates
+/// nothing beyond what its stages do; a timeout runs the inner stages in a child task.
+public struct ResiliencePipeline<Output: Sendable>: Sendable {
+    enum Stage: Sendable {
+        case timeout(Duration)
+        case retry(RetryStage)
+        case breaker(CircuitBreaker)
+        case bulkhead(Bulkhead)
+        case fallback(@Sendable (any Error) async throws -> Output)
+    }
+
+    let stages: [Stage]
+
+    /// An empty pipeline: `run` calls the operation as it is.
+    public init() { stages = [] }
+
+    private init(_ stages: [Stage]) { self.stages = stages }
+
+    private func adding(_ stage: Stage) -> Self { Self(stages + [stage]) }
+
+    /// Cancels the inner stages after `duration` and throws ``FuseboxError/Code/callTimedOut``.
+    public func timeout(_ duration: Duration) -> Self { adding(.timeout(duration)) }
+
+    /// Runs the inner stages again on failure as `policy` says (validated here: a bad policy traps in debug
+    /// builds only; call ``RetryPolicy/validated()`` to check one from input).
+    public func retry(_ policy: RetryPolicy) -> Self { retry(policy, clock: ContinuousClock()) }
+
+    /// Like ``retry(_:)``, sleeping on `clock` (a test's manual clock).
+    public func retry<C: Clock>(_ policy: RetryPolicy, clock: C) -> Self where C.Duration == Duration {
+        assert((try? policy.validated()) != nil, "invalid retry policy")
+        return adding(.retry(RetryStage(policy: policy, clock: clock)))
+    }
+
+    /// Runs the inner stages through `breaker`; a rejection throws without running them.
+    public func breaker(_ breaker: CircuitBreaker) -> Self { adding(.breaker(breaker)) }
+
+    /// Runs the inner stages in a slot of `bulkhead`.
+    public func bulkhead(_ bulkhead: Bulkhead) -> Self { adding(.bulkhead(bulkhead)) }
+
+    /// Answers with `fallback(error)` when the inner stages throw (a rejection, a timeout, the call's error).
+    public func fallback(_ fallback: @escaping @Sendable (any Error) async throws -> Output) -> Self { adding(.fallback(fallback)) }
+
+    /// Runs `operation` through every stage.
+    public func run(_ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
+        try await execute(from: 0, operation)
+    }
+
+    private func execute(from index: Int, _ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
+        guard index < stages.count else { return try await operation() }
+        switch stages[index] {
+        case .breaker(let breaker):
+            if breaker.callTimeout != nil { return try await breaker.run { try await execute(from: index + 1, operation) } }
+            let permit = try await breaker.acquireAsync()
+            let value: Output
+            do {
+                value = try await execute(from: index + 1, operation)
+            } catch {
+                permit.failure(error)
+                throw error
+            }
+            permit.success()
+            return value
+        case .bulkhead(let bulkhead):
+            try await bulkhead.acquire()
+            defer { bulkhead.release() }
+            return try await execute(from: index + 1, operation)
+        case .retry(let stage):
+            return try await stage.run { try await execute(from: index + 1, operation) }
+        case .fallback(let fallback):
+            do {
+                return try await execute(from: index + 1, operation)
+            } catch {
+                return try await fallback(error)
+            }
+        case .timeout(let duration):
+            return try await withThrowingTaskGroup(of: Output?.self) { group in
+                group.addTask { try await execute(from: index + 1, operation) }
+                group.addTask {
+                    try await Task.sleep(for: duration)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else {
+                    throw FuseboxError(code: .callTimedOut, message: "the call did not finish within \(FuseboxError.format(duration)) (pipeline timeout)")
+                }
+                return value
+            }
+        }
+    }
+}

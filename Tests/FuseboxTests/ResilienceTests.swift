@@ -1,0 +1,240 @@
+import Fusebox
+import FuseboxLocking
+import FuseboxTestKit
+import Synchronization
+import Testing
+
+private struct Flaky: Error {}
+
+/// Counts attempts and fails the first `failing` of them.
+private final class Attempts: Sendable {
+    let count = Atomic<Int>(0)
+    let failing: Int
+    init(failing: Int = .max) { self.failing = failing }
+    func call() throws -> Int {
+        let number = count.add(1, ordering: .relaxed).newValue
+        if number <= failing { throw Flaky() }
+        return number
+    }
+    var made: Int { count.load(ordering: .relaxed) }
+}
+
+private final class Events: Sendable {
+    let list = Locked<[RetryEvent]>([])
+    func add(_ event: RetryEvent) { list.withLock { $0.append(event) } }
+    var gaveUp: RetryEvent.GiveUpReason? {
+        list.withLock { $0 }.compactMap { if case .gaveUp(_, let reason, _) = $0 { reason } else { nil } }.last
+    }
+}
+
+@Suite("Retry")
+struct RetryTests {
+    @Test("attempts and delays on a manual clock: exponential, capped by maxDelay")
+    func exponential() async throws {
+        let clock = ManualClock(advancesOnSleep: true)
+        var policy = RetryPolicy(maxAttempts: 4, backoff: .exponential(base: .milliseconds(100), factor: 2))
+        policy.maxDelay = .milliseconds(250)
+        let events = Events()
+        policy.onEvent = events.add
+        let attempts = Attempts()
+        let pipeline = ResiliencePipeline<Int>().retry(policy, clock: clock)
+        await #expect(throws: Flaky.self) { try await pipeline.run { try attempts.call() } }
+        #expect(attempts.made == 4)
+        #expect(clock.sleeps == [.milliseconds(100), .milliseconds(200), .milliseconds(250)])
+        #expect(events.gaveUp == .attempts)
+    }
+
+    @Test("constant, linear and decorrelated-jitter delays")
+    func backoffs() {
+        var random = SystemRandomNumberGenerator()
+        let constant = RetryPolicy(maxAttempts: 5, backoff: .constant(.milliseconds(50)))
+        #expect((1...3).map { constant.delay(beforeRetry: $0, previous: .zero, using: &random) } == Array(repeating: .milliseconds(50), count: 3))
+        let linear = RetryPolicy(maxAttempts: 5, backoff: .linear(.milliseconds(50)))
+        #expect((1...3).map { linear.delay(beforeRetry: $0, previous: .zero, using: &random) } == [.milliseconds(50), .milliseconds(100), .milliseconds(150)])
+        let jitter = RetryPolicy(maxAttempts: 5, backoff: .decorrelatedJitter(base: .milliseconds(10)))
+        var previous = Duration.milliseconds(10)
+        for retry in 1...50 {
+            let delay = jitter.delay(beforeRetry: retry, previous: previous, using: &random)
+            #expect(delay >= .milliseconds(10) && delay <= previous * 3 + .milliseconds(1))
+            previous = delay
+        }
+    }
+
+    @Test("the deadline stops retries whose delay would end past it; success on a later attempt ends the loop")
+    func deadline() async throws {
+        let clock = ManualClock(advancesOnSleep: true)
+        var policy = RetryPolicy(maxAttempts: 10, backoff: .constant(.milliseconds(100)))
+        policy.deadline = .milliseconds(250)
+        let events = Events()
+        policy.onEvent = events.add
+        let attempts = Attempts()
+        await #expect(throws: Flaky.self) { try await ResiliencePipeline<Int>().retry(policy, clock: clock).run { try attempts.call() } }
+        #expect(attempts.made == 3)
+        #expect(events.gaveUp == .deadline)
+
+        let recovering = Attempts(failing: 2)
+        #expect(try await ResiliencePipeline<Int>().retry(policy, clock: clock).run { try recovering.call() } == 3)
+    }
+
+    @Test("the retry budget caps retries during an outage")
+    func budget() async throws {
+        let clock = ManualClock(advancesOnSleep: true)
+        let budget = RetryBudget(ratio: 0.1, minimumPerSecond: 0, window: .seconds(10), clock: clock)
+        let policy = RetryPolicy(maxAttempts: 3, backoff: .constant(.zero), budget: budget)
+        let pipeline = ResiliencePipeline<Int>().retry(policy, clock: clock)
+        let attempts = Attempts()
+        for _ in 0..<100 { _ = try? await pipeline.run { try attempts.call() } }
+        // 100 calls may add 10 % retries, not the 200 that three attempts each would make.
+        #expect(attempts.made == 110)
+        #expect(budget.available == 0)
+        // The window moves on: old calls stop counting.
+        clock.advance(by: .seconds(11))
+        #expect(budget.available == 0)
+        budget.recordCall()
+        for _ in 0..<9 { budget.recordCall() }
+        #expect(budget.available == 1)
+    }
+
+    @Test("a rejection by an open breaker is never retried")
+    func noRetryOfRejection() async throws {
+        var policy = BreakerPolicy()
+        policy.consecutiveFailureThreshold = 2
+        policy.failureRateThreshold = nil
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("payments", policy: policy)
+        let events = Events()
+        var retry = RetryPolicy(maxAttempts: 5, backoff: .constant(.zero))
+        retry.onEvent = events.add
+        let attempts = Attempts()
+        let pipeline = ResiliencePipeline<Int>().retry(retry, clock: ManualClock(advancesOnSleep: true)).breaker(breaker)
+        // Two failures trip it; the third attempt is a rejection, and the retry stops there.
+        await #expect { try await pipeline.run { try attempts.call() } } throws: { ($0 as? FuseboxError)?.code == .circuitOpen }
+        #expect(attempts.made == 2)
+        #expect(events.gaveUp == .notRetryable)
+        // Once open, a call is one rejection: no attempt, no retry.
+        await #expect(throws: FuseboxError.self) { try await pipeline.run { try attempts.call() } }
+        #expect(attempts.made == 2)
+    }
+}
+
+@Suite("Bulkhead")
+struct BulkheadTests {
+    @Test("at most maxConcurrent run; beyond the queue, bulkheadFull at once; the peak is kept")
+    func limits() async throws {
+        let bulkhead = try Bulkhead(name: "db", maxConcurrent: 2)
+        let gate = AsyncStream<Void>.makeStream()
+        let inside = Attempts()
+        let running = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<2 {
+                    group.addTask {
+                        try await bulkhead.run {
+                            inside.count.add(1, ordering: .relaxed)
+                            for await _ in gate.stream { break }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        while inside.made < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        await #expect { try await bulkhead.run { 0 } } throws: { ($0 as? FuseboxError)?.code == .bulkheadFull }
+        #expect(bulkhead.snapshot.running == 2 && bulkhead.snapshot.peak == 2 && bulkhead.snapshot.rejected == 1)
+        gate.continuation.finish()
+        try await running.value
+        #expect(bulkhead.snapshot.running == 0)
+        #expect(try await bulkhead.run { 7 } == 7)
+    }
+
+    @Test("a queued call waits for a slot, and fails with bulkheadFull when its queue timeout passes first")
+    func queueTimeout() async throws {
+        let bulkhead = try Bulkhead(name: "db", maxConcurrent: 1, maxQueued: 1, queueTimeout: .milliseconds(50))
+        let gate = AsyncStream<Void>.makeStream()
+        let holder = Task { try await bulkhead.run { for await _ in gate.stream { break } } }
+        while bulkhead.snapshot.running < 1 { try await Task.sleep(for: .milliseconds(1)) }
+        let started = ContinuousClock.now
+        await #expect { try await bulkhead.run { 0 } } throws: { ($0 as? FuseboxError)?.code == .bulkheadFull }
+        #expect(ContinuousClock.now - started >= .milliseconds(50))
+        #expect(bulkhead.snapshot.queued == 0)
+        // A waiter that gets the slot in time runs.
+        let waiter = Task { try await bulkhead.run { 42 } }
+        while bulkhead.snapshot.queued < 1 { try await Task.sleep(for: .milliseconds(1)) }
+        gate.continuation.finish()
+        #expect(try await waiter.value == 42)
+        try await holder.value
+        #expect(bulkhead.snapshot.running == 0)
+    }
+
+    @Test("no slot leaks when a waiting or running task is cancelled, or the call throws")
+    func cancellationAndErrors() async throws {
+        let bulkhead = try Bulkhead(name: "db", maxConcurrent: 1, maxQueued: 5)
+        let running = Task { try await bulkhead.run { try await Task.sleep(for: .seconds(60)) } }
+        while bulkhead.snapshot.running < 1 { try await Task.sleep(for: .milliseconds(1)) }
+        let waiter = Task { try await bulkhead.run { 1 } }
+        while bulkhead.snapshot.queued < 1 { try await Task.sleep(for: .milliseconds(1)) }
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
+        #expect(bulkhead.snapshot.queued == 0)
+        running.cancel()
+        _ = await running.result
+        #expect(bulkhead.snapshot.running == 0)
+        await #expect(throws: Flaky.self) { try await bulkhead.run { throw Flaky() } }
+        #expect(bulkhead.snapshot.running == 0)
+        #expect(try await bulkhead.run { 3 } == 3)
+    }
+
+    @Test("bad limits are typed errors")
+    func badLimits() {
+        #expect(throws: FuseboxError.self) { try Bulkhead(name: "x", maxConcurrent: 0) }
+        #expect(throws: FuseboxError.self) { try Bulkhead(name: "x", maxConcurrent: 1, maxQueued: -1) }
+        #expect(throws: FuseboxError.self) { try Bulkhead(name: "x", maxConcurrent: 1, queueTimeout: .zero) }
+    }
+}
+
+@Suite("Resilience pipeline")
+struct PipelineTests {
+    @Test("order matters and is honoured: a fallback inside a retry ends it, outside it answers after the last attempt")
+    func order() async throws {
+        let clock = ManualClock(advancesOnSleep: true)
+        let retry = RetryPolicy(maxAttempts: 3, backoff: .constant(.milliseconds(10)))
+        let inner = Attempts()
+        let fallbackInside = ResiliencePipeline<Int>().retry(retry, clock: clock).fallback { _ in -1 }
+        #expect(try await fallbackInside.run { try inner.call() } == -1)
+        #expect(inner.made == 1)
+        let outer = Attempts()
+        let fallbackOutside = ResiliencePipeline<Int>().fallback { _ in -1 }.retry(retry, clock: clock)
+        #expect(try await fallbackOutside.run { try outer.call() } == -1)
+        #expect(outer.made == 3)
+    }
+
+    @Test("a timeout inside a retry limits each attempt; outside, the whole call")
+    func timeouts() async throws {
+        let retry = RetryPolicy(maxAttempts: 3, backoff: .constant(.zero))
+        let slowFirst = Attempts()
+        let perAttempt = ResiliencePipeline<Int>().retry(retry).timeout(.milliseconds(30))
+        let value = try await perAttempt.run {
+            let number = slowFirst.count.add(1, ordering: .relaxed).newValue
+            if number == 1 { try await Task.sleep(for: .seconds(10)) }
+            return number
+        }
+        #expect(value == 2)
+        let overall = ResiliencePipeline<Int>().timeout(.milliseconds(30)).retry(retry)
+        await #expect { try await overall.run { try await Task.sleep(for: .seconds(10)); return 0 } } throws: {
+            ($0 as? FuseboxError)?.code == .callTimedOut
+        }
+    }
+
+    @Test("breaker, bulkhead and retry record one outcome per attempt")
+    func outcomes() async throws {
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("search")
+        let bulkhead = try Bulkhead(name: "search", maxConcurrent: 4)
+        let pipeline = ResiliencePipeline<Int>()
+            .retry(RetryPolicy(maxAttempts: 3, backoff: .constant(.zero)))
+            .breaker(breaker)
+            .bulkhead(bulkhead)
+        let attempts = Attempts(failing: 2)
+        #expect(try await pipeline.run { try attempts.call() } == 3)
+        let totals = try await breaker.snapshot().totals
+        #expect(totals.failures == 2 && totals.successes == 1)
+        #expect(bulkhead.snapshot.admitted == 3 && bulkhead.snapshot.running == 0)
+    }
+}
