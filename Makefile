@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl
 
-.PHONY: deps browser-deps build test test-browser test-faults test-asan test-tsan demo bench clean lua
+.PHONY: deps browser-deps build test test-browser test-faults test-asan test-tsan demo bench clean lua lua-script docs
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
 ## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test). apt-get update first; sudo when
@@ -105,22 +105,27 @@ bench: deps
 clean:
 	rm -rf .build .build-asan .build-tsan Benchmarks/.build
 
-## Regenerates Sources/FuseboxRedis/BreakerScript.swift from lua/breaker.lua (a test fails if they differ).
+## Regenerates Sources/FuseboxRedis/BreakerScript.swift and LeaseScript.swift from lua/breaker.lua and lua/lease.lua
+## (a test fails if they differ).
 lua:
+	@$(MAKE) --no-print-directory lua-script LUA=breaker TYPE=BreakerScript WHAT="every change to a breaker'\''s state in Redis."
+	@$(MAKE) --no-print-directory lua-script LUA=lease TYPE=LeaseScript WHAT="fleet-wide concurrency leases (fusebox run --max-concurrent)."
+
+lua-script:
 	@{ \
-	  echo '// Generated from lua/breaker.lua by `make lua`: edit the Lua file, then run `make lua`.'; \
+	  echo '// Generated from lua/$(LUA).lua by `make lua`: edit the Lua file, then run `make lua`.'; \
 	  echo '// A test (FuseboxRedisTests) fails when the two differ.'; \
 	  echo 'import Hiredis'; \
 	  echo; \
-	  echo 'enum BreakerScript {'; \
-	  echo '    /// lua/breaker.lua: every change to a breaker'"'"'s state in Redis.'; \
+	  echo 'enum $(TYPE) {'; \
+	  echo '    /// lua/$(LUA).lua: $(WHAT)'; \
 	  echo '    /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.'; \
-	  echo "    static let script = RedisScript(source, sha1: \"$$(sha1sum lua/breaker.lua | cut -c1-40)\")"; \
+	  echo "    static let script = RedisScript(source, sha1: \"$$(sha1sum lua/$(LUA).lua | cut -c1-40)\")"; \
 	  echo; \
 	  echo '    static let source = #"""'; \
-	  sed 's/^\(.\)/    \1/' lua/breaker.lua; \
+	  sed 's/^\(.\)/    \1/' lua/$(LUA).lua; \
 	  echo; \
 	  echo '    """#'; \
 	  echo '}'; \
-	} > Sources/FuseboxRedis/BreakerScript.swift
-	@echo "wrote Sources/FuseboxRedis/BreakerScript.swift"
+	} > Sources/FuseboxRedis/$(TYPE).swift
+	@echo "wrote Sources/FuseboxRedis/$(TYPE).swift"

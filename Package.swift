@@ -76,6 +76,7 @@ let package = Package(
             dependencies: [
                 "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
             ] + (withHTTP ? ["FuseboxHTTP"] : []),
             swiftSettings: httpSettings

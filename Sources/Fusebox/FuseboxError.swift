@@ -129,8 +129,8 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// `1.25 s`, `320 ms`, `2 min 5 s`.
-    static func format(_ duration: Duration) -> String {
+    /// A duration for people: `1.3 s`, `320 ms`, `2 min 5 s`.
+    public static func format(_ duration: Duration) -> String {
         let millis = duration.milliseconds
         if millis < 1000 { return "\(millis) ms" }
         if millis < 60_000 {

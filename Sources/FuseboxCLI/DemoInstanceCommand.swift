@@ -23,6 +23,9 @@ struct InstanceStats: Codable, Sendable {
     var probesDuringRecovery = 0
     /// When this instance first saw the breaker OPEN, in ms after the outage began.
     var firstOpenAfterMs: Int64?
+    /// The policy in force (its state rules) and where it came from: `code`, `configuration` or `override`.
+    var policy = ""
+    var policyOrigin = ""
     var done = false
 }
 
@@ -72,6 +75,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
     @Option(help: "Break duration in ms.") var breakMs: Int64 = 1500
     @Option(help: "Where to write the stats JSON; none when empty.") var stats = ""
     @Flag(help: "Repeat the schedule until stopped.") var forever = false
+    @Option(help: "How often every state (and the operators' overrides) is read again, in ms.") var refreshMs: Int64 = 30_000
 
     func run() async throws {
         try await reportingErrors {
@@ -88,6 +92,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                 var options = try DistributedOptions(url: redis ?? ProcessInfo.processInfo.environment["FUSEBOX_REDIS_URL"] ?? "redis://127.0.0.1:6379")
                 options.namespace = namespace
                 options.instanceID = "demo-\(index)-\(getpid())"
+                options.refreshInterval = .milliseconds(max(1, refreshMs))
                 let made = try DistributedAdapter(options: options)
                 distributed = made
                 registry = BreakerRegistry(adapter: made)
@@ -107,13 +112,13 @@ struct DemoInstanceCommand: AsyncParsableCommand {
 
             repeat {
                 let start = startAt.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? Date()
-                try await drive(breaker, schedule: schedule, start: start)
+                try await drive(breaker, registry: registry, schedule: schedule, start: start)
             } while forever
             await distributed?.flush()
         }
     }
 
-    private func drive(_ breaker: CircuitBreaker, schedule: Schedule, start: Date) async throws {
+    private func drive(_ breaker: CircuitBreaker, registry: BreakerRegistry, schedule: Schedule, start: Date) async throws {
         let shared = SharedStats(InstanceStats(index: index))
         let statsPath = stats
         let outageStart = start.addingTimeInterval(schedule.healthy.inSeconds)
@@ -135,6 +140,12 @@ struct DemoInstanceCommand: AsyncParsableCommand {
         defer { watcher.cancel() }
         let writer = Task {
             while !Task.isCancelled {
+                if let (policy, origin) = registry.policyInForce(of: breaker.name) {
+                    shared.withLock { stats in
+                        stats.policy = policy.stateRulesDescription
+                        stats.policyOrigin = origin.rawValue
+                    }
+                }
                 Self.write(shared.withLock { $0 }, to: statsPath)
                 try? await Task.sleep(for: .milliseconds(200))
             }

@@ -1,5 +1,6 @@
 import Foundation
 import ArgumentParser
+import Configuration
 import Fusebox
 import FuseboxRedis
 import FuseboxTestKit
@@ -17,53 +18,78 @@ struct RunCommand: AsyncParsableCommand {
         abstract: "Run a command through a shared breaker.",
         discussion: """
             Exits with the command's exit code (non-zero counts as a failure), or with 75 (EX_TEMPFAIL) without \
-            running it when the breaker rejects. The outcome is written to Redis before fusebox exits.
+            running it when the breaker rejects or the fleet-wide limit is reached. Outcomes are written to Redis \
+            before fusebox exits. The policy is the breaker's configuration (FUSEBOX_BREAKERS_NAME_*, or --config \
+            FILE) with the flags given applied over it; an operator's override (fusebox policy set) wins over both.
             Example: fusebox run nightly-export --consecutive-failures 3 --break-duration 10m -- ./export.sh
             """)
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The breaker's name.") var name: String
-    @Option(name: .long, help: "Trip when failures / calls ≥ R (0 < R ≤ 1) once the window holds --minimum-throughput calls.") var failureRatio: Double?
-    @Option(name: .long, help: "Calls the window must hold before the ratio rules apply.") var minimumThroughput: Int?
-    @Option(name: .long, help: "The time window, e.g. 10s or 1h.") var samplingDuration: String?
-    @Option(name: .long, help: "Trip after N failures in a row.") var consecutiveFailures: Int?
-    @Option(name: .long, help: "A call longer than this is slow, e.g. 30s.") var slowCallDuration: String?
-    @Option(name: .long, help: "How long the breaker stays open, e.g. 30s.") var breakDuration: String?
-    @Option(name: .long, help: "Probes allowed at a time while half-open.") var halfOpenPermits: Int?
-    @Option(name: .long, help: "Probe successes needed to close.") var successThreshold: Int?
-    @Option(name: .long, help: "The longest the breaker stays half-open without closing before it opens again, e.g. 1m.")
-    var maxHalfOpen: String?
+    @OptionGroup var rules: PolicyOptions
+    @Option(name: .long, help: "Retries after a failed run (each one through the breaker; a rejection is never retried). Default 0.")
+    var retries = 0
+    @Option(name: .long, help: "The wait before the first retry, doubled for each next one (at most 1 min), e.g. 2s.")
+    var retryBackoff = "1s"
+    @Option(name: .long, help: "At most N runs of this name at once across every host (leases in Redis).")
+    var maxConcurrent: Int?
+    @Option(name: .long, help: "How long a fleet-wide lease lasts unless renewed (a killed holder's slot returns within it), e.g. 30s.")
+    var leaseTTL = "30s"
+    @Option(name: .long, help: "A JSON configuration file (keys as in Docs/configuration.md); the environment wins over it.")
+    var config: String?
     @Option(name: .long, help: "This process's instance id in events and the quorum (default: $FUSEBOX_INSTANCE_ID, else HOST-PID-RANDOM).")
     var instanceID: String?
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
-    func policy() throws -> BreakerPolicy {
-        var policy = BreakerPolicy()
-        if let consecutiveFailures {
-            policy.consecutiveFailureThreshold = consecutiveFailures
-            if failureRatio == nil { policy.failureRateThreshold = nil }
+    /// The configuration: the environment, then the file of `--config`.
+    func loadConfiguration() async throws -> FuseboxConfiguration {
+        var providers: [any ConfigProvider] = [EnvironmentVariablesProvider()]
+        if let config {
+            guard FileManager.default.fileExists(atPath: config) else { throw CLIError.usage("--config \(config): no such file") }
+            do {
+                let path = ConfigReader(provider: InMemoryProvider(values: ["filePath": .init(.string(config), isSecret: false)]))
+                providers.append(try await FileProvider<JSONSnapshot>(config: path))
+            } catch {
+                throw CLIError.usage("--config \(config): not a JSON configuration file (\(error))")
+            }
         }
-        if let failureRatio { policy.failureRateThreshold = failureRatio }
-        if let minimumThroughput { policy.minimumThroughput = minimumThroughput }
-        if let samplingDuration { policy.window = .time(samplingDuration: try parseDuration(samplingDuration), buckets: 10) }
-        if let slowCallDuration { policy.slowCallDuration = try parseDuration(slowCallDuration) }
-        if let breakDuration { policy.breakDuration = .fixed(try parseDuration(breakDuration)) }
-        if let halfOpenPermits { policy.permittedCallsInHalfOpen = halfOpenPermits }
-        if let successThreshold { policy.successThreshold = successThreshold }
-        if let maxHalfOpen { policy.maxHalfOpenDuration = try parseDuration(maxHalfOpen) }
         do {
-            return try policy.validated()
+            return try FuseboxConfiguration(config: ConfigReader(providers: providers))
         } catch {
             throw CLIError.usage(error.message)
         }
+    }
+
+    /// The policy: flags over configuration over defaults.
+    func policy(configuration: FuseboxConfiguration) throws -> BreakerPolicy {
+        let (base, origin): (BreakerPolicy, PolicyOrigin)
+        do {
+            (base, origin) = try configuration.policy(for: name)
+        } catch {
+            throw CLIError.usage(error.message)
+        }
+        return try rules.applied(to: base, replacingDefaultRatio: origin == .defaults)
     }
 
     func run() async throws {
         var exitStatus: Int32 = 0
         try await reportingErrors {
             guard !command.isEmpty else { throw CLIError.usage("no command: write it after --, as in `fusebox run NAME -- ./job.sh`") }
-            let policy = try self.policy()
-            _ = try await global.makeOperator()  // fails with 69 when Redis is unavailable
+            try checkName(name)
+            guard (0...100).contains(retries) else { throw CLIError.usage("--retries is \(retries); allowed: 0…100") }
+            let backoff = try parseDuration(retryBackoff)
+            let ttl = try parseDuration(leaseTTL)
+            let configuration = try await loadConfiguration()
+            var policy = try self.policy(configuration: configuration)
+            // --redis and --namespace win, then the configuration (FUSEBOX_REDIS_URL, the file), then the defaults.
+            var global = self.global
+            if global.redis == nil { global.redis = configuration.redisURL }
+            if global.namespace == nil { global.namespace = configuration.namespace }
+            let breakers = try await global.makeOperator()  // fails with 69 when Redis is unavailable
+            if let override = try? await breakers.override(of: name) {
+                policy = override.policy
+                printError("'\(name)' runs an operator's override (set by \(override.setBy)): \(policy.stateRulesDescription)")
+            }
             var options = DistributedOptions(redis: try global.configuration())
             options.namespace = global.keyNamespace
             options.whenUnavailable = .failClosed
@@ -71,32 +97,78 @@ struct RunCommand: AsyncParsableCommand {
                 options.instanceID = id
             }
             let adapter = try DistributedAdapter(options: options)
-            let registry = BreakerRegistry(adapter: adapter)
+            let registry = BreakerRegistry(adapter: adapter, configuration: configuration)
+            // A command that cannot be started says nothing of the dependency: it counts neither way.
+            policy.classification = .ignoring([CannotStart.self])
             let breaker = try registry.breaker(name, policy: policy)
 
-            let permit: BreakerPermit
+            // The fleet-wide slot is held for the whole run, retries included, and renewed while it lasts.
+            var lease: FleetLease?
+            var renewal: Task<Bool, Never>?
+            if let maxConcurrent {
+                do {
+                    let limit = try FleetBulkhead(connection: breakers.connection, namespace: global.keyNamespace, name: name, limit: maxConcurrent, ttl: ttl)
+                    let held = try await limit.acquire(id: options.instanceID)
+                    lease = held
+                    renewal = Task { await held.keepRenewing() }
+                } catch let error as FuseboxError where error.code == .bulkheadFull {
+                    printError("not running `\(command.joined(separator: " "))`: \(error.message)")
+                    throw ExitCode(75)
+                } catch let error as FuseboxError {
+                    throw CLIError.from(error)
+                }
+            }
+
+            var retry = RetryPolicy(maxAttempts: retries + 1, backoff: .exponential(base: backoff, factor: 2))
+            retry.maxDelay = max(backoff, .seconds(60))
+            retry.name = name
+            retry.shouldRetry = { !($0 is CannotStart) }
+            let command = self.command
+            retry.onEvent = { event in
+                if case .retrying(let attempt, let delay, let error) = event {
+                    printError("attempt \(attempt) of \(retries + 1) failed (\(error)); retrying in \(FuseboxError.format(delay))")
+                }
+            }
+            let pipeline = ResiliencePipeline<Int32>().retry(retry).breaker(breaker)
             do {
-                permit = try await breaker.acquireAsync()
+                exitStatus = try await pipeline.run {
+                    let child: ChildProcess
+                    do {
+                        child = try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()), outputPath: nil, searchPath: true)
+                    } catch {
+                        throw CannotStart(description: "cannot run \(command[0]): \(error)")
+                    }
+                    let status = await child.waitForExit(upTo: .seconds(Int64.max / 2)) ?? 1
+                    if status != 0 { throw CommandExitStatus(status: status) }
+                    return 0
+                }
+            } catch let failed as CommandExitStatus {
+                exitStatus = failed.status
             } catch let error as FuseboxError {
-                if error.code == .backendUnavailable { throw CLIError.unavailable(error.message) }
-                // A rejection from the cached state is counted in the buffer: write it before exiting.
                 await adapter.flush()
+                renewal?.cancel()
+                try? await lease?.release()
+                if error.code == .backendUnavailable { throw CLIError.unavailable(error.message) }
                 printError("not running `\(command.joined(separator: " "))`: \(error.message)")
                 throw ExitCode(75)
-            }
-            let child: ChildProcess
-            do {
-                child = try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()), outputPath: nil, searchPath: true)
-            } catch {
-                permit.ignore()
+            } catch let error as CannotStart {
                 await adapter.flush()
-                throw CLIError.failed("cannot run \(command[0]): \(error)")
+                renewal?.cancel()
+                try? await lease?.release()
+                throw CLIError.failed(error.description)
             }
-            let status = await child.waitForExit(upTo: .seconds(Int64.max / 2)) ?? 1
-            if status == 0 { permit.success() } else { permit.failure(CommandExitStatus(status: status)) }
             await adapter.flush()
-            exitStatus = status
+            renewal?.cancel()
+            if let renewal, await renewal.value == false {
+                printError("the fleet-wide lease of '\(name)' expired while the command ran (Redis was unreachable for longer than --lease-ttl)")
+            }
+            try? await lease?.release()
         }
         if exitStatus != 0 { throw ExitCode(exitStatus) }
     }
+}
+
+/// The command could not be started at all (not a failure of the dependency).
+struct CannotStart: Error, CustomStringConvertible {
+    var description: String
 }

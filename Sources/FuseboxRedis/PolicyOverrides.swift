@@ -2,6 +2,7 @@ import Foundation
 import Fusebox
 import FuseboxLocking
 import Hiredis
+import Logging
 
 /// An operator's fleet-wide policy for one breaker, kept in the hash `NS:overrides` (field: the breaker's name)
 /// until cleared. Every instance applies it within one refresh (at once when the publish reaches it), over the
@@ -215,11 +216,12 @@ extension BreakerOperator {
 
 /// The adapter's view of `NS:overrides`: read whole once per refresh round and after the subscriber
 /// (re)connects, one name at a time when a publish says it changed; applied to each breaker as it is made.
+/// A value read again unchanged is not applied (nor logged) again.
 final class OverrideTable: Sendable {
     private let core: DistributedCore
     private let backends: BackendTable
-    /// The last value read per name: an override, or the reason it cannot be used.
-    private let known = Locked<[String: Result<PolicyOverride, FuseboxError>]>([:])
+    /// The last text read per name.
+    private let known = Locked<[String: String]>([:])
     private let key: String
 
     init(core: DistributedCore, backends: BackendTable) {
@@ -228,20 +230,24 @@ final class OverrideTable: Sendable {
         self.key = "\(core.options.namespace):overrides"
     }
 
-    /// Reads every override (`HGETALL`) and applies them; a breaker without one runs its own policy again.
+    /// Reads every override (`HGETALL`) and applies what changed; a breaker whose override is gone runs its own
+    /// policy again.
     func loadAll() {
         core.connection.submit([RedisCommand("HGETALL", key)]) { [self] result in
             guard case .success(let replies) = result, let flat = replies.first?.array else { return }
-            var table: [String: Result<PolicyOverride, FuseboxError>] = [:]
+            var table: [String: String] = [:]
             var index = 0
             while index + 1 < flat.count {
-                if let name = flat[index].string, let text = flat[index + 1].string {
-                    table[name] = Result { () throws(FuseboxError) in try PolicyOverride(json: text) }
-                }
+                if let name = flat[index].string, let text = flat[index + 1].string { table[name] = text }
                 index += 2
             }
-            known.withLock { $0 = table }
-            for backend in backends.withLock({ Array($0.values) }) { apply(table[backend.name], to: backend) }
+            let before = known.withLock { known in
+                defer { known = table }
+                return known
+            }
+            for name in Set(before.keys).union(table.keys) where before[name] != table[name] {
+                if let backend = backends.withLock({ $0[name] }) { apply(table[name], to: backend) }
+            }
         }
     }
 
@@ -250,41 +256,39 @@ final class OverrideTable: Sendable {
         core.connection.submit([RedisCommand("HGET", key, name)]) { [self] result in
             guard case .success(let replies) = result, let reply = replies.first else { return }
             if case .error = reply { return }
-            let value = reply.string.map { text in Result { () throws(FuseboxError) in try PolicyOverride(json: text) } }
-            known.withLock { $0[name] = value }
-            if let backend = backends.withLock({ $0[name] }) { apply(value, to: backend) }
+            let text = reply.string
+            let changed = known.withLock { known in
+                defer { known[name] = text }
+                return known[name] != text
+            }
+            if changed, let backend = backends.withLock({ $0[name] }) { apply(text, to: backend) }
         }
     }
 
     /// Applies what is known for a breaker just made.
     func applyKnown(to backend: DistributedBackend) {
-        if let value = known.withLock({ $0[backend.name] }) { apply(value, to: backend) }
+        if let text = known.withLock({ $0[backend.name] }) { apply(text, to: backend) }
     }
 
-    private func apply(_ value: Result<PolicyOverride, FuseboxError>?, to backend: DistributedBackend) {
+    private func apply(_ text: String?, to backend: DistributedBackend) {
         let logger = core.logger
-        switch value {
-        case nil:
+        let metadata: Logger.Metadata = ["breaker.name": "\(backend.name)"]
+        guard let text else {
             if backend.isOverridden {
-                logger.info("breaker '\(backend.name)': the operator's override was cleared; back to this instance's own policy",
-                            metadata: ["breaker.name": "\(backend.name)"])
+                logger.info("breaker '\(backend.name)': the operator's override was cleared; back to this instance's own policy", metadata: metadata)
             }
             try? backend.applyOverride(nil)
-        case .success(let override):
-            do {
-                let wasOverridden = backend.isOverridden
-                try backend.applyOverride(override.policy)
-                if !wasOverridden {
-                    logger.info("breaker '\(backend.name)': the operator's override (set by \(override.setBy)) is in force",
-                                metadata: ["breaker.name": "\(backend.name)"])
-                }
-            } catch {
-                logger.info("breaker '\(backend.name)': the operator's override cannot be applied here (\(error.message)); keeping this instance's policy",
-                            metadata: ["breaker.name": "\(backend.name)"])
-            }
-        case .failure(let error):
-            logger.info("breaker '\(backend.name)': the operator's override cannot be read (\(error.message)); keeping this instance's policy",
-                        metadata: ["breaker.name": "\(backend.name)"])
+            return
+        }
+        do {
+            let override = try PolicyOverride(json: text)
+            try backend.applyOverride(override.policy)
+            logger.info("breaker '\(backend.name)': the operator's override (set by \(override.setBy)) is in force", metadata: metadata)
+        } catch {
+            logger.info(
+                "breaker '\(backend.name)': the operator's override cannot be applied here (\(error.message)); running this instance's own policy",
+                metadata: metadata)
+            try? backend.applyOverride(nil)
         }
     }
 }
