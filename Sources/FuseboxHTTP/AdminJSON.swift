@@ -113,6 +113,7 @@ enum AdminJSON {
             ("isolation_reason", .optional(snapshot.isolationReason)),
             ("last_reason", .string(snapshot.lastReason)),
             ("thresholds", status.thresholds.map(thresholds) ?? .null),
+            ("policy_origin", .optional(status.policyOrigin)),
             ("totals", .object([
                 ("calls", .number(totals.calls)), ("successes", .number(totals.successes)), ("failures", .number(totals.failures)),
                 ("ignored", .number(totals.ignored)), ("rejected", .number(totals.rejected)), ("slow", .number(totals.slow)),

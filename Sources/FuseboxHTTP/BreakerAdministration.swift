@@ -58,13 +58,18 @@ public struct BreakerStatus: Sendable {
     public var snapshot: BreakerSnapshot
     /// The thresholds of the policy in force; `nil` when no policy is known (isolated before any instance used it).
     public var thresholds: BreakerThresholds?
+    /// Where the policy in force came from: `override` (an operator's, `fusebox policy set`), `code`,
+    /// `configuration` or `defaults` (an application's registry), `instances` (fleet-wide: the instances' own,
+    /// from their code or configuration); `nil` when no policy is known.
+    public var policyOrigin: String?
     /// When the snapshot was taken.
     public var observedAt: Date
 
     /// Makes a status.
-    public init(snapshot: BreakerSnapshot, thresholds: BreakerThresholds?, observedAt: Date = Date()) {
+    public init(snapshot: BreakerSnapshot, thresholds: BreakerThresholds?, policyOrigin: String? = nil, observedAt: Date = Date()) {
         self.snapshot = snapshot
         self.thresholds = thresholds
+        self.policyOrigin = policyOrigin
         self.observedAt = observedAt
     }
 

@@ -127,10 +127,12 @@ public final class RedisAdministration: BreakerAdministration, Service {
         let now = Date()
         var statuses: [BreakerStatus] = []
         var unreadable: [(name: String, error: FuseboxError)] = []
+        let overrides = try await breakers.overrides()
         for reading in try await breakers.readings() {
             switch reading.snapshot {
             case .success(let snapshot):
-                statuses.append(BreakerStatus(snapshot: snapshot, thresholds: reading.policyJSON.flatMap(BreakerThresholds.init(storedPolicyJSON:)), observedAt: now))
+                let (thresholds, origin) = Self.policy(of: reading, overrides: overrides)
+                statuses.append(BreakerStatus(snapshot: snapshot, thresholds: thresholds, policyOrigin: origin, observedAt: now))
             case .failure(let error):
                 unreadable.append((reading.name, error))
             }
@@ -142,7 +144,16 @@ public final class RedisAdministration: BreakerAdministration, Service {
         try BreakerRegistry.validate(name: name)
         guard try await breakers.contains(name) else { throw unknown(name) }
         let reading = try await breakers.readings(of: [name])[0]
-        return BreakerStatus(snapshot: try reading.snapshot.get(), thresholds: reading.policyJSON.flatMap(BreakerThresholds.init(storedPolicyJSON:)))
+        let (thresholds, origin) = Self.policy(of: reading, overrides: try await breakers.overrides())
+        return BreakerStatus(snapshot: try reading.snapshot.get(), thresholds: thresholds, policyOrigin: origin)
+    }
+
+    /// The policy in force and where it came from: an operator's override (which every instance applies within
+    /// one refresh) when one is set, else the one the instances stored (`instances`), else none.
+    static func policy(of reading: BreakerReading, overrides: [String: PolicyOverride]) -> (BreakerThresholds?, String?) {
+        if let override = overrides[reading.name] { return (BreakerThresholds(policy: override.policy), "override") }
+        let stored = reading.policyJSON.flatMap(BreakerThresholds.init(storedPolicyJSON:))
+        return (stored, stored == nil ? nil : "instances")
     }
 
     public func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition] {

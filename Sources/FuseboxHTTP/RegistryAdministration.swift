@@ -34,7 +34,10 @@ public struct RegistryAdministration: BreakerAdministration {
 
     public func status(of name: String) async throws(FuseboxError) -> BreakerStatus {
         let breaker = try existing(name)
-        return BreakerStatus(snapshot: try await breaker.snapshot(), thresholds: BreakerThresholds(policy: breaker.backend.policy))
+        let inForce = registry.policyInForce(of: name)
+        return BreakerStatus(
+            snapshot: try await breaker.snapshot(), thresholds: BreakerThresholds(policy: inForce?.policy ?? breaker.backend.policy),
+            policyOrigin: inForce?.origin.rawValue)
     }
 
     public func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition] {

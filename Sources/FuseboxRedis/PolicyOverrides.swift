@@ -163,6 +163,17 @@ extension BreakerOperator {
         return try PolicyOverride(json: text)
     }
 
+    /// Every override that can be read, by breaker name (`HGETALL`); one Fusebox cannot read is left out.
+    public func overrides() async throws(FuseboxError) -> [String: PolicyOverride] {
+        let table: [String: String]
+        do {
+            table = try await connection.send("HGETALL", overridesKey).decodeDictionary()
+        } catch {
+            throw Self.unavailable(error)
+        }
+        return table.compactMapValues { try? PolicyOverride(json: $0) }
+    }
+
     /// The policy the instances last stored with `name` (the `policy` field of its state hash), if any.
     public func storedPolicy(of name: String) async throws(FuseboxError) -> BreakerPolicy? {
         let reply: RESPValue

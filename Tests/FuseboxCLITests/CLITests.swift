@@ -51,7 +51,7 @@ struct CLITests {
 
         let badPolicy = try await fusebox(["run", "x", "--failure-ratio", "2", "--", "true"])
         #expect(badPolicy.status == 64)
-        #expect(badPolicy.output.contains("failureRateThreshold"))
+        #expect(badPolicy.output.contains("--failure-ratio is '2'; allowed: 0 < R ≤ 1"))
 
         try await RedisServerProcess.with { server in
             let unknown = try await fusebox(["show", "nope", "--redis", server.url])

@@ -123,6 +123,31 @@ func dictionary(_ value: Any?) throws -> [String: Any] { try #require(value as? 
 
 @Suite("The admin routes", .timeLimit(.minutes(2)))
 struct AdminRoutesTests {
+    @Test("an operator's override shows as the policy in force, on an instance's registry and fleet-wide", arguments: [Subject.distributedRegistry, .redisNamespace])
+    func overrideOrigin(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        let client = try RedisClient(configuration: try await SharedServer.get().configuration())
+        defer { client.close() }
+        let operations = BreakerOperator(connection: client, namespace: fixture.namespace)
+        var loose = BreakerPolicy()
+        loose.consecutiveFailureThreshold = 9
+        try await operations.setOverride(PolicyOverride(policy: loose, setBy: "test", setAtMilliseconds: 0), for: "payments")
+        try await fixture.routes().test(.router) { http in
+            var seen: [String: Any] = [:]
+            for _ in 0..<300 {
+                seen = try dictionary(try object(try await http.execute(uri: "/admin/circuit-breakers/payments", method: .get))["breaker"])
+                if seen["policy_origin"] as? String == "override",
+                    (try dictionary(seen["thresholds"]))["consecutive_failures"] as? Int == 9 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(seen["policy_origin"] as? String == "override")
+            #expect((try dictionary(seen["thresholds"]))["consecutive_failures"] as? Int == 9)
+        }
+        #expect(fixture.registry.policyInForce(of: "payments")?.origin == .override || subject == .redisNamespace)
+        try await operations.clearOverride(of: "payments")
+    }
+
     @Test("every route, status code and state change, on each thing they are mounted over", arguments: Subject.allCases)
     func routes(subject: Subject) async throws {
         let fixture = try await Fixture(subject)
@@ -152,6 +177,8 @@ struct AdminRoutesTests {
             #expect((try dictionary(payments["totals"]))["failures"] as? Int == 2)
             #expect((try dictionary(payments["thresholds"]))["consecutive_failures"] as? Int == 2)
             #expect((try dictionary(payments["thresholds"]))["break_duration"] as? String == "fixed(1m)")
+            // Where the policy in force came from: the application's code, or fleet-wide, the instances'.
+            #expect(payments["policy_origin"] as? String == (subject == .redisNamespace ? "instances" : "code"))
             #expect(try dictionary(breakers["search"])["time_until_retry"] is NSNull)
 
             let critical = try await client.execute(uri: "/admin/health", method: .get)
