@@ -234,6 +234,25 @@ struct ConfigurationTests {
         provider.setValue(.init(.int(3), isSecret: false), forKey: ["fusebox", "breakers", "payments", "consecutiveFailures"])
         #expect(await eventually { payments.backend.policy.consecutiveFailureThreshold == 3 })
     }
+
+    @Test("a JSON file watched by ReloadingFileProvider: an edited policy reaches the live breaker")
+    func reloadingFile() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-reload-\(UInt32.random(in: 0...UInt32.max)).json").path
+        try #"{"fusebox": {"breakers": {"payments": {"consecutiveFailures": 5}}}}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try await ReloadingFileProvider<JSONSnapshot>(config: ConfigReader(provider: InMemoryProvider(values: [
+            "filePath": .init(.string(path), isSecret: false), "pollIntervalSeconds": .init(.int(1), isSecret: false),
+        ])))
+        let registry = BreakerRegistry(adapter: LocalAdapter(), configuration: try FuseboxConfiguration(config: ConfigReader(provider: file)))
+        let payments = try registry.breaker("payments")
+        #expect(payments.backend.policy.consecutiveFailureThreshold == 5)
+        let running = [Task { try await file.run() }, Task { try await registry.run() }]
+        defer { running.forEach { $0.cancel() } }
+        try await Task.sleep(for: .milliseconds(100))
+        try #"{"fusebox": {"breakers": {"payments": {"consecutiveFailures": 2}}}}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(await eventually(within: .seconds(10)) { payments.backend.policy.consecutiveFailureThreshold == 2 })
+        #expect(registry.policyInForce(of: "payments")?.origin == .configuration)
+    }
 }
 
 private struct Boom: Error {}
