@@ -104,6 +104,7 @@ public struct BreakerPolicy: Sendable {
             }
         }
 
+        /// The break rule as written in code, e.g. `fixed(30 s)`.
         public var description: String {
             switch self {
             case .fixed(let duration): "fixed(\(duration))"

@@ -25,6 +25,7 @@ public enum BreakerState: String, Sendable, Hashable, Codable, CaseIterable, Cus
         }
     }
 
+    /// The state as logs and tables show it: `CLOSED`, `OPEN`, `HALF_OPEN`, ….
     public var description: String { label }
 }
 
@@ -50,6 +51,7 @@ public struct BreakerTransition: Sendable, Hashable, CustomStringConvertible {
         self.at = at
     }
 
+    /// `FROM → TO (reason)`, as the transition is logged.
     public var description: String { "\(from.label) → \(to.label) (\(reason))" }
 }
 

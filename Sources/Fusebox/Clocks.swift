@@ -15,7 +15,9 @@ public struct CoarseMonotonicClock: Clock, Sendable {
     public struct Instant: InstantProtocol, Sendable {
         /// Nanoseconds since the clock's start.
         public var nanoseconds: Int64
+        /// The instant `duration` later.
         public func advanced(by duration: Duration) -> Instant { Instant(nanoseconds: nanoseconds + duration.nanoseconds) }
+        /// The time from this instant to `other`.
         public func duration(to other: Instant) -> Duration { .nanoseconds(other.nanoseconds - nanoseconds) }
         public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
     }
@@ -23,8 +25,10 @@ public struct CoarseMonotonicClock: Clock, Sendable {
     /// The clock.
     public init() {}
 
+    /// The current instant (one vDSO read of `CLOCK_MONOTONIC_COARSE`).
     public var now: Instant { Instant(nanoseconds: Self.read()) }
 
+    /// The clock's tick, as the kernel reports it for `CLOCK_MONOTONIC_COARSE`.
     public var minimumResolution: Duration {
         #if os(Linux)
         var resolution = timespec()
@@ -35,6 +39,7 @@ public struct CoarseMonotonicClock: Clock, Sendable {
         #endif
     }
 
+    /// Sleeps until `deadline` (on the continuous clock, which runs at the same rate).
     public func sleep(until deadline: Instant, tolerance: Duration?) async throws {
         let remaining = now.duration(to: deadline)
         if remaining > .zero { try await Task.sleep(for: remaining, tolerance: tolerance) }

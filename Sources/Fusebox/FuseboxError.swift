@@ -30,6 +30,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         /// A bulkhead turned the call away: every slot was busy and its wait queue full, or the wait timed out.
         public static let bulkheadFull = Code(10)
 
+        /// The code in words, e.g. `circuit open`.
         public var description: String {
             switch raw {
             case 1: "circuit open"
@@ -123,6 +124,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The message, with the underlying error when there is one.
     public var description: String {
         var text = message
         if let underlying { text += " [\(underlying)]" }

@@ -29,7 +29,7 @@ public enum AdminServer {
     /// Makes the application; `onListening` gets the address bound (the port chosen when `port` is 0).
     ///
     /// Without a token the server refuses a host that is not loopback: the mutating routes would be open to
-    /// the network. Throws ``FuseboxError/Code/invalidConfiguration`` saying so.
+    /// the network. Throws `FuseboxError/Code/invalidConfiguration` saying so.
     public static func makeApplication(
         administration: RedisAdministration, host: String, port: Int, token: String?, logger: Logger,
         onListening: @escaping @Sendable (String, Int) -> Void = { _, _ in }

@@ -6,8 +6,8 @@ import Fusebox
 ///
 /// ## Requirements for implementers
 /// - Every method names breakers by their registered name; a name that does not exist throws
-///   ``FuseboxError/Code/unknownBreaker``, a malformed one ``FuseboxError/Code/invalidName``, an unreachable store
-///   ``FuseboxError/Code/backendUnavailable``. Nothing traps on input from a request.
+///   `FuseboxError/Code/unknownBreaker`, a malformed one `FuseboxError/Code/invalidName`, an unreachable store
+///   `FuseboxError/Code/backendUnavailable`. Nothing traps on input from a request.
 /// - ``survey()`` reads every breaker at a cost that does not grow in round trips with their number.
 /// - ``transitions()`` yields every transition from the moment it is called, wherever it was made, until its
 ///   consumer stops iterating; it never blocks the caller.

@@ -8,7 +8,7 @@ import ServiceLifecycle
 
 /// Every breaker of one Redis namespace, whichever instance made it: what `fusebox serve` administers.
 ///
-/// Reads go through ``BreakerOperator/readings(of:)``: two round trips whatever the number of breakers
+/// Reads go through `BreakerOperator/readings(of:)`: two round trips whatever the number of breakers
 /// (`SMEMBERS`, then one pipeline of script reads and policy reads). Concurrent requests share one read, and a
 /// read is reused for ``surveyMaxAge`` unless a transition message or an action made here says it is stale, so
 /// a hundred dashboards and scrapers cost Redis what one does.

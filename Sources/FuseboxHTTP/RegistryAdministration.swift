@@ -1,7 +1,7 @@
 import Foundation
 import Fusebox
 
-/// The breakers of one application's ``BreakerRegistry``, on either adapter: what an application mounts the admin
+/// The breakers of one application's `BreakerRegistry`, on either adapter: what an application mounts the admin
 /// router over.
 ///
 /// Only breakers the application has made are known; it cannot make one (it would not know its policy). Actions

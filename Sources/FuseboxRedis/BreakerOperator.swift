@@ -211,7 +211,7 @@ public struct BreakerOperator: Sendable {
 public struct BreakerReading: Sendable {
     /// The breaker's name.
     public var name: String
-    /// Its snapshot, or why it could not be read (``FuseboxError/Code/corruptState``).
+    /// Its snapshot, or why it could not be read (`FuseboxError/Code/corruptState`).
     public var snapshot: Result<BreakerSnapshot, FuseboxError>
     /// The policy JSON the last instance stored with it (`nil` when none is: isolated before any instance used it).
     public var policyJSON: String?

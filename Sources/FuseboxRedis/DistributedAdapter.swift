@@ -19,6 +19,7 @@ import Synchronization
 public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
     /// The options it runs with.
     public let options: DistributedOptions
+    /// `distributed`.
     public var kind: AdapterKind { .distributed }
     let core: DistributedCore
     private let clock: C
@@ -68,6 +69,8 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
         }
     }
 
+    /// Makes the backend of breaker `name` and reads its shared state at once (one script call); throws
+    /// `FuseboxError` code `invalidPolicy` for a quorum with a count window.
     public func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend {
         if (policy.minimumInstances ?? options.minimumInstances) > 1, case .count = policy.window {
             throw FuseboxError(
@@ -231,7 +234,7 @@ final class BackendTable: Sendable {
 
 extension DistributedAdapter where C == ContinuousClock {
     /// Makes the adapter; each breaker's clock (for call durations) is picked from its policy, as
-    /// `LocalAdapter()` does (``NanosecondClock/automatic(for:)``).
+    /// `LocalAdapter()` does (`NanosecondClock/automatic(for:)`).
     public convenience init(options: DistributedOptions, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
         try self.init(options: options, clock: ContinuousClock(), choosesClockPerPolicy: true, logger: logger)
     }
@@ -239,7 +242,7 @@ extension DistributedAdapter where C == ContinuousClock {
 
 extension BreakerRegistry {
     /// Makes a registry with the adapter the configuration names: `local`, or `distributed` on
-    /// ``FuseboxConfiguration/redisURL`` with ``FuseboxConfiguration/namespace``. Start it with `run()`.
+    /// `FuseboxConfiguration/redisURL` with `FuseboxConfiguration/namespace`. Start it with `run()`.
     public static func make(
         configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws(FuseboxError) -> BreakerRegistry {

@@ -849,7 +849,7 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
-    /// The script's `CORRUPT <key> …` refusal as a ``FuseboxError`` naming the breaker and the key.
+    /// The script's `CORRUPT <key> …` refusal as a `FuseboxError` naming the breaker and the key.
     private func corruptError(_ error: RedisError) -> FuseboxError {
         FuseboxError(code: .corruptState, message: "breaker '\(name)': \(error.message.dropFirst("CORRUPT ".count))", breakerName: name, underlying: error)
     }

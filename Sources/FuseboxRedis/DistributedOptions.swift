@@ -9,7 +9,7 @@ public struct DistributedOptions: Sendable {
         case local
         /// Admit every call.
         case failOpen
-        /// Reject every call (with code ``FuseboxError/Code/backendUnavailable``).
+        /// Reject every call (with code `FuseboxError/Code/backendUnavailable`).
         case failClosed
     }
 
@@ -55,7 +55,7 @@ public struct DistributedOptions: Sendable {
         self.instanceID = Self.defaultInstanceID()
     }
 
-    /// Options for Redis at `url`; a bad URL throws ``FuseboxError/Code/invalidConfiguration``.
+    /// Options for Redis at `url`; a bad URL throws `FuseboxError/Code/invalidConfiguration`.
     public init(url: String) throws(FuseboxError) {
         do {
             self.init(redis: try RedisConfiguration(url: url))
@@ -64,7 +64,7 @@ public struct DistributedOptions: Sendable {
         }
     }
 
-    /// Checks the options; throws ``FuseboxError/Code/invalidConfiguration`` naming the bad one.
+    /// Checks the options; throws `FuseboxError/Code/invalidConfiguration` naming the bad one.
     public func validated() throws(FuseboxError) -> DistributedOptions {
         func fail(_ text: String) -> FuseboxError { FuseboxError(code: .invalidConfiguration, message: text) }
         guard !namespace.isEmpty, !namespace.contains(where: { $0 == "{" || $0 == "}" || $0.isWhitespace }) else {

@@ -18,7 +18,7 @@ public struct FleetBulkhead: Sendable {
     public let ttl: Duration
     let key: String
 
-    /// Makes the limit; throws ``FuseboxError/Code/invalidPolicy`` for a limit below 1 or a TTL under 100 ms.
+    /// Makes the limit; throws `FuseboxError/Code/invalidPolicy` for a limit below 1 or a TTL under 100 ms.
     public init(connection: RedisClient, namespace: String, name: String, limit: Int, ttl: Duration) throws(FuseboxError) {
         try BreakerRegistry.validate(name: name)
         guard (1...1_000_000).contains(limit) else {
@@ -34,8 +34,8 @@ public struct FleetBulkhead: Sendable {
         self.key = "\(namespace):{\(name)}:leases"
     }
 
-    /// Takes a lease named `id`; throws ``FuseboxError/Code/bulkheadFull`` (saying how many hold one and when
-    /// the first expires) when `limit` hosts hold one already, ``FuseboxError/Code/backendUnavailable`` when
+    /// Takes a lease named `id`; throws `FuseboxError/Code/bulkheadFull` (saying how many hold one and when
+    /// the first expires) when `limit` hosts hold one already, `FuseboxError/Code/backendUnavailable` when
     /// Redis cannot answer.
     public func acquire(id: String) async throws(FuseboxError) -> FleetLease {
         let reply = try await call("acquire", id, limit, Int(ttl.milliseconds))

@@ -34,7 +34,7 @@ public struct PolicyOverride: Sendable {
         return text + "}"
     }
 
-    /// Reads what ``json`` wrote; anything else throws ``FuseboxError/Code/corruptState`` saying what is wrong.
+    /// Reads what ``json`` wrote; anything else throws `FuseboxError/Code/corruptState` saying what is wrong.
     public init(json text: String) throws(FuseboxError) {
         guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
             let policy = object["policy"] as? [String: Any]
@@ -59,8 +59,8 @@ public enum PolicyJSON {
         return text
     }
 
-    /// The policy in `text`; throws ``FuseboxError/Code/corruptState`` for JSON Fusebox did not write, and
-    /// ``FuseboxError/Code/invalidPolicy`` for values out of range.
+    /// The policy in `text`; throws `FuseboxError/Code/corruptState` for JSON Fusebox did not write, and
+    /// `FuseboxError/Code/invalidPolicy` for values out of range.
     public static func decode(_ text: String) throws(FuseboxError) -> BreakerPolicy {
         guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
             throw FuseboxError(code: .corruptState, message: "the policy is not the JSON Fusebox writes: \(text.prefix(200))")
@@ -151,7 +151,7 @@ extension BreakerOperator {
     var overridesKey: String { "\(namespace):overrides" }
 
     /// The override of `name`, if one is set. A stored value Fusebox cannot read throws
-    /// ``FuseboxError/Code/corruptState``; `fusebox policy clear` removes it.
+    /// `FuseboxError/Code/corruptState`; `fusebox policy clear` removes it.
     public func override(of name: String) async throws(FuseboxError) -> PolicyOverride? {
         let reply: RESPValue
         do {
@@ -189,7 +189,7 @@ extension BreakerOperator {
         return policy
     }
 
-    /// Stores `override` for `name` (checked first: an invalid policy throws ``FuseboxError/Code/invalidPolicy``
+    /// Stores `override` for `name` (checked first: an invalid policy throws `FuseboxError/Code/invalidPolicy`
     /// and nothing is stored) and tells every instance on the transitions channel.
     public func setOverride(_ override: PolicyOverride, for name: String) async throws(FuseboxError) {
         try BreakerRegistry.validate(name: name)

@@ -15,9 +15,11 @@ public protocol ConformanceSubject: Sendable {
 
 /// The `local` adapter on a manual clock.
 public struct LocalSubject: ConformanceSubject {
+    /// The clock the scenarios advance.
     public let clock = ManualClock()
     public var timeTolerance: Duration { .zero }
 
+    /// A subject with its clock at zero.
     public init() {}
 
     public func makeBackend(name: String, policy: BreakerPolicy) async throws -> any BreakerBackend {
@@ -62,16 +64,42 @@ public enum ConformanceStep: Sendable {
     case expectTimeline([(BreakerState, BreakerState)])
 
     /// An outcome reported for a held permit.
-    public enum Outcome: Sendable { case success, failure, ignored }
+    public enum Outcome: Sendable {
+        /// The call succeeded.
+        case success
+        /// The call failed with ``ConformanceErrorA``.
+        case failure
+        /// The outcome counts neither way.
+        case ignored
+    }
 
     /// A figure of the snapshot.
     public enum Figure: Sendable {
-        case windowCalls(Int), windowFailures(Int), windowSlowCalls(Int)
-        case failureRate(Double), slowCallRate(Double)
-        case consecutiveFailures(Int), attempt(Int), probesInFlight(Int), version(Int)
+        /// Calls in the window.
+        case windowCalls(Int)
+        /// Failures in the window.
+        case windowFailures(Int)
+        /// Slow calls in the window.
+        case windowSlowCalls(Int)
+        /// The window's failure rate.
+        case failureRate(Double)
+        /// The window's slow-call rate.
+        case slowCallRate(Double)
+        /// The failure streak.
+        case consecutiveFailures(Int)
+        /// Consecutive opens.
+        case attempt(Int)
+        /// Half-open permits out.
+        case probesInFlight(Int)
+        /// The state's version.
+        case version(Int)
+        /// The lifetime counts.
         case totals(calls: Int, successes: Int, failures: Int, ignored: Int, rejected: Int, slow: Int)
+        /// Failures of the named error type.
         case errorCount(String, Int)
+        /// The time until the break ends (`nil`: not open), within the subject's tolerance.
         case timeUntilProbe(Duration?)
+        /// The isolation reason.
         case isolationReason(String?)
     }
 }

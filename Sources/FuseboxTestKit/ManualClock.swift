@@ -7,7 +7,9 @@ public final class ManualClock: Clock, Sendable {
     public struct Instant: InstantProtocol, Sendable {
         /// Time since the clock was made.
         public var offset: Duration
+        /// The instant `duration` later.
         public func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        /// The time from this instant to `other`.
         public func duration(to other: Instant) -> Duration { other.offset - offset }
         public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
     }
@@ -25,7 +27,9 @@ public final class ManualClock: Clock, Sendable {
     /// Every sleep asked of a clock that advances on sleep, in order.
     public var sleeps: [Duration] { slept.withLock { $0 } }
 
+    /// Where the clock stands.
     public var now: Instant { current.withLock { $0 } }
+    /// One nanosecond.
     public var minimumResolution: Duration { .nanoseconds(1) }
 
     /// Moves the clock forward.
@@ -33,7 +37,8 @@ public final class ManualClock: Clock, Sendable {
         current.withLock { $0.offset += duration }
     }
 
-    /// Waits (polling every millisecond of real time) until the clock reaches `deadline`.
+    /// Waits (polling every millisecond of real time) until the clock reaches `deadline`; a clock that advances on
+    /// sleep moves there at once instead.
     public func sleep(until deadline: Instant, tolerance: Duration?) async throws {
         if advancesOnSleep {
             try Task.checkCancellation()

@@ -13,8 +13,11 @@ import Darwin
 public final class ScriptedServer: Sendable {
     /// One answer: the bytes, the sizes of the writes they go out in, and whether the connection closes after.
     public struct Answer: Sendable {
+        /// What to write.
         public var bytes: [UInt8]
+        /// The sizes of the first writes (the rest goes in one more).
         public var pieces: [Int]
+        /// Close the connection after writing.
         public var thenClose: Bool
 
         /// An answer of `bytes`, written in pieces of the given sizes (the rest in one more write).

@@ -47,10 +47,14 @@ public enum ClusterSlot {
 public struct ClusterSlotMap: Sendable, Hashable {
     /// One contiguous run of slots and the nodes that hold it.
     public struct Range: Sendable, Hashable {
+        /// The slots, first to last.
         public var slots: ClosedRange<Int>
+        /// The node that serves them.
         public var primary: RedisConfiguration.Endpoint
+        /// Its replicas that are online.
         public var replicas: [RedisConfiguration.Endpoint]
 
+        /// Makes a range.
         public init(slots: ClosedRange<Int>, primary: RedisConfiguration.Endpoint, replicas: [RedisConfiguration.Endpoint] = []) {
             self.slots = slots
             self.primary = primary
@@ -174,10 +178,19 @@ public struct ClusterSlotMap: Sendable, Hashable {
 /// A node's answer that another node serves the slot: `MOVED` (for good: refresh the map) or `ASK` (this one
 /// command, during a migration: send `ASKING` then the command to that node).
 public struct ClusterRedirect: Sendable, Hashable {
-    public enum Kind: Sendable, Hashable { case moved, ask }
+    /// Which redirection.
+    public enum Kind: Sendable, Hashable {
+        /// The slot lives on another node now: refresh the map and retry there.
+        case moved
+        /// The slot is migrating: retry once on that node, after `ASKING`.
+        case ask
+    }
 
+    /// `MOVED` or `ASK`.
     public var kind: Kind
+    /// The key's slot.
     public var slot: Int
+    /// The node to ask instead.
     public var endpoint: RedisConfiguration.Endpoint
 
     /// Makes a redirection.

@@ -6,8 +6,9 @@
 /// written together (automatic pipelining), and replies are matched to callers in order.
 ///
 /// - **One server**: one connection.
-/// - **Cluster**: one connection per primary, commands routed by their key's slot; see ``ClusterRouter`` for the
-///   redirections (`MOVED`, `ASK`), the retried states (`TRYAGAIN`, `CLUSTERDOWN`) and the map refreshes.
+/// - **Cluster**: one connection per primary, commands routed by their key's slot; see `ClusterRouter`
+///   (Sources/Hiredis/ClusterRouter.swift) for the redirections (`MOVED`, `ASK`), the retried states (`TRYAGAIN`,
+///   `CLUSTERDOWN`) and the map refreshes.
 /// - **Sentinel**: one connection to the primary that the sentinels name, checked with `ROLE` at each connection.
 ///   It is made anew when the sentinels announce `+switch-master` for that primary, when the server answers
 ///   `READONLY`, and after any loss, so writes never go to a replica.

@@ -87,6 +87,7 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         return index.flatMap { $0 < argumentCount ? $0 : nil }
     }
 
+    /// The command's name only: arguments may hold secrets.
     public var description: String { name }
 
     private static func appendBulk(_ text: String, to buffer: inout [UInt8]) {

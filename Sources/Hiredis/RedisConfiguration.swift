@@ -17,6 +17,7 @@ public struct RedisConfiguration: Sendable, Hashable, CustomStringConvertible {
         /// A Unix domain socket.
         case unix(path: String)
 
+        /// `host:port`, the socket path, or the list of seeds or sentinels.
         public var description: String {
             switch self {
             case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
@@ -140,6 +141,7 @@ public struct RedisConfiguration: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The URL with any password replaced by `***`.
     public var description: String { redactedURL }
 }
 

@@ -26,6 +26,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         /// A reply did not have the type or shape the caller asked for.
         public static let unexpectedReply = Code("unexpected reply")
 
+        /// The code as a word, e.g. `timeout`.
         public var description: String { raw }
     }
 
@@ -76,6 +77,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The code, the server's or the library's message, and the endpoint.
     public var description: String {
         var text = "Redis \(code)"
         if !endpoint.isEmpty { text += " (\(endpoint))" }

@@ -11,6 +11,7 @@ public enum PolicyOrigin: String, Sendable, Hashable, Codable, CustomStringConve
     /// An operator's fleet-wide override (`fusebox policy set`), in force until cleared.
     case override
 
+    /// The origin as the admin API and `fusebox policy show` write it.
     public var description: String { rawValue }
 }
 
