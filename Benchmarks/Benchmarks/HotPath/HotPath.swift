@@ -177,6 +177,91 @@ let benchmarks: @Sendable () -> Void = {
         await adapter.flush()
     }
 
+    // The pipeline's cost over a bare breaker call, nothing failing: each pair runs the same async call, once as
+    // `breaker.run` and once through `ResiliencePipeline`. The differences are the figures Docs/performance.md
+    // quotes ("The pipeline").
+    Benchmark("local-breaker-run") { benchmark in
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("run", policy: closedPolicy())
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await breaker.run { 1 })
+        }
+    }
+
+    Benchmark("local-pipeline-breaker") { benchmark in
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("pipeline", policy: closedPolicy())
+        let pipeline = ResiliencePipeline<Int>().breaker(breaker)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await pipeline.run { 1 })
+        }
+    }
+
+    Benchmark("bulkhead-try-acquire-release") { benchmark in
+        let bulkhead = try Bulkhead(name: "bench-sync", maxConcurrent: 64)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(bulkhead.tryAcquire())
+            bulkhead.release()
+        }
+    }
+
+    Benchmark("local-pipeline-retry-breaker") { benchmark in
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("pipeline-retry", policy: closedPolicy())
+        let pipeline = ResiliencePipeline<Int>().retry(RetryPolicy(maxAttempts: 3)).breaker(breaker)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await pipeline.run { 1 })
+        }
+    }
+
+    Benchmark("local-pipeline-breaker-bulkhead") { benchmark in
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("pipeline-bulkhead", policy: closedPolicy())
+        let pipeline = ResiliencePipeline<Int>().breaker(breaker).bulkhead(try Bulkhead(name: "bench", maxConcurrent: 64))
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await pipeline.run { 1 })
+        }
+    }
+
+    Benchmark("local-pipeline-retry-breaker-bulkhead") { benchmark in
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("pipeline-full", policy: closedPolicy())
+        let pipeline = ResiliencePipeline<Int>()
+            .retry(RetryPolicy(maxAttempts: 3))
+            .breaker(breaker)
+            .bulkhead(try Bulkhead(name: "bench", maxConcurrent: 64))
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await pipeline.run { 1 })
+        }
+    }
+
+    Benchmark("distributed-breaker-run", configuration: distributed) { benchmark in
+        let (adapter, breaker, background) = try await knownClosedBreaker("distributed-run")
+        defer { background.cancel() }
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await breaker.run { 1 })
+        }
+        benchmark.stopMeasurement()
+        await adapter.flush()
+    }
+
+    Benchmark("distributed-pipeline-retry-breaker-bulkhead", configuration: distributed) { benchmark in
+        let (adapter, breaker, background) = try await knownClosedBreaker("distributed-pipeline")
+        defer { background.cancel() }
+        let pipeline = ResiliencePipeline<Int>()
+            .retry(RetryPolicy(maxAttempts: 3))
+            .breaker(breaker)
+            .bulkhead(try Bulkhead(name: "bench", maxConcurrent: 64))
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(try await pipeline.run { 1 })
+        }
+        benchmark.stopMeasurement()
+        await adapter.flush()
+    }
+
     Benchmark(
         "redis-evalsha-roundtrip",
         configuration: .init(

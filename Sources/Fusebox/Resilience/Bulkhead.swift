@@ -87,6 +87,21 @@ public final class Bulkhead: Sendable {
         return try await operation()
     }
 
+    /// Takes a slot if one is free now, without waiting; `true` when it did (give it back with ``release()``).
+    /// Synchronous: the pipeline tries it before ``acquire()``, so that a free slot costs no suspension point.
+    public func tryAcquire() -> Bool {
+        let running = state.withLock { state -> Int? in
+            guard state.running < maxConcurrent && state.waiters.isEmpty else { return nil }
+            state.running += 1
+            state.admitted += 1
+            if state.running > state.peak { state.peak = state.running }
+            return state.running
+        }
+        guard let running else { return false }
+        if running == maxConcurrent { record() }
+        return true
+    }
+
     /// Takes a slot (waiting if the queue allows); give it back with ``release()`` exactly once.
     public func acquire() async throws {
         enum Decision { case admitted(Int), full, wait(UInt64) }

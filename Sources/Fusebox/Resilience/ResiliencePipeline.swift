@@ -13,6 +13,7 @@
 /// A pipeline is an immutable value: build it once and share it. Without a timeout stage a call allocates
 /// nothing beyond what its stages do; a timeout runs the inner stages in a child task.
 public struct ResiliencePipeline<Output: Sendable>: Sendable {
+    @usableFromInline
     enum Stage: Sendable {
         case timeout(Duration)
         case retry(RetryStage)
@@ -21,7 +22,7 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         case fallback(@Sendable (any Error) async throws -> Output)
     }
 
-    let stages: [Stage]
+    @usableFromInline let stages: [Stage]
 
     /// An empty pipeline: `run` calls the operation as it is.
     public init() { stages = [] }
@@ -53,11 +54,16 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
     public func fallback(_ fallback: @escaping @Sendable (any Error) async throws -> Output) -> Self { adding(.fallback(fallback)) }
 
     /// Runs `operation` through every stage.
+    ///
+    /// Inlinable, so that the stages run specialised for `Output` in the caller's module: with nothing failing, a
+    /// stage costs what it does itself (a bulkhead's lock, a retry's budget count) and allocates nothing.
+    @inlinable
     public func run(_ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
         try await execute(from: 0, operation)
     }
 
-    private func execute(from index: Int, _ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
+    @inlinable
+    func execute(from index: Int, _ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
         guard index < stages.count else { return try await operation() }
         switch stages[index] {
         case .breaker(let breaker):
@@ -73,11 +79,24 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
             permit.success()
             return value
         case .bulkhead(let bulkhead):
-            try await bulkhead.acquire()
-            defer { bulkhead.release() }
-            return try await execute(from: index + 1, operation)
+            if !bulkhead.tryAcquire() { try await bulkhead.acquire() }
+            let value: Output
+            do {
+                value = try await execute(from: index + 1, operation)
+            } catch {
+                bulkhead.release()
+                throw error
+            }
+            bulkhead.release()
+            return value
         case .retry(let stage):
-            return try await stage.run { try await execute(from: index + 1, operation) }
+            // The first attempt runs here; the stage's loop only after it fails.
+            let started = stage.countsCalls ? stage.begin() : .zero
+            do {
+                return try await execute(from: index + 1, operation)
+            } catch {
+                return try await stage.afterFailure(error, started: started) { try await execute(from: index + 1, operation) }
+            }
         case .fallback(let fallback):
             do {
                 return try await execute(from: index + 1, operation)
@@ -85,18 +104,23 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
                 return try await fallback(error)
             }
         case .timeout(let duration):
-            return try await withThrowingTaskGroup(of: Output?.self) { group in
-                group.addTask { try await execute(from: index + 1, operation) }
-                group.addTask {
-                    try await Task.sleep(for: duration)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let value = first else {
-                    throw FuseboxError(code: .callTimedOut, message: "the call did not finish within \(FuseboxError.format(duration)) (pipeline timeout)")
-                }
-                return value
+            return try await Self.run(inner: { try await execute(from: index + 1, operation) }, timeout: duration)
+        }
+    }
+
+    @usableFromInline
+    static func run(inner: @escaping @Sendable () async throws -> Output, timeout duration: Duration) async throws -> Output {
+        try await withThrowingTaskGroup(of: Output?.self) { group in
+            group.addTask { try await inner() }
+            group.addTask {
+                try await Task.sleep(for: duration)
+                return nil
             }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw FuseboxError(code: .callTimedOut, message: "the call did not finish within \(FuseboxError.format(duration)) (pipeline timeout)")
+            }
+            return value
         }
     }
 }

@@ -192,7 +192,10 @@ public final class RetryBudget: Sendable {
     }
 }
 
-/// A retry stage: the policy, its clock and its metrics, made once when the pipeline is built.
+/// A retry stage: the policy, its clock and its metrics, made once when the pipeline is built. The pipeline calls
+/// ``begin()`` and the first attempt itself (nothing here runs when it succeeds), and ``afterFailure(_:started:_:)``
+/// only when it fails.
+@usableFromInline
 final class RetryStage: Sendable {
     let policy: RetryPolicy
     /// Time on the stage's clock since the stage was made, and a sleep on it.
@@ -202,6 +205,8 @@ final class RetryStage: Sendable {
     private let successes: Counter
     private let failures: Counter
     private let delays: Timer
+    /// Whether ``begin()`` has anything to do (a budget to count in, a deadline to start).
+    @usableFromInline let countsCalls: Bool
 
     init<C: Clock>(policy: RetryPolicy, clock: C) where C.Duration == Duration {
         self.policy = policy
@@ -213,56 +218,61 @@ final class RetryStage: Sendable {
         successes = Counter(label: "fusebox_retries_total", dimensions: dimensions + [("outcome", "succeeded")])
         failures = Counter(label: "fusebox_retries_total", dimensions: dimensions + [("outcome", "gave_up")])
         delays = Timer(label: "fusebox_retry_delay_seconds", dimensions: dimensions)
+        countsCalls = policy.budget != nil || policy.deadline != nil
     }
 
-    /// Runs `attempt` until it succeeds or the policy gives up, then rethrows the last error.
-    func run<T>(_ attempt: () async throws -> T) async throws -> T {
+    /// Counts the call in the budget and returns when it started (for the deadline; zero without one).
+    @usableFromInline
+    func begin() -> Duration {
         policy.budget?.recordCall()
+        return policy.deadline == nil ? .zero : now()
+    }
+
+    /// After the first attempt failed with `error`: retries as the policy allows, then rethrows the last error.
+    @usableFromInline
+    func afterFailure<T>(_ error: any Error, started: Duration, _ attempt: () async throws -> T) async throws -> T {
         var number = 1
         var previous = Duration.zero
-        // The clock is read only when a deadline needs it.
-        let started = policy.deadline == nil ? Duration.zero : now()
+        var last = error
         var random = SystemRandomNumberGenerator()
         while true {
+            let reason: RetryEvent.GiveUpReason?
+            var delay = Duration.zero
+            if !policy.mayRetry(last) {
+                reason = .notRetryable
+            } else if number >= policy.maxAttempts {
+                reason = .attempts
+            } else {
+                delay = policy.delay(beforeRetry: number, previous: previous, using: &random)
+                if let deadline = policy.deadline, now() - started + delay > deadline {
+                    reason = .deadline
+                } else if let budget = policy.budget, !budget.tryRetry() {
+                    reason = .budget
+                } else {
+                    reason = nil
+                }
+            }
+            if let reason {
+                if number > 1 || reason != .notRetryable { failures.increment() }
+                policy.onEvent?(.gaveUp(attempt: number, reason: reason, error: last))
+                throw last
+            }
+            retries.increment()
+            delays.recordNanoseconds(delay.nanoseconds)
+            policy.onEvent?(.retrying(attempt: number, delay: delay, error: last))
+            if delay > .zero { try await sleep(delay) }
+            previous = delay
+            number += 1
             do {
                 let value = try await attempt()
-                if number > 1 {
-                    successes.increment()
-                    policy.onEvent?(.succeeded(attempt: number))
-                }
+                successes.increment()
+                policy.onEvent?(.succeeded(attempt: number))
                 return value
             } catch {
-                let reason: RetryEvent.GiveUpReason?
-                var delay = Duration.zero
-                if !policy.mayRetry(error) {
-                    reason = .notRetryable
-                } else if number >= policy.maxAttempts {
-                    reason = .attempts
-                } else {
-                    delay = policy.delay(beforeRetry: number, previous: previous, using: &random)
-                    if let deadline = policy.deadline, now() - started + delay > deadline {
-                        reason = .deadline
-                    } else if let budget = policy.budget, !budget.tryRetry() {
-                        reason = .budget
-                    } else {
-                        reason = nil
-                    }
-                }
-                if let reason {
-                    if number > 1 || reason != .notRetryable { failures.increment() }
-                    policy.onEvent?(.gaveUp(attempt: number, reason: reason, error: error))
-                    throw error
-                }
-                retries.increment()
-                delays.recordNanoseconds(delay.nanoseconds)
-                policy.onEvent?(.retrying(attempt: number, delay: delay, error: error))
-                if delay > .zero { try await sleep(delay) }
-                previous = delay
-                number += 1
+                last = error
             }
         }
     }
-
 }
 
 #if canImport(Glibc)
