@@ -104,13 +104,16 @@ struct ResilienceCommandTests {
 
             holder.kill()
             let killed = ContinuousClock.now
-            var ran: ContinuousClock.Instant?
-            while ran == nil, ContinuousClock.now - killed < .seconds(5) {
-                if try await fusebox(["run", "export"] + common + ["--", "true"]).status == 0 { ran = .now }
+            // The slot returns when the last renewed lease expires: at most one TTL after the kill.
+            var freed: ContinuousClock.Instant?
+            while freed == nil, ContinuousClock.now - killed < .seconds(5) {
+                if try await limit.holders() == 0 { freed = .now } else { try await Task.sleep(for: .milliseconds(10)) }
             }
-            let returned = try #require(ran, "the killed holder's slot did not return")
-            #expect(returned - killed <= .milliseconds(1000) + .milliseconds(700), "the slot returned \(returned - killed) after the kill (TTL 1 s)")
-            print("fault-figure | fleet-wide lease of a SIGKILLed holder | returned \(returned - killed) after the kill (TTL 1 s)")
+            let returned = try #require(freed, "the killed holder's slot did not return") - killed
+            #expect(returned <= .milliseconds(1000) + .milliseconds(300), "the slot returned \(returned) after the kill (TTL 1 s)")
+            print("fault-figure | fleet-wide lease of a SIGKILLed holder | returned \(returned) after the kill (TTL 1 s)")
+            let next = try await fusebox(["run", "export"] + common + ["--", "true"])
+            #expect(next.status == 0, "\(next.output)")
             // A finished run gives its slot back at once.
             #expect(try await limit.holders() == 0)
         }
