@@ -169,8 +169,9 @@ struct WatchCommand: AsyncParsableCommand {
             for await event in subscriber.events {
                 switch event {
                 case .message(let message):
-                    // Recalls ask instances to write what they hold: not transitions, not shown.
-                    guard !isRecall(message.text) else { continue }
+                    // Recalls ask instances to write what they hold, override notes to read NS:overrides again:
+                    // not transitions, not shown.
+                    guard isTransition(message.text) else { continue }
                     if isTerminal {
                         await redraw()
                     } else if json {
@@ -201,8 +202,8 @@ struct WatchCommand: AsyncParsableCommand {
     }
 }
 
-/// Whether a message on the transitions channel is a budget recall rather than a transition.
-func isRecall(_ text: String) -> Bool {
-    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return false }
-    return object["recall"] != nil
+/// Whether a message on the transitions channel is a transition, rather than a budget recall or an override note.
+func isTransition(_ text: String) -> Bool {
+    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return true }
+    return object["recall"] == nil && object["override"] == nil
 }

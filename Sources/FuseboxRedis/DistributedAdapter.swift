@@ -167,12 +167,17 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 let ticksPerRound = max(1, Int((self.options.refreshInterval / tick).rounded(.up)))
                 var round: [DistributedBackend] = []
                 var perTick = 1
+                var sinceOverrides = Duration.zero
                 while !Task.isCancelled {
                     try? await Task.sleep(for: tick)
                     if Task.isCancelled { break }
-                    if round.isEmpty {
-                        // A new round: the overrides are read again with it (one HGETALL per refresh interval).
+                    // The overrides are read again once per refresh interval: one HGETALL, whatever the breakers.
+                    sinceOverrides += tick
+                    if sinceOverrides >= self.options.refreshInterval {
+                        sinceOverrides = .zero
                         self.overrides.loadAll()
+                    }
+                    if round.isEmpty {
                         round = self.allBackends
                         perTick = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
                     }
