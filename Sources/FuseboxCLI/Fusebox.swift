@@ -170,17 +170,10 @@ extension String {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h`, `250us`: a non-negative number of a unit, at most 10 years.
+/// Parses `500ms`, `10s`, `2m`, `1h`, `250us` (`Duration(parsing:)`); anything else is a usage error (exit 64).
 func parseDuration(_ text: String) throws -> Duration {
-    let units: [(suffix: String, seconds: Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60), ("h", 3600)]
-    let longest = Double(BreakerPolicy.longestDuration.components.seconds)
-    for unit in units where text.hasSuffix(unit.suffix) {
-        guard let value = Double(text.dropLast(unit.suffix.count)), value.isFinite, value >= 0 else { continue }
-        let seconds = value * unit.seconds
-        guard seconds <= longest else {
-            throw CLIError.usage("bad duration '\(text)': at most 10 years (87600h); write it like 500ms, 10s, 2m or 1h")
-        }
-        return unit.suffix == "us" ? .microseconds(value) : unit.suffix == "ms" ? .milliseconds(value) : .seconds(seconds)
+    guard let duration = Duration(parsing: text) else {
+        throw CLIError.usage("bad duration '\(text)': write it like 500ms, 10s, 2m or 1h (at most 10 years)")
     }
-    throw CLIError.usage("bad duration '\(text)': write it like 500ms, 10s, 2m or 1h")
+    return duration
 }

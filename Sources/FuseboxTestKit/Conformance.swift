@@ -56,6 +56,8 @@ public enum ConformanceStep: Sendable {
     case reset
     /// Manual half-open.
     case forceHalfOpen
+    /// The backend runs another policy from now on (``BreakerBackend/updatePolicy(_:)``).
+    case updatePolicy(BreakerPolicy)
     /// The snapshot's state must be this.
     case expectState(BreakerState)
     /// The snapshot must match every given figure.
@@ -189,6 +191,8 @@ public struct ConformanceScenario: Sendable {
                 try await backend.reset()
             case .forceHalfOpen:
                 try await backend.forceHalfOpen()
+            case .updatePolicy(let policy):
+                try backend.updatePolicy(policy)
             case .expectState(let state):
                 let snapshot = try await backend.snapshot()
                 if snapshot.state != state { problem("state \(snapshot.state), expected \(state)") }

@@ -18,6 +18,25 @@ extension ConformanceScenario {
 
     /// Every scenario: each transition, each policy field, the boundaries.
     public static let all: [ConformanceScenario] = tripRules + windows + breakDurations + halfOpen + manualControl + modes + accounting
+        + policyChanges
+
+    /// A policy changed while the breaker runs (a reloaded configuration, an operator's override).
+    public static let policyChanges: [ConformanceScenario] = [
+        ConformanceScenario("a live policy change keeps the streak; the new threshold trips at the next failure", policy: tripsOnFirstFailure {
+            $0.consecutiveFailureThreshold = 5
+        }, [
+            .fail(3), .expectState(.closed), .expect([.consecutiveFailures(3)]),
+            .updatePolicy(tripsOnFirstFailure { $0.consecutiveFailureThreshold = 2 }),
+            .fail(1), .expectState(.open), .expect([.attempt(1), .version(1)]),
+        ]),
+        ConformanceScenario("a live mode change moves the breaker between base states", policy: BreakerPolicy(), [
+            .succeed(2),
+            .updatePolicy(policy { $0.mode = .metricsOnly }), .expectState(.metricsOnly),
+            .fail(20), .expectState(.metricsOnly),
+            .updatePolicy(BreakerPolicy()), .expectState(.closed),
+            .expect([.totals(calls: 22, successes: 2, failures: 20, ignored: 0, rejected: 0, slow: 0)]),
+        ]),
+    ]
 
     /// Failure ratio, consecutive failures, slow-call ratio, with their boundaries.
     public static let tripRules: [ConformanceScenario] = [

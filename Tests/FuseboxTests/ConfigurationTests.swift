@@ -152,6 +152,7 @@ struct ConfigurationTests {
         ("FUSEBOX_STORE_DOWN_POLICY", "panic", "fusebox.storeDownPolicy", "failOpen"),
         ("FUSEBOX_FLUSH_INTERVAL", "0s", "fusebox.flushInterval", "> 0"),
         ("FUSEBOX_REFRESH_INTERVAL", "soon", "fusebox.refreshInterval", "a duration"),
+        ("FUSEBOX_QUIET_FLUSH_INTERVAL", "1e300s", "fusebox.quietFlushInterval", "at most 10 years"),
         ("FUSEBOX_MINIMUM_INSTANCES", "0", "fusebox.minimumInstances", "1…1000"),
         ("FUSEBOX_DEFAULT_POLICY_FAILURE_RATIO", "1.5", "fusebox.defaultPolicy.failureRatio", "0 < R ≤ 1"),
         ("FUSEBOX_DEFAULT_POLICY_MINIMUM_THROUGHPUT", "ten", "fusebox.defaultPolicy.minimumThroughput", "whole number"),

@@ -211,7 +211,7 @@ struct ConfigValues {
     /// A duration: `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
     func duration(_ key: ConfigKey, positive: Bool) throws(FuseboxError) -> Duration? {
         guard let text = raw(key) else { return nil }
-        guard let value = Self.parseDuration(text), value <= BreakerPolicy.longestDuration, positive ? value > .zero : value >= .zero else {
+        guard let value = Duration(parsing: text), positive ? value > .zero : value >= .zero else {
             throw refusal(key, text, "a duration such as 250ms, 30s, 5m or 1h (a bare number is seconds)\(positive ? ", > 0" : ""), at most 10 years")
         }
         return value
@@ -237,17 +237,6 @@ struct ConfigValues {
     func list(_ key: ConfigKey) throws(FuseboxError) -> [String] {
         if let names = snapshot.stringArray(forKey: key) { return names.map { $0.trimmed }.filter { !$0.isEmpty } }
         return raw(key).map { $0.split(separator: ",").map { $0.trimmed }.filter { !$0.isEmpty } } ?? []
-    }
-
-    static func parseDuration(_ text: String) -> Duration? {
-        let trimmed = text.trimmed.lowercased()
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
-        for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
-            guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
-            return .seconds(number * scale)
-        }
-        guard let seconds = Double(trimmed), seconds.isFinite, seconds >= 0 else { return nil }
-        return .seconds(seconds)
     }
 
     /// The policy under `prefix` (`failureRatio`, `breakDuration`, …) over `base`, checked as a whole.
@@ -330,6 +319,27 @@ extension ConfigValues {
     func list(_ key: String) throws(FuseboxError) -> [String] { try list(ConfigKey(key)) }
     func policy(at key: String, base: BreakerPolicy) throws(FuseboxError) -> BreakerPolicy { try policy(at: ConfigKey(key), base: base) }
     func refusal(_ key: String, _ value: String, _ rule: String) -> FuseboxError { refusal(ConfigKey(key), value, rule) }
+}
+
+extension Duration {
+    /// A duration written for people: `250us`, `500ms`, `30s`, `5m`, `1h`, `1d`, or a bare number of seconds
+    /// (decimals allowed; case and surrounding spaces ignored). `nil` for anything else, a negative or non-finite
+    /// number, or more than ``BreakerPolicy/longestDuration`` (ten years). Configuration and the `fusebox` command
+    /// read durations with it.
+    public init?(parsing text: String) {
+        let trimmed = text.trimmed.lowercased()
+        let units: [(suffix: String, seconds: Double)] = [("us", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
+        let unit = units.first { trimmed.hasSuffix($0.suffix) } ?? ("", 1)
+        guard let number = Double(trimmed.dropLast(unit.suffix.count)), number.isFinite, number >= 0,
+            number * unit.seconds <= Double(BreakerPolicy.longestDuration.components.seconds)
+        else { return nil }
+        // Scaled in the unit's own terms, so that 0.001ms is exactly 1 µs.
+        switch unit.suffix {
+        case "us": self = .microseconds(number)
+        case "ms": self = .milliseconds(number)
+        default: self = .seconds(number * unit.seconds)
+        }
+    }
 }
 
 extension StringProtocol {
