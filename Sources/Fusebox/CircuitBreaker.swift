@@ -110,19 +110,10 @@ public struct CircuitBreaker: Sendable {
     private static func run<T: Sendable>(
         _ operation: @escaping @Sendable () async throws -> T, timeout: Duration, name: String
     ) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await operation() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw FuseboxError(
-                    code: .callTimedOut, message: "call through circuit '\(name)' exceeded its timeout of \(FuseboxError.format(timeout)) and was cancelled",
-                    breakerName: name)
-            }
-            return value
+        try await withTimeout(timeout, operation) {
+            FuseboxError(
+                code: .callTimedOut, message: "call through circuit '\(name)' exceeded its timeout of \(FuseboxError.format(timeout)) and was cancelled",
+                breakerName: name)
         }
     }
 
@@ -206,5 +197,23 @@ final class FuseboxSwitch: Sendable {
     var isEnabled: Bool {
         get { enabled.load(ordering: .relaxed) }
         set { enabled.store(newValue, ordering: .relaxed) }
+    }
+}
+
+/// Runs `operation` in a child task and cancels it after `timeout`, throwing `timedOut()` then: the call timeout of
+/// a handle and the timeout stage of a pipeline.
+@usableFromInline
+func withTimeout<T: Sendable>(
+    _ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T, timedOut: () -> FuseboxError
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw timedOut() }
+        return value
     }
 }

@@ -110,17 +110,8 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
 
     @usableFromInline
     static func run(inner: @escaping @Sendable () async throws -> Output, timeout duration: Duration) async throws -> Output {
-        try await withThrowingTaskGroup(of: Output?.self) { group in
-            group.addTask { try await inner() }
-            group.addTask {
-                try await Task.sleep(for: duration)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw FuseboxError(code: .callTimedOut, message: "the call did not finish within \(FuseboxError.format(duration)) (pipeline timeout)")
-            }
-            return value
+        try await withTimeout(duration, inner) {
+            FuseboxError(code: .callTimedOut, message: "the call did not finish within \(FuseboxError.format(duration)) (pipeline timeout)")
         }
     }
 }
