@@ -56,7 +56,7 @@ public enum ConformanceStep: Sendable {
     case reset
     /// Manual half-open.
     case forceHalfOpen
-    /// The backend runs another policy from now on (``BreakerBackend/updatePolicy(_:)``).
+    /// The backend runs another policy from now on (`BreakerBackend.updatePolicy(_:)`).
     case updatePolicy(BreakerPolicy)
     /// The snapshot's state must be this.
     case expectState(BreakerState)
