@@ -272,16 +272,35 @@ struct CLITests {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-probes-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(at: directory) }
-            // Each admitted probe leaves a file and holds its permit for a second, so all 16 race for permits.
+            // Each admitted probe leaves a file and holds its permit until every other process has been turned away
+            // (or 20 s have passed), so all 16 race for permits however slowly the processes start: a probe that
+            // finished early would close the breaker and let the late starters in.
+            let release = directory.appendingPathComponent("release").path
+            let probes = directory.appendingPathComponent("probes")
+            try FileManager.default.createDirectory(at: probes, withIntermediateDirectories: true)
+            let timer = Task {
+                try? await Task.sleep(for: .seconds(20))
+                FileManager.default.createFile(atPath: release, contents: nil)
+            }
+            defer { timer.cancel() }
             let results = try await withThrowingTaskGroup(of: Int32.self) { group in
                 for index in 0..<16 {
                     group.addTask {
-                        try await fusebox(["run", "export"] + policy + ["--", "sh", "-c", "touch \(directory.path)/\(index); sleep 1"]).status
+                        try await fusebox(["run", "export"] + policy + [
+                            "--", "sh", "-c", "touch \(probes.path)/\(index); while [ ! -e \(release) ]; do sleep 0.05; done",
+                        ]).status
                     }
                 }
-                return try await group.reduce(into: [Int32]()) { $0.append($1) }
+                var results: [Int32] = []
+                while let status = try await group.next() {
+                    results.append(status)
+                    if results.filter({ $0 == 75 }).count == 14 {
+                        FileManager.default.createFile(atPath: release, contents: nil)
+                    }
+                }
+                return results
             }
-            let ran = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            let ran = try FileManager.default.contentsOfDirectory(atPath: probes.path)
             #expect(ran.count == 2)
             #expect(results.filter { $0 == 0 }.count == 2)
             #expect(results.filter { $0 == 75 }.count == 14)
