@@ -57,8 +57,10 @@ struct ProcessFaultInjectionTests {
                             if let permit = breaker.tryAcquire() {
                                 if permit.token.isProbe {
                                     probes.saw()
-                                    // Held until the loop ends: reporting would let the breaker close.
-                                    try? await Task.sleep(until: end, clock: .continuous)
+                                    // Held until every task has stopped asking (half a second after the loops'
+                                    // end): reporting would let the breaker close, and giving the permit back at the
+                                    // very end would hand it to a task whose last request was still in flight.
+                                    try? await Task.sleep(until: end + .milliseconds(500), clock: .continuous)
                                 }
                                 permit.ignore()
                             }
