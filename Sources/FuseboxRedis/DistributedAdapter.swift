@@ -72,12 +72,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
     /// Makes the backend of breaker `name` and reads its shared state at once (one script call); throws
     /// `FuseboxError` code `invalidPolicy` for a quorum with a count window.
     public func makeBackend(name: String, policy: BreakerPolicy, logger: Logger) throws(FuseboxError) -> any BreakerBackend {
-        if (policy.minimumInstances ?? options.minimumInstances) > 1, case .count = policy.window {
-            throw FuseboxError(
-                code: .invalidPolicy,
-                message: "breaker '\(name)': minimumInstances \(options.minimumInstances) needs a time window; a count window keeps no instances",
-                breakerName: name)
-        }
+        _ = try DistributedBackend.check(policy, name: name, minimumInstances: options.minimumInstances)
         let reader = choosesClockPerPolicy ? NanosecondClock.automatic(for: policy) : NanosecondClock(clock)
         let backend = DistributedBackend(name: name, policy: policy, core: core, clock: reader, logger: logger)
         backends.withLock { $0[name] = backend }

@@ -650,10 +650,18 @@ final class DistributedBackend: BreakerBackend {
 
     /// `policy` validated, and possible for this adapter.
     private func checked(_ policy: BreakerPolicy) throws(FuseboxError) -> BreakerPolicy {
-        let policy = try policy.validated()
-        if (policy.minimumInstances ?? core.options.minimumInstances) > 1, case .count = policy.window {
+        try Self.check(policy.validated(), name: name, minimumInstances: core.options.minimumInstances)
+    }
+
+    /// `policy` if the distributed adapter can run it: a quorum (the policy's, else `minimumInstances`, the
+    /// adapter's) needs a time window. The one place this rule is checked: for a new breaker, a policy update, an
+    /// override an instance receives, and one an operator stores.
+    static func check(_ policy: BreakerPolicy, name: String, minimumInstances: Int) throws(FuseboxError) -> BreakerPolicy {
+        let instances = policy.minimumInstances ?? minimumInstances
+        if instances > 1, case .count = policy.window {
             throw FuseboxError(
-                code: .invalidPolicy, message: "breaker '\(name)': minimumInstances > 1 needs a time window; a count window keeps no instances",
+                code: .invalidPolicy,
+                message: "breaker '\(name)': minimumInstances \(instances) needs a time window; a count window keeps no instances",
                 breakerName: name)
         }
         return policy

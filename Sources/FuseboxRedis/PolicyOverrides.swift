@@ -194,10 +194,7 @@ extension BreakerOperator {
     public func setOverride(_ override: PolicyOverride, for name: String) async throws(FuseboxError) {
         try BreakerRegistry.validate(name: name)
         var checked = override
-        checked.policy = try override.policy.validated()
-        if (checked.policy.minimumInstances ?? 1) > 1, case .count = checked.policy.window {
-            throw FuseboxError(code: .invalidPolicy, message: "minimumInstances > 1 needs a time window; a count window keeps no instances")
-        }
+        checked.policy = try DistributedBackend.check(override.policy.validated(), name: name, minimumInstances: 1)
         // What is stored must read back as the same policy (a custom break duration cannot).
         _ = try PolicyOverride(json: checked.json)
         do {
