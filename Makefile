@@ -83,12 +83,13 @@ test-asan: deps
 	FUSEBOX_WITHOUT_HTTP=1 LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp $(SWIFT) test --sanitize=address --build-path .build-asan --skip-build --filter HiredisTests
 
 ## The whole suite under ThreadSanitizer (its own build directory). `-DFUSEBOX_TSAN` swaps the futex-based
-## `Mutex` for a pthread mutex that ThreadSanitizer understands (Sources/FuseboxLocking); the first report stops
+## `Mutex` for a pthread mutex that ThreadSanitizer understands (Sources/FuseboxLocking; .ci/tsan.supp names the few
+## dependency types whose standard-library `Mutex` it cannot see, and says why); the first report stops
 ## the run. Tests run one at a time: the sanitizer slows every thread several times, and the timing bounds the
 ## suites assert hold for one test at a time on two cores.
 test-tsan: deps
 	FUSEBOX_WITHOUT_HTTP=1 $(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
-	@mkdir -p .build-tsan; FUSEBOX_WITHOUT_HTTP=1 TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
+	@mkdir -p .build-tsan; FUSEBOX_WITHOUT_HTTP=1 TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/.ci/tsan.supp" $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
 		--no-parallel -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
 	if grep -q "WARNING: ThreadSanitizer" .build-tsan/test.log; then echo "make test-tsan: ThreadSanitizer reported a race"; exit 1; fi; \
 	exit $$status
