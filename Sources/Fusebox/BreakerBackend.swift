@@ -33,6 +33,10 @@ public protocol BreakerBackend: AnyObject, Sendable {
     /// Like ``acquire()``, but suspends rather than blocks when the decision needs the store.
     /// The default implementation calls ``acquire()``.
     func admit() async -> BreakerAdmission
+    /// The decision if it can be made now, without waiting; `nil` when it needs the store (then ask ``admit()``).
+    /// Lets an async caller skip a suspension point on the common path. The default implementation answers `nil`,
+    /// which is always correct: a backend implements it only where it can answer without blocking.
+    func admitWithoutWaiting() -> BreakerAdmission?
     /// Records the outcome of a call admitted with `token`. Hot path: synchronous, no I/O.
     func record(_ outcome: CallOutcome, for token: PermitToken)
 
@@ -59,6 +63,8 @@ public protocol BreakerBackend: AnyObject, Sendable {
 
 extension BreakerBackend {
     public func admit() async -> BreakerAdmission { acquire() }
+    /// `nil`: ask ``admit()``.
+    public func admitWithoutWaiting() -> BreakerAdmission? { nil }
     /// `false`: only the distributed adapter knows operators' overrides.
     public var isOverridden: Bool { false }
 }

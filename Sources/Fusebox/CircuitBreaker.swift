@@ -50,6 +50,19 @@ public struct CircuitBreaker: Sendable {
         }
     }
 
+    /// ``acquire()`` when the backend can decide now, without waiting (every decision of the local adapter; the
+    /// distributed adapter's closed and open states); `nil` when only ``acquireAsync()`` can. Synchronous, so that
+    /// ``run(isFailure:_:)`` and the pipeline's breaker stage make no async call on the common path.
+    @usableFromInline
+    func acquireWithoutWaiting() throws(FuseboxError) -> BreakerPermit? {
+        guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
+        switch lanes.backend.admitWithoutWaiting() {
+        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
+        case .rejected(let error): throw error
+        case nil: return nil
+        }
+    }
+
     /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
     public func tryAcquire() -> BreakerPermit? {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
@@ -70,7 +83,11 @@ public struct CircuitBreaker: Sendable {
     public func run<T: Sendable>(
         isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let permit = try await acquireAsync()
+        let permit: BreakerPermit
+        switch try acquireWithoutWaiting() {
+        case .some(let now): permit = now
+        case nil: permit = try await acquireAsync()
+        }
         let value: T
         do {
             if let callTimeout {
@@ -133,6 +150,9 @@ public struct CircuitBreaker: Sendable {
     public func events() -> AsyncStream<BreakerEvent> { backend.events() }
 }
 
+/// The type of the error inside `error` (outside a generic context, `type(of:)` answers the dynamic type).
+private func dynamicType(of error: any Error) -> any Error.Type { type(of: error) }
+
 /// The failure recorded when a call exceeds its timeout.
 struct CallTimedOut: Error {}
 /// The failure recorded when a call's result is classified as a failure.
@@ -170,7 +190,9 @@ public struct BreakerPermit: ~Copyable, Sendable {
     /// Generic, so that with the default classification the error is never boxed: reporting a failure
     /// allocates nothing.
     public consuming func failure<E: Error>(_ error: E) {
-        let errorType = type(of: error as E)
+        // In a generic context `type(of:)` answers the static type, and a caught error's is `any Error`: open the
+        // existential for the error's own type (else a caught `CancellationError` would count as a failure).
+        let errorType: any Error.Type = E.self == (any Error).self ? dynamicType(of: error as any Error) : E.self
         let verdict: BreakerPolicy.Classification.Verdict =
             classification?.classifyError(error) ?? (errorType == CancellationError.self ? .ignored : .failure)
         switch verdict {

@@ -62,6 +62,9 @@ public final class LocalBackend: BreakerBackend {
 
     private var now: Int64 { clock.now }
 
+    /// ``acquire()``: the local adapter never waits.
+    public func admitWithoutWaiting() -> BreakerAdmission? { acquire() }
+
     public func acquire() -> BreakerAdmission {
         let now = self.now
         switch machine.withLock({ $0.quickAdmission(now: now) }) {

@@ -328,6 +328,12 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
+    func admitWithoutWaiting() -> BreakerAdmission? {
+        if let token = admitWhileClosed() { return .admitted(token) }
+        if case .decided(let admission) = decide() { return admission }
+        return nil
+    }
+
     /// The common case, kept small: a healthy, known, closed (or metrics-only) breaker admits at once.
     @inline(__always)
     private func admitWhileClosed() -> PermitToken? {

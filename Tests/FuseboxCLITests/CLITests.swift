@@ -280,7 +280,7 @@ struct CLITests {
             try FileManager.default.createDirectory(at: probes, withIntermediateDirectories: true)
             let timer = Task {
                 try? await Task.sleep(for: .seconds(20))
-                FileManager.default.createFile(atPath: release, contents: nil)
+                _ = FileManager.default.createFile(atPath: release, contents: nil)
             }
             defer { timer.cancel() }
             let results = try await withThrowingTaskGroup(of: Int32.self) { group in
@@ -295,7 +295,7 @@ struct CLITests {
                 while let status = try await group.next() {
                     results.append(status)
                     if results.filter({ $0 == 75 }).count == 14 {
-                        FileManager.default.createFile(atPath: release, contents: nil)
+                        _ = FileManager.default.createFile(atPath: release, contents: nil)
                     }
                 }
                 return results

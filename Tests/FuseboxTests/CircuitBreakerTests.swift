@@ -119,6 +119,22 @@ struct CircuitBreakerTests {
         #expect(snapshot.state == .open)
     }
 
+    @Test("the default classification: a CancellationError is ignored and a failure is counted under its own type, caught as `any Error` or not")
+    func defaultClassification() async throws {
+        let breaker = try makeRegistry().breaker("default-classification", policy: tripsOnFirstFailure { _ in })
+        await #expect(throws: CancellationError.self) { try await breaker.run { () async throws -> Int in throw CancellationError() } }
+        let caught: any Error = CancellationError()
+        try breaker.acquire().failure(caught)
+        try breaker.acquire().failure(CancellationError())
+        var snapshot = try await breaker.snapshot()
+        #expect(snapshot.state == .closed)
+        #expect(snapshot.totals.ignored == 3 && snapshot.totals.failures == 0)
+        await #expect(throws: ServiceUnavailable.self) { try await breaker.run { () async throws -> Int in throw ServiceUnavailable() } }
+        snapshot = try await breaker.snapshot()
+        #expect(snapshot.state == .open)
+        #expect(snapshot.errorCounts == ["ServiceUnavailable": 1])
+    }
+
     @Test("permits: outcomes reported synchronously; a dropped permit is released")
     func permits() async throws {
         let clock = ManualClock()

@@ -258,7 +258,7 @@ struct ConfigurationTests {
 
 private struct Boom: Error {}
 
-private func eventually(within limit: Duration = .seconds(2), _ condition: () async throws -> Bool) async rethrows -> Bool {
+func eventually(within limit: Duration = .seconds(2), _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now + limit
     while ContinuousClock.now < deadline {
         if try await condition() { return true }

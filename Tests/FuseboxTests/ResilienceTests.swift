@@ -1,13 +1,14 @@
-import Fusebox
+@testable import Fusebox
 import FuseboxLocking
 import FuseboxTestKit
+import PropertyBased
 import Synchronization
 import Testing
 
 private struct Flaky: Error {}
 
 /// Counts attempts and fails the first `failing` of them.
-private final class Attempts: Sendable {
+fileprivate final class Attempts: Sendable {
     let count = Atomic<Int>(0)
     let failing: Int
     init(failing: Int = .max) { self.failing = failing }
@@ -190,8 +191,149 @@ struct BulkheadTests {
     }
 }
 
+/// A stage of a generated pipeline.
+fileprivate enum StageKind: CustomStringConvertible {
+    case retry(attempts: Int)
+    case breaker(isolated: Bool)
+    case bulkhead(full: Bool)
+    case fallback(answers: Bool)
+
+    var description: String {
+        switch self {
+        case .retry(let attempts): "retry(\(attempts))"
+        case .breaker(let isolated): isolated ? "breaker(isolated)" : "breaker"
+        case .bulkhead(let full): full ? "bulkhead(full)" : "bulkhead"
+        case .fallback(let answers): answers ? "fallback(-1)" : "fallback(throws)"
+        }
+    }
+}
+
+/// The error a throwing fallback answers with.
+fileprivate struct Replaced: Error {}
+
+/// What one call through a generated pipeline did: its answer, the attempts made, and every stage's counts.
+fileprivate struct Trace: Equatable, CustomStringConvertible {
+    var answer: String
+    var attempts: Int
+    var breaker: [Int]
+    var bulkheads: [[Int]]
+    var description: String { "\(answer), \(attempts) attempts, breaker \(breaker), bulkheads \(bulkheads)" }
+}
+
 @Suite("Resilience pipeline")
 struct PipelineTests {
+    /// Up to one retry and one breaker (the one-frame path's limit), up to two bulkheads and two fallbacks, in any
+    /// order; a breaker isolated and a bulkhead full one time in four.
+    fileprivate static let shapes: Generator<[StageKind], Shrink.None<[StageKind]>> = Generator { rng in
+        var kinds: [StageKind] = []
+        if Bool.random(using: &rng) { kinds.append(.retry(attempts: Int.random(in: 1...3, using: &rng))) }
+        if Bool.random(using: &rng) { kinds.append(.breaker(isolated: Int.random(in: 0..<4, using: &rng) == 0)) }
+        for _ in 0..<Int.random(in: 0...2, using: &rng) { kinds.append(.bulkhead(full: Int.random(in: 0..<4, using: &rng) == 0)) }
+        for _ in 0..<Int.random(in: 0...2, using: &rng) { kinds.append(.fallback(answers: Bool.random(using: &rng))) }
+        kinds.shuffle(using: &rng)
+        return kinds
+    }
+
+    /// Builds `kinds` (behind an outer timeout stage when `nested`, which makes every stage a call around the next),
+    /// runs one call whose first `failing` attempts throw, and reports what happened.
+    private static func trace(_ kinds: [StageKind], failing: Int, nested: Bool) async throws -> Trace {
+        let registry = BreakerRegistry(adapter: LocalAdapter())
+        var policy = BreakerPolicy()
+        policy.consecutiveFailureThreshold = 1000
+        var pipeline = nested ? ResiliencePipeline<Int>().timeout(.seconds(60)) : ResiliencePipeline<Int>()
+        var breaker: CircuitBreaker?
+        var bulkheads: [Bulkhead] = []
+        for kind in kinds {
+            switch kind {
+            case .retry(let attempts):
+                pipeline = pipeline.retry(RetryPolicy(maxAttempts: attempts, backoff: .constant(.zero)))
+            case .breaker(let isolated):
+                let made = try registry.breaker("generated", policy: policy)
+                if isolated { try await made.isolate(reason: "generated") }
+                breaker = made
+                pipeline = pipeline.breaker(made)
+            case .bulkhead(let full):
+                let made = try Bulkhead(name: "generated-\(bulkheads.count)", maxConcurrent: 1)
+                if full { #expect(made.tryAcquire()) }
+                bulkheads.append(made)
+                pipeline = pipeline.bulkhead(made)
+            case .fallback(let answers):
+                pipeline = pipeline.fallback { _ in
+                    if answers { return -1 }
+                    throw Replaced()
+                }
+            }
+        }
+        #expect(pipeline.runsFlat == !nested)
+        let attempts = Attempts(failing: failing)
+        let answer: String
+        do {
+            answer = "value \(try await pipeline.run { try attempts.call() })"
+        } catch let error as FuseboxError {
+            answer = "FuseboxError \(error.code)"
+        } catch {
+            answer = "\(type(of: error))"
+        }
+        let totals = try await breaker?.snapshot().totals
+        return Trace(
+            answer: answer, attempts: attempts.made,
+            breaker: totals.map { [$0.calls, $0.successes, $0.failures, $0.rejected] } ?? [],
+            bulkheads: bulkheads.map { [$0.snapshot.running, $0.snapshot.admitted, $0.snapshot.rejected] })
+    }
+
+    @Test("the one-frame path and the nested one agree on every generated pipeline: answer, attempts, every stage's counts")
+    func flatAgreesWithNested() async throws {
+        await propertyCheck(count: 400, input: Self.shapes, Gen.int(in: 0...4)) { kinds, failing in
+            do {
+                let flat = try await Self.trace(kinds, failing: failing, nested: false)
+                let nested = try await Self.trace(kinds, failing: failing, nested: true)
+                #expect(flat == nested, "\(kinds), first \(failing) attempts failing")
+            } catch {
+                Issue.record("\(kinds): \(error)")
+            }
+        }
+    }
+
+    @Test("cancelled while waiting for a bulkhead slot, or while running: no slot and no permit is kept, on both paths", arguments: [false, true])
+    func cancellation(nested: Bool) async throws {
+        let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("cancelled-\(nested)")
+        let bulkhead = try Bulkhead(name: "cancelled", maxConcurrent: 1, maxQueued: 1)
+        let base = nested ? ResiliencePipeline<Int>().timeout(.seconds(60)) : ResiliencePipeline<Int>()
+        let pipeline = base.retry(RetryPolicy(maxAttempts: 3, backoff: .constant(.zero))).breaker(breaker).bulkhead(bulkhead)
+        #expect(pipeline.runsFlat == !nested)
+        let running = Task { try await pipeline.run { try await Task.sleep(for: .seconds(30)); return 1 } }
+        #expect(await eventually { bulkhead.snapshot.running == 1 })
+        let waiting = Task { try await pipeline.run { 2 } }
+        #expect(await eventually { bulkhead.snapshot.queued == 1 })
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        #expect(bulkhead.snapshot.queued == 0 && bulkhead.snapshot.running == 1)
+        running.cancel()
+        await #expect(throws: CancellationError.self) { try await running.value }
+        #expect(bulkhead.snapshot.running == 0)
+        // Both calls were admitted by the breaker and ended cancelled: ignored, neither success nor failure.
+        let totals = try await breaker.snapshot().totals
+        #expect(totals.ignored == 2 && totals.failures == 0 && totals.successes == 0, "\(totals)")
+        #expect(try await pipeline.run { 3 } == 3, "the slot and the breaker serve the next call")
+    }
+
+    @Test("which pipelines run in one frame: no timeout stage, no breaker with a call timeout, one retry and one breaker at most")
+    func whichRunFlat() throws {
+        let registry = BreakerRegistry(adapter: LocalAdapter())
+        let breaker = try registry.breaker("plain")
+        var timed = BreakerPolicy()
+        timed.callTimeout = .seconds(1)
+        let timedBreaker = try registry.breaker("timed", policy: timed)
+        let bulkhead = try Bulkhead(name: "flat", maxConcurrent: 2)
+        let retry = RetryPolicy(maxAttempts: 2)
+        #expect(ResiliencePipeline<Int>().runsFlat)
+        #expect(ResiliencePipeline<Int>().fallback { _ in 0 }.retry(retry).breaker(breaker).bulkhead(bulkhead).bulkhead(bulkhead).runsFlat)
+        #expect(!ResiliencePipeline<Int>().retry(retry).breaker(breaker).timeout(.seconds(1)).runsFlat)
+        #expect(!ResiliencePipeline<Int>().breaker(timedBreaker).runsFlat)
+        #expect(!ResiliencePipeline<Int>().breaker(breaker).breaker(breaker).runsFlat)
+        #expect(!ResiliencePipeline<Int>().retry(retry).retry(retry).runsFlat)
+    }
+
     @Test("order matters and is honoured: a fallback inside a retry ends it, outside it answers after the last attempt")
     func order() async throws {
         let clock = ManualClock(advancesOnSleep: true)

@@ -12,6 +12,11 @@
 /// ```
 /// A pipeline is an immutable value: build it once and share it. Without a timeout stage a call allocates
 /// nothing beyond what its stages do; a timeout runs the inner stages in a child task.
+///
+/// Two ways to run, one behaviour. A pipeline with no timeout stage, at most one retry stage and at most one
+/// breaker (without a call timeout of its own) runs in one frame: it enters every stage in order, runs the call,
+/// and leaves the stages in reverse, each seeing the outcome the stage inside it left; only a retry's further
+/// attempts run the inner stages nested. Any other pipeline runs each stage as a call around the next.
 public struct ResiliencePipeline<Output: Sendable>: Sendable {
     @usableFromInline
     enum Stage: Sendable {
@@ -23,11 +28,27 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
     }
 
     @usableFromInline let stages: [Stage]
+    /// Whether ``run(_:)`` takes the one-frame path (see above).
+    @usableFromInline let runsFlat: Bool
 
     /// An empty pipeline: `run` calls the operation as it is.
-    public init() { stages = [] }
+    public init() { self.init([]) }
 
-    private init(_ stages: [Stage]) { self.stages = stages }
+    private init(_ stages: [Stage]) {
+        self.stages = stages
+        var breakers = 0
+        var retries = 0
+        var nests = false
+        for stage in stages {
+            switch stage {
+            case .timeout: nests = true
+            case .breaker(let breaker): breakers += 1; nests = nests || breaker.callTimeout != nil
+            case .retry: retries += 1
+            case .bulkhead, .fallback: break
+            }
+        }
+        runsFlat = !nests && breakers <= 1 && retries <= 1
+    }
 
     private func adding(_ stage: Stage) -> Self { Self(stages + [stage]) }
 
@@ -59,7 +80,75 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
     /// stage costs what it does itself (a bulkhead's lock, a retry's budget count) and allocates nothing.
     @inlinable
     public func run(_ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
-        try await execute(from: 0, operation)
+        if runsFlat { return try await runFlat(operation) }
+        return try await execute(from: 0, operation)
+    }
+
+    /// Every stage in one frame: enter them in order, run the call, leave them in reverse. The only async calls on
+    /// the common path are the operation itself (and a wait for a bulkhead slot or a probe permit, when one is due).
+    @inlinable
+    func runFlat(_ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
+        var permit: BreakerPermit? = nil
+        var started = Duration.zero
+        var entered = 0
+        var outcome: Result<Output, any Error>
+        do {
+            while entered < stages.count {
+                switch stages[entered] {
+                case .breaker(let breaker):
+                    switch try breaker.acquireWithoutWaiting() {
+                    case .some(let now): permit = consume now
+                    case nil: permit = try await breaker.acquireAsync()
+                    }
+                case .bulkhead(let bulkhead):
+                    if !bulkhead.tryAcquire() { try await bulkhead.acquire() }
+                case .retry(let stage):
+                    if stage.countsCalls { started = stage.begin() }
+                case .fallback, .timeout:
+                    break
+                }
+                entered += 1
+            }
+            outcome = .success(try await operation())
+        } catch {
+            // A stage that refused (a rejection, a full bulkhead) was not entered: the stages outside it see why.
+            outcome = .failure(error)
+        }
+        var index = entered
+        while index > 0 {
+            index -= 1
+            switch stages[index] {
+            case .breaker:
+                switch permit.take() {
+                case .some(let held):
+                    switch outcome {
+                    case .success: held.success()
+                    case .failure(let error): held.failure(error)
+                    }
+                case nil: break
+                }
+            case .bulkhead(let bulkhead):
+                bulkhead.release()
+            case .retry(let stage):
+                guard case .failure(let error) = outcome else { break }
+                let inner = index + 1
+                do {
+                    outcome = .success(try await stage.afterFailure(error, started: started) { try await execute(from: inner, operation) })
+                } catch {
+                    outcome = .failure(error)
+                }
+            case .fallback(let fallback):
+                guard case .failure(let error) = outcome else { break }
+                do {
+                    outcome = .success(try await fallback(error))
+                } catch {
+                    outcome = .failure(error)
+                }
+            case .timeout:
+                break
+            }
+        }
+        return try outcome.get()
     }
 
     @inlinable
@@ -68,7 +157,11 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         switch stages[index] {
         case .breaker(let breaker):
             if breaker.callTimeout != nil { return try await breaker.run { try await execute(from: index + 1, operation) } }
-            let permit = try await breaker.acquireAsync()
+            let permit: BreakerPermit
+            switch try breaker.acquireWithoutWaiting() {
+            case .some(let now): permit = now
+            case nil: permit = try await breaker.acquireAsync()
+            }
             let value: Output
             do {
                 value = try await execute(from: index + 1, operation)
