@@ -183,6 +183,66 @@ struct BulkheadTests {
         #expect(try await bulkhead.run { 3 } == 3)
     }
 
+    @Test("under a crowd (tasks taking slots without waiting, queueing, timing out, cancelled): never more than the limit, every call accounted for, nothing left held")
+    func crowd() async throws {
+        let bulkhead = try Bulkhead(name: "crowd", maxConcurrent: 3, maxQueued: 4, queueTimeout: .milliseconds(2))
+        final class Counts: Sendable {
+            let inside = Atomic<Int>(0)
+            let most = Atomic<Int>(0)
+            let ran = Atomic<Int>(0)
+            let full = Atomic<Int>(0)
+            let refused = Atomic<Int>(0)
+            let cancelled = Atomic<Int>(0)
+            /// A call that runs to its end, cancelled or not (a cancellation shows only while a call waits).
+            func body() async {
+                let now = inside.add(1, ordering: .relaxed).newValue
+                _ = most.max(now, ordering: .relaxed)
+                ran.add(1, ordering: .relaxed)
+                try? await Task.sleep(for: .microseconds(Int.random(in: 0...300)))
+                inside.subtract(1, ordering: .relaxed)
+            }
+        }
+        let counts = Counts()
+        let calls = 600
+        await withTaskGroup(of: Void.self) { group in
+            for number in 0..<calls {
+                let start = Duration.microseconds(Int.random(in: 0...30_000))
+                let task = Task {
+                    try? await Task.sleep(for: start)
+                    do {
+                        if number % 3 == 0, bulkhead.tryAcquire() {
+                            defer { bulkhead.release() }
+                            await counts.body()
+                        } else if number % 3 == 0 {
+                            counts.refused.add(1, ordering: .relaxed)
+                        } else {
+                            try await bulkhead.run { await counts.body() }
+                        }
+                    } catch let error as FuseboxError where error.code == .bulkheadFull {
+                        counts.full.add(1, ordering: .relaxed)
+                    } catch {
+                        counts.cancelled.add(1, ordering: .relaxed)
+                    }
+                }
+                if number % 7 == 0 { group.addTask { try? await Task.sleep(for: start + .microseconds(Int.random(in: 0...3000))); task.cancel() } }
+                group.addTask { await task.value }
+            }
+        }
+        let snapshot = bulkhead.snapshot
+        #expect(counts.most.load(ordering: .relaxed) <= 3 && snapshot.peak <= 3, "at most 3 at once")
+        let (ran, full, refused, cancelled) = (
+            counts.ran.load(ordering: .relaxed), counts.full.load(ordering: .relaxed), counts.refused.load(ordering: .relaxed),
+            counts.cancelled.load(ordering: .relaxed))
+        #expect(ran + full + refused + cancelled == calls)
+        #expect(snapshot.running == 0 && snapshot.queued == 0, "\(snapshot)")
+        #expect(snapshot.admitted == ran && snapshot.rejected == full, "\(snapshot): ran \(ran), full \(full)")
+        // Nothing is left counted as running or waiting: every slot can be taken again at once.
+        #expect((0..<3).allSatisfy { _ in bulkhead.tryAcquire() })
+        #expect(!bulkhead.tryAcquire())
+        for _ in 0..<3 { bulkhead.release() }
+        #expect(bulkhead.snapshot.running == 0)
+    }
+
     @Test("bad limits are typed errors")
     func badLimits() {
         #expect(throws: FuseboxError.self) { try Bulkhead(name: "x", maxConcurrent: 0) }

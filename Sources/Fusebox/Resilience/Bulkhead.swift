@@ -1,13 +1,15 @@
 import FuseboxLocking
 import Metrics
+import Synchronization
 
 /// A limit on concurrent calls: at most ``maxConcurrent`` run at once, up to ``maxQueued`` more wait (each for
 /// at most ``queueTimeout``), and the rest are turned away at once with ``FuseboxError/Code/bulkheadFull``, a
 /// rejection distinct from an open circuit.
 ///
 /// A slot is given back however the call ends: success, error, or cancellation of the waiting or running task.
-/// A free slot goes to the longest waiter first. One lock, held for a few instructions per call; waiting tasks
-/// suspend, they never block a thread. The figures (``snapshot``) are also gauges and counters in metrics.
+/// A free slot goes to the longest waiter first. While nobody waits, taking and giving back a slot is one
+/// compare-and-swap each; the queue is behind a lock. Waiting tasks suspend, they never block a thread. The
+/// figures (``snapshot``) are also gauges and counters in metrics.
 public final class Bulkhead: Sendable {
     /// The name in errors, snapshots and metrics (`fusebox_bulkhead_*{bulkhead=NAME}`).
     public let name: String
@@ -23,15 +25,22 @@ public final class Bulkhead: Sendable {
         let continuation: CheckedContinuation<Void, any Error>
     }
 
+    /// The calls running in the low 32 bits, and above them the calls waiting (queued, or between the decision to
+    /// wait and their place in the queue). Taking and giving back a slot while nobody waits is one compare-and-swap
+    /// on it; `word < maxConcurrent` says at once that nobody waits and a slot is free.
+    private let word = Atomic<Int>(0)
+    private static let waitingUnit = 1 << 32
+    private static let runningMask = waitingUnit - 1
+    private let admittedCount = Atomic<Int>(0)
+    private let peakCount = Atomic<Int>(0)
+
+    /// The queue, behind the lock. The waiting count in `word` changes only under it.
     private struct State {
-        var running = 0
-        var peak = 0
         var waiters: [Waiter] = []
         /// Waiters between the decision to wait and their place in the queue, and why any of them was given up
         /// meanwhile (the cancellation handler or the timer ran first).
         var joining: [UInt64: Abandonment?] = [:]
         var nextID: UInt64 = 0
-        var admitted = 0
         var rejected = 0
     }
 
@@ -76,7 +85,10 @@ public final class Bulkhead: Sendable {
 
     /// The figures now.
     public var snapshot: Snapshot {
-        state.withLock { Snapshot(running: $0.running, peak: $0.peak, queued: $0.waiters.count, admitted: $0.admitted, rejected: $0.rejected) }
+        let (queued, rejected) = state.withLock { ($0.waiters.count, $0.rejected) }
+        return Snapshot(
+            running: word.load(ordering: .acquiring) & Self.runningMask, peak: peakCount.load(ordering: .relaxed), queued: queued,
+            admitted: admittedCount.load(ordering: .relaxed), rejected: rejected)
     }
 
     /// Runs `operation` in a slot, waiting for one if the queue allows; throws ``FuseboxError/Code/bulkheadFull``
@@ -87,42 +99,52 @@ public final class Bulkhead: Sendable {
         return try await operation()
     }
 
-    /// Takes a slot if one is free now, without waiting; `true` when it did (give it back with ``release()``).
-    /// Synchronous: the pipeline tries it before ``acquire()``, so that a free slot costs no suspension point.
+    /// Takes a slot if one is free now and nobody waits for one, without waiting; `true` when it did (give it back
+    /// with ``release()``). Synchronous and lock-free: the pipeline tries it before ``acquire()``, so that a free
+    /// slot costs one compare-and-swap and no suspension point.
     public func tryAcquire() -> Bool {
-        let running = state.withLock { state -> Int? in
-            guard state.running < maxConcurrent && state.waiters.isEmpty else { return nil }
-            state.running += 1
-            state.admitted += 1
-            if state.running > state.peak { state.peak = state.running }
-            return state.running
+        var current = word.load(ordering: .relaxed)
+        while current < maxConcurrent {
+            let (exchanged, original) = word.compareExchange(
+                expected: current, desired: current + 1, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            if exchanged {
+                admitted(running: current + 1)
+                return true
+            }
+            current = original
         }
-        guard let running else { return false }
-        if running == maxConcurrent { record() }
-        return true
+        return false
     }
 
     /// Takes a slot (waiting if the queue allows); give it back with ``release()`` exactly once.
     public func acquire() async throws {
+        if tryAcquire() { return }
         enum Decision { case admitted(Int), full, wait(UInt64) }
         let decision = state.withLock { state -> Decision in
-            if state.running < maxConcurrent && state.waiters.isEmpty {
-                state.running += 1
-                state.admitted += 1
-                state.peak = max(state.peak, state.running)
-                return .admitted(state.running)
+            var current = word.load(ordering: .relaxed)
+            while true {
+                let desired: Int
+                if current < maxConcurrent {
+                    desired = current + 1
+                } else if current >> 32 < maxQueued {
+                    desired = current + Self.waitingUnit
+                } else {
+                    state.rejected += 1
+                    return .full
+                }
+                let (exchanged, original) = word.compareExchange(
+                    expected: current, desired: desired, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+                if exchanged { break }
+                current = original
             }
-            guard state.waiters.count < maxQueued else {
-                state.rejected += 1
-                return .full
-            }
+            if current < maxConcurrent { return .admitted(current + 1) }
             state.nextID += 1
             state.joining[state.nextID] = .some(nil)
             return .wait(state.nextID)
         }
         switch decision {
         case .admitted(let running):
-            if running == maxConcurrent { record() }
+            admitted(running: running)
         case .full:
             rejections.increment()
             throw full("all \(maxConcurrent) slots are busy and \(maxQueued == 0 ? "it queues no calls" : "its \(maxQueued) queue places are taken")")
@@ -134,15 +156,36 @@ public final class Bulkhead: Sendable {
 
     /// Gives a slot back: to the longest waiter if there is one.
     public func release() {
+        var current = word.load(ordering: .relaxed)
+        while current < Self.waitingUnit {
+            let (exchanged, original) = word.compareExchange(
+                expected: current, desired: current - 1, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
         let next = state.withLock { state -> Waiter? in
-            if state.waiters.isEmpty {
-                state.running -= 1
+            guard !state.waiters.isEmpty else {
+                // Only calls on their way into the queue wait: free the slot, and the first of them to arrive takes it.
+                word.wrappingSubtract(1, ordering: .acquiringAndReleasing)
                 return nil
             }
-            state.admitted += 1
+            // The slot passes to the longest waiter: one call fewer waiting, as many running.
+            word.wrappingSubtract(Self.waitingUnit, ordering: .acquiringAndReleasing)
+            admittedCount.wrappingAdd(1, ordering: .relaxed)
             return state.waiters.removeFirst()
         }
         next?.continuation.resume()
+    }
+
+    private func admitted(running: Int) {
+        admittedCount.wrappingAdd(1, ordering: .relaxed)
+        var peak = peakCount.load(ordering: .relaxed)
+        while running > peak {
+            let (exchanged, original) = peakCount.compareExchange(expected: peak, desired: running, ordering: .relaxed)
+            if exchanged { break }
+            peak = original
+        }
+        if running == maxConcurrent { record() }
     }
 
     private func wait(_ id: UInt64) async throws {
@@ -156,14 +199,22 @@ public final class Bulkhead: Sendable {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let abandoned = state.withLock { state -> Abandonment? in
-                    if let reason = state.joining.removeValue(forKey: id) ?? nil { return reason }
-                    if state.running < maxConcurrent && state.waiters.isEmpty {
-                        // A slot came free between the decision and now.
-                        state.running += 1
-                        state.admitted += 1
-                        state.peak = max(state.peak, state.running)
-                        continuation.resume()
-                        return nil
+                    if let reason = state.joining.removeValue(forKey: id) ?? nil {
+                        word.wrappingSubtract(Self.waitingUnit, ordering: .acquiringAndReleasing)
+                        return reason
+                    }
+                    var current = word.load(ordering: .relaxed)
+                    while current & Self.runningMask < maxConcurrent {
+                        // A slot came free between the decision and now (released while only joiners waited): take it.
+                        let (exchanged, original) = word.compareExchange(
+                            expected: current, desired: current - Self.waitingUnit + 1,
+                            successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+                        if exchanged {
+                            admitted(running: (current & Self.runningMask) + 1)
+                            continuation.resume()
+                            return nil
+                        }
+                        current = original
                     }
                     state.waiters.append(Waiter(id: id, continuation: continuation))
                     return nil
@@ -192,6 +243,7 @@ public final class Bulkhead: Sendable {
                 return nil
             }
             if reason == .timedOut { state.rejected += 1 }
+            word.wrappingSubtract(Self.waitingUnit, ordering: .acquiringAndReleasing)
             return state.waiters.remove(at: index)
         }
         guard let waiter else { return }
@@ -205,9 +257,8 @@ public final class Bulkhead: Sendable {
     }
 
     private func record() {
-        let (running, peak) = state.withLock { ($0.running, $0.peak) }
-        runningGauge.record(running)
-        peakGauge.record(peak)
+        runningGauge.record(word.load(ordering: .relaxed) & Self.runningMask)
+        peakGauge.record(peakCount.load(ordering: .relaxed))
     }
 
     private func full(_ detail: String) -> FuseboxError {

@@ -27,9 +27,16 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         case fallback(@Sendable (any Error) async throws -> Output)
     }
 
+    /// Each stage's kind alone, so that the one-frame path reads a stage's payload only where it uses it.
+    @usableFromInline
+    enum Kind: UInt8, Sendable { case timeout, retry, breaker, bulkhead, fallback }
+
     @usableFromInline let stages: [Stage]
+    @usableFromInline let kinds: [Kind]
     /// Whether ``run(_:)`` takes the one-frame path (see above).
     @usableFromInline let runsFlat: Bool
+    /// Whether the retry stage counts calls (a budget or a deadline): only then does entering it do anything.
+    @usableFromInline let retryCountsCalls: Bool
 
     /// An empty pipeline: `run` calls the operation as it is.
     public init() { self.init([]) }
@@ -39,15 +46,18 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         var breakers = 0
         var retries = 0
         var nests = false
-        for stage in stages {
+        var counts = false
+        kinds = stages.map { stage in
             switch stage {
-            case .timeout: nests = true
-            case .breaker(let breaker): breakers += 1; nests = nests || breaker.callTimeout != nil
-            case .retry: retries += 1
-            case .bulkhead, .fallback: break
+            case .timeout: nests = true; return .timeout
+            case .breaker(let breaker): breakers += 1; nests = nests || breaker.callTimeout != nil; return .breaker
+            case .retry(let retry): retries += 1; counts = counts || retry.countsCalls; return .retry
+            case .bulkhead: return .bulkhead
+            case .fallback: return .fallback
             }
         }
         runsFlat = !nests && breakers <= 1 && retries <= 1
+        retryCountsCalls = counts
     }
 
     private func adding(_ stage: Stage) -> Self { Self(stages + [stage]) }
@@ -93,17 +103,19 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         var entered = 0
         var outcome: Result<Output, any Error>
         do {
-            while entered < stages.count {
-                switch stages[entered] {
-                case .breaker(let breaker):
+            while entered < kinds.count {
+                switch kinds[entered] {
+                case .breaker:
+                    guard case .breaker(let breaker) = stages[entered] else { preconditionFailure() }
                     switch try breaker.acquireWithoutWaiting() {
                     case .some(let now): permit = consume now
                     case nil: permit = try await breaker.acquireAsync()
                     }
-                case .bulkhead(let bulkhead):
+                case .bulkhead:
+                    guard case .bulkhead(let bulkhead) = stages[entered] else { preconditionFailure() }
                     if !bulkhead.tryAcquire() { try await bulkhead.acquire() }
-                case .retry(let stage):
-                    if stage.countsCalls { started = stage.begin() }
+                case .retry:
+                    if retryCountsCalls, case .retry(let stage) = stages[entered] { started = stage.begin() }
                 case .fallback, .timeout:
                     break
                 }
@@ -117,7 +129,7 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
         var index = entered
         while index > 0 {
             index -= 1
-            switch stages[index] {
+            switch kinds[index] {
             case .breaker:
                 switch permit.take() {
                 case .some(let held):
@@ -127,18 +139,18 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
                     }
                 case nil: break
                 }
-            case .bulkhead(let bulkhead):
-                bulkhead.release()
-            case .retry(let stage):
-                guard case .failure(let error) = outcome else { break }
+            case .bulkhead:
+                if case .bulkhead(let bulkhead) = stages[index] { bulkhead.release() }
+            case .retry:
+                guard case .failure(let error) = outcome, case .retry(let stage) = stages[index] else { break }
                 let inner = index + 1
                 do {
                     outcome = .success(try await stage.afterFailure(error, started: started) { try await execute(from: inner, operation) })
                 } catch {
                     outcome = .failure(error)
                 }
-            case .fallback(let fallback):
-                guard case .failure(let error) = outcome else { break }
+            case .fallback:
+                guard case .failure(let error) = outcome, case .fallback(let fallback) = stages[index] else { break }
                 do {
                     outcome = .success(try await fallback(error))
                 } catch {
