@@ -35,7 +35,7 @@ struct RunCommand: AsyncParsableCommand {
     var maxConcurrent: Int?
     @Option(name: .long, help: "How long a fleet-wide lease lasts unless renewed (a killed holder's slot returns within it), e.g. 30s.")
     var leaseTTL = "30s"
-    @Option(name: .long, help: "A JSON configuration file (keys as in Docs/configuration.md); the environment wins over it.")
+    @Option(name: .long, help: "A configuration file, YAML if its name ends in .yaml or .yml, else JSON (keys as in Docs/configuration.md); the environment wins over it.")
     var config: String?
     @Option(name: .long, help: "This process's instance id in events and the quorum (default: $FUSEBOX_INSTANCE_ID, else HOST-PID-RANDOM).")
     var instanceID: String?
@@ -46,11 +46,17 @@ struct RunCommand: AsyncParsableCommand {
         var providers: [any ConfigProvider] = [EnvironmentVariablesProvider()]
         if let config {
             guard FileManager.default.fileExists(atPath: config) else { throw CLIError.usage("--config \(config): no such file") }
+            // YAML for a name ending in .yaml or .yml, JSON for any other.
+            let isYAML = config.hasSuffix(".yaml") || config.hasSuffix(".yml")
             do {
                 let path = ConfigReader(provider: InMemoryProvider(values: ["filePath": .init(.string(config), isSecret: false)]))
-                providers.append(try await FileProvider<JSONSnapshot>(config: path))
+                if isYAML {
+                    providers.append(try await FileProvider<YAMLSnapshot>(config: path))
+                } else {
+                    providers.append(try await FileProvider<JSONSnapshot>(config: path))
+                }
             } catch {
-                throw CLIError.usage("--config \(config): not a JSON configuration file (\(error))")
+                throw CLIError.usage("--config \(config): not a \(isYAML ? "YAML" : "JSON") configuration file (\(error))")
             }
         }
         do {

@@ -74,6 +74,20 @@ struct ResilienceCommandTests {
             let listed = try await fusebox(["list", "--namespace", "jobs", "--redis", server.url])
             #expect(listed.output.contains("hourly") && listed.output.contains("OPEN"), "the file's namespace is used: \(listed.output)")
 
+            // A YAML file, by its name.
+            let yaml = temporary("config") + ".yaml"
+            defer { try? FileManager.default.removeItem(atPath: yaml) }
+            try "fusebox:\n  namespace: batch\n  breakers:\n    daily:\n      consecutiveFailures: 1\n      failureRatio: \"off\"\n"
+                .write(toFile: yaml, atomically: true, encoding: .utf8)
+            #expect(try await fusebox(["run", "daily", "--config", yaml, "--redis", server.url, "--", "false"]).status == 1)
+            let batch = try await fusebox(["list", "--namespace", "batch", "--redis", server.url])
+            #expect(batch.output.contains("daily") && batch.output.contains("OPEN"), "the YAML file's namespace and rule are used: \(batch.output)")
+            let notYAML = temporary("config") + ".yml"
+            defer { try? FileManager.default.removeItem(atPath: notYAML) }
+            try "fusebox: [unclosed".write(toFile: notYAML, atomically: true, encoding: .utf8)
+            let garbled = try await fusebox(["run", "daily", "--config", notYAML, "--redis", server.url, "--", "true"])
+            #expect(garbled.status == 64 && garbled.output.contains("not a YAML configuration file"), "\(garbled.output)")
+
             // Bad configuration is refused with the key, before anything runs.
             let bad = try await fusebox(["run", "nightly", "--", "true"], environment: ["FUSEBOX_BREAKERS_NIGHTLY_FAILURE_RATIO": "2", "FUSEBOX_REDIS_URL": server.url])
             #expect(bad.status == 64)

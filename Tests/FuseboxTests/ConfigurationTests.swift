@@ -4,7 +4,7 @@ import Fusebox
 import FuseboxTestKit
 import Testing
 
-/// `FuseboxConfiguration(config:)`: every key from the environment and from a JSON file, precedence, reload, and
+/// `FuseboxConfiguration(config:)`: every key from the environment and from a JSON and a YAML file, precedence, reload, and
 /// each kind of bad value.
 @Suite("Configuration")
 struct ConfigurationTests {
@@ -111,6 +111,57 @@ struct ConfigurationTests {
         try json.write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let file = try await FileProvider<JSONSnapshot>(config: ConfigReader(provider: InMemoryProvider(values: ["filePath": .init(.string(path), isSecret: false)])))
+        try Self.checkEveryKey(try FuseboxConfiguration(config: ConfigReader(provider: file)))
+    }
+
+    @Test("every key from a YAML file")
+    func everyKeyFromYAML() async throws {
+        let yaml = """
+            fusebox:
+              enabled: true
+              adapter: distributed
+              redis:
+                url: redis://r:7000
+              namespace: shop
+              storeDownPolicy: failClosed
+              flushInterval: 250ms
+              quietFlushInterval: 3
+              refreshInterval: 1m
+              minimumInstances: 2
+              defaultPolicy:
+                failureRatio: 0.4
+                minimumThroughput: 20
+              breakers:
+                payments:
+                  failureRatio: 0.3
+                  consecutiveFailures: 5
+                  slowCallRatio: 0.8
+                  slowCallDuration: 2s
+                  minimumThroughput: 50
+                  window: time
+                  windowDuration: 30s
+                  windowBuckets: 15
+                  breakDuration: 10s
+                  breakBackoff: exponential
+                  breakBackoffFactor: 3
+                  maxBreakDuration: 5m
+                  halfOpenPermits: 3
+                  successThreshold: 2
+                  maxHalfOpenDuration: 45s
+                  mode: metrics_only
+                  callTimeout: 1500ms
+                  minimumInstances: 3
+                search:
+                  windowSize: 200
+                  breakBackoff: linear
+                  breakBackoffIncrement: 5s
+                  failureRatio: "off"
+                  consecutiveFailures: 4
+            """
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-config-\(UInt32.random(in: 0...UInt32.max)).yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try await FileProvider<YAMLSnapshot>(config: ConfigReader(provider: InMemoryProvider(values: ["filePath": .init(.string(path), isSecret: false)])))
         try Self.checkEveryKey(try FuseboxConfiguration(config: ConfigReader(provider: file)))
     }
 
