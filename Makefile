@@ -44,10 +44,10 @@ build: deps
 	$(SWIFT) build
 
 ## Builds and runs every test against real redis-server processes the tests start themselves, in three runs: the
-## suites whose figures are timing bounds (faults, scale, the Redis client's reconnects) run apart from the suites
-## that start many processes, and `fusebox serve`'s tests (200 concurrent clients) run last, alone: on two cores
-## the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|RedisClientTests
+## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
+## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
+## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
+TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests
 test: deps browser-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
