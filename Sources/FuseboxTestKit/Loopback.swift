@@ -4,12 +4,12 @@ import Glibc
 import Darwin
 #endif
 
-/// Binds a new TCP socket to 127.0.0.1 at a port the system chooses (`listening` makes it listen too), and returns
-/// it with that port; the caller closes it. For the test kit's free ports and fake servers.
-func bindLoopback(listening: Bool) throws -> (descriptor: Int32, port: Int) {
+/// Binds a new TCP socket to 127.0.0.1 at `port`, or at a port the system chooses for 0 (`listening` makes it listen
+/// too), and returns it with that port; the caller closes it. For the test kit's free ports and fake servers.
+func bindLoopback(port: Int = 0, listening: Bool) throws -> (descriptor: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw RedisServerProcess.Failure(description: "socket: \(String(cString: strerror(errno)))") }
-    var address = loopbackAddress(port: 0)
+    var address = loopbackAddress(port: port)
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }

@@ -79,7 +79,8 @@ public final class RedisServerProcess: Sendable {
         for _ in 0..<5 {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-redis-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let server = RedisServerProcess(port: try freePort(), options: options, executable: executable, directory: directory)
+            let port = options.extraArguments.contains("--cluster-enabled") ? try freeClusterPort() : try freePort()
+            let server = RedisServerProcess(port: port, options: options, executable: executable, directory: directory)
             do {
                 try await server.launch()
                 return server
@@ -250,5 +251,21 @@ public final class RedisServerProcess: Sendable {
             if port != 6379 { return port }
         }
         throw Failure(description: "could not find a free loopback port")
+    }
+
+    /// A free loopback port for a cluster node: its cluster bus listens 10,000 ports higher, so the port is at most
+    /// 55,535 (redis-server refuses to start otherwise) and the bus port must be free too. Chosen at random in
+    /// 20,000…45,000, below the kernel's usual ephemeral range (32,768 and up) for the bus port's sake where it can.
+    public static func freeClusterPort() throws -> Int {
+        for _ in 0..<200 {
+            let port = Int.random(in: 20_000...45_000)
+            if port == 6379 { continue }
+            guard let (fd, _) = try? bindLoopback(port: port, listening: false) else { continue }
+            defer { close(fd) }
+            guard let (bus, _) = try? bindLoopback(port: port + 10_000, listening: false) else { continue }
+            close(bus)
+            return port
+        }
+        throw Failure(description: "could not find a free loopback port whose cluster bus port (10,000 higher) is free too")
     }
 }
