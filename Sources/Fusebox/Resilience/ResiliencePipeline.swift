@@ -87,7 +87,7 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
     /// Runs `operation` through every stage.
     ///
     /// Inlinable, so that the stages run specialised for `Output` in the caller's module: with nothing failing, a
-    /// stage costs what it does itself (a bulkhead's lock, a retry's budget count) and allocates nothing.
+    /// stage costs what it does itself (a bulkhead's compare-and-swap, a retry's budget count) and allocates nothing.
     @inlinable
     public func run(_ operation: @escaping @Sendable () async throws -> Output) async throws -> Output {
         if runsFlat { return try await runFlat(operation) }
