@@ -83,11 +83,7 @@ public struct CircuitBreaker: Sendable {
     public func run<T: Sendable>(
         isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let permit: BreakerPermit
-        switch try acquireWithoutWaiting() {
-        case .some(let now): permit = now
-        case nil: permit = try await acquireAsync()
-        }
+        let permit = try await acquireAsync()
         let value: T
         do {
             if let callTimeout {
