@@ -276,6 +276,15 @@ local function run(A, K)
     return v[2], v[3], v[4]
   end
 
+  -- A count window's sums, counted from its ring (flags: 0 success, 1 failure, 2 slow success, 3 slow failure).
+  local function count_ring()
+    local ring = win.ring
+    if #ring > window_size then ring = string.sub(ring, 1, window_size) end
+    local _, failed = string.gsub(ring, '[13]', '')
+    local _, slowed = string.gsub(ring, '[23]', '')
+    window.calls, window.failures, window.slow = #ring, failed, slowed
+  end
+
   -- Reads the window as of now, with the slots named in `wanted` (bucket numbers). With `writing`, the sums are
   -- corrected for buckets that left the window, to be written back.
   local function load_window(writing, wanted)
@@ -342,10 +351,13 @@ local function run(A, K)
         end
       end
     else
-      local v = checked(2, 'HMGET', 'ring', 'next', 'calls', 'failures', 'slow')
+      local v = checked(2, 'HMGET', 'ring', 'next')
       win.ring = v[1] or ''
+      if string.find(win.ring, '[^0-3]') then
+        refuse('CORRUPT ' .. K[2] .. " field 'ring' holds '" .. string.sub(win.ring, 1, 40) .. "' (fusebox reset repairs it)")
+      end
       win.next = number_field(v[2], 'next')
-      window.calls = number_field(v[3], 'calls'); window.failures = number_field(v[4], 'failures'); window.slow = number_field(v[5], 'slow')
+      count_ring()
     end
   end
 
@@ -512,22 +524,19 @@ local function run(A, K)
         quiet_before = quiet()
         local added_c, added_f, added_s = 0, 0, 0
         if not is_time then
-          added_c, added_f, added_s = successes + failures, failures, S + F
           -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
-          local entries = string.rep('0', s) .. string.rep('2', S) .. string.rep('1', f) .. string.rep('3', F)
+          -- A batch may carry more calls than the ring holds (successes held while the breaker was quiet): only its
+          -- last `size` enter, and the sums are counted from the ring itself, never added, so they cannot drift.
           local size = window_size
+          local keep_F = math.min(F, size)
+          local keep_f = math.min(f, size - keep_F)
+          local keep_S = math.min(S, size - keep_F - keep_f)
+          local keep_s = math.min(s, size - keep_F - keep_f - keep_S)
+          local entries = string.rep('0', keep_s) .. string.rep('2', keep_S) .. string.rep('1', keep_f) .. string.rep('3', keep_F)
           local ring, nxt = win.ring, win.next
-          local function forget(text)
-            for i = 1, #text do
-              local flag = string.byte(text, i) - 48
-              window.calls = window.calls - 1
-              if flag % 2 == 1 then window.failures = window.failures - 1 end
-              if flag >= 2 then window.slow = window.slow - 1 end
-            end
-          end
-          if #ring > size then forget(string.sub(ring, size + 1)); ring = string.sub(ring, 1, size) end
+          if #ring > size then ring = string.sub(ring, 1, size) end
+          if nxt >= size then nxt = 0 end
           if #entries >= size then
-            forget(ring)
             ring = string.sub(entries, #entries - size + 1)
             nxt = 0
           else
@@ -539,13 +548,13 @@ local function run(A, K)
             end
             while #entries > 0 do
               local n = math.min(#entries, size - nxt)
-              forget(string.sub(ring, nxt + 1, nxt + n))
               ring = string.sub(ring, 1, nxt) .. string.sub(entries, 1, n) .. string.sub(ring, nxt + n + 1)
               entries = string.sub(entries, n + 1)
               nxt = (nxt + n) % size
             end
           end
           win.ring, win.next = ring, nxt
+          count_ring()
         else
           -- Calls count in the bucket they happened in; those older than the window count in the totals only.
           win.adds = {}             -- slot -> its new content

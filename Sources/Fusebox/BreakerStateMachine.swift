@@ -239,11 +239,62 @@ public struct BreakerStateMachine: Sendable {
         }
     }
 
+    /// Records a batch: outcomes of calls admitted under one version, sent together as counts (the distributed
+    /// adapter's unit of writing, which `lua/breaker.lua` applies by the same rule). The window takes them in the
+    /// order successes, slow successes, failures, slow failures (a count window keeps only its last `size`); the
+    /// streak follows the batch's own failure runs; the trip rules are checked once, after the whole batch. A
+    /// batch of one outcome has the effect of ``record(_:token:now:)``.
+    package mutating func record(_ batch: OutcomeBatch, now: Int64) -> BreakerTransition? {
+        let successes = batch.successes + batch.slowSuccesses
+        let failures = batch.failures + batch.slowFailures
+        totals.calls += successes + failures + batch.ignored
+        totals.successes += successes
+        totals.failures += failures
+        totals.slow += batch.slowSuccesses + batch.slowFailures
+        totals.ignored += batch.ignored
+        guard batch.version == version else { return nil }
+        if batch.isProbe {
+            guard state == .halfOpen else { return nil }
+            probesInFlight = max(0, probesInFlight - batch.ignored - successes - failures)
+            if failures > 0 { return trip(reason: "probe failed (\(batch.firstError ?? "Error"))", now: now) }
+            guard successes > 0 else { return nil }
+            probeSuccesses += successes
+            guard probeSuccesses >= policy.successThreshold else { return nil }
+            return transition(
+                to: Self.baseState(of: policy.mode),
+                reason: "\(probeSuccesses) probe success\(probeSuccesses == 1 ? "" : "es") ≥ \(policy.successThreshold)", now: now)
+        }
+        guard state == .closed || state == .metricsOnly, successes + failures > 0 else { return nil }
+        window.record(count: batch.successes, failure: false, slow: false, now: now)
+        window.record(count: batch.slowSuccesses, failure: false, slow: true, now: now)
+        window.record(count: batch.failures, failure: true, slow: false, now: now)
+        window.record(count: batch.slowFailures, failure: true, slow: true, now: now)
+        let peak: Int
+        if successes > 0 {
+            peak = max(consecutiveFailures + batch.leadingFailures, batch.longestFailureRun)
+            consecutiveFailures = batch.trailingFailures
+        } else {
+            consecutiveFailures += failures
+            peak = consecutiveFailures
+        }
+        guard state == .closed else { return nil }
+        if let threshold = policy.consecutiveFailureThreshold, peak >= threshold {
+            return trip(reason: "\(peak) consecutive failures ≥ \(threshold)", now: now)
+        }
+        guard let reason = ratioReason() else { return nil }
+        return trip(reason: reason, now: now)
+    }
+
     /// The first trip rule the window breaks, as the reason to log; `nil` when none does.
     private func tripReason() -> String? {
         if let threshold = policy.consecutiveFailureThreshold, consecutiveFailures >= threshold {
             return "\(consecutiveFailures) consecutive failures ≥ \(threshold)"
         }
+        return ratioReason()
+    }
+
+    /// The first ratio rule the window breaks (with the minimum throughput met), as the reason to log.
+    private func ratioReason() -> String? {
         let calls = window.calls
         guard calls >= policy.minimumThroughput else { return nil }
         if let threshold = policy.failureRateThreshold {
@@ -348,5 +399,30 @@ public struct BreakerStateMachine: Sendable {
         let hundredths = Int((value * 100).rounded())
         let fraction = hundredths % 100
         return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}
+
+/// Outcomes of calls admitted under one version, as counts: what one instance sends in one write of the
+/// distributed adapter (see ``BreakerStateMachine/record(_:now:)``).
+package struct OutcomeBatch: Sendable, Equatable {
+    /// The version that admitted the calls.
+    package var version: Int
+    /// Half-open probes' outcomes.
+    package var isProbe = false
+    package var successes = 0
+    package var slowSuccesses = 0
+    package var failures = 0
+    package var slowFailures = 0
+    package var ignored = 0
+    /// Failures before the first success, the longest run of failures, failures after the last success.
+    package var leadingFailures = 0
+    package var longestFailureRun = 0
+    package var trailingFailures = 0
+    /// The first failure's error type name, for a probe failure's reason.
+    package var firstError: String?
+
+    package init(version: Int, isProbe: Bool = false) {
+        self.version = version
+        self.isProbe = isProbe
     }
 }

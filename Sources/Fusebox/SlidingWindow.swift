@@ -88,6 +88,26 @@ struct SlidingWindow: Sendable {
         if isSlow { slow += 1 }
     }
 
+    /// Adds `count` calls of one kind at `now`. A count window keeps only its last `size` calls, so at most that
+    /// many are recorded one by one.
+    mutating func record(count: Int, failure: Bool, slow isSlow: Bool, now: Int64) {
+        guard count > 0 else { return }
+        let recorded = bucketWidth == nil ? min(count, flags.count) : count
+        if bucketWidth != nil {
+            // One bucket takes them all: record one to place the bucket, then add the rest to it.
+            record(failure: failure, slow: isSlow, now: now)
+            let rest = Int32(clamping: count - 1)
+            buckets[newestSlot].calls += rest
+            if failure { buckets[newestSlot].failures += rest }
+            if isSlow { buckets[newestSlot].slow += rest }
+            calls += Int(rest)
+            if failure { failures += Int(rest) }
+            if isSlow { slow += Int(rest) }
+            return
+        }
+        for _ in 0..<recorded { record(failure: failure, slow: isSlow, now: now) }
+    }
+
     /// Empties the window.
     mutating func clear() {
         for slot in buckets.indices { empty(slot) }
