@@ -219,6 +219,8 @@ struct PendingOutcomes: Sendable {
         var failures = 0
         var slowFailures = 0
         var ignored = 0
+        /// Calls this instance's cache rejected, sent with the batch so that they are counted once with it.
+        var rejected = 0
         /// Failures before the first success, the longest run of failures, and the failures after the last
         /// success: what the consecutive-failure rule needs to know of the order.
         var leadingFailures = 0
@@ -238,7 +240,7 @@ struct PendingOutcomes: Sendable {
             var slowFailures = 0
         }
 
-        var isEmpty: Bool { calls == 0 && ignored == 0 }
+        var isEmpty: Bool { calls == 0 && ignored == 0 && rejected == 0 }
         /// Successes and failures (not ignored outcomes).
         var calls: Int { successes + slowSuccesses + failures + slowFailures }
         /// Outcomes that bring a breaker closer to a threshold: failures and slow calls.
@@ -252,6 +254,7 @@ struct PendingOutcomes: Sendable {
             failures = 0
             slowFailures = 0
             ignored = 0
+            rejected = 0
             leadingFailures = 0
             longestFailureRun = 0
             trailingFailures = 0
@@ -266,6 +269,11 @@ struct PendingOutcomes: Sendable {
     private(set) var count = 0
     var rejected = 0
     private(set) var dropped = 0
+    /// Script calls carrying this breaker's batches that have not been answered. While one is, nothing more is
+    /// taken: a sender has one write of a breaker outstanding at a time, so a batch that must be written again
+    /// is never overtaken by a later one, and Redis' high-water mark per sender stays exact
+    /// (Docs/architecture.md, "Exactly once"; Tests/Model/writes.pml).
+    private(set) var writesOutstanding = 0
 
     var isEmpty: Bool { current.isEmpty && others.isEmpty && rejected == 0 }
 
@@ -378,10 +386,12 @@ struct PendingOutcomes: Sendable {
         return dropped
     }
 
-    /// Everything pending and the count of local rejections; the buffer is left empty. Batches sent before (and
-    /// put back) come first, in the order of their sequence numbers, so Redis never sees a number lower than
-    /// one it has applied for a batch it has not.
-    mutating func take() -> ([Batch], Int) {
+    /// Everything pending, the local rejections riding with the first batch not sent before (or a batch of their
+    /// own); the buffer is left empty and the batches count as outstanding until ``settle(_:written:)``. Nothing
+    /// while a write is outstanding. Batches sent before (and put back) come first, in the order of their sequence
+    /// numbers, so Redis never sees a number lower than one it has applied for a batch it has not.
+    mutating func take() -> [Batch] {
+        guard writesOutstanding == 0 else { return [] }
         var batches = others
         others.removeAll()
         if !current.isEmpty {
@@ -399,25 +409,44 @@ struct PendingOutcomes: Sendable {
             case (.none, .none): return a.version < b.version || (a.version == b.version && !a.isProbe && b.isProbe)
             }
         }
-        let taken = rejected
-        rejected = 0
+        if rejected > 0 {
+            // Rejections never ride with a batch sent before: were it a copy Redis has applied, they would be lost.
+            if let index = batches.firstIndex(where: { $0.sequence == nil }) {
+                batches[index].rejected += rejected
+            } else {
+                var batch = Batch(version: -1, isProbe: false)
+                batch.rejected = rejected
+                batches.append(batch)
+            }
+            rejected = 0
+        }
         count = 0
-        return (batches, taken)
+        writesOutstanding = batches.count
+        return batches
     }
 
-    /// Hands a written batch's storage back for reuse.
-    mutating func recycle(_ batch: Batch) {
-        guard spare == nil, !batch.isProbe else { return }
-        var reused = batch
-        reused.clear()
-        spare = reused
+    /// Settles one batch handed out by ``take()``: a written batch's storage is kept for reuse; one that was not
+    /// written (or is not known to be) is put back with its sequence number and rejections, to be written again
+    /// first. Returns `true` when no write of the breaker is outstanding any more.
+    mutating func settle(_ batch: Batch, written: Bool) -> Bool {
+        writesOutstanding -= 1
+        if written {
+            if spare == nil, !batch.isProbe {
+                var reused = batch
+                reused.clear()
+                spare = reused
+            }
+        } else if !batch.isEmpty {
+            count += batch.calls + batch.ignored
+            let index = others.firstIndex { ($0.sequence ?? .max) > batch.sequence! } ?? others.count
+            others.insert(batch, at: index)
+        }
+        return writesOutstanding == 0
     }
 
-    /// Puts back a batch that could not be written.
-    mutating func restore(_ batch: Batch, rejected: Int) {
-        self.rejected += rejected
-        guard !batch.isEmpty else { return }
-        count += batch.calls + batch.ignored
-        others.insert(batch, at: 0)
+    /// Settles a batch that will not be written again (Redis refused it for good): it is dropped.
+    mutating func abandon(_ batch: Batch) -> Bool {
+        writesOutstanding -= 1
+        return writesOutstanding == 0
     }
 }

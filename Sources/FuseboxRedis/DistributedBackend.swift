@@ -134,26 +134,45 @@ final class DistributedCore: Sendable {
     }
 
     /// `calls` cut into script calls of at most ``breakersPerCall`` breakers, in order; in a cluster, one slot's
-    /// breakers per call (a script's keys must share a slot), each slot's calls in their order.
+    /// breakers per call (a script's keys must share a slot), each slot's calls in their order. A breaker's
+    /// consecutive calls (its batches of one write) always travel in one script call: were they split, the first
+    /// call could fail on a connection that breaks while the second reaches the server on the next one, and the
+    /// first batch, written again, would arrive behind a higher sequence number.
     static func parts(of calls: [ScriptCall], isCluster: Bool) -> [[ScriptCall]] {
+        // Runs of consecutive calls for one breaker.
+        var runs: [[ScriptCall]] = []
+        for call in calls {
+            if let last = runs.last?.last, last.keys[0] == call.keys[0] {
+                runs[runs.count - 1].append(call)
+            } else {
+                runs.append([call])
+            }
+        }
         var parts: [[ScriptCall]] = []
+        var breakers: [Int] = []
         if isCluster {
             var bySlot: [Int: Int] = [:]
-            for call in calls {
-                let slot = ClusterSlot.of(key: call.keys[0])
-                if let index = bySlot[slot], parts[index].count < breakersPerCall {
-                    parts[index].append(call)
+            for run in runs {
+                let slot = ClusterSlot.of(key: run[0].keys[0])
+                if let index = bySlot[slot], breakers[index] < breakersPerCall {
+                    parts[index] += run
+                    breakers[index] += 1
                 } else {
                     bySlot[slot] = parts.count
-                    parts.append([call])
+                    parts.append(run)
+                    breakers.append(1)
                 }
             }
             return parts
         }
-        var start = 0
-        while start < calls.count {
-            parts.append(Array(calls[start..<min(calls.count, start + breakersPerCall)]))
-            start += parts[parts.count - 1].count
+        for run in runs {
+            if let last = breakers.last, last < breakersPerCall {
+                parts[parts.count - 1] += run
+                breakers[breakers.count - 1] += 1
+            } else {
+                parts.append(run)
+                breakers.append(1)
+            }
         }
         return parts
     }
@@ -558,19 +577,17 @@ final class DistributedBackend: BreakerBackend {
     /// submit them before releasing it.
     func takePending() -> [ScriptCall] {
         let now = self.now
-        let (batches, rejected, dropped, windowAge) = cache.withLock { cache in
+        let (batches, dropped, windowAge) = cache.withLock { cache in
             drainStripes(into: &cache)
-            let (batches, rejected) = cache.pending.take()
-            return (batches, rejected, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds)
+            return (cache.pending.take(), cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds)
         }
         if dropped > 0 {
             instruments.logger.info(
                 "breaker '\(name)': \(dropped) outcomes were dropped: more than \(maxBufferedOutcomes) waited to be written to Redis")
         }
-        guard !batches.isEmpty || rejected > 0 else { return [] }
+        guard !batches.isEmpty else { return [] }
         var calls: [ScriptCall] = []
-        let parts = batches.isEmpty ? [PendingOutcomes.Batch(version: -1, isProbe: false)] : batches
-        for (index, part) in parts.enumerated() {
+        for part in batches {
             var batch = part
             if batch.sequence == nil {
                 batch.sequence = batchSequence.add(1, ordering: .relaxed).newValue
@@ -578,7 +595,7 @@ final class DistributedBackend: BreakerBackend {
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
                 batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
-                batch.isProbe ? "1" : "0", batch.ignored, index == 0 ? rejected : 0,
+                batch.isProbe ? "1" : "0", batch.ignored, batch.rejected,
                 batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
@@ -593,7 +610,11 @@ final class DistributedBackend: BreakerBackend {
                 switch result {
                 case .success(let reply):
                     apply(reply, ownCall: true)
-                    cache.withLock { $0.pending.recycle(sent) }
+                    let (idle, urgent) = cache.withLock { cache in
+                        (cache.pending.settle(sent, written: true), !cache.pending.holdsOnlySuccesses)
+                    }
+                    // What had to wait for this reply (a failure past the budget, a probe's outcome) goes now.
+                    if idle && urgent { core.doorbell.ring() }
                 case .failure(let error):
                     markFailure(error)
                     if error.mayBeRetried {
@@ -601,8 +622,10 @@ final class DistributedBackend: BreakerBackend {
                         // (bounded by maxBufferedOutcomes). Redis applies it once, whichever happened. Refusals
                         // that depend on the server's condition (OOM, NOPERM, BUSY, LOADING, …) come here too:
                         // the script did not run, and it will once the condition passes.
-                        cache.withLock { $0.pending.restore(sent, rejected: index == 0 ? rejected : 0) }
+                        _ = cache.withLock { $0.pending.settle(sent, written: false) }
                         core.retryWanted.store(true, ordering: .relaxed)
+                    } else {
+                        _ = cache.withLock { $0.pending.abandon(sent) }
                     }
                 }
             })
@@ -616,10 +639,21 @@ final class DistributedBackend: BreakerBackend {
         core.sendOrder.withLock { _ in submitPending() }
     }
 
-    /// Writes everything buffered and waits until every script call of this breaker submitted so far, including
-    /// the background flusher's, has been answered.
+    /// Writes everything buffered and waits until Redis has answered for it: every script call of this breaker
+    /// submitted so far, the background flusher's included. A write outstanding holds back what was recorded
+    /// since (one write at a time), so this takes up to three rounds; it stops early when Redis is unavailable
+    /// (what could not be written is kept for the flusher).
     func flushAndWait() async {
-        flush()
+        for _ in 0..<3 {
+            flush()
+            await allAnswered()
+            let (done, unavailable) = cache.withLock { ($0.pending.isEmpty && $0.pending.writesOutstanding == 0, !$0.health.isHealthy) }
+            if done || unavailable { return }
+        }
+    }
+
+    /// Waits until every script call of this breaker submitted so far has been answered.
+    private func allAnswered() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let isIdle = inFlight.withLock { state in
                 if state.count == 0 { return true }
@@ -883,6 +917,8 @@ final class DistributedBackend: BreakerBackend {
     // MARK: - Control and reading
 
     private func control(_ op: String, _ extra: [any RedisArgument]) async throws(FuseboxError) {
+        // This instance's outcomes reach Redis first (a write outstanding would hold them back).
+        await flushAndWait()
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
             core.sendOrder.withLock { _ in
                 core.submit(takePending() + [scriptCall(op, extra) { continuation.resume(returning: $0) }])
@@ -899,6 +935,8 @@ final class DistributedBackend: BreakerBackend {
     func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }
 
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
+        // This instance's own outcomes are in the figures (a write outstanding would hold them back).
+        await flushAndWait()
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
             core.sendOrder.withLock { _ in
                 core.submit(takePending() + [scriptCall("read", []) { continuation.resume(returning: $0) }])

@@ -64,6 +64,14 @@ final class Load: Sendable {
     }
 }
 
+/// Counts kept by concurrent tasks.
+final class Counts: Sendable {
+    private let counts: Locked<[Int]>
+    init(_ size: Int) { counts = Locked(Array(repeating: 0, count: size)) }
+    func add(_ count: Int, at index: Int) { counts.withLock { $0[index] += count } }
+    var values: [Int] { counts.withLock { $0 } }
+}
+
 /// What a fault did, printed for Docs/reliability.md (`make test-faults` shows these lines).
 func report(_ fault: String, _ figures: String) {
     print("fault-figure | \(fault) | \(figures)")
@@ -143,6 +151,55 @@ struct FaultInjectionTests {
             try await breaker.acquireAsync().failure(Boom())
             #expect(await eventually { await isRejected(breaker) })
             report("CLIENT KILL TYPE normal ×5", "\(killed) connections killed; \(figures.successes) successes counted once, exact \(exactAfter) after; longest call \(figures.longestWait)")
+        }
+    }
+
+    @Test("every outcome written at once while connections are killed 20 times: a batch written again is never overtaken, totals exact")
+    func writeThroughAcrossKills() async throws {
+        try await RedisServerProcess.with { server in
+            // writeThrough submits a write per outcome: with the one-write-outstanding rule gone, a batch that
+            // failed on a dying connection is overtaken by later ones on the next, and Redis' high-water mark
+            // then takes it for a copy (Tests/Model/writes.pml, -DPIPELINED).
+            var options = testOptions(server, timeout: Self.timeout)
+            options.writeThrough = true
+            options.flushInterval = .milliseconds(10)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breakers = try (0..<4).map { try instance.registry.breaker("through-\($0)", policy: neverTrips()) }
+            for breaker in breakers { _ = try await breaker.snapshot() }
+            let made = Counts(4)
+            let workers = breakers.enumerated().map { index, breaker in
+                Task {
+                    while !Task.isCancelled {
+                        if let permit = breaker.tryAcquire() {
+                            if Int.random(in: 0..<10) == 0 { permit.failure(Boom()) } else { permit.success() }
+                            made.add(1, at: index)
+                        }
+                        try? await Task.sleep(for: .microseconds(200))
+                    }
+                }
+            }
+            let admin = try RedisClient(configuration: server.configuration())
+            var killed = 0
+            for _ in 0..<20 {
+                try await Task.sleep(for: .milliseconds(40))
+                killed += try await admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").int ?? 0
+            }
+            for worker in workers { worker.cancel() }
+            for worker in workers { await worker.value }
+            let counts = made.values
+            var exact = 0
+            for (index, breaker) in breakers.enumerated() {
+                let reached = await eventually(within: .seconds(5)) {
+                    await instance.adapter.flush()
+                    return (try? await breaker.snapshot().totals.calls) == counts[index]
+                }
+                if reached { exact += 1 }
+                let totals = try? await breaker.snapshot().totals
+                #expect(reached, "breaker \(index): \(counts[index]) calls made, Redis counts \(totals.map { "\($0.calls)" } ?? "?")")
+            }
+            #expect(killed >= 20)
+            report("CLIENT KILL ×20 with writeThrough", "\(killed) connections killed; \(counts.reduce(0, +)) outcomes on 4 breakers, each written at once; \(exact) of 4 breakers' totals exact")
         }
     }
 
