@@ -2,12 +2,12 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl
+APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl spin gcc
 
-.PHONY: deps browser-deps build test test-browser test-faults test-asan test-tsan demo bench clean lua lua-script docs
+.PHONY: deps browser-deps build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean lua lua-script docs
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
-## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test). apt-get update first; sudo when
+## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test), spin and gcc (the protocol models). apt-get update first; sudo when
 ## not root.
 deps:
 	@missing=""; \
@@ -18,6 +18,8 @@ deps:
 	command -v stunnel4 >/dev/null 2>&1 || missing="$$missing stunnel4"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v spin >/dev/null 2>&1 || missing="$$missing spin"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
 		$(SUDO) apt-get update -q && \
@@ -54,6 +56,19 @@ test: deps browser-deps
 	$(SWIFT) test --skip-build --filter "$(TIMING_SUITES)"
 	$(SWIFT) test --skip-build --filter ServeTests
 	@$(MAKE) --no-print-directory test-browser
+	@$(MAKE) --no-print-directory model
+
+## The protocol models (Tests/Model/*.pml), checked exhaustively by SPIN: the write protocol (every outcome counted
+## exactly once, a window that crosses a threshold opens the breaker) and the half-open permits (never more probes
+## at once than permitted). Each is checked again with its fix taken out, where SPIN must find the violation.
+model: deps
+	@Tests/Model/check
+
+## The exact-count suites in a loop for SOAK_MINUTES (60) with another core kept busy; fails on the first miscount.
+SOAK_MINUTES ?= 60
+test-soak: deps
+	$(SWIFT) build --build-tests
+	@Tests/soak $(SOAK_MINUTES) "ScaleTests|FleetTests|FaultInjectionTests|FaultTests"
 
 ## The dashboard in real headless Chromium against `fusebox serve` (Tests/Browser/dashboard_test.py).
 test-browser: browser-deps

@@ -83,7 +83,12 @@ public struct CircuitBreaker: Sendable {
     public func run<T: Sendable>(
         isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let permit = try await acquireAsync()
+        // No suspension point for the permit when the backend can decide now (the closed and open states).
+        let permit: BreakerPermit
+        switch try acquireWithoutWaiting() {
+        case .some(let now): permit = now
+        case nil: permit = try await acquireAsync()
+        }
         let value: T
         do {
             if let callTimeout {
