@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "f9394801502971f72bd16864aa7291b9329847ef")
+    static let script = RedisScript(source, sha1: "6037e58e7d298b6f222f1a6037f86844a59315b8")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -67,714 +67,813 @@ enum BreakerScript {
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
 
-    -- The state hash fields the rules use (the policy JSON and the break durations stay unread).
-    -- (and, last, this call's sender's high-water mark).
-    local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
-      'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders',
-      'streak_at' }
-    local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
-    local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
-    local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
-      probe_successes = 10, created = 11 }
-    local EXPECTED = { 'hash', 'hash', 'hash', 'stream' }
     local SEQ_FIELD = sender and 'seq:' .. sender
-    local READ = { unpack(FIELDS) }
-    READ[#READ + 1] = SEQ_FIELD
+    -- What the lean path reads of the state hash (and, last, this call's sender's high-water mark).
+    local LEAN_READ = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason', 'consecutive_failures',
+      'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', SEQ_FIELD }
 
-    local function refuse(text) error({ refusal = text }) end
-
-    local function format2(x) return string.format('%.2f', x) end
-
-    local function format_duration(ms)
-      if ms < 1000 then return ms .. ' ms' end
-      if ms < 60000 then
-        local tenths = math.floor((ms + 50) / 100)
-        return math.floor(tenths / 10) .. '.' .. (tenths % 10) .. ' s'
-      end
-      return math.floor(ms / 60000) .. ' min ' .. math.floor((ms % 60000) / 1000) .. ' s'
-    end
-
-    -- The fewest added failures that can make `bad / calls ≥ rate` with calls at least `minimum`, whatever number of
-    -- successes other instances add meanwhile (successes never lower it: the failure budget stays stable as they
-    -- arrive). `size`: a count window's size (math.huge for a time window), where failures also push out old calls.
-    local function needed(calls, bad, rate, minimum, size)
-      if calls < 0 then calls = 0 end
-      if bad < 0 then bad = 0 end
-      local n
-      if rate < 1 then
-        n = math.max(rate * minimum - bad, (rate * calls - bad) / (1 - rate))
-        if calls + n > size then n = math.huge end
-        if size < math.huge and size >= minimum then
-          -- A full count window: each call pushes out the oldest (assumed a success).
-          n = math.min(n, rate * size - bad)
-        end
-      elseif bad < calls then
-        n = math.huge
-      else
-        n = minimum - calls
-      end
-      if n == math.huge then return n end
-      return math.max(1, math.ceil(n - 1e-9))
-    end
-
-    -- One breaker: A its arguments, K its five keys.
-    local function run(A, K)
-      local op = A[1]
-
-      -- A read or write that meets a key of the wrong type refuses with CORRUPT naming the key (reset deletes it).
-      -- No TYPE check runs on the normal path: Redis' own WRONGTYPE answer is the signal.
-      local function checked(index, command, ...)
-        local reply = redis.pcall(command, K[index], ...)
-        if type(reply) == 'table' and reply.err then
-          if string.find(reply.err, 'WRONGTYPE', 1, true) then
-            if op == 'reset' then
-              redis.call('DEL', K[index])
-              return redis.call(command, K[index], ...)
-            end
-            local kind = redis.call('TYPE', K[index])['ok']
-            refuse('CORRUPT ' .. K[index] .. ' is a ' .. kind .. ', expected a ' .. EXPECTED[index] .. ' (fusebox reset repairs it)')
-          end
-          error(reply)
-        end
-        return reply
-      end
-
-      -- reset repairs every key of the breaker, also those this call would not otherwise touch.
-      if op == 'reset' then
-        for index = 2, #EXPECTED do
-          local kind = redis.call('TYPE', K[index])['ok']
-          if kind ~= 'none' and kind ~= EXPECTED[index] then redis.call('DEL', K[index]) end
-        end
-      end
-
-      local values = checked(1, 'HMGET', unpack(READ))
-      local exists = values[1] ~= false
-
-      if A[6] == '' then
-        -- An operator's call. Before any instance has used the breaker (or after Redis lost its keys) only `isolate`
-        -- may make it: the first instance to use it then finds it isolated, and stores its policy.
-        local stored = exists and redis.call('HGET', K[1], 'policy')
-        if not exists and op ~= 'reset' and op ~= 'isolate' then
-          refuse('NOPOLICY ' .. K[1] .. ' has no stored policy: no instance has used this breaker yet')
-        end
-        local ok, p = pcall(cjson.decode, stored or '')
-        if not ok or type(p) ~= 'table' or type(p.window) ~= 'table' then
-          if stored and op ~= 'reset' then
-            refuse('CORRUPT ' .. K[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
-          end
-          -- reset repairs it: the garbage goes, and the fingerprint with it, so the next instance to write stores its
-          -- policy again (its reply says Redis no longer holds it).
-          if stored then redis.call('HDEL', K[1], 'policy', 'policy_fp'); values[13] = nil end
-          p = { window = { kind = 'time', samplingMs = 10000, buckets = 10 }, minimumThroughput = 10, failureRateThreshold = 0.5,
-                permittedCallsInHalfOpen = 1, successThreshold = 1, maxHalfOpenDurationMs = 60000, mode = 'normal' }
-        end
-        local function text(v) if v == nil or v == cjson.null then return '' end return tostring(v) end
-        A[3] = text(p.failureRateThreshold); A[4] = text(p.consecutiveFailureThreshold)
-        A[5] = text(p.slowCallRateThreshold); A[6] = text(p.minimumThroughput)
-        A[7] = text(p.window.kind)
-        if p.window.kind == 'time' then
-          A[8] = text(p.window.buckets); A[9] = tostring(math.max(1, math.floor(p.window.samplingMs / p.window.buckets)))
-        else
-          A[8] = text(p.window.size); A[9] = '1'
-        end
-        A[10] = text(p.permittedCallsInHalfOpen); A[11] = text(p.successThreshold)
-        A[12] = text(p.maxHalfOpenDurationMs); A[13] = text(p.mode); A[14] = text(p.minimumInstances or 1)
-        A[15] = values[13] or ''; A[16] = ''
-        -- Break durations are computed only in Swift (BreakerPolicy.BreakDuration): reuse those an instance sent.
-        local stored_breaks = redis.call('HMGET', K[1], 'break_base', 'break_durations')
-        A[17] = stored_breaks[1] or '0'
-        A[18] = stored_breaks[2] or '30000'
-      end
-
-      local failure_rate, consecutive, slow_rate = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
-      local minimum, window_kind, window_size, width = tonumber(A[6]), A[7], tonumber(A[8]), tonumber(A[9])
-      local permitted, successes_needed, max_half_open = tonumber(A[10]), tonumber(A[11]), tonumber(A[12])
-      local mode, instances, base_attempt = A[13], tonumber(A[14]), tonumber(A[17])
-      local is_time = window_kind == 'time'
-
-      local base_state = 'closed'
-      if mode == 'metrics_only' then base_state = 'metrics_only' elseif mode == 'disabled' then base_state = 'disabled' end
-
-      -- Load and validate the state. Only fields that change are written back at the end.
-      local st, old = {}, {}
-      local corrupt = nil
-      local function fresh(version, reason)
-        return { state = base_state, version = version, since = now, open_until = 0, attempt = 0, reason = reason,
-                 isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now,
-                 budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = 0 }
-      end
-      if not exists then
-        st = fresh(0, 'created')
-      else
-        local v = values
-        st = { state = v[1], version = tonumber(v[2] or ''), since = tonumber(v[3] or ''), open_until = tonumber(v[4] or ''),
-          attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
-          consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
-          created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
-          pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or '') }
-        for i = 1, #NUMERIC do
-          local field = NUMERIC[i]
-          if st[field] == nil then
-            if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
-            st[field] = 0
-          end
-        end
-        if not VALID_STATES[st.state or ''] then corrupt = "field 'state' is '" .. tostring(st.state) .. "'" end
-        old = { state = st.state, version = st.version, since = st.since, open_until = st.open_until, attempt = st.attempt,
-          reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
-          probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
-          policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at }
-        if v[16] == false then old.senders = nil end
-        if st.schema == nil then
-          -- A breaker last written by schema 1: its window is laid out differently; start it empty.
-          redis.call('DEL', K[2])
-          st.schema = SCHEMA
-        elseif st.schema ~= SCHEMA then
-          refuse('SCHEMA ' .. K[1] .. ' was written by Fusebox key schema ' .. st.schema .. '; this instance runs schema ' .. SCHEMA)
-        end
-      end
-      if corrupt ~= nil then
-        if op ~= 'reset' then refuse('CORRUPT ' .. K[1] .. ' ' .. corrupt .. ' (fusebox reset repairs it)') end
-        -- A repairing reset starts versions at the current time, so every instance takes it as newer than its cache.
-        redis.call('DEL', K[1], K[2])
-        st = fresh(now, 'repaired')
-        old = {}
-      end
-
-      -- The record's outcomes, parsed first: their buckets decide which window fields to read.
-      local groups, s, S, f, F = {}, 0, 0, 0, 0
-      local error_end = 28
-      if op == 'record' then
-        error_end = 29 + 2 * tonumber(A[29])
-        for i = error_end + 1, #A, 5 do
-          local g = { tonumber(A[i]), tonumber(A[i + 1]), tonumber(A[i + 2]), tonumber(A[i + 3]), tonumber(A[i + 4]) }
-          s = s + g[2]; S = S + g[3]; f = f + g[4]; F = F + g[5]
-          groups[#groups + 1] = g
-        end
-      end
-
-      -- The sliding window. Time: running sums `calls` `failures` `slow` over the buckets in the window and `newest`,
-      -- the newest bucket; bucket b lives in field `<b mod buckets>` = "b calls failures slow" (and `<b mod buckets>:q`
-      -- = "b instance ...", the failing instances, with a quorum). A slot whose bucket left the window is stale: it no
-      -- longer counts and is overwritten when its slot comes round again. Count: the last N calls as a string of flags.
-      local window = { calls = 0, failures = 0, slow = 0 }
-      local win = {}            -- what was read, to write back
-      local slots = {}          -- time: slot -> { bucket, calls, failures, slow } as read (stale ones included)
-      local failing_instances = {}
-      local bucket = 0
-      if is_time then bucket = math.floor(now / width) end
-      local window_loaded = false
-
-      local function parse_slot(text)
-        if not text then return nil end
-        local b, c, fl, sl = string.match(text, '^(%-?%d+) (%d+) (%d+) (%d+)$')
-        if b == nil then refuse('CORRUPT ' .. K[2] .. " slot holds '" .. text .. "' (fusebox reset repairs it)") end
-        return { tonumber(b), tonumber(c), tonumber(fl), tonumber(sl) }
-      end
-
-      local function number_field(text, name)
-        if not text then return 0 end
-        local n = tonumber(text)
-        if n == nil then refuse('CORRUPT ' .. K[2] .. " field '" .. name .. "' is '" .. text .. "' (fusebox reset repairs it)") end
-        return n
-      end
-
-      -- What slot `slot` holds that still counts in the window ending at `bucket`: calls, failures, slow.
-      local function counted(slot)
-        local v = slots[slot]
-        if v == nil or v[1] <= bucket - window_size or v[1] > bucket then return 0, 0, 0 end
-        return v[2], v[3], v[4]
-      end
-
-      -- A count window's sums, counted from its ring (flags: 0 success, 1 failure, 2 slow success, 3 slow failure).
-      local function count_ring()
-        local ring = win.ring
-        if #ring > window_size then ring = string.sub(ring, 1, window_size) end
-        local _, failed = string.gsub(ring, '[13]', '')
-        local _, slowed = string.gsub(ring, '[23]', '')
-        window.calls, window.failures, window.slow = #ring, failed, slowed
-      end
-
-      -- Reads the window as of now, with the slots named in `wanted` (bucket numbers). With `writing`, the sums are
-      -- corrected for buckets that left the window, to be written back.
-      local function load_window(writing, wanted)
-        if window_loaded then return end
-        window_loaded = true
-        win.writing = writing
-        if is_time then
-          local current = bucket % window_size
-          local names, asked = { 'newest', 'calls', 'failures', 'slow', current }, { [current] = true }
-          for i = 1, #wanted do
-            local slot = wanted[i] % window_size
-            if not asked[slot] then asked[slot] = true; names[#names + 1] = slot end
-          end
-          local v = checked(2, 'HMGET', unpack(names))
-          for i = 5, #names do
-            if v[i] then slots[names[i]] = parse_slot(v[i]) end
-          end
-          local newest = tonumber(v[1] or '')
-          window.calls = number_field(v[2], 'calls'); window.failures = number_field(v[3], 'failures'); window.slow = number_field(v[4], 'slow')
-          if newest ~= nil and newest > bucket then
-            -- Redis' clock went back (a failover): count in the newest bucket.
-            bucket = newest
-            local slot = bucket % window_size
-            if not asked[slot] then slots[slot] = parse_slot(redis.call('HGET', K[2], tostring(slot)) or nil) end
-          end
-          if newest ~= nil and bucket > newest then
-            if bucket - newest >= window_size then
-              window = { calls = 0, failures = 0, slow = 0 }
-            else
-              -- Buckets newest+1 .. bucket take the slots of those leaving the window: subtract what still counted.
-              local missing = {}
-              for b = newest + 1, bucket do
-                if not asked[b % window_size] then missing[#missing + 1] = tostring(b % window_size) end
-              end
-              if #missing > 0 then
-                local more = redis.call('HMGET', K[2], unpack(missing))
-                for i = 1, #missing do slots[tonumber(missing[i])] = parse_slot(more[i] or nil) end
-              end
-              for b = newest + 1, bucket do
-                local held = slots[b % window_size]
-                if held ~= nil and held[1] > newest - window_size and held[1] <= newest then
-                  window.calls = window.calls - held[2]; window.failures = window.failures - held[3]; window.slow = window.slow - held[4]
-                end
-              end
-            end
-            win.dirty = true
-          elseif newest == nil then
-            win.dirty = true
-          end
-          win.newest = bucket
-          if instances > 1 then
-            local q = {}
-            for b = bucket - window_size + 1, bucket do q[#q + 1] = (b % window_size) .. ':q' end
-            local ids = redis.call('HMGET', K[2], unpack(q))
-            for i = 1, #ids do
-              if ids[i] then
-                local b, rest = string.match(ids[i], '^(%-?%d+)(.*)$')
-                b = tonumber(b or '')
-                if b ~= nil and b > bucket - window_size and b <= bucket then
-                  for id in string.gmatch(rest, '%S+') do failing_instances[id] = true end
-                end
-                if i == #ids then win.quorum = (b == bucket) and ids[i] or nil end
-              end
-            end
-          end
-        else
-          local v = checked(2, 'HMGET', 'ring', 'next')
-          win.ring = v[1] or ''
-          if string.find(win.ring, '[^0-3]') then
-            refuse('CORRUPT ' .. K[2] .. " field 'ring' holds '" .. string.sub(win.ring, 1, 40) .. "' (fusebox reset repairs it)")
-          end
-          win.next = number_field(v[2], 'next')
-          count_ring()
-        end
-      end
-
-      local function count_instances()
-        local n = 0
-        for _ in pairs(failing_instances) do n = n + 1 end
-        return n
-      end
-
-      local function ratio_reason()
-        if window.calls < minimum then return nil end
-        if failure_rate then
-          local ratio = window.failures / window.calls
-          if ratio >= failure_rate then
-            return 'failure ratio ' .. format2(ratio) .. ' ≥ ' .. format2(failure_rate) .. ' over ' .. window.calls .. ' calls'
-          end
-        end
-        if slow_rate then
-          local ratio = window.slow / window.calls
-          if ratio >= slow_rate then
-            return 'slow-call ratio ' .. format2(ratio) .. ' ≥ ' .. format2(slow_rate) .. ' over ' .. window.calls .. ' calls'
-          end
-        end
+    -- The common write, kept lean: plain successes for a closed breaker with a time window, from a sender Redis knows,
+    -- admitted under the state Redis holds, while the window holds no failure (and no slow call where a slow-call rule
+    -- counts them) and there is no streak, and the window's newest bucket is the current one. Such successes cannot
+    -- move the breaker: they are counted and answered as `run` would, without a failure budget (0: a first failure is
+    -- written at once, and its reply grants one). Anything else returns nil, before writing, and goes to `run`.
+    -- Redis pays for every Lua value and closure a call makes; this path makes few (Docs/architecture.md).
+    local function lean_record(A, K)
+      if A[1] ~= 'record' or not sender or A[7] ~= 'time' or A[6] == '' or A[16] ~= '' or A[22] ~= '1' or A[23] ~= '0'
+        or A[24] ~= '0' or A[25] ~= '0' or A[29] ~= '0' then
         return nil
       end
-
-      local function break_for(attempt)
-        local durations = {}
-        for value in string.gmatch(A[18], '[^,]+') do durations[#durations + 1] = tonumber(value) end
-        local index = attempt - base_attempt
-        if index < 1 then index = 1 end
-        if index > #durations then index = #durations end
-        return durations[index]
+      local n = 0
+      for i = 30, #A, 5 do
+        if A[i + 2] ~= '0' or A[i + 3] ~= '0' or A[i + 4] ~= '0' then return nil end
+        n = n + (tonumber(A[i + 1]) or 0)
       end
-
-      local transitioned = false
-      local event = nil
-      local function transition(to, reason)
-        local from = st.state
-        st.version = st.version + 1
-        st.state = to
-        st.since = now
-        st.reason = reason
-        st.probes = 0
-        st.probe_successes = 0
-        st.consecutive_failures = 0
-        st.budget = -1
-        window = { calls = 0, failures = 0, slow = 0 }
-        win = { cleared = true }
-        window_loaded = true
-        failing_instances = {}
-        if to == 'isolated' or to == 'half_open' then
-          st.open_until = 0
-        elseif to ~= 'open' then
-          st.attempt = 0
-          st.open_until = 0
-        end
-        if to ~= 'isolated' then st.isolation_reason = '' end
-        event = { from = from, to = to, reason = reason }
-        transitioned = true
+      if n <= 0 then return nil end
+      local v = redis.pcall('HMGET', K[1], unpack(LEAN_READ))
+      if v.err then return nil end
+      local state, mode = v[1], A[13]
+      if not ((state == 'closed' and mode == 'normal') or (state == 'metrics_only' and mode == 'metrics_only')) then return nil end
+      local version, created = tonumber(v[2] or ''), tonumber(v[11] or '')
+      if version == nil or version ~= tonumber(A[20]) or created == nil or created ~= tonumber(A[21]) or v[13] ~= SCHEMA
+        or v[8] ~= '0' or now - (tonumber(v[14] or '') or 0) >= 60000 then
+        return nil
       end
-
-      local function trip(reason)
-        st.attempt = st.attempt + 1
-        st.open_until = now + break_for(st.attempt)
-        transition('open', reason)
-      end
-
-      -- Time alone: open -> half_open when the break is over, half_open -> open after max_half_open.
-      local function advance()
-        if st.state == 'open' and now >= st.open_until then
-          transition('half_open', 'break of ' .. format_duration(break_for(st.attempt)) .. ' ended')
-        elseif st.state == 'half_open' and now - st.since >= max_half_open then
-          trip('half-open for ' .. format_duration(max_half_open) .. ' without closing')
+      local since, open_until, attempt = tonumber(v[3] or ''), tonumber(v[4] or ''), tonumber(v[5] or '')
+      local probes, probe_successes = tonumber(v[9] or ''), tonumber(v[10] or '')
+      if not (since and open_until and attempt and probes and probe_successes) then return nil end
+      local seen, seq = v[#LEAN_READ], tonumber(A[19])
+      local high = seen and tonumber(string.match(seen, '^(%d+)') or '')
+      if high == nil or seq == nil or seq <= high then return nil end
+      local width, size = tonumber(A[9]), tonumber(A[8])
+      local bucket = math.floor(now / width)
+      local names, buckets = { 'newest', 'calls', 'failures', 'slow' }, {}
+      for i = 30, #A, 5 do
+        local b = tonumber(A[i])
+        if b <= 0 or b > bucket then b = bucket end
+        if b > bucket - size then
+          local slot = tostring(b % size)
+          for j = 5, #names do if names[j] == slot then return nil end end
+          names[#names + 1] = slot
+          buckets[#buckets + 1] = b
         end
       end
-
-      -- A policy mode change moves a breaker between the base states.
-      if (st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled') and st.state ~= base_state then
-        transition(base_state, 'mode is ' .. mode)
-      end
-
-      -- Whether this call hands out a failure budget (Docs/architecture.md, "Failure budget"), and the buckets that
-      -- may leave the window before the sender writes again (their calls and failures leave with them).
-      local wants_budget = false
-      local leaving = 0
-      local wanted = {}
-      if op == 'record' then
-        for i = 1, #groups do wanted[#wanted + 1] = groups[i][1] end
-        if is_time and (failure_rate or slow_rate) then
-          leaving = math.min(window_size, math.floor((now + hold) / width) - bucket)
-          for k = 1, leaving do wanted[#wanted + 1] = bucket + k end
+      local w = redis.pcall('HMGET', K[2], unpack(names))
+      if w.err or tonumber(w[1] or '') ~= bucket then return nil end
+      local calls, failures, slow = tonumber(w[2] or ''), tonumber(w[3] or ''), tonumber(w[4] or '')
+      if calls == nil or failures ~= 0 or slow == nil or (A[5] ~= '' and slow > 0) then return nil end
+      local set, group = { 'calls', 0 }, 30
+      for j = 1, #buckets do
+        local b = buckets[j]
+        while true do
+          local at = tonumber(A[group])
+          if at <= 0 or at > bucket then at = bucket end
+          if at == b then break end
+          group = group + 5
         end
-      end
-
-      -- What the totals hash gains, as field, count pairs (written first, in this order).
-      local totals_add = {}
-      local function add_total(field, n) if n ~= 0 then totals_add[#totals_add + 1] = field; totals_add[#totals_add + 1] = n end end
-
-      -- A quiet breaker (closed, no failure in the window, and no slow call or streak where a rule counts them) lets
-      -- instances hold successes longer; the record that ends the quiet recalls what every instance holds.
-      local quiet_before, quiet_after = false, false
-      local function quiet()
-        return window.failures == 0 and (not slow_rate or window.slow == 0) and (not consecutive or st.consecutive_failures == 0)
-      end
-
-      local granted = 0
-      local duplicate = false
-      local sender_seq = nil
-      local sender_known = true
-      if op == 'acquire' then
-        advance()
-        if st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled' then
-          granted = 1
-        elseif st.state == 'half_open' and st.probes < permitted then
-          st.probes = st.probes + 1
-          granted = 2
-        else
-          add_total('rejected', 1)
-        end
-      elseif op == 'record' then
-        local same_state = tonumber(A[20]) == st.version and tonumber(A[21]) == st.created
-        local ignored, rejected = tonumber(A[24]), tonumber(A[25])
-        local leading, longest, trailing = tonumber(A[26]), tonumber(A[27]), tonumber(A[28])
-        local first_error = nil
-        if error_end >= 30 then first_error = A[30] end
-        if sender then
-          sender_seq = tonumber(A[19])
-          local seen = values[#READ]
-          if not exists or corrupt then seen = false end
-          sender_known = seen ~= false
-          local high = seen and tonumber(string.match(seen, '^(%d+)')) or 0
-          duplicate = sender_seq <= high
-        end
-        if duplicate then
-          same_state = false
-        else
-          local successes, failures = s + S, f + F
-          add_total('calls', successes + failures + ignored)
-          add_total('successes', successes)
-          add_total('failures', failures)
-          add_total('slow', S + F)
-          add_total('ignored', ignored)
-          add_total('rejected', rejected)
-          for i = 30, error_end, 2 do add_total('error:' .. A[i], tonumber(A[i + 1])) end
-
-          if A[23] == '1' then
-            if same_state and st.state == 'half_open' then
-              st.probes = math.max(0, st.probes - ignored - successes - failures)
-              if failures > 0 then
-                trip('probe failed (' .. (first_error or 'Error') .. ')')
-              elseif successes > 0 then
-                st.probe_successes = st.probe_successes + successes
-                if st.probe_successes >= successes_needed then
-                  local n = st.probe_successes
-                  local plural = 'es'
-                  if n == 1 then plural = '' end
-                  transition(base_state, n .. ' probe success' .. plural .. ' ≥ ' .. successes_needed)
-                end
-              end
-            end
-          elseif same_state and A[22] == '1' and (st.state == 'closed' or st.state == 'metrics_only') and successes + failures > 0 then
-            load_window(true, wanted)
-            quiet_before = quiet()
-            local added_c, added_f, added_s = 0, 0, 0
-            if not is_time then
-              -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
-              -- A batch may carry more calls than the ring holds (successes held while the breaker was quiet): only its
-              -- last `size` enter, and the sums are counted from the ring itself, never added, so they cannot drift.
-              local size = window_size
-              local keep_F = math.min(F, size)
-              local keep_f = math.min(f, size - keep_F)
-              local keep_S = math.min(S, size - keep_F - keep_f)
-              local keep_s = math.min(s, size - keep_F - keep_f - keep_S)
-              local entries = string.rep('0', keep_s) .. string.rep('2', keep_S) .. string.rep('1', keep_f) .. string.rep('3', keep_F)
-              local ring, nxt = win.ring, win.next
-              if #ring > size then ring = string.sub(ring, 1, size) end
-              if nxt >= size then nxt = 0 end
-              if #entries >= size then
-                ring = string.sub(entries, #entries - size + 1)
-                nxt = 0
-              else
-                if #ring < size then
-                  local take = math.min(size - #ring, #entries)
-                  ring = ring .. string.sub(entries, 1, take)
-                  entries = string.sub(entries, take + 1)
-                  nxt = #ring % size
-                end
-                while #entries > 0 do
-                  local n = math.min(#entries, size - nxt)
-                  ring = string.sub(ring, 1, nxt) .. string.sub(entries, 1, n) .. string.sub(ring, nxt + n + 1)
-                  entries = string.sub(entries, n + 1)
-                  nxt = (nxt + n) % size
-                end
-              end
-              win.ring, win.next = ring, nxt
-              count_ring()
-            else
-              -- Calls count in the bucket they happened in; those older than the window count in the totals only.
-              win.adds = {}             -- slot -> its new content
-              for i = 1, #groups do
-                local g = groups[i]
-                local b = g[1]
-                if b <= 0 or b > bucket then b = bucket end
-                if b > bucket - window_size then
-                  local slot = b % window_size
-                  local held = slots[slot]
-                  if held == nil or held[1] ~= b then held = { b, 0, 0, 0 }; slots[slot] = held end
-                  win.adds[slot] = held
-                  local c, fl, sl = g[2] + g[3] + g[4] + g[5], g[4] + g[5], g[3] + g[5]
-                  held[2] = held[2] + c; held[3] = held[3] + fl; held[4] = held[4] + sl
-                  added_c = added_c + c; added_f = added_f + fl; added_s = added_s + sl
-                end
-              end
-            end
-            window.calls = window.calls + added_c
-            window.failures = window.failures + added_f
-            window.slow = window.slow + added_s
-            win.dirty = true
-            if added_f > 0 then failing_instances[instance] = true end
-            win.failed = added_f > 0
-            -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
-            -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
-            local streak_before = st.consecutive_failures
-            local newest_success, oldest_failure = nil, nil
-            if is_time then
-              for i = 1, #groups do
-                local g = groups[i]
-                local b = g[1]
-                if b <= 0 or b > bucket then b = bucket end
-                if g[2] + g[3] > 0 and (newest_success == nil or b > newest_success) then newest_success = b end
-                if g[4] + g[5] > 0 and (oldest_failure == nil or b < oldest_failure) then oldest_failure = b end
-              end
-            end
-            local peak
-            if failures == 0 and streak_before > 0 and newest_success ~= nil and newest_success < (st.streak_at or 0) then
-              peak = streak_before
-            elseif successes > 0 then
-              peak = math.max(st.consecutive_failures + leading, longest)
-              st.consecutive_failures = trailing
-              if trailing > 0 and newest_success ~= nil then st.streak_at = newest_success end
-            else
-              st.consecutive_failures = st.consecutive_failures + failures
-              peak = st.consecutive_failures
-              if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
-            end
-            quiet_after = quiet()
-            if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < instances) then
-              local reason = nil
-              if consecutive and peak >= consecutive then
-                reason = peak .. ' consecutive failures ≥ ' .. consecutive
-              else
-                reason = ratio_reason()
-              end
-              if reason then trip(reason) end
-            end
-          end
-        end
-      elseif op == 'isolate' then
-        st.isolation_reason = A[19]
-        transition('isolated', 'isolated: ' .. A[19])
-      elseif op == 'reset' then
-        transition(base_state, corrupt and 'reset (repaired ' .. corrupt .. ')' or 'reset')
-        st.isolation_reason = ''
-      elseif op == 'half_open' then
-        transition('half_open', 'forced half-open')
-      elseif op == 'read' then
-        advance()
-        if st.state == 'closed' or st.state == 'metrics_only' then load_window(false, wanted) end
-      end
-
-      -- The failure budget: how many failures (or slow calls) each live sender may hold before it must write them,
-      -- so that all of them together cannot cross a threshold unseen (Docs/architecture.md, "Failure budget").
-      local budget = -1
-      if st.state == 'closed' and mode == 'normal' then
-        if op ~= 'record' or sender == nil or duplicate then
-          -- Only a sender that has written is counted among those who share the headroom.
-          budget = 0
-        else
-          load_window(false, wanted)
-          local headroom = math.huge
-          if instances > 1 and count_instances() < instances then headroom = 0 end
-          if consecutive then headroom = math.min(headroom, consecutive - st.consecutive_failures) end
-          if failure_rate or slow_rate then
-            -- Buckets that may leave the window before the sender writes again take their calls and failures with
-            -- them, which can raise a ratio: the headroom is the least over every such moment (k oldest buckets gone).
-            local size = is_time and math.huge or window_size
-            local gc, gf, gs = 0, 0, 0
-            for k = 0, leaving do
-              if k == window_size then
-                gc, gf, gs = window.calls, window.failures, window.slow
-              elseif k > 0 then
-                local c, fl, sl = counted((bucket + k) % window_size)
-                gc = gc + c; gf = gf + fl; gs = gs + sl
-              end
-              if failure_rate then headroom = math.min(headroom, needed(window.calls - gc, window.failures - gf, failure_rate, minimum, size)) end
-              if slow_rate then headroom = math.min(headroom, needed(window.calls - gc, window.slow - gs, slow_rate, minimum, size)) end
-            end
-          end
-          if not sender_known then st.senders = st.senders + 1 end
-          local senders = math.max(1, st.senders)
-          if headroom == math.huge then
-            budget = 1048576
+        local held, c = 0, tonumber(A[group + 1])
+        local text = w[4 + j]
+        if text then
+          local pb, pc, pf, ps = string.match(text, '^(%-?%d+) (%d+) (%d+) (%d+)$')
+          if pb == nil then return nil end
+          if tonumber(pb) == b then
+            if pf ~= '0' or (A[5] ~= '' and ps ~= '0') then return nil end
+            held = tonumber(pc)
+            set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. (held + c) .. ' 0 ' .. ps
           else
-            budget = math.floor((headroom - 1) / senders)
-            if budget < 0 then budget = 0 end
+            set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. c .. ' 0 0'
           end
-          -- Powers of two, so the stored grant changes rarely.
-          if budget > 1048576 then budget = 1048576 end
-          if budget > 0 then budget = 2 ^ math.floor(math.log(budget) / math.log(2) + 1e-9) end
-          if budget < st.budget or (quiet_before and not quiet_after) then
-            -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
-            -- breaker was quiet): ask every instance to write what it holds.
-            redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
-              .. st.created .. ',"recall":' .. budget .. '}')
-          end
-          st.budget = budget
+        else
+          set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. c .. ' 0 0'
         end
-      elseif sender and not duplicate and op == 'record' and not sender_known then
-        st.senders = st.senders + 1
+        calls = calls + c
+        group = group + 5
+      end
+      set[2] = calls
+      -- The totals first: a key of the wrong type is left to `run`, which refuses it, before anything is written.
+      local added = redis.pcall('HINCRBY', K[3], 'calls', n)
+      if type(added) == 'table' and added.err then return nil end
+      redis.call('HINCRBY', K[3], 'successes', n)
+      redis.call('HSET', K[2], unpack(set))
+      redis.call('HSET', K[1], SEQ_FIELD, seq .. ':' .. now)
+      local budget = -1
+      if state == 'closed' then budget = 0 end
+      return { state, version, since, open_until, now, attempt, v[6] or '', v[7] or '', 0, probes, probe_successes, 0,
+               calls, 0, slow, 0, created, {}, budget, v[12] == A[15] and 1 or 0, 0 }
+    end
+
+    -- Every rule, for every operation: made only when a call needs more than the lean path (below), since Redis pays
+    -- for each table and closure a script call makes.
+    local function make_rules()
+      -- The state hash fields the rules use (the policy JSON and the break durations stay unread).
+      -- (and, last, this call's sender's high-water mark).
+      local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
+        'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders',
+        'streak_at' }
+      local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
+      local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
+      local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
+        probe_successes = 10, created = 11 }
+      local EXPECTED = { 'hash', 'hash', 'hash', 'stream' }
+      local READ = { unpack(FIELDS) }
+      READ[#READ + 1] = SEQ_FIELD
+
+      local function refuse(text) error({ refusal = text }) end
+
+      local function format2(x) return string.format('%.2f', x) end
+
+      local function format_duration(ms)
+        if ms < 1000 then return ms .. ' ms' end
+        if ms < 60000 then
+          local tenths = math.floor((ms + 50) / 100)
+          return math.floor(tenths / 10) .. '.' .. (tenths % 10) .. ' s'
+        end
+        return math.floor(ms / 60000) .. ' min ' .. math.floor((ms % 60000) / 1000) .. ' s'
       end
 
-      -- Writes, the totals first: a key of the wrong type is refused before anything else changes.
-      for i = 1, #totals_add, 2 do checked(3, 'HINCRBY', totals_add[i], totals_add[i + 1]) end
-
-      if event then
-        checked(4, 'XADD', 'MAXLEN', '~', 100, '*', 'from', event.from, 'to', event.to, 'reason', event.reason,
-          'version', st.version, 'instance', instance, 'at', now)
-        local probe_in = 0
-        if st.state == 'open' then probe_in = st.open_until - now end
-        redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
-          probe_in_ms = probe_in, reason = st.reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
-          created = st.created }))
+      -- The fewest added failures that can make `bad / calls ≥ rate` with calls at least `minimum`, whatever number of
+      -- successes other instances add meanwhile (successes never lower it: the failure budget stays stable as they
+      -- arrive). `size`: a count window's size (math.huge for a time window), where failures also push out old calls.
+      local function needed(calls, bad, rate, minimum, size)
+        if calls < 0 then calls = 0 end
+        if bad < 0 then bad = 0 end
+        local n
+        if rate < 1 then
+          n = math.max(rate * minimum - bad, (rate * calls - bad) / (1 - rate))
+          if calls + n > size then n = math.huge end
+          if size < math.huge and size >= minimum then
+            -- A full count window: each call pushes out the oldest (assumed a success).
+            n = math.min(n, rate * size - bad)
+          end
+        elseif bad < calls then
+          n = math.huge
+        else
+          n = minimum - calls
+        end
+        if n == math.huge then return n end
+        return math.max(1, math.ceil(n - 1e-9))
       end
 
-      if win.cleared then
-        redis.call('DEL', K[2])
-      elseif win.dirty and win.writing then
-        if is_time then
-          local set = { 'newest', win.newest, 'calls', window.calls, 'failures', window.failures, 'slow', window.slow }
-          if win.adds then
-            for slot, held in pairs(win.adds) do
-              set[#set + 1] = tostring(slot)
-              set[#set + 1] = held[1] .. ' ' .. held[2] .. ' ' .. held[3] .. ' ' .. held[4]
+      -- One breaker: A its arguments, K its five keys.
+      local function run(A, K)
+        local op = A[1]
+
+        -- A read or write that meets a key of the wrong type refuses with CORRUPT naming the key (reset deletes it).
+        -- No TYPE check runs on the normal path: Redis' own WRONGTYPE answer is the signal.
+        local function checked(index, command, ...)
+          local reply = redis.pcall(command, K[index], ...)
+          if type(reply) == 'table' and reply.err then
+            if string.find(reply.err, 'WRONGTYPE', 1, true) then
+              if op == 'reset' then
+                redis.call('DEL', K[index])
+                return redis.call(command, K[index], ...)
+              end
+              local kind = redis.call('TYPE', K[index])['ok']
+              refuse('CORRUPT ' .. K[index] .. ' is a ' .. kind .. ', expected a ' .. EXPECTED[index] .. ' (fusebox reset repairs it)')
             end
-            if win.failed and instances > 1 then
-              local q = win.quorum
-              if q == nil then
-                set[#set + 1] = (bucket % window_size) .. ':q'; set[#set + 1] = bucket .. ' ' .. instance
-              elseif not string.find(q .. ' ', ' ' .. instance .. ' ', 1, true) then
-                set[#set + 1] = (bucket % window_size) .. ':q'; set[#set + 1] = q .. ' ' .. instance
+            error(reply)
+          end
+          return reply
+        end
+
+        -- reset repairs every key of the breaker, also those this call would not otherwise touch.
+        if op == 'reset' then
+          for index = 2, #EXPECTED do
+            local kind = redis.call('TYPE', K[index])['ok']
+            if kind ~= 'none' and kind ~= EXPECTED[index] then redis.call('DEL', K[index]) end
+          end
+        end
+
+        local values = checked(1, 'HMGET', unpack(READ))
+        local exists = values[1] ~= false
+
+        if A[6] == '' then
+          -- An operator's call. Before any instance has used the breaker (or after Redis lost its keys) only `isolate`
+          -- may make it: the first instance to use it then finds it isolated, and stores its policy.
+          local stored = exists and redis.call('HGET', K[1], 'policy')
+          if not exists and op ~= 'reset' and op ~= 'isolate' then
+            refuse('NOPOLICY ' .. K[1] .. ' has no stored policy: no instance has used this breaker yet')
+          end
+          local ok, p = pcall(cjson.decode, stored or '')
+          if not ok or type(p) ~= 'table' or type(p.window) ~= 'table' then
+            if stored and op ~= 'reset' then
+              refuse('CORRUPT ' .. K[1] .. " field 'policy' is not the JSON Fusebox writes (fusebox reset repairs it)")
+            end
+            -- reset repairs it: the garbage goes, and the fingerprint with it, so the next instance to write stores its
+            -- policy again (its reply says Redis no longer holds it).
+            if stored then redis.call('HDEL', K[1], 'policy', 'policy_fp'); values[13] = nil end
+            p = { window = { kind = 'time', samplingMs = 10000, buckets = 10 }, minimumThroughput = 10, failureRateThreshold = 0.5,
+                  permittedCallsInHalfOpen = 1, successThreshold = 1, maxHalfOpenDurationMs = 60000, mode = 'normal' }
+          end
+          local function text(v) if v == nil or v == cjson.null then return '' end return tostring(v) end
+          A[3] = text(p.failureRateThreshold); A[4] = text(p.consecutiveFailureThreshold)
+          A[5] = text(p.slowCallRateThreshold); A[6] = text(p.minimumThroughput)
+          A[7] = text(p.window.kind)
+          if p.window.kind == 'time' then
+            A[8] = text(p.window.buckets); A[9] = tostring(math.max(1, math.floor(p.window.samplingMs / p.window.buckets)))
+          else
+            A[8] = text(p.window.size); A[9] = '1'
+          end
+          A[10] = text(p.permittedCallsInHalfOpen); A[11] = text(p.successThreshold)
+          A[12] = text(p.maxHalfOpenDurationMs); A[13] = text(p.mode); A[14] = text(p.minimumInstances or 1)
+          A[15] = values[13] or ''; A[16] = ''
+          -- Break durations are computed only in Swift (BreakerPolicy.BreakDuration): reuse those an instance sent.
+          local stored_breaks = redis.call('HMGET', K[1], 'break_base', 'break_durations')
+          A[17] = stored_breaks[1] or '0'
+          A[18] = stored_breaks[2] or '30000'
+        end
+
+        local failure_rate, consecutive, slow_rate = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
+        local minimum, window_kind, window_size, width = tonumber(A[6]), A[7], tonumber(A[8]), tonumber(A[9])
+        local permitted, successes_needed, max_half_open = tonumber(A[10]), tonumber(A[11]), tonumber(A[12])
+        local mode, instances, base_attempt = A[13], tonumber(A[14]), tonumber(A[17])
+        local is_time = window_kind == 'time'
+
+        local base_state = 'closed'
+        if mode == 'metrics_only' then base_state = 'metrics_only' elseif mode == 'disabled' then base_state = 'disabled' end
+
+        -- Load and validate the state. Only fields that change are written back at the end.
+        local st, old = {}, {}
+        local corrupt = nil
+        local function fresh(version, reason)
+          return { state = base_state, version = version, since = now, open_until = 0, attempt = 0, reason = reason,
+                   isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now,
+                   budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = 0 }
+        end
+        if not exists then
+          st = fresh(0, 'created')
+        else
+          local v = values
+          st = { state = v[1], version = tonumber(v[2] or ''), since = tonumber(v[3] or ''), open_until = tonumber(v[4] or ''),
+            attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
+            consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
+            created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
+            pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or '') }
+          for i = 1, #NUMERIC do
+            local field = NUMERIC[i]
+            if st[field] == nil then
+              if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
+              st[field] = 0
+            end
+          end
+          if not VALID_STATES[st.state or ''] then corrupt = "field 'state' is '" .. tostring(st.state) .. "'" end
+          old = { state = st.state, version = st.version, since = st.since, open_until = st.open_until, attempt = st.attempt,
+            reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
+            probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
+            policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at }
+          if v[16] == false then old.senders = nil end
+          if st.schema == nil then
+            -- A breaker last written by schema 1: its window is laid out differently; start it empty.
+            redis.call('DEL', K[2])
+            st.schema = SCHEMA
+          elseif st.schema ~= SCHEMA then
+            refuse('SCHEMA ' .. K[1] .. ' was written by Fusebox key schema ' .. st.schema .. '; this instance runs schema ' .. SCHEMA)
+          end
+        end
+        if corrupt ~= nil then
+          if op ~= 'reset' then refuse('CORRUPT ' .. K[1] .. ' ' .. corrupt .. ' (fusebox reset repairs it)') end
+          -- A repairing reset starts versions at the current time, so every instance takes it as newer than its cache.
+          redis.call('DEL', K[1], K[2])
+          st = fresh(now, 'repaired')
+          old = {}
+        end
+
+        -- The record's outcomes, parsed first: their buckets decide which window fields to read.
+        local groups, s, S, f, F = {}, 0, 0, 0, 0
+        local error_end = 28
+        if op == 'record' then
+          error_end = 29 + 2 * tonumber(A[29])
+          for i = error_end + 1, #A, 5 do
+            local g = { tonumber(A[i]), tonumber(A[i + 1]), tonumber(A[i + 2]), tonumber(A[i + 3]), tonumber(A[i + 4]) }
+            s = s + g[2]; S = S + g[3]; f = f + g[4]; F = F + g[5]
+            groups[#groups + 1] = g
+          end
+        end
+
+        -- The sliding window. Time: running sums `calls` `failures` `slow` over the buckets in the window and `newest`,
+        -- the newest bucket; bucket b lives in field `<b mod buckets>` = "b calls failures slow" (and `<b mod buckets>:q`
+        -- = "b instance ...", the failing instances, with a quorum). A slot whose bucket left the window is stale: it no
+        -- longer counts and is overwritten when its slot comes round again. Count: the last N calls as a string of flags.
+        local window = { calls = 0, failures = 0, slow = 0 }
+        local win = {}            -- what was read, to write back
+        local slots = {}          -- time: slot -> { bucket, calls, failures, slow } as read (stale ones included)
+        local failing_instances = {}
+        local bucket = 0
+        if is_time then bucket = math.floor(now / width) end
+        local window_loaded = false
+
+        local function parse_slot(text)
+          if not text then return nil end
+          local b, c, fl, sl = string.match(text, '^(%-?%d+) (%d+) (%d+) (%d+)$')
+          if b == nil then refuse('CORRUPT ' .. K[2] .. " slot holds '" .. text .. "' (fusebox reset repairs it)") end
+          return { tonumber(b), tonumber(c), tonumber(fl), tonumber(sl) }
+        end
+
+        local function number_field(text, name)
+          if not text then return 0 end
+          local n = tonumber(text)
+          if n == nil then refuse('CORRUPT ' .. K[2] .. " field '" .. name .. "' is '" .. text .. "' (fusebox reset repairs it)") end
+          return n
+        end
+
+        -- What slot `slot` holds that still counts in the window ending at `bucket`: calls, failures, slow.
+        local function counted(slot)
+          local v = slots[slot]
+          if v == nil or v[1] <= bucket - window_size or v[1] > bucket then return 0, 0, 0 end
+          return v[2], v[3], v[4]
+        end
+
+        -- A count window's sums, counted from its ring (flags: 0 success, 1 failure, 2 slow success, 3 slow failure).
+        local function count_ring()
+          local ring = win.ring
+          if #ring > window_size then ring = string.sub(ring, 1, window_size) end
+          local _, failed = string.gsub(ring, '[13]', '')
+          local _, slowed = string.gsub(ring, '[23]', '')
+          window.calls, window.failures, window.slow = #ring, failed, slowed
+        end
+
+        -- Reads the window as of now, with the slots named in `wanted` (bucket numbers). With `writing`, the sums are
+        -- corrected for buckets that left the window, to be written back.
+        local function load_window(writing, wanted)
+          if window_loaded then return end
+          window_loaded = true
+          win.writing = writing
+          if is_time then
+            local current = bucket % window_size
+            local names, asked = { 'newest', 'calls', 'failures', 'slow', current }, { [current] = true }
+            for i = 1, #wanted do
+              local slot = wanted[i] % window_size
+              if not asked[slot] then asked[slot] = true; names[#names + 1] = slot end
+            end
+            local v = checked(2, 'HMGET', unpack(names))
+            for i = 5, #names do
+              if v[i] then slots[names[i]] = parse_slot(v[i]) end
+            end
+            local newest = tonumber(v[1] or '')
+            window.calls = number_field(v[2], 'calls'); window.failures = number_field(v[3], 'failures'); window.slow = number_field(v[4], 'slow')
+            if newest ~= nil and newest > bucket then
+              -- Redis' clock went back (a failover): count in the newest bucket.
+              bucket = newest
+              local slot = bucket % window_size
+              if not asked[slot] then slots[slot] = parse_slot(redis.call('HGET', K[2], tostring(slot)) or nil) end
+            end
+            if newest ~= nil and bucket > newest then
+              if bucket - newest >= window_size then
+                window = { calls = 0, failures = 0, slow = 0 }
+              else
+                -- Buckets newest+1 .. bucket take the slots of those leaving the window: subtract what still counted.
+                local missing = {}
+                for b = newest + 1, bucket do
+                  if not asked[b % window_size] then missing[#missing + 1] = tostring(b % window_size) end
+                end
+                if #missing > 0 then
+                  local more = redis.call('HMGET', K[2], unpack(missing))
+                  for i = 1, #missing do slots[tonumber(missing[i])] = parse_slot(more[i] or nil) end
+                end
+                for b = newest + 1, bucket do
+                  local held = slots[b % window_size]
+                  if held ~= nil and held[1] > newest - window_size and held[1] <= newest then
+                    window.calls = window.calls - held[2]; window.failures = window.failures - held[3]; window.slow = window.slow - held[4]
+                  end
+                end
+              end
+              win.dirty = true
+            elseif newest == nil then
+              win.dirty = true
+            end
+            win.newest = bucket
+            if instances > 1 then
+              local q = {}
+              for b = bucket - window_size + 1, bucket do q[#q + 1] = (b % window_size) .. ':q' end
+              local ids = redis.call('HMGET', K[2], unpack(q))
+              for i = 1, #ids do
+                if ids[i] then
+                  local b, rest = string.match(ids[i], '^(%-?%d+)(.*)$')
+                  b = tonumber(b or '')
+                  if b ~= nil and b > bucket - window_size and b <= bucket then
+                    for id in string.gmatch(rest, '%S+') do failing_instances[id] = true end
+                  end
+                  if i == #ids then win.quorum = (b == bucket) and ids[i] or nil end
+                end
+              end
+            end
+          else
+            local v = checked(2, 'HMGET', 'ring', 'next')
+            win.ring = v[1] or ''
+            if string.find(win.ring, '[^0-3]') then
+              refuse('CORRUPT ' .. K[2] .. " field 'ring' holds '" .. string.sub(win.ring, 1, 40) .. "' (fusebox reset repairs it)")
+            end
+            win.next = number_field(v[2], 'next')
+            count_ring()
+          end
+        end
+
+        local function count_instances()
+          local n = 0
+          for _ in pairs(failing_instances) do n = n + 1 end
+          return n
+        end
+
+        local function ratio_reason()
+          if window.calls < minimum then return nil end
+          if failure_rate then
+            local ratio = window.failures / window.calls
+            if ratio >= failure_rate then
+              return 'failure ratio ' .. format2(ratio) .. ' ≥ ' .. format2(failure_rate) .. ' over ' .. window.calls .. ' calls'
+            end
+          end
+          if slow_rate then
+            local ratio = window.slow / window.calls
+            if ratio >= slow_rate then
+              return 'slow-call ratio ' .. format2(ratio) .. ' ≥ ' .. format2(slow_rate) .. ' over ' .. window.calls .. ' calls'
+            end
+          end
+          return nil
+        end
+
+        local function break_for(attempt)
+          local durations = {}
+          for value in string.gmatch(A[18], '[^,]+') do durations[#durations + 1] = tonumber(value) end
+          local index = attempt - base_attempt
+          if index < 1 then index = 1 end
+          if index > #durations then index = #durations end
+          return durations[index]
+        end
+
+        local transitioned = false
+        local event = nil
+        local function transition(to, reason)
+          local from = st.state
+          st.version = st.version + 1
+          st.state = to
+          st.since = now
+          st.reason = reason
+          st.probes = 0
+          st.probe_successes = 0
+          st.consecutive_failures = 0
+          st.budget = -1
+          window = { calls = 0, failures = 0, slow = 0 }
+          win = { cleared = true }
+          window_loaded = true
+          failing_instances = {}
+          if to == 'isolated' or to == 'half_open' then
+            st.open_until = 0
+          elseif to ~= 'open' then
+            st.attempt = 0
+            st.open_until = 0
+          end
+          if to ~= 'isolated' then st.isolation_reason = '' end
+          event = { from = from, to = to, reason = reason }
+          transitioned = true
+        end
+
+        local function trip(reason)
+          st.attempt = st.attempt + 1
+          st.open_until = now + break_for(st.attempt)
+          transition('open', reason)
+        end
+
+        -- Time alone: open -> half_open when the break is over, half_open -> open after max_half_open.
+        local function advance()
+          if st.state == 'open' and now >= st.open_until then
+            transition('half_open', 'break of ' .. format_duration(break_for(st.attempt)) .. ' ended')
+          elseif st.state == 'half_open' and now - st.since >= max_half_open then
+            trip('half-open for ' .. format_duration(max_half_open) .. ' without closing')
+          end
+        end
+
+        -- A policy mode change moves a breaker between the base states.
+        if (st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled') and st.state ~= base_state then
+          transition(base_state, 'mode is ' .. mode)
+        end
+
+        -- Whether this call hands out a failure budget (Docs/architecture.md, "Failure budget"), and the buckets that
+        -- may leave the window before the sender writes again (their calls and failures leave with them).
+        local wants_budget = false
+        local leaving = 0
+        local wanted = {}
+        if op == 'record' then
+          for i = 1, #groups do wanted[#wanted + 1] = groups[i][1] end
+          if is_time and (failure_rate or slow_rate) then
+            leaving = math.min(window_size, math.floor((now + hold) / width) - bucket)
+            for k = 1, leaving do wanted[#wanted + 1] = bucket + k end
+          end
+        end
+
+        -- What the totals hash gains, as field, count pairs (written first, in this order).
+        local totals_add = {}
+        local function add_total(field, n) if n ~= 0 then totals_add[#totals_add + 1] = field; totals_add[#totals_add + 1] = n end end
+
+        -- A quiet breaker (closed, no failure in the window, and no slow call or streak where a rule counts them) lets
+        -- instances hold successes longer; the record that ends the quiet recalls what every instance holds.
+        local quiet_before, quiet_after = false, false
+        local function quiet()
+          return window.failures == 0 and (not slow_rate or window.slow == 0) and (not consecutive or st.consecutive_failures == 0)
+        end
+
+        local granted = 0
+        local duplicate = false
+        local sender_seq = nil
+        local sender_known = true
+        if op == 'acquire' then
+          advance()
+          if st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled' then
+            granted = 1
+          elseif st.state == 'half_open' and st.probes < permitted then
+            st.probes = st.probes + 1
+            granted = 2
+          else
+            add_total('rejected', 1)
+          end
+        elseif op == 'record' then
+          local same_state = tonumber(A[20]) == st.version and tonumber(A[21]) == st.created
+          local ignored, rejected = tonumber(A[24]), tonumber(A[25])
+          local leading, longest, trailing = tonumber(A[26]), tonumber(A[27]), tonumber(A[28])
+          local first_error = nil
+          if error_end >= 30 then first_error = A[30] end
+          if sender then
+            sender_seq = tonumber(A[19])
+            local seen = values[#READ]
+            if not exists or corrupt then seen = false end
+            sender_known = seen ~= false
+            local high = seen and tonumber(string.match(seen, '^(%d+)')) or 0
+            duplicate = sender_seq <= high
+          end
+          if duplicate then
+            same_state = false
+          else
+            local successes, failures = s + S, f + F
+            add_total('calls', successes + failures + ignored)
+            add_total('successes', successes)
+            add_total('failures', failures)
+            add_total('slow', S + F)
+            add_total('ignored', ignored)
+            add_total('rejected', rejected)
+            for i = 30, error_end, 2 do add_total('error:' .. A[i], tonumber(A[i + 1])) end
+
+            if A[23] == '1' then
+              if same_state and st.state == 'half_open' then
+                st.probes = math.max(0, st.probes - ignored - successes - failures)
+                if failures > 0 then
+                  trip('probe failed (' .. (first_error or 'Error') .. ')')
+                elseif successes > 0 then
+                  st.probe_successes = st.probe_successes + successes
+                  if st.probe_successes >= successes_needed then
+                    local n = st.probe_successes
+                    local plural = 'es'
+                    if n == 1 then plural = '' end
+                    transition(base_state, n .. ' probe success' .. plural .. ' ≥ ' .. successes_needed)
+                  end
+                end
+              end
+            elseif same_state and A[22] == '1' and (st.state == 'closed' or st.state == 'metrics_only') and successes + failures > 0 then
+              load_window(true, wanted)
+              quiet_before = quiet()
+              local added_c, added_f, added_s = 0, 0, 0
+              if not is_time then
+                -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
+                -- A batch may carry more calls than the ring holds (successes held while the breaker was quiet): only its
+                -- last `size` enter, and the sums are counted from the ring itself, never added, so they cannot drift.
+                local size = window_size
+                local keep_F = math.min(F, size)
+                local keep_f = math.min(f, size - keep_F)
+                local keep_S = math.min(S, size - keep_F - keep_f)
+                local keep_s = math.min(s, size - keep_F - keep_f - keep_S)
+                local entries = string.rep('0', keep_s) .. string.rep('2', keep_S) .. string.rep('1', keep_f) .. string.rep('3', keep_F)
+                local ring, nxt = win.ring, win.next
+                if #ring > size then ring = string.sub(ring, 1, size) end
+                if nxt >= size then nxt = 0 end
+                if #entries >= size then
+                  ring = string.sub(entries, #entries - size + 1)
+                  nxt = 0
+                else
+                  if #ring < size then
+                    local take = math.min(size - #ring, #entries)
+                    ring = ring .. string.sub(entries, 1, take)
+                    entries = string.sub(entries, take + 1)
+                    nxt = #ring % size
+                  end
+                  while #entries > 0 do
+                    local n = math.min(#entries, size - nxt)
+                    ring = string.sub(ring, 1, nxt) .. string.sub(entries, 1, n) .. string.sub(ring, nxt + n + 1)
+                    entries = string.sub(entries, n + 1)
+                    nxt = (nxt + n) % size
+                  end
+                end
+                win.ring, win.next = ring, nxt
+                count_ring()
+              else
+                -- Calls count in the bucket they happened in; those older than the window count in the totals only.
+                win.adds = {}             -- slot -> its new content
+                for i = 1, #groups do
+                  local g = groups[i]
+                  local b = g[1]
+                  if b <= 0 or b > bucket then b = bucket end
+                  if b > bucket - window_size then
+                    local slot = b % window_size
+                    local held = slots[slot]
+                    if held == nil or held[1] ~= b then held = { b, 0, 0, 0 }; slots[slot] = held end
+                    win.adds[slot] = held
+                    local c, fl, sl = g[2] + g[3] + g[4] + g[5], g[4] + g[5], g[3] + g[5]
+                    held[2] = held[2] + c; held[3] = held[3] + fl; held[4] = held[4] + sl
+                    added_c = added_c + c; added_f = added_f + fl; added_s = added_s + sl
+                  end
+                end
+              end
+              window.calls = window.calls + added_c
+              window.failures = window.failures + added_f
+              window.slow = window.slow + added_s
+              win.dirty = true
+              if added_f > 0 then failing_instances[instance] = true end
+              win.failed = added_f > 0
+              -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
+              -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
+              local streak_before = st.consecutive_failures
+              local newest_success, oldest_failure = nil, nil
+              if is_time then
+                for i = 1, #groups do
+                  local g = groups[i]
+                  local b = g[1]
+                  if b <= 0 or b > bucket then b = bucket end
+                  if g[2] + g[3] > 0 and (newest_success == nil or b > newest_success) then newest_success = b end
+                  if g[4] + g[5] > 0 and (oldest_failure == nil or b < oldest_failure) then oldest_failure = b end
+                end
+              end
+              local peak
+              if failures == 0 and streak_before > 0 and newest_success ~= nil and newest_success < (st.streak_at or 0) then
+                peak = streak_before
+              elseif successes > 0 then
+                peak = math.max(st.consecutive_failures + leading, longest)
+                st.consecutive_failures = trailing
+                if trailing > 0 and newest_success ~= nil then st.streak_at = newest_success end
+              else
+                st.consecutive_failures = st.consecutive_failures + failures
+                peak = st.consecutive_failures
+                if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
+              end
+              quiet_after = quiet()
+              if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < instances) then
+                local reason = nil
+                if consecutive and peak >= consecutive then
+                  reason = peak .. ' consecutive failures ≥ ' .. consecutive
+                else
+                  reason = ratio_reason()
+                end
+                if reason then trip(reason) end
               end
             end
           end
-          redis.call('HSET', K[2], unpack(set))
-        else
-          redis.call('HSET', K[2], 'ring', win.ring, 'next', win.next, 'calls', window.calls, 'failures', window.failures, 'slow', window.slow)
+        elseif op == 'isolate' then
+          st.isolation_reason = A[19]
+          transition('isolated', 'isolated: ' .. A[19])
+        elseif op == 'reset' then
+          transition(base_state, corrupt and 'reset (repaired ' .. corrupt .. ')' or 'reset')
+          st.isolation_reason = ''
+        elseif op == 'half_open' then
+          transition('half_open', 'forced half-open')
+        elseif op == 'read' then
+          advance()
+          if st.state == 'closed' or st.state == 'metrics_only' then load_window(false, wanted) end
         end
-      end
 
-      -- The policy (for operators) is written only when its fingerprint changes; break durations with transitions.
-      local set = {}
-      -- Senders: the high-water mark of the batch just applied; senders silent for 10 minutes are forgotten.
-      if sender and sender_seq and not duplicate then
-        set[1] = SEQ_FIELD; set[2] = sender_seq .. ':' .. now
-        if now - st.pruned >= 60000 then
-          local all = redis.call('HGETALL', K[1])
-          local dead, live = {}, 0
-          for i = 1, #all, 2 do
-            if string.sub(all[i], 1, 4) == 'seq:' and all[i] ~= SEQ_FIELD then
-              local last = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-              if now - last > 600000 then dead[#dead + 1] = all[i] else live = live + 1 end
+        -- The failure budget: how many failures (or slow calls) each live sender may hold before it must write them,
+        -- so that all of them together cannot cross a threshold unseen (Docs/architecture.md, "Failure budget").
+        local budget = -1
+        if st.state == 'closed' and mode == 'normal' then
+          if op ~= 'record' or sender == nil or duplicate then
+            -- Only a sender that has written is counted among those who share the headroom.
+            budget = 0
+          else
+            load_window(false, wanted)
+            local headroom = math.huge
+            if instances > 1 and count_instances() < instances then headroom = 0 end
+            if consecutive then headroom = math.min(headroom, consecutive - st.consecutive_failures) end
+            if failure_rate or slow_rate then
+              -- Buckets that may leave the window before the sender writes again take their calls and failures with
+              -- them, which can raise a ratio: the headroom is the least over every such moment (k oldest buckets gone).
+              local size = is_time and math.huge or window_size
+              local gc, gf, gs = 0, 0, 0
+              for k = 0, leaving do
+                if k == window_size then
+                  gc, gf, gs = window.calls, window.failures, window.slow
+                elseif k > 0 then
+                  local c, fl, sl = counted((bucket + k) % window_size)
+                  gc = gc + c; gf = gf + fl; gs = gs + sl
+                end
+                if failure_rate then headroom = math.min(headroom, needed(window.calls - gc, window.failures - gf, failure_rate, minimum, size)) end
+                if slow_rate then headroom = math.min(headroom, needed(window.calls - gc, window.slow - gs, slow_rate, minimum, size)) end
+              end
             end
+            if not sender_known then st.senders = st.senders + 1 end
+            local senders = math.max(1, st.senders)
+            if headroom == math.huge then
+              budget = 1048576
+            else
+              budget = math.floor((headroom - 1) / senders)
+              if budget < 0 then budget = 0 end
+            end
+            -- Powers of two, so the stored grant changes rarely.
+            if budget > 1048576 then budget = 1048576 end
+            if budget > 0 then budget = 2 ^ math.floor(math.log(budget) / math.log(2) + 1e-9) end
+            if budget < st.budget or (quiet_before and not quiet_after) then
+              -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
+              -- breaker was quiet): ask every instance to write what it holds.
+              redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
+                .. st.created .. ',"recall":' .. budget .. '}')
+            end
+            st.budget = budget
           end
-          if #dead > 0 then redis.call('HDEL', K[1], unpack(dead)) end
-          st.senders = live + 1
-          st.pruned = now
+        elseif sender and not duplicate and op == 'record' and not sender_known then
+          st.senders = st.senders + 1
         end
-      end
-      for i = 1, #FIELDS do
-        local field = FIELDS[i]
-        local value = st[field]
-        if field ~= 'policy_fp' and value ~= nil and value ~= old[field] then
-          set[#set + 1] = field; set[#set + 1] = value
-        end
-      end
-      if A[16] ~= '' and A[15] ~= st.policy_fp then
-        set[#set + 1] = 'policy_fp'; set[#set + 1] = A[15]
-        set[#set + 1] = 'policy'; set[#set + 1] = A[16]
-        st.policy_fp = A[15]
-      end
-      if (transitioned or not exists) and A[16] ~= nil then
-        local stored_breaks = exists and redis.call('HMGET', K[1], 'break_base', 'break_durations') or {}
-        if stored_breaks[1] ~= A[17] then set[#set + 1] = 'break_base'; set[#set + 1] = A[17] end
-        if stored_breaks[2] ~= A[18] then set[#set + 1] = 'break_durations'; set[#set + 1] = A[18] end
-      end
-      -- A read writes only to create the breaker or to apply a transition that time made due.
-      if #set > 0 and (op ~= 'read' or transitioned or not exists) then redis.call('HSET', K[1], unpack(set)) end
 
-      local totals = {}
-      if op == 'read' then totals = checked(3, 'HGETALL') end
-      return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
-               st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
-               transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0 }
+        -- Writes, the totals first: a key of the wrong type is refused before anything else changes.
+        for i = 1, #totals_add, 2 do checked(3, 'HINCRBY', totals_add[i], totals_add[i + 1]) end
+
+        if event then
+          checked(4, 'XADD', 'MAXLEN', '~', 100, '*', 'from', event.from, 'to', event.to, 'reason', event.reason,
+            'version', st.version, 'instance', instance, 'at', now)
+          local probe_in = 0
+          if st.state == 'open' then probe_in = st.open_until - now end
+          redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
+            probe_in_ms = probe_in, reason = st.reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
+            created = st.created }))
+        end
+
+        if win.cleared then
+          redis.call('DEL', K[2])
+        elseif win.dirty and win.writing then
+          if is_time then
+            local set = { 'newest', win.newest, 'calls', window.calls, 'failures', window.failures, 'slow', window.slow }
+            if win.adds then
+              for slot, held in pairs(win.adds) do
+                set[#set + 1] = tostring(slot)
+                set[#set + 1] = held[1] .. ' ' .. held[2] .. ' ' .. held[3] .. ' ' .. held[4]
+              end
+              if win.failed and instances > 1 then
+                local q = win.quorum
+                if q == nil then
+                  set[#set + 1] = (bucket % window_size) .. ':q'; set[#set + 1] = bucket .. ' ' .. instance
+                elseif not string.find(q .. ' ', ' ' .. instance .. ' ', 1, true) then
+                  set[#set + 1] = (bucket % window_size) .. ':q'; set[#set + 1] = q .. ' ' .. instance
+                end
+              end
+            end
+            redis.call('HSET', K[2], unpack(set))
+          else
+            redis.call('HSET', K[2], 'ring', win.ring, 'next', win.next, 'calls', window.calls, 'failures', window.failures, 'slow', window.slow)
+          end
+        end
+
+        -- The policy (for operators) is written only when its fingerprint changes; break durations with transitions.
+        local set = {}
+        -- Senders: the high-water mark of the batch just applied; senders silent for 10 minutes are forgotten.
+        if sender and sender_seq and not duplicate then
+          set[1] = SEQ_FIELD; set[2] = sender_seq .. ':' .. now
+          if now - st.pruned >= 60000 then
+            local all = redis.call('HGETALL', K[1])
+            local dead, live = {}, 0
+            for i = 1, #all, 2 do
+              if string.sub(all[i], 1, 4) == 'seq:' and all[i] ~= SEQ_FIELD then
+                local last = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
+                if now - last > 600000 then dead[#dead + 1] = all[i] else live = live + 1 end
+              end
+            end
+            if #dead > 0 then redis.call('HDEL', K[1], unpack(dead)) end
+            st.senders = live + 1
+            st.pruned = now
+          end
+        end
+        for i = 1, #FIELDS do
+          local field = FIELDS[i]
+          local value = st[field]
+          if field ~= 'policy_fp' and value ~= nil and value ~= old[field] then
+            set[#set + 1] = field; set[#set + 1] = value
+          end
+        end
+        if A[16] ~= '' and A[15] ~= st.policy_fp then
+          set[#set + 1] = 'policy_fp'; set[#set + 1] = A[15]
+          set[#set + 1] = 'policy'; set[#set + 1] = A[16]
+          st.policy_fp = A[15]
+        end
+        if (transitioned or not exists) and A[16] ~= nil then
+          local stored_breaks = exists and redis.call('HMGET', K[1], 'break_base', 'break_durations') or {}
+          if stored_breaks[1] ~= A[17] then set[#set + 1] = 'break_base'; set[#set + 1] = A[17] end
+          if stored_breaks[2] ~= A[18] then set[#set + 1] = 'break_durations'; set[#set + 1] = A[18] end
+        end
+        -- A read writes only to create the breaker or to apply a transition that time made due.
+        if #set > 0 and (op ~= 'read' or transitioned or not exists) then redis.call('HSET', K[1], unpack(set)) end
+
+        local totals = {}
+        if op == 'read' then totals = checked(3, 'HGETALL') end
+        return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
+                 st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
+                 transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0 }
+      end
+      return run
     end
 
     -- Each breaker runs on its own: a refusal (or any error) answers for that breaker alone.
+    local run = nil
     local replies = {}
     local position = 6
     for i = 1, #KEYS / 4 do
@@ -782,7 +881,11 @@ enum BreakerScript {
       local A = { unpack(ARGV, position + 1, position + count) }
       position = position + count + 1
       local K = { KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }
-      local ok, result = pcall(run, A, K)
+      local ok, result = pcall(lean_record, A, K)
+      if not ok or result == nil then
+        run = run or make_rules()
+        ok, result = pcall(run, A, K)
+      end
       if ok then
         replies[i] = result
       elseif type(result) == 'table' and result.refusal then

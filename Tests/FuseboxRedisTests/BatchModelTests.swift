@@ -107,6 +107,31 @@ struct BatchModelTests {
         #expect(trips == 1)
     }
 
+    @Test("plain successes on a quiet time window take the script's lean path, and agree with the full rules")
+    func leanSuccesses() async throws {
+        let server = try await SharedServer.get()
+        let redis = try RedisClient(configuration: server.configuration())
+        var policy = BreakerPolicy()
+        policy.window = .time(samplingDuration: .seconds(10), buckets: 10)
+        policy.failureRateThreshold = 0.5
+        policy.minimumThroughput = 10
+        func successes(_ sender: Int, _ count: Int) -> Step {
+            .batch(sender: sender, successes: count, slowSuccesses: 0, failures: 0, slowFailures: 0, ignored: 0, stale: false)
+        }
+        func failures(_ sender: Int, _ count: Int) -> Step {
+            .batch(sender: sender, successes: 0, slowSuccesses: 0, failures: count, slowFailures: 0, ignored: 0, stale: false)
+        }
+        // Each sender's first write makes it known (the full path); the rest are lean until a failure is in the window.
+        let steps: [Step] = [
+            successes(0, 3), successes(1, 4), successes(2, 5), successes(0, 6), successes(1, 7), successes(2, 8), .advance(milliseconds: 1000),
+            successes(0, 2), successes(1, 2), successes(0, 9), failures(2, 1), successes(1, 3), .advance(milliseconds: 4000),
+            successes(0, 1), successes(2, 2), failures(1, 60),
+        ]
+        let (problems, trips) = try await Self.run(Case(policy: policy, steps: steps), redis: redis, name: "lean-\(UInt32.random(in: 0...UInt32.max))")
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
+        #expect(trips == 1)
+    }
+
     /// Runs one case; returns the disagreements (the run stops at the first step with any) and the trips seen.
     static func run(_ testCase: Case, redis: RedisClient, name: String) async throws -> ([String], Int) {
         let policy = try testCase.policy.validated()
@@ -119,18 +144,22 @@ struct BatchModelTests {
         var sequences = [0, 0, 0]
         var problems: [String] = []
         var trips = 0
+        var policyStored = false
 
         func script(_ op: String, sender: Int, _ extra: [any RedisArgument]) async throws -> StateReply {
             let durations = (1...4).map { String(policy.breakDuration.duration(forAttempt: model.attempt + $0).milliseconds) }
             var breaker: [any RedisArgument] = [op, name]
             breaker += rules.arguments as [any RedisArgument]
-            breaker += [rules.fingerprint, rules.json, model.attempt, durations.joined(separator: ",")] as [any RedisArgument]
+            // The JSON only until Redis holds it, as instances send it (the script's lean path needs it absent).
+            breaker += [rules.fingerprint, policyStored ? "" : rules.json, model.attempt, durations.joined(separator: ",")] as [any RedisArgument]
             breaker += extra
             let header: [any RedisArgument] = ["\(options.namespace):transitions", "instance-\(sender)", String(milliseconds), "1000", "sender-\(sender)"]
             let reply = try await redis.run(BreakerScript.script, keys: keys, arguments: header + [breaker.count] + breaker)
             guard let first = reply.array?.first else { throw RedisError(code: .unexpectedReply, message: "\(reply)") }
             if case .error(let message) = first { throw RedisError(code: .serverError, message: message) }
-            return try StateReply(first, key: keys[0])
+            let parsed = try StateReply(first, key: keys[0])
+            policyStored = parsed.policyStored
+            return parsed
         }
         var lua = try await script("read", sender: 0, [])
 

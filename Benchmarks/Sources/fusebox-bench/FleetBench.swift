@@ -13,7 +13,7 @@ struct FleetBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fusebox-bench",
         abstract: "Measure Fusebox's hot path and its fleet behaviour across processes.",
-        subcommands: [Coordinate.self, Worker.self, PubSubLatency.self, Scale.self, ScaleWorker.self],
+        subcommands: [Coordinate.self, Worker.self, PubSubLatency.self, Scale.self, ScaleWorker.self, Fleet.self, FleetWorker.self],
         defaultSubcommand: Coordinate.self)
 }
 
