@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "6037e58e7d298b6f222f1a6037f86844a59315b8")
+    static let script = RedisScript(source, sha1: "c9d3fd3e94504c2c8f34b4095c8ee3117d5c6cb1")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -118,10 +118,31 @@ enum BreakerScript {
         end
       end
       local w = redis.pcall('HMGET', K[2], unpack(names))
-      if w.err or tonumber(w[1] or '') ~= bucket then return nil end
+      if w.err then return nil end
+      local newest = tonumber(w[1] or '')
       local calls, failures, slow = tonumber(w[2] or ''), tonumber(w[3] or ''), tonumber(w[4] or '')
-      if calls == nil or failures ~= 0 or slow == nil or (A[5] ~= '' and slow > 0) then return nil end
-      local set, group = { 'calls', 0 }, 30
+      if newest == nil or newest > bucket or calls == nil or failures ~= 0 or slow == nil or (A[5] ~= '' and slow > 0) then
+        return nil
+      end
+      if bucket - newest >= size then
+        calls, slow = 0, 0
+      elseif newest < bucket then
+        -- Buckets newest+1 .. bucket take the slots of buckets leaving the window: what those still counted goes
+        -- (calls and slow calls only: the window holds no failure).
+        local leaving = {}
+        for b = newest + 1, bucket do leaving[#leaving + 1] = tostring(b % size) end
+        local old = redis.pcall('HMGET', K[2], unpack(leaving))
+        if old.err then return nil end
+        for j = 1, #leaving do
+          if old[j] then
+            local pb, pc, pf, ps = string.match(old[j], '^(%-?%d+) (%d+) (%d+) (%d+)$')
+            if pb == nil then return nil end
+            pb = tonumber(pb)
+            if pb > newest - size and pb <= newest then calls = calls - tonumber(pc); slow = slow - tonumber(ps) end
+          end
+        end
+      end
+      local set, group = { 'calls', 0, 'newest', bucket, 'slow', slow }, 30
       for j = 1, #buckets do
         local b = buckets[j]
         while true do

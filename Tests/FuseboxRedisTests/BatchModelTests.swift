@@ -123,8 +123,12 @@ struct BatchModelTests {
         }
         // Each sender's first write makes it known (the full path); the rest are lean until a failure is in the window.
         let steps: [Step] = [
-            successes(0, 3), successes(1, 4), successes(2, 5), successes(0, 6), successes(1, 7), successes(2, 8), .advance(milliseconds: 1000),
-            successes(0, 2), successes(1, 2), successes(0, 9), failures(2, 1), successes(1, 3), .advance(milliseconds: 4000),
+            successes(0, 3), successes(1, 4), successes(2, 5), successes(0, 6), successes(1, 7), successes(2, 8), .advance(milliseconds: 9000),
+            successes(1, 5), successes(2, 2), .advance(milliseconds: 1000),
+            // The oldest bucket's slot comes round again: what it held leaves the window (on the lean path).
+            successes(0, 4), successes(1, 3), .advance(milliseconds: 1000), successes(2, 2), .advance(milliseconds: 12000),
+            successes(0, 2), successes(1, 1), .advance(milliseconds: 1000),
+            successes(0, 2), successes(1, 9), failures(2, 1), successes(1, 3), .advance(milliseconds: 4000),
             successes(0, 1), successes(2, 2), failures(1, 60),
         ]
         let (problems, trips) = try await Self.run(Case(policy: policy, steps: steps), redis: redis, name: "lean-\(UInt32.random(in: 0...UInt32.max))")

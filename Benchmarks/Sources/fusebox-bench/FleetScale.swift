@@ -186,7 +186,7 @@ struct Fleet: AsyncParsableCommand {
             for (version, count) in report["probes_by_version"] as? [String: Int] ?? [:] { probes[Int(version) ?? -1, default: 0] += count }
         }
         failures.sort()
-        // The crossing: the policy's minimum throughput of failures in its window, all of them failures.
+        // The crossing: the idle breaker's window holds the policy's minimum throughput of calls, all failures.
         let minimum = 20
         let crossing = failures.count >= minimum ? failures[minimum - 1] : .nan
         let lastRejection = firstRejections.max() ?? .nan
@@ -221,6 +221,11 @@ struct Fleet: AsyncParsableCommand {
     }
 
     func emit(_ line: [String: Any]) {
+        // JSON has no NaN: a figure that was not measured is null.
+        let line = line.mapValues { value -> Any in
+            if let number = value as? Double, !number.isFinite { return NSNull() }
+            return value
+        }
         let data = try! JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
         fflush(nil)
@@ -389,9 +394,9 @@ struct FleetWorker: AsyncParsableCommand {
         return ["calls_made": tallies.reduce(0) { $0 + $1.made }, "calls_in_window": tallies.reduce(0) { $0 + $1.inWindow }]
     }
 
-    /// Per instance: 2 calls/s to a dependency that fails every call from `startAt + 1000`, through the shared
-    /// breaker and, separately, a local breaker of the same policy; after the shared trip, probes are held 300 ms
-    /// and fail, for `probeTrials` ends of a break.
+    /// Per instance: an idle breaker whose dependency fails every call from `startAt + 1000`, called at 2 calls/s,
+    /// through the shared breaker and, separately, a local breaker of the same policy; after the shared trip,
+    /// probes are held 300 ms and fail, for `probeTrials` ends of a break.
     func trip(_ configuration: RedisConfiguration) async throws -> [String: Any] {
         var policy = BreakerPolicy()
         policy.failureRateThreshold = 0.5
@@ -418,12 +423,9 @@ struct FleetWorker: AsyncParsableCommand {
                 group.addTask {
                     try await withThrowingTaskGroup(of: Void.self) { probes in
                         try await Self.pace(perSecond: 2, begin: startAt, measured: 0..<0, end: end, tally: Tally()) { _ in
+                            // The breaker is idle until its dependency starts failing every call.
                             let now = Double(wallNanoseconds()) / 1e6
-                            guard now >= Double(failAt) else {
-                                breaker.tryAcquire()?.success()
-                                local.tryAcquire()?.success()
-                                return
-                            }
+                            guard now >= Double(failAt) else { return }
                             if let permit = local.tryAcquire() {
                                 permit.failure(Failure())
                                 if record.localFirstRejection == nil { record.localWasted += 1 }
