@@ -128,12 +128,14 @@ demo: deps
 	$(SWIFT) build --product fusebox
 	$(SWIFT) run fusebox demo --compare
 
-## The hot-path suite (package-benchmark; allocation thresholds checked) and the fleet benchmark.
+## The hot-path suite (package-benchmark; allocation thresholds checked), the fleet benchmark's guarantees and costs,
+## and a fleet of 200 instances on one Redis (fusebox-bench fleet).
 bench: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark --no-progress --format markdown
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check --metric mallocCountTotal --skip "redis-.*" --no-progress
 	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench
 	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench scale
+	$(SWIFT) run -c release --package-path Benchmarks fusebox-bench fleet
 
 clean:
 	rm -rf .build .build-asan .build-tsan Benchmarks/.build

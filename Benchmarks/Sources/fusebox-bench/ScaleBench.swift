@@ -23,25 +23,9 @@ struct Scale: AsyncParsableCommand {
     var cluster = false
 
     func run() async throws {
-        let server: RedisServerProcess
-        let redis: RedisClient
-        var started: RedisClusterProcess?
-        if cluster {
-            let nodes = try await RedisClusterProcess.start(primaries: 3)
-            started = nodes
-            server = nodes.nodes[0]
-            Self.url = nodes.url
-            Self.nodes = try nodes.nodes.map { try RedisClient(configuration: $0.configuration()) }
-            redis = try RedisClient(url: nodes.url)
-        } else {
-            server = try await RedisServerProcess.start()
-            Self.url = server.url
-            redis = try RedisClient(configuration: server.configuration())
-        }
-        defer {
-            server.kill()
-            for node in started?.nodes ?? [] { node.kill() }
-        }
+        let (servers, redis) = try await Self.startServers(cluster: cluster)
+        let server = servers[0]
+        defer { for node in servers { node.kill() } }
         // Redis' own floor (its timers, with no client but this one), subtracted from every point below.
         let quiet = try await info(redis)
         try await Task.sleep(for: .seconds(seconds))
@@ -75,6 +59,20 @@ struct Scale: AsyncParsableCommand {
             emit(try await tripLatency(server, redis, trials: tripTrials))
         }
         await server.stop()
+    }
+
+    /// Starts a redis-server (or a three-primary cluster) on free loopback ports for a benchmark; sets ``url`` (and
+    /// ``nodes`` for a cluster). Returns every server started and a client of it.
+    static func startServers(cluster: Bool, options: RedisServerProcess.Options = .init()) async throws -> ([RedisServerProcess], RedisClient) {
+        if cluster {
+            let started = try await RedisClusterProcess.start(primaries: 3)
+            url = started.url
+            nodes = try started.nodes.map { try RedisClient(configuration: $0.configuration()) }
+            return (started.nodes, try RedisClient(url: started.url))
+        }
+        let server = try await RedisServerProcess.start(options)
+        url = server.url
+        return ([server], try RedisClient(configuration: server.configuration()))
     }
 
     /// The URL the workers use; with `--cluster`, every node, whose figures `info` sums.
