@@ -92,7 +92,6 @@ struct SlidingWindow: Sendable {
     /// many are recorded one by one.
     mutating func record(count: Int, failure: Bool, slow isSlow: Bool, now: Int64) {
         guard count > 0 else { return }
-        let recorded = bucketWidth == nil ? min(count, flags.count) : count
         if bucketWidth != nil {
             // One bucket takes them all: record one to place the bucket, then add the rest to it.
             record(failure: failure, slow: isSlow, now: now)
@@ -105,7 +104,7 @@ struct SlidingWindow: Sendable {
             if isSlow { slow += Int(rest) }
             return
         }
-        for _ in 0..<recorded { record(failure: failure, slow: isSlow, now: now) }
+        for _ in 0..<min(count, flags.count) { record(failure: failure, slow: isSlow, now: now) }
     }
 
     /// Empties the window.

@@ -444,8 +444,9 @@ struct PendingOutcomes: Sendable {
         return writesOutstanding == 0
     }
 
-    /// Settles a batch that will not be written again (Redis refused it for good): it is dropped.
-    mutating func abandon(_ batch: Batch) -> Bool {
+    /// Settles a batch that will not be written again (Redis refused it for good): it is dropped. Returns `true`
+    /// when no write of the breaker is outstanding any more.
+    mutating func abandon() -> Bool {
         writesOutstanding -= 1
         return writesOutstanding == 0
     }

@@ -625,7 +625,7 @@ final class DistributedBackend: BreakerBackend {
                         _ = cache.withLock { $0.pending.settle(sent, written: false) }
                         core.retryWanted.store(true, ordering: .relaxed)
                     } else {
-                        _ = cache.withLock { $0.pending.abandon(sent) }
+                        _ = cache.withLock { $0.pending.abandon() }
                     }
                 }
             })
