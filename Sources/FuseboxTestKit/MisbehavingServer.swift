@@ -27,8 +27,11 @@ public final class MisbehavingServer: Sendable {
     public let behaviour: Behaviour
     private let listener: Int32
     private let stopped = Atomic<Bool>(false)
-    /// Accepted connections still open (the silent server keeps them), closed on ``stop()``.
-    private let open = Locked<[Int32]>([])
+    /// Accepted connections still open: the silent server's (closed on ``stop()``) and those a garbage-answering
+    /// thread owns (shut down on ``stop()``; the thread closes its own, under this lock, so that no descriptor is
+    /// closed while another thread may still write to it: a number closed too early is reused by the next socket
+    /// the process opens, and garbage sent to it reached a test's real Redis connection).
+    private let open = Locked<(silent: [Int32], answering: Set<Int32>)>(([], []))
 
     /// Starts the server on a free loopback port.
     public init(_ behaviour: Behaviour) throws {
@@ -49,8 +52,10 @@ public final class MisbehavingServer: Sendable {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         shutdown(listener, Int32(SHUT_RDWR))
         open.withLock { descriptors in
-            for descriptor in descriptors { close(descriptor) }
-            descriptors.removeAll()
+            for descriptor in descriptors.silent { close(descriptor) }
+            descriptors.silent.removeAll()
+            // Their threads see the end of the stream and close them.
+            for descriptor in descriptors.answering { shutdown(descriptor, Int32(SHUT_RDWR)) }
         }
     }
 
@@ -60,9 +65,9 @@ public final class MisbehavingServer: Sendable {
             case .closing:
                 close(connection)
             case .silent:
-                open.withLock { $0.append(connection) }
+                open.withLock { $0.silent.append(connection) }
             case .garbage:
-                open.withLock { $0.append(connection) }
+                open.withLock { _ = $0.answering.insert(connection) }
                 Thread { [self] in answerWithGarbage(connection) }.start()
             }
         }
@@ -70,6 +75,12 @@ public final class MisbehavingServer: Sendable {
 
     /// Reads whatever comes and answers each read with bytes no RESP reply starts with.
     private func answerWithGarbage(_ connection: Int32) {
+        defer {
+            open.withLock { descriptors in
+                descriptors.answering.remove(connection)
+                close(connection)
+            }
+        }
         var buffer = [UInt8](repeating: 0, count: 4096)
         let garbage = Array("\u{1}\u{2}HTTP/1.1 400 Bad Request\r\n\r\n%%garbage%%\r\n".utf8)
         while !stopped.load(ordering: .acquiring) {
