@@ -789,7 +789,7 @@ local function make_rules()
           -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
           -- breaker was quiet): ask every instance to write what it holds.
           redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
-            .. st.created .. ',"recall":' .. budget .. '}')
+            .. st.created .. ',"recall":' .. budget .. ',"at":' .. now .. '}')
         end
         st.budget = budget
       end

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "c9d3fd3e94504c2c8f34b4095c8ee3117d5c6cb1")
+    static let script = RedisScript(source, sha1: "14203f9e746e6278fcb872516ae52068c486d9fd")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -799,7 +799,7 @@ enum BreakerScript {
               -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
               -- breaker was quiet): ask every instance to write what it holds.
               redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
-                .. st.created .. ',"recall":' .. budget .. '}')
+                .. st.created .. ',"recall":' .. budget .. ',"at":' .. now .. '}')
             end
             st.budget = budget
           end

@@ -43,6 +43,9 @@ struct Cache: Sendable {
     /// them: its share of the headroom left before a threshold, from the last reply or recall message. 0 until
     /// Redis has granted one; ``unlimited`` when no threshold applies (open, isolated, metrics-only).
     var budget = 0
+    /// The last recall for the cached version: its budget, and when (Redis time, ms) the write that sent it ran.
+    /// A reply to a write that ran no later cannot raise the budget above it (that write's grant is older news).
+    var recallCeiling: (budget: Int, at: Int64)?
     /// Redis holds this instance's policy JSON (its fingerprint matched in the last reply).
     var policyStored = false
     /// Redis `TIME` minus this instance's clock, in ms, from the last reply; `nil` until one arrives.
@@ -99,8 +102,12 @@ struct Cache: Sendable {
             isRecalled = false
         }
         consecutiveFailures = reply.consecutiveFailures
+        if transition != nil || isNewIncarnation { recallCeiling = nil }
         if let granted = reply.budget {
             budget = granted < 0 ? Self.unlimited : granted
+            if let ceiling = recallCeiling {
+                if reply.now <= ceiling.at { budget = min(budget, ceiling.budget) } else { recallCeiling = nil }
+            }
         } else if transition != nil || isNewIncarnation {
             budget = 0
         }
@@ -136,9 +143,11 @@ struct Cache: Sendable {
 
     /// Applies a recall: Redis found that the instances may hold more than is safe now. Returns `true` when this
     /// instance holds more than the new budget and must write at once.
-    mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int) -> Bool {
+    mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int, at: Int64?) -> Bool {
         guard isKnown, version == self.version, created == self.created else { return false }
         budget = min(budget, max(0, newBudget))
+        // Without a time (an older script), every reply until the next transition is held to it.
+        recallCeiling = (min(max(0, newBudget), recallCeiling?.budget ?? .max), max(at ?? .max, recallCeiling?.at ?? .min))
         isRecalled = true
         return heldBad > budget
     }

@@ -783,7 +783,7 @@ final class DistributedBackend: BreakerBackend {
         guard let budget = message.recall else { return }
         let (mustWrite, wasQuiet) = cache.withLock { cache in
             let wasQuiet = cache.isQuiet(for: cache.rules.policy)
-            return (cache.applyRecall(version: message.version, created: message.created ?? 0, budget: budget), wasQuiet)
+            return (cache.applyRecall(version: message.version, created: message.created ?? 0, budget: budget, at: message.at), wasQuiet)
         }
         if mustWrite || (wasQuiet && hasPending) { flush() }
     }
@@ -866,6 +866,7 @@ final class DistributedBackend: BreakerBackend {
             cache.halfOpenDeniedUntil = 0
             // A new closed period: no budget until Redis grants one (the first failure is written at once).
             cache.budget = 0
+            cache.recallCeiling = nil
             cache.windowCalls = 0
             cache.windowFailures = 0
             cache.windowSlow = 0
