@@ -140,11 +140,12 @@ bench: deps
 clean:
 	rm -rf .build .build-asan .build-tsan Benchmarks/.build
 
-## Regenerates Sources/FuseboxRedis/BreakerScript.swift and LeaseScript.swift from lua/breaker.lua and lua/lease.lua
+## Regenerates Sources/FuseboxRedis/BreakerScript.swift, LeaseScript.swift and MembersScript.swift from lua/*.lua
 ## (a test fails if they differ).
 lua:
 	@$(MAKE) --no-print-directory lua-script LUA=breaker TYPE=BreakerScript WHAT="every change to a breaker'\''s state in Redis."
 	@$(MAKE) --no-print-directory lua-script LUA=lease TYPE=LeaseScript WHAT="fleet-wide concurrency leases (fusebox run --max-concurrent)."
+	@$(MAKE) --no-print-directory lua-script LUA=members TYPE=MembersScript WHAT="live membership (senders and instances that are up)."
 
 lua-script:
 	@{ \

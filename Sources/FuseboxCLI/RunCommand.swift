@@ -107,6 +107,10 @@ struct RunCommand: AsyncParsableCommand {
             // A command that cannot be started says nothing of the dependency: it counts neither way.
             policy.classification = .ignoring([CannotStart.self])
             let breaker = try registry.breaker(name, policy: policy)
+            // The adapter's background work while the command runs: membership, flushes, and the renewal of a probe
+            // permit's lease, so that a long command keeps its probe while a killed process loses it at the lease's end.
+            let background = Task { try? await registry.run() }
+            defer { background.cancel() }
 
             // The fleet-wide slot is held for the whole run, retries included, and renewed while it lasts.
             var lease: FleetLease?

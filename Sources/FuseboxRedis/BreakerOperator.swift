@@ -72,7 +72,7 @@ public struct BreakerOperator: Sendable {
                 policies.withLock { $0 = result }
                 results.deliverExtra()
             }
-            let header: [any RedisArgument] = [channel, actor, "", "1000", ""]
+            let header: [any RedisArgument] = [channel, actor, "", "1000", "", "0", "0"]
             for batch in DistributedCore.batches(of: calls, header: header, isCluster: DistributedCore.isCluster(connection)) {
                 DistributedCore.send(batch, on: connection)
             }
@@ -155,7 +155,7 @@ public struct BreakerOperator: Sendable {
         if requiringKnown { try await requireKnown(name) }
         // A[3…18] empty: the script uses the policy and break durations stored with the breaker.
         let breaker: [any RedisArgument] = [op, name] + Array(repeating: "", count: 16) + extra
-        let arguments: [any RedisArgument] = [channel, actor, "", "1000", "", breaker.count] + breaker
+        let arguments: [any RedisArgument] = [channel, actor, "", "1000", "", "0", "0", breaker.count] + breaker
         let value: RESPValue
         do throws(RedisError) {
             let replies = try await connection.run(BreakerScript.script, keys: keys(of: name), arguments: arguments)

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "14203f9e746e6278fcb872516ae52068c486d9fd")
+    static let script = RedisScript(source, sha1: "1f70c9d2eed90a72d6b8c7f128f69d9ae582c127")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -17,8 +17,10 @@ enum BreakerScript {
     --
     -- KEYS[4i-3] NS:{NAME}:state   hash    KEYS[4i-2] NS:{NAME}:window  hash
     -- KEYS[4i-1] NS:{NAME}:totals  hash    KEYS[4i]   NS:{NAME}:events  stream
-    -- The state hash holds, per sender (one adapter object), a field `seq:SENDER` = "SEQ:LAST_MS": the highest batch
-    -- sequence applied (a batch sent again after a timeout is applied once) and when it was last heard from.
+    -- The state hash's field `marks` holds, per sender (one adapter object, named by the nonce after the last ':' of its
+    -- id), ' NONCE:SEQ:LAST_S': the highest batch sequence applied (a batch sent again after a timeout is applied once)
+    -- and when (s) it was last heard from; about 30 bytes a sender. Field `leases` holds the half-open probe permits,
+    -- ' NONCE:EXPIRES_MS' each: a permit whose holder neither reports nor renews it by then is free again.
     -- Publishes a transition message per transition, and a recall when the failure budget shrinks or a quiet breaker
     -- (no failure in its window) gets its first one: instances then write what they hold (Docs/architecture.md).
     --
@@ -26,8 +28,11 @@ enum BreakerScript {
     -- ARGV[3] '' (use TIME), or a fixed time in ms for tests
     -- ARGV[4] how long (ms) the sender may hold outcomes before it writes them (its flush interval)
     -- ARGV[5] sender ('' = no dedupe)
+    -- ARGV[6] live senders, ARGV[7] live instances, as the caller last read the membership (`NS:{members}:*`; 0 = not
+    --         known): the failure budget is shared among min(live senders, senders with a mark); a quorum above the
+    --         live instances is lowered to them
     -- Then, per breaker, L followed by L arguments A[1..L]:
-    -- A[1]  op: acquire | record | isolate | reset | half_open | read      A[2]  breaker name
+    -- A[1]  op: acquire | renew | record | isolate | reset | half_open | read      A[2]  breaker name
     -- A[3]  failure ratio threshold, '' = off     A[4]  consecutive-failure threshold, '' = off
     -- A[5]  slow-call ratio threshold, '' = off   A[6]  minimum throughput
     -- A[7]  window kind: time | count             A[8]  buckets (time) or size (count)
@@ -47,6 +52,8 @@ enum BreakerScript {
     --            A[29] E, the number of error types, then A[30 .. 29+2E]: name, count, name, count, ...
     --            then groups of five until the end: the time bucket the calls happened in (the sender maps its clock
     --            to Redis TIME; 0 = unknown, use the current bucket), successes, slow successes, failures, slow failures
+    -- op acquire, renew: A[19] the probe permit's lease in ms (default 5000): a granted permit, or (renew) every permit
+    --            this sender holds, is held until then
     -- op isolate: A[19] reason
     --
     -- Reply: one element per breaker, either an error (a refusal: CORRUPT, NOPOLICY, SCHEMA) or
@@ -59,7 +66,10 @@ enum BreakerScript {
 
     local SCHEMA = '2'
     local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]
+    local live_senders, live_instances = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or 0
     if sender == '' then sender = nil end
+    -- The sender's name in `marks` and `leases`: the nonce after the last ':' of its id.
+    local SENDER_KEY = sender and (string.match(sender, '([^: ]+)$') or sender) or '-'
 
     local now = tonumber(ARGV[3])
     if now == nil then
@@ -67,10 +77,28 @@ enum BreakerScript {
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
 
-    local SEQ_FIELD = sender and 'seq:' .. sender
-    -- What the lean path reads of the state hash (and, last, this call's sender's high-water mark).
+    -- This sender's high-water mark in `marks` (nil when it has none).
+    local function mark_of(marks)
+      if not sender or not marks then return nil end
+      local at = string.find(marks, ' ' .. SENDER_KEY .. ':', 1, true)
+      if not at then return nil end
+      return tonumber(string.match(marks, '^ [^ ]-:(%d+):', at))
+    end
+
+    -- `marks` with this sender's high-water mark set to `seq`, heard from now.
+    local function with_mark(marks, seq)
+      marks = marks or ''
+      local record = ' ' .. SENDER_KEY .. ':' .. seq .. ':' .. math.floor(now / 1000)
+      local at = string.find(marks, ' ' .. SENDER_KEY .. ':', 1, true)
+      if not at then return marks .. record end
+      local after = string.find(marks, ' ', at + 1, true)
+      if after then return string.sub(marks, 1, at - 1) .. record .. string.sub(marks, after) end
+      return string.sub(marks, 1, at - 1) .. record
+    end
+
+    -- What the lean path reads of the state hash (and, last, the senders' high-water marks).
     local LEAN_READ = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason', 'consecutive_failures',
-      'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', SEQ_FIELD }
+      'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', 'marks' }
 
     -- The common write, kept lean: plain successes for a closed breaker with a time window, from a sender Redis knows,
     -- admitted under the state Redis holds, while the window holds no failure (and no slow call where a slow-call rule
@@ -101,8 +129,8 @@ enum BreakerScript {
       local since, open_until, attempt = tonumber(v[3] or ''), tonumber(v[4] or ''), tonumber(v[5] or '')
       local probes, probe_successes = tonumber(v[9] or ''), tonumber(v[10] or '')
       if not (since and open_until and attempt and probes and probe_successes) then return nil end
-      local seen, seq = v[#LEAN_READ], tonumber(A[19])
-      local high = seen and tonumber(string.match(seen, '^(%d+)') or '')
+      local seq = tonumber(A[19])
+      local high = mark_of(v[#LEAN_READ])
       if high == nil or seq == nil or seq <= high then return nil end
       local width, size = tonumber(A[9]), tonumber(A[8])
       local bucket = math.floor(now / width)
@@ -175,7 +203,7 @@ enum BreakerScript {
       if type(added) == 'table' and added.err then return nil end
       redis.call('HINCRBY', K[3], 'successes', n)
       redis.call('HSET', K[2], unpack(set))
-      redis.call('HSET', K[1], SEQ_FIELD, seq .. ':' .. now)
+      redis.call('HSET', K[1], 'marks', with_mark(v[#LEAN_READ], seq))
       local budget = -1
       if state == 'closed' then budget = 0 end
       return { state, version, since, open_until, now, attempt, v[6] or '', v[7] or '', 0, probes, probe_successes, 0,
@@ -186,17 +214,17 @@ enum BreakerScript {
     -- for each table and closure a script call makes.
     local function make_rules()
       -- The state hash fields the rules use (the policy JSON and the break durations stay unread).
-      -- (and, last, this call's sender's high-water mark).
+      -- (and, last, the senders' high-water marks).
       local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
         'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders',
-        'streak_at' }
+        'streak_at', 'leases' }
       local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
       local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
       local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
         probe_successes = 10, created = 11 }
       local EXPECTED = { 'hash', 'hash', 'hash', 'stream' }
       local READ = { unpack(FIELDS) }
-      READ[#READ + 1] = SEQ_FIELD
+      READ[#READ + 1] = 'marks'
 
       local function refuse(text) error({ refusal = text }) end
 
@@ -307,6 +335,9 @@ enum BreakerScript {
         local minimum, window_kind, window_size, width = tonumber(A[6]), A[7], tonumber(A[8]), tonumber(A[9])
         local permitted, successes_needed, max_half_open = tonumber(A[10]), tonumber(A[11]), tonumber(A[12])
         local mode, instances, base_attempt = A[13], tonumber(A[14]), tonumber(A[17])
+        -- The quorum: at most the instances that are up (a fleet that shrank below it can still trip).
+        local quorum = instances
+        if live_instances > 0 and live_instances < quorum then quorum = live_instances end
         local is_time = window_kind == 'time'
 
         local base_state = 'closed'
@@ -318,7 +349,7 @@ enum BreakerScript {
         local function fresh(version, reason)
           return { state = base_state, version = version, since = now, open_until = 0, attempt = 0, reason = reason,
                    isolation_reason = '', consecutive_failures = 0, probes = 0, probe_successes = 0, created = now,
-                   budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = 0 }
+                   budget = -1, policy_fp = '', schema = SCHEMA, pruned = now, senders = 0, leases = '' }
         end
         if not exists then
           st = fresh(0, 'created')
@@ -328,7 +359,8 @@ enum BreakerScript {
             attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
             consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
             created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
-            pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or '') }
+            pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or ''),
+            leases = v[18] or '' }
           for i = 1, #NUMERIC do
             local field = NUMERIC[i]
             if st[field] == nil then
@@ -340,7 +372,8 @@ enum BreakerScript {
           old = { state = st.state, version = st.version, since = st.since, open_until = st.open_until, attempt = st.attempt,
             reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
             probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
-            policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at }
+            policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at,
+            leases = st.leases }
           if v[16] == false then old.senders = nil end
           if st.schema == nil then
             -- A breaker last written by schema 1: its window is laid out differently; start it empty.
@@ -529,6 +562,7 @@ enum BreakerScript {
           st.since = now
           st.reason = reason
           st.probes = 0
+          st.leases = ''
           st.probe_successes = 0
           st.consecutive_failures = 0
           st.budget = -1
@@ -591,18 +625,44 @@ enum BreakerScript {
           return window.failures == 0 and (not slow_rate or window.slow == 0) and (not consecutive or st.consecutive_failures == 0)
         end
 
+        -- The probe permits held: { sender, expires (ms) } for each whose lease has not run out.
+        local function live_leases()
+          local held = {}
+          for key, expires in string.gmatch(st.leases or '', ' ([^ ]-):(%d+)') do
+            if tonumber(expires) > now then held[#held + 1] = { key, tonumber(expires) } end
+          end
+          return held
+        end
+        local function set_leases(held)
+          local parts = {}
+          for i = 1, #held do parts[i] = ' ' .. held[i][1] .. ':' .. held[i][2] end
+          st.leases = table.concat(parts)
+          st.probes = #held
+        end
+
         local granted = 0
         local duplicate = false
         local sender_seq = nil
         local sender_known = true
-        if op == 'acquire' then
+        if op == 'acquire' or op == 'renew' then
           advance()
-          if st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled' then
+          local lease = tonumber(A[19] or '') or 5000
+          if st.state == 'half_open' then
+            -- Permits whose lease ran out are free again (their holder died, or lost Redis for longer than the lease).
+            local held = live_leases()
+            if op == 'renew' then
+              for i = 1, #held do if held[i][1] == SENDER_KEY then held[i][2] = now + lease end end
+            elseif #held < permitted then
+              held[#held + 1] = { SENDER_KEY, now + lease }
+              granted = 2
+            end
+            set_leases(held)
+          end
+          if op == 'renew' then
+            -- nothing is admitted
+          elseif st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled' then
             granted = 1
-          elseif st.state == 'half_open' and st.probes < permitted then
-            st.probes = st.probes + 1
-            granted = 2
-          else
+          elseif granted == 0 then
             add_total('rejected', 1)
           end
         elseif op == 'record' then
@@ -613,11 +673,10 @@ enum BreakerScript {
           if error_end >= 30 then first_error = A[30] end
           if sender then
             sender_seq = tonumber(A[19])
-            local seen = values[#READ]
-            if not exists or corrupt then seen = false end
-            sender_known = seen ~= false
-            local high = seen and tonumber(string.match(seen, '^(%d+)')) or 0
-            duplicate = sender_seq <= high
+            local high = nil
+            if exists and not corrupt then high = mark_of(values[#READ] or nil) end
+            sender_known = high ~= nil
+            duplicate = sender_seq <= (high or 0)
           end
           if duplicate then
             same_state = false
@@ -633,7 +692,13 @@ enum BreakerScript {
 
             if A[23] == '1' then
               if same_state and st.state == 'half_open' then
-                st.probes = math.max(0, st.probes - ignored - successes - failures)
+                -- The outcomes free this sender's permits (not another's: a permit whose lease ran out may be held
+                -- by someone else now).
+                local held, freeing, kept = live_leases(), ignored + successes + failures, {}
+                for i = 1, #held do
+                  if freeing > 0 and (held[i][1] == SENDER_KEY or not sender) then freeing = freeing - 1 else kept[#kept + 1] = held[i] end
+                end
+                set_leases(kept)
                 if failures > 0 then
                   trip('probe failed (' .. (first_error or 'Error') .. ')')
                 elseif successes > 0 then
@@ -732,7 +797,7 @@ enum BreakerScript {
                 if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
               end
               quiet_after = quiet()
-              if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < instances) then
+              if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < quorum) then
                 local reason = nil
                 if consecutive and peak >= consecutive then
                   reason = peak .. ' consecutive failures ≥ ' .. consecutive
@@ -766,7 +831,7 @@ enum BreakerScript {
           else
             load_window(false, wanted)
             local headroom = math.huge
-            if instances > 1 and count_instances() < instances then headroom = 0 end
+            if instances > 1 and count_instances() < quorum then headroom = 0 end
             if consecutive then headroom = math.min(headroom, consecutive - st.consecutive_failures) end
             if failure_rate or slow_rate then
               -- Buckets that may leave the window before the sender writes again take their calls and failures with
@@ -785,7 +850,9 @@ enum BreakerScript {
               end
             end
             if not sender_known then st.senders = st.senders + 1 end
+            -- Those who may hold failures: senders with a mark that are up (either count alone is an upper bound).
             local senders = math.max(1, st.senders)
+            if live_senders > 0 and live_senders < senders then senders = live_senders end
             if headroom == math.huge then
               budget = 1048576
             else
@@ -849,20 +916,17 @@ enum BreakerScript {
         local set = {}
         -- Senders: the high-water mark of the batch just applied; senders silent for 10 minutes are forgotten.
         if sender and sender_seq and not duplicate then
-          set[1] = SEQ_FIELD; set[2] = sender_seq .. ':' .. now
+          local marks = with_mark(exists and not corrupt and values[#READ] or nil, sender_seq)
           if now - st.pruned >= 60000 then
-            local all = redis.call('HGETALL', K[1])
-            local dead, live = {}, 0
-            for i = 1, #all, 2 do
-              if string.sub(all[i], 1, 4) == 'seq:' and all[i] ~= SEQ_FIELD then
-                local last = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-                if now - last > 600000 then dead[#dead + 1] = all[i] else live = live + 1 end
-              end
+            local kept, live = {}, 0
+            for record, last in string.gmatch(marks, '( [^ ]-:%d+:(%d+))') do
+              if now - tonumber(last) * 1000 <= 600000 then kept[#kept + 1] = record; live = live + 1 end
             end
-            if #dead > 0 then redis.call('HDEL', K[1], unpack(dead)) end
-            st.senders = live + 1
+            marks = table.concat(kept)
+            st.senders = live
             st.pruned = now
           end
+          set[1] = 'marks'; set[2] = marks
         end
         for i = 1, #FIELDS do
           local field = FIELDS[i]
@@ -896,7 +960,7 @@ enum BreakerScript {
     -- Each breaker runs on its own: a refusal (or any error) answers for that breaker alone.
     local run = nil
     local replies = {}
-    local position = 6
+    local position = 8
     for i = 1, #KEYS / 4 do
       local count = tonumber(ARGV[position])
       local A = { unpack(ARGV, position + 1, position + count) }

@@ -30,6 +30,11 @@ struct Cache: Sendable {
     var probeAt: Int64 = 0
     /// After Redis denied a probe permit: reject locally until then (ns).
     var halfOpenDeniedUntil: Int64 = 0
+    /// Calls this instance runs as probes of half-open version ``probesHeldVersion`` (their permits are leased), and
+    /// when (ns) it renews their leases next.
+    var probesHeld = 0
+    var probesHeldVersion = -1
+    var probeLeaseRenewAt: Int64 = 0
     var attempt = 0
     var isolationReason: String?
     /// The window as of the last reply, to guess whether an outcome may trip the breaker.
@@ -255,6 +260,24 @@ struct PendingOutcomes: Sendable {
         /// Outcomes that bring a breaker closer to a threshold: failures and slow calls.
         var bad: Int { failures + slowFailures + slowSuccesses }
         var hasSuccess: Bool { successes + slowSuccesses > 0 }
+
+        /// Merges the groups of buckets before `bucket` (known buckets only) into one, under the newest of them.
+        mutating func foldGroups(before bucket: Int64) {
+            guard groups.count > 1, groups[0].bucket > 0, groups[0].bucket < bucket, groups[1].bucket > 0, groups[1].bucket < bucket
+            else { return }
+            var merged = groups[0]
+            var taken = 1
+            while taken < groups.count, groups[taken].bucket > 0, groups[taken].bucket < bucket {
+                let group = groups[taken]
+                merged.bucket = max(merged.bucket, group.bucket)
+                merged.successes += group.successes
+                merged.slowSuccesses += group.slowSuccesses
+                merged.failures += group.failures
+                merged.slowFailures += group.slowFailures
+                taken += 1
+            }
+            groups.replaceSubrange(0..<taken, with: [merged])
+        }
 
         mutating func clear() {
             sequence = nil

@@ -132,6 +132,13 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.listen() }
             group.addTask {
+                // Membership: this adapter is up (lua/members.lua); the counts come back with each beat.
+                while !Task.isCancelled {
+                    self.core.beat()
+                    try? await Task.sleep(for: self.options.membershipInterval)
+                }
+            }
+            group.addTask {
                 // Rings every flush interval, and sooner (after DistributedCore.retryInterval) when a write failed.
                 let tick = min(self.options.flushInterval, DistributedCore.retryInterval)
                 var sinceFlush = Duration.zero
@@ -139,6 +146,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     try? await Task.sleep(for: tick)
                     sinceFlush += tick
                     let retry = self.core.retryWanted.exchange(false, ordering: .relaxed)
+                    self.renewProbeLeases()
                     if sinceFlush >= self.options.flushInterval {
                         sinceFlush = .zero
                         self.core.doorbell.ring()
@@ -185,6 +193,13 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.cancelAll()
         }
         await flush()
+        await core.leave()
+    }
+
+    /// Renews the probe permits of calls still running whose lease is half over (a live holder keeps its permit
+    /// however long its call takes; one that died loses it when the lease runs out).
+    private func renewProbeLeases() {
+        for backend in allBackends { backend.renewProbeLeaseIfDue() }
     }
 
     private func gracefulShutdownOrCancellation() async {

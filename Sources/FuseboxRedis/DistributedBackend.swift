@@ -20,6 +20,12 @@ final class DistributedCore: Sendable {
     let senderID: String
     /// How long (ms) an outcome may wait in this instance before it is written: the flush interval.
     let holdMilliseconds: String
+    /// The senders and instances up, fleet-wide, as the last membership beat read them (0: not known yet).
+    /// Scripts get them in `ARGV[6]` and `ARGV[7]`; the quiet hold grows with the senders.
+    let liveSenders = Atomic<Int>(0)
+    let liveInstances = Atomic<Int>(0)
+    /// The membership keys: `NS:{members}:senders` and `NS:{members}:instances` (one slot in a cluster).
+    let membershipKeys: [String]
     /// Set when the namespace holds another key schema: every script call is refused with this error.
     let schemaRefusal = Locked<RedisError?>(nil)
     private let schemaGate = Locked<SchemaGate>(.unchecked)
@@ -56,6 +62,41 @@ final class DistributedCore: Sendable {
         self.channel = "\(options.namespace):transitions"
         self.senderID = "\(options.instanceID):\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
         self.holdMilliseconds = String(max(1, options.flushInterval.milliseconds))
+        self.membershipKeys = ["\(options.namespace):{members}:senders", "\(options.namespace):{members}:instances"]
+    }
+
+    /// Tells Redis this adapter is up until three membership intervals from now, and learns how many senders and
+    /// instances are (lua/members.lua). Calls `completion` when the answer is in (or the call failed).
+    func beat(completion: @escaping @Sendable () -> Void = {}) {
+        let ttl = max(1, (options.membershipInterval * 3).milliseconds)
+        connection.submit(MembersScript.script, keys: membershipKeys, arguments: ["beat", senderID, options.instanceID, String(ttl)]) {
+            [self] result in
+            if case .success(let reply) = result, let counts = reply.array, counts.count == 2,
+                let senders = counts[0].int, let instances = counts[1].int {
+                liveSenders.store(senders, ordering: .relaxed)
+                liveInstances.store(instances, ordering: .relaxed)
+            }
+            completion()
+        }
+    }
+
+    /// Takes this adapter out of the membership (a clean shutdown): the others' counts drop at once.
+    func leave() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            connection.submit(MembersScript.script, keys: membershipKeys, arguments: ["leave", senderID, options.instanceID, "1"]) { _ in
+                continuation.resume()
+            }
+        }
+    }
+
+    /// How long a quiet breaker's successes may wait (ns): `base` (the policy's), or longer when many senders are
+    /// up and the window is a time window, so that the fleet writes it about ``DistributedOptions/quietFleetWritesPerSecond``
+    /// times a second (at most 60 s).
+    func quietHold(base: Int64, isTimeWindow: Bool) -> Int64 {
+        let senders = Int64(liveSenders.load(ordering: .relaxed))
+        guard isTimeWindow, senders > 0 else { return base }
+        let grown = senders * 1_000_000_000 / Int64(options.quietFleetWritesPerSecond)
+        return max(base, min(grown, 60_000_000_000))
     }
 
     /// Runs `body` (which submits a script) once the namespace's key schema has been checked, in the order such
@@ -88,7 +129,10 @@ final class DistributedCore: Sendable {
     func submit(_ calls: [ScriptCall]) {
         guard !calls.isEmpty else { return }
         let pinned = pinnedTime.load(ordering: .relaxed)
-        let header: [any RedisArgument] = [channel, options.instanceID, pinned == 0 ? "" : String(pinned), holdMilliseconds, senderID]
+        let header: [any RedisArgument] = [
+            channel, options.instanceID, pinned == 0 ? "" : String(pinned), holdMilliseconds, senderID,
+            liveSenders.load(ordering: .relaxed), liveInstances.load(ordering: .relaxed),
+        ]
         for batch in Self.batches(of: calls, header: header, isCluster: Self.isCluster(connection)) {
             afterSchemaCheck { [self] in
                 if let refusal = schemaRefusal.withLock({ $0 }) {
@@ -107,7 +151,7 @@ final class DistributedCore: Sendable {
         var arguments: [any RedisArgument]
     }
 
-    /// `calls` as script calls (see ``parts(of:isCluster:)``), each with the header `ARGV[1…5]` first.
+    /// `calls` as script calls (see ``parts(of:isCluster:)``), each with the header `ARGV[1…7]` first.
     static func batches(of calls: [ScriptCall], header: [any RedisArgument], isCluster: Bool) -> [ScriptBatch] {
         parts(of: calls, isCluster: isCluster).map { part in
             var batch = ScriptBatch(calls: part, keys: [], arguments: header)
@@ -470,7 +514,8 @@ final class DistributedBackend: BreakerBackend {
 
     /// Asks the script for admission (and, when a break has ended, a probe permit).
     private func askRedis(_ completion: @escaping @Sendable (BreakerAdmission) -> Void) {
-        submitScript("acquire", []) { [self] result in
+        let lease = cache.withLock { $0.rules.probeLeaseMilliseconds }
+        submitScript("acquire", [Int(lease)]) { [self] result in
             switch result {
             case .success(let reply):
                 apply(reply, ownCall: true)
@@ -481,6 +526,12 @@ final class DistributedBackend: BreakerBackend {
                         ? PermitToken.unrecorded : PermitToken(version: reply.version, isProbe: false, isRecorded: true, startedAt: now)
                     completion(.admitted(token))
                 case 2:
+                    cache.withLock { cache in
+                        if cache.probesHeldVersion != reply.version { cache.probesHeld = 0 }
+                        cache.probesHeldVersion = reply.version
+                        cache.probesHeld += 1
+                        cache.probeLeaseRenewAt = now + lease * 500_000
+                    }
                     completion(.admitted(PermitToken(version: reply.version, isProbe: true, isRecorded: true, startedAt: now)))
                 default:
                     if reply.state == .halfOpen {
@@ -549,6 +600,7 @@ final class DistributedBackend: BreakerBackend {
                 }
                 version = -1
             }
+            if token.isProbe && token.version == cache.probesHeldVersion { cache.probesHeld = max(0, cache.probesHeld - 1) }
             let bucket = cache.bucket(at: now, widthMilliseconds: cache.rules.bucketMilliseconds)
             let isProbe = cache.pending.append(
                 outcome, slow: isSlow, version: version, created: cache.created, probe: token.isProbe && version >= 0,
@@ -577,9 +629,19 @@ final class DistributedBackend: BreakerBackend {
     /// submit them before releasing it.
     func takePending() -> [ScriptCall] {
         let now = self.now
-        let (batches, dropped, windowAge) = cache.withLock { cache in
+        let (batches, dropped, windowAge, isTimeWindow) = cache.withLock { cache in
             drainStripes(into: &cache)
-            return (cache.pending.take(), cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds)
+            var batches = cache.pending.take()
+            let width = cache.rules.bucketMilliseconds
+            if width > 0, case .time(_, let size) = cache.rules.policy.window {
+                // Successes held longer than the window (a quiet breaker in a large fleet) count in the totals
+                // only: their buckets travel as one group, which the script leaves out of the window.
+                let current = cache.bucket(at: now, widthMilliseconds: width)
+                if current > 0 {
+                    for index in batches.indices { batches[index].foldGroups(before: current - Int64(size) - 1) }
+                }
+            }
+            return (batches, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds, width > 0)
         }
         if dropped > 0 {
             instruments.logger.info(
@@ -594,7 +656,10 @@ final class DistributedBackend: BreakerBackend {
             }
             let names = cache.withLock { cache in batch.errors.map { (cache.errorName($0.key), $0.value) } }
             var extra: [any RedisArgument] = [
-                batch.sequence!, batch.version, Int(batch.created), now - batch.firstAt <= windowAge ? "1" : "0",
+                // A time window places each group by its bucket (those that left it count in the totals only);
+                // otherwise the batch enters the window only if its first outcome is recent enough.
+                batch.sequence!, batch.version, Int(batch.created),
+                (isTimeWindow && batch.groups.allSatisfy { $0.bucket > 0 }) || now - batch.firstAt <= windowAge ? "1" : "0",
                 batch.isProbe ? "1" : "0", batch.ignored, batch.rejected,
                 batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
@@ -748,7 +813,27 @@ final class DistributedBackend: BreakerBackend {
             if let held = cache.pending.oldestRecordedAt { oldest = min(oldest, held) }
             guard oldest != .max else { return false }
             guard cache.isQuiet(for: cache.rules.policy) else { return true }
-            return now - oldest >= cache.rules.quietHoldNanoseconds - flushNanoseconds
+            let hold = core.quietHold(base: cache.rules.quietHoldNanoseconds, isTimeWindow: cache.rules.bucketMilliseconds > 0)
+            return now - oldest >= hold - flushNanoseconds
+        }
+    }
+
+    /// Renews this instance's probe permits (their leases) when calls admitted as probes are still running for
+    /// the half-open version Redis holds and half the lease has passed since it was granted or last renewed.
+    func renewProbeLeaseIfDue() {
+        let now = self.now
+        let lease: Int64? = cache.withLock { cache in
+            guard cache.probesHeld > 0, cache.state == .halfOpen, cache.version == cache.probesHeldVersion,
+                now >= cache.probeLeaseRenewAt else { return nil }
+            cache.probeLeaseRenewAt = now + cache.rules.probeLeaseMilliseconds * 500_000
+            return cache.rules.probeLeaseMilliseconds
+        }
+        guard let lease else { return }
+        submitScript("renew", [Int(lease)]) { [self] result in
+            switch result {
+            case .success(let reply): apply(reply, ownCall: true)
+            case .failure(let error): markFailure(error)
+            }
         }
     }
 
@@ -1049,6 +1134,9 @@ struct PolicyRules: Sendable {
     let quietHoldNanoseconds: Int64
     /// How old outcomes may be and still enter the window (ns).
     let windowAgeNanoseconds: Int64
+    /// How long a probe permit is held for its caller (ms): twice the call timeout, or 5 s without one. A caller
+    /// still running renews it; one that died loses it then (lua/breaker.lua, `leases`).
+    let probeLeaseMilliseconds: Int64
 
     init(_ policy: BreakerPolicy, options: DistributedOptions) {
         self.policy = policy
@@ -1068,6 +1156,7 @@ struct PolicyRules: Sendable {
         case .time(let sampling, _): sampling.nanoseconds
         case .count: 10_000_000_000
         }
+        probeLeaseMilliseconds = policy.callTimeout.map { max(1, ($0 * 2).milliseconds) } ?? 5000
     }
 }
 

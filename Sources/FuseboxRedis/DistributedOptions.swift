@@ -29,6 +29,17 @@ public struct DistributedOptions: Sendable {
     /// once they can matter to a trip. Capped at half a time window (so held calls still enter it); never less than
     /// ``flushInterval``. Default 5 s.
     public var quietFlushInterval: Duration = .seconds(5)
+    /// How often, at most, the whole fleet writes one quiet breaker that has a time window (writes per second,
+    /// summed over the instances that are up): each instance holds a quiet breaker's successes for at least
+    /// (senders up) ÷ this seconds, at most 60 s, so a quiet breaker costs Redis about the same however many
+    /// instances share it. Successes that leave the window meanwhile count in the totals only; the write that ends
+    /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 5.
+    public var quietFleetWritesPerSecond = 5
+    /// How often this adapter tells Redis it is up (`NAMESPACE:{members}:senders` and `:instances`, sorted sets
+    /// of who is up until when). An adapter that stops beating (a killed process, a lost host) drops out after three
+    /// intervals. The failure budget is shared among the senders that are up, and a quorum
+    /// (``minimumInstances``) larger than the instances that are up is lowered to them. Default 1 s.
+    public var membershipInterval: Duration = .seconds(1)
     /// Write every outcome as soon as it is recorded (still without waiting for the reply).
     public var writeThrough = false
     /// How often every cached state is read again with a plain `HMGET` (a slice of the breakers each second, in
@@ -73,6 +84,8 @@ public struct DistributedOptions: Sendable {
         guard flushInterval > .zero else { throw fail("flushInterval must be > 0") }
         guard quietFlushInterval > .zero else { throw fail("quietFlushInterval must be > 0") }
         guard refreshInterval > .zero else { throw fail("refreshInterval must be > 0") }
+        guard quietFleetWritesPerSecond >= 1 else { throw fail("quietFleetWritesPerSecond is \(quietFleetWritesPerSecond); allowed: ≥ 1") }
+        guard membershipInterval >= .milliseconds(10) else { throw fail("membershipInterval must be ≥ 10 ms") }
         guard (1...1000).contains(minimumInstances) else { throw fail("minimumInstances is \(minimumInstances); allowed: 1…1,000") }
         guard maxBufferedOutcomes >= 1 else { throw fail("maxBufferedOutcomes must be ≥ 1") }
         guard !instanceID.isEmpty, !instanceID.contains(where: { $0.isWhitespace }) else {

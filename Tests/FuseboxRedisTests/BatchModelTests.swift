@@ -157,7 +157,7 @@ struct BatchModelTests {
             // The JSON only until Redis holds it, as instances send it (the script's lean path needs it absent).
             breaker += [rules.fingerprint, policyStored ? "" : rules.json, model.attempt, durations.joined(separator: ",")] as [any RedisArgument]
             breaker += extra
-            let header: [any RedisArgument] = ["\(options.namespace):transitions", "instance-\(sender)", String(milliseconds), "1000", "sender-\(sender)"]
+            let header: [any RedisArgument] = ["\(options.namespace):transitions", "instance-\(sender)", String(milliseconds), "1000", "sender-\(sender)", "0", "0"]
             let reply = try await redis.run(BreakerScript.script, keys: keys, arguments: header + [breaker.count] + breaker)
             guard let first = reply.array?.first else { throw RedisError(code: .unexpectedReply, message: "\(reply)") }
             if case .error(let message) = first { throw RedisError(code: .serverError, message: message) }

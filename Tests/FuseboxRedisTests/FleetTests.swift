@@ -202,6 +202,102 @@ struct FleetTests {
         try await redis.send("HGET", "\(options.namespace):{\(breaker.name)}:state", "created").decodeInt()
     }
 
+    @Test("live membership: every running adapter is counted, and one that stops drops out at once")
+    func membership() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.membershipInterval = .milliseconds(100)
+        let fleet = try Instance.fleet(3, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let core = fleet[0].adapter.core
+        #expect(await eventually(within: .seconds(3)) {
+            core.liveSenders.load(ordering: .relaxed) == 3 && core.liveInstances.load(ordering: .relaxed) == 3
+        })
+        await fleet[2].stop()
+        #expect(await eventually(within: .seconds(3)) { core.liveSenders.load(ordering: .relaxed) == 2 })
+        let redis = try RedisClient(configuration: server.configuration())
+        let members = try await redis.send("ZRANGE", "\(options.namespace):{members}:senders", "0", "-1").array ?? []
+        #expect(members.count == 2)
+        #expect(members.allSatisfy { $0.string?.hasPrefix("instance-") == true })
+    }
+
+    @Test("a quorum above the instances that are up is lowered to them: two instances trip a breaker whose quorum is three")
+    func quorumFollowsMembership() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.minimumInstances = 3
+        options.membershipInterval = .milliseconds(100)
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        #expect(await eventually(within: .seconds(3)) {
+            fleet.allSatisfy { $0.adapter.core.liveInstances.load(ordering: .relaxed) == 2 }
+        })
+        var policy = BreakerPolicy()
+        policy.minimumThroughput = 4
+        let a = try fleet[0].registry.breaker("quorum-live", policy: policy)
+        let b = try fleet[1].registry.breaker("quorum-live", policy: policy)
+        for _ in 0..<10 { try await a.acquireAsync().failure(Boom()) }
+        await fleet[0].adapter.flush()
+        #expect(try await a.snapshot().state == .closed)
+        try await b.acquireAsync().failure(Boom())
+        await fleet[1].adapter.flush()
+        #expect(try await a.snapshot().state == .open)
+    }
+
+    @Test("a probe permit whose holder stopped without a word is free again when its lease ends (twice the call timeout), once")
+    func probeLeaseOfAStoppedHolder() async throws {
+        let server = try await SharedServer.get()
+        var options = testOptions(server)
+        options.halfOpenRetryInterval = .zero
+        let fleet = try Instance.fleet(3, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        let policy = tripsOnFirstFailure {
+            $0.breakDuration = .fixed(.milliseconds(500))
+            $0.callTimeout = .milliseconds(500)
+        }
+        let breakers = try fleet.map { try $0.registry.breaker("lease", policy: policy) }
+        try await breakers[0].acquireAsync().failure(Boom())
+        await fleet[0].adapter.flush()
+        #expect(await eventually(within: .seconds(3)) { (try? await breakers[1].snapshot())?.state == .open })
+        // Instance 0 takes the probe and stops: no outcome, no renewal (its background work ends with it).
+        await fleet[0].stop()
+        var held: PermitToken?
+        let deadline = ContinuousClock.now + .seconds(3)
+        while held == nil && ContinuousClock.now < deadline {
+            if case .admitted(let token) = await breakers[0].backend.admit() {
+                if token.isProbe { held = token } else { breakers[0].backend.record(.ignored, for: token) }
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try #require(held != nil)
+        let granted = ContinuousClock.now
+        // The two others race for 2.5 s, holding any probe they get.
+        let end = granted + .milliseconds(2500)
+        let firsts = await withTaskGroup(of: ContinuousClock.Instant?.self) { group in
+            for breaker in breakers.dropFirst() {
+                for _ in 0..<4 {
+                    group.addTask {
+                        while ContinuousClock.now < end {
+                            if case .admitted(let token) = await breaker.backend.admit() {
+                                if token.isProbe { return ContinuousClock.now }
+                                breaker.backend.record(.ignored, for: token)
+                            }
+                            try? await Task.sleep(for: .milliseconds(2))
+                        }
+                        return nil
+                    }
+                }
+            }
+            return await group.compactMap { $0 }.reduce(into: [ContinuousClock.Instant]()) { $0.append($1) }
+        }
+        #expect(firsts.count == 1)
+        // The lease is 1 s from the grant (which came just before `granted`); 700 ms of margin on a loaded machine.
+        if let first = firsts.first {
+            #expect(first - granted > .milliseconds(700))
+            #expect(first - granted < .milliseconds(1700))
+        }
+    }
+
     @Test("quorum: failures from one instance do not trip; from two they do")
     func quorum() async throws {
         let server = try await SharedServer.get()
