@@ -7,9 +7,10 @@
 --
 -- KEYS[4i-3] NS:{NAME}:state   hash    KEYS[4i-2] NS:{NAME}:window  hash
 -- KEYS[4i-1] NS:{NAME}:totals  hash    KEYS[4i]   NS:{NAME}:events  stream
--- The state hash's field `marks` holds, per sender (one adapter object, named by the nonce after the last ':' of its
--- id), ' NONCE:SEQ:LAST_S': the highest batch sequence applied (a batch sent again after a timeout is applied once)
--- and when (s) it was last heard from; about 30 bytes a sender. Field `leases` holds the half-open probe permits,
+-- The state hash's fields `marks:C` hold, per sender (one adapter object, named by the nonce after the last ':' of
+-- its id; C is the nonce's first character), ' NONCE:SEQ:LAST_S': the highest batch sequence applied (a batch sent
+-- again after a timeout is applied once) and when (s) it was last heard from; about 30 bytes a sender, in at most 36
+-- fields, so a write copies a few senders' marks rather than all of them. Field `leases` holds the half-open probe permits,
 -- ' NONCE:EXPIRES_MS' each: a permit whose holder neither reports nor renews it by then is free again.
 -- Publishes a transition message per transition, and a recall when the failure budget shrinks or a quiet breaker
 -- (no failure in its window) gets its first one: instances then write what they hold (Docs/architecture.md).
@@ -60,6 +61,7 @@ local live_senders, live_instances = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) o
 if sender == '' then sender = nil end
 -- The sender's name in `marks` and `leases`: the nonce after the last ':' of its id.
 local SENDER_KEY = sender and (string.match(sender, '([^: ]+)$') or sender) or '-'
+local MARKS_FIELD = 'marks:' .. string.sub(SENDER_KEY, 1, 1)
 
 local now = tonumber(ARGV[3])
 if now == nil then
@@ -88,7 +90,7 @@ end
 
 -- What the lean path reads of the state hash (and, last, the senders' high-water marks).
 local LEAN_READ = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason', 'consecutive_failures',
-  'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', 'marks' }
+  'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', MARKS_FIELD }
 
 -- The common write, kept lean: plain successes for a closed breaker with a time window, from a sender Redis knows,
 -- admitted under the state Redis holds, while the window holds no failure (and no slow call where a slow-call rule
@@ -193,7 +195,7 @@ local function lean_record(A, K)
   if type(added) == 'table' and added.err then return nil end
   redis.call('HINCRBY', K[3], 'successes', n)
   redis.call('HSET', K[2], unpack(set))
-  redis.call('HSET', K[1], 'marks', with_mark(v[#LEAN_READ], seq))
+  redis.call('HSET', K[1], MARKS_FIELD, with_mark(v[#LEAN_READ], seq))
   local budget = -1
   if state == 'closed' then budget = 0 end
   return { state, version, since, open_until, now, attempt, v[6] or '', v[7] or '', 0, probes, probe_successes, 0,
@@ -214,7 +216,7 @@ local function make_rules()
     probe_successes = 10, created = 11 }
   local EXPECTED = { 'hash', 'hash', 'hash', 'stream' }
   local READ = { unpack(FIELDS) }
-  READ[#READ + 1] = 'marks'
+  READ[#READ + 1] = MARKS_FIELD
 
   local function refuse(text) error({ refusal = text }) end
 
@@ -906,17 +908,36 @@ local function make_rules()
     local set = {}
     -- Senders: the high-water mark of the batch just applied; senders silent for 10 minutes are forgotten.
     if sender and sender_seq and not duplicate then
-      local marks = with_mark(exists and not corrupt and values[#READ] or nil, sender_seq)
+      set[1] = MARKS_FIELD; set[2] = with_mark(exists and not corrupt and values[#READ] or nil, sender_seq)
       if now - st.pruned >= 60000 then
-        local kept, live = {}, 0
-        for record, last in string.gmatch(marks, '( [^ ]-:%d+:(%d+))') do
-          if now - tonumber(last) * 1000 <= 600000 then kept[#kept + 1] = record; live = live + 1 end
+        -- Once a minute: marks of senders silent for 10 minutes go (and the one-field-per-sender marks of
+        -- Fusebox 0.x, `seq:SENDER`), and the senders left are counted.
+        local all = redis.call('HGETALL', K[1])
+        local dead, live = {}, 0
+        for i = 1, #all, 2 do
+          local field = all[i]
+          if string.sub(field, 1, 6) == 'marks:' then
+            local marks = field == MARKS_FIELD and set[2] or all[i + 1]
+            local kept, seen = {}, 0
+            for record, last in string.gmatch(marks, '( [^ ]-:%d+:(%d+))') do
+              seen = seen + 1
+              if now - tonumber(last) * 1000 <= 600000 then kept[#kept + 1] = record; live = live + 1 end
+            end
+            if #kept == 0 then
+              dead[#dead + 1] = field
+            elseif field == MARKS_FIELD then
+              set[2] = table.concat(kept)
+            elseif #kept < seen then
+              redis.call('HSET', K[1], field, table.concat(kept))
+            end
+          elseif string.sub(field, 1, 4) == 'seq:' then
+            dead[#dead + 1] = field
+          end
         end
-        marks = table.concat(kept)
+        if #dead > 0 then redis.call('HDEL', K[1], unpack(dead)) end
         st.senders = live
         st.pruned = now
       end
-      set[1] = 'marks'; set[2] = marks
     end
     for i = 1, #FIELDS do
       local field = FIELDS[i]

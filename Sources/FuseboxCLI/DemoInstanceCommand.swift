@@ -6,6 +6,9 @@ import FuseboxRedis
 import Hiredis
 import Logging
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What one demo instance reports (a JSON file rewritten every 200 ms).
 struct InstanceStats: Codable, Sendable {
@@ -76,6 +79,12 @@ struct DemoInstanceCommand: AsyncParsableCommand {
     @Option(help: "Where to write the stats JSON; none when empty.") var stats = ""
     @Flag(help: "Repeat the schedule until stopped.") var forever = false
     @Option(help: "How often every state (and the operators' overrides) is read again, in ms.") var refreshMs: Int64 = 30_000
+    @Option(help: "Probe permits in half-open.") var permits = 1
+    @Option(help: "The longest half-open period in ms.") var maxHalfOpenMs: Int64 = 5000
+    @Option(help: "The call timeout in ms (a probe permit's lease is twice it); 0: none.") var callTimeoutMs: Int64 = 0
+    @Option(help: "How long a probe runs before its outcome, in ms.") var probeHoldMs: Int64 = 0
+    @Option(help: "An append-only journal, written before each event takes effect (survives SIGKILL): 'c' per outcome, 'p VERSION' per probe granted, 'e' when its outcome is recorded, 'f N' after a flush covering N outcomes, 'done'.")
+    var journal = ""
 
     func run() async throws {
         try await reportingErrors {
@@ -107,18 +116,37 @@ struct DemoInstanceCommand: AsyncParsableCommand {
             policy.consecutiveFailureThreshold = 5
             policy.window = .time(samplingDuration: .seconds(5), buckets: 5)
             policy.breakDuration = .fixed(.milliseconds(breakMs))
-            policy.maxHalfOpenDuration = .seconds(5)
+            policy.maxHalfOpenDuration = .milliseconds(maxHalfOpenMs)
+            policy.permittedCallsInHalfOpen = permits
+            if callTimeoutMs > 0 { policy.callTimeout = .milliseconds(callTimeoutMs) }
             let breaker = try registry.breaker("inventory-service", policy: policy)
 
+            let journal = try Journal(path: self.journal)
+            // With a journal, a flush every 250 ms says how many outcomes Redis holds for sure.
+            let adapter = distributed
+            let flusher = Task {
+                guard let journal, let distributed = adapter else { return }
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    let covered = journal.recorded.load(ordering: .relaxed)
+                    await distributed.flush()
+                    journal.write("f \(covered)")
+                }
+            }
             repeat {
                 let start = startAt.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? Date()
-                try await drive(breaker, registry: registry, schedule: schedule, start: start)
+                try await drive(breaker, registry: registry, schedule: schedule, start: start, journal: journal)
             } while forever
+            flusher.cancel()
+            await flusher.value
             await distributed?.flush()
+            journal?.write("f \(journal?.recorded.load(ordering: .relaxed) ?? 0)")
+            journal?.write("done")
         }
     }
 
-    private func drive(_ breaker: CircuitBreaker, registry: BreakerRegistry, schedule: Schedule, start: Date) async throws {
+    private func drive(_ breaker: CircuitBreaker, registry: BreakerRegistry, schedule: Schedule, start: Date, journal: Journal?) async throws {
+        let probeHold = Duration.milliseconds(probeHoldMs)
         let shared = SharedStats(InstanceStats(index: index))
         let statsPath = stats
         let outageStart = start.addingTimeInterval(schedule.healthy.inSeconds)
@@ -161,6 +189,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                         do {
                             let permit = try await breaker.acquireAsync()
                             let isProbe = permit.token.isProbe
+                            if isProbe { journal?.write("p \(permit.token.version)") }
                             shared.withLock { stats in
                                 stats.phase = phase
                                 stats.calls += 1
@@ -169,8 +198,15 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                                 if isProbe && phase == "outage" { stats.probesDuringOutage += 1 }
                                 if isProbe && phase == "recovery" { stats.probesDuringRecovery += 1 }
                             }
-                            try? await Task.sleep(for: .milliseconds(5))
-                            if phase == "outage" { permit.failure(DependencyDown()) } else { permit.success() }
+                            try? await Task.sleep(for: isProbe && probeHold > .zero ? probeHold : .milliseconds(5))
+                            // The phase when the call ends decides its outcome.
+                            let ended = schedule.phase(at: .seconds(Date().timeIntervalSince(start)))
+                            journal?.write("c")
+                            if ended == "outage" { permit.failure(DependencyDown()) } else { permit.success() }
+                            if let journal {
+                                journal.recorded.add(1, ordering: .relaxed)
+                                if isProbe { journal.write("e") }
+                            }
                             try? await Task.sleep(for: .milliseconds(15))
                         } catch {
                             shared.withLock { stats in
@@ -203,6 +239,27 @@ struct DemoInstanceCommand: AsyncParsableCommand {
         if FileManager.default.createFile(atPath: temporary, contents: data) {
             _ = rename(temporary, path)
         }
+    }
+}
+
+/// An append-only file of one-line events, each written with one `write(2)` before the event takes effect, so that
+/// what a SIGKILLed instance did can still be read (the rolling-restart test reads it).
+final class Journal: Sendable {
+    private let descriptor: Int32
+    /// Outcomes recorded (counted after `record`, unlike the journal's `c` lines, which come before).
+    let recorded = Atomic<Int>(0)
+
+    init?(path: String) throws {
+        guard !path.isEmpty else { return nil }
+        descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw CLIError.failed("cannot open the journal \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    deinit { close(descriptor) }
+
+    func write(_ line: String) {
+        var bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
     }
 }
 

@@ -161,6 +161,144 @@ extension ProcessFaultInjectionTests {
     }
 }
 
+extension ProcessFaultInjectionTests {
+    @Test("rolling restart of 20 instance processes under load, probe holders SIGKILLed: no half-open stall past the lease, at most one new probe per dead holder, totals exact for every instance that flushed")
+    func rollingRestart() async throws {
+        try await RedisServerProcess.with { server in try await Self.roll(server) }
+    }
+
+    private static func roll(_ server: RedisServerProcess) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-roll-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (healthy, outage, recovery) = (Int64(2000), Int64(7000), Int64(4000))
+        let startAt = Int64(Date().timeIntervalSince1970 * 1000) + 2500
+        // One probe permit, leased for twice the 300 ms call timeout; a probe runs 250 ms; no half-open maximum in
+        // reach (60 s), so a dead holder that kept its permit would stall the fleet for the rest of the test.
+        func launch(_ index: Int, _ generation: Int) throws -> (process: ChildProcess, journal: URL) {
+            let journal = directory.appendingPathComponent("\(index)-\(generation).log")
+            let process = try ChildProcess(
+                executable: fuseboxExecutable,
+                arguments: ["demo-instance", "--index", "\(index)", "--redis", server.url, "--namespace", "roll",
+                            "--schedule", "\(healthy),\(outage),\(recovery)", "--start-at", "\(startAt)", "--break-ms", "300",
+                            "--permits", "1", "--max-half-open-ms", "60000", "--call-timeout-ms", "300", "--probe-hold-ms", "250",
+                            "--journal", journal.path],
+                environment: ["PATH": "/usr/bin:/bin", "NO_COLOR": "1"])
+            return (process, journal)
+        }
+        var live = try (0..<20).map { try launch($0, 0) }
+        var generations = [Int](repeating: 0, count: 20)
+        var killed: [URL] = []
+        var holderKills = 0
+        let redis = try RedisClient(configuration: server.configuration())
+        let stateKey = "roll:{inventory-service}:state"
+        defer { for instance in live { instance.process.kill() } }
+
+        // The roll: every 450 ms during the outage, the process holding a probe (as its journal says) is killed;
+        // while the breaker is closed, every other tick the next process in turn. Each is replaced at once.
+        var next = 0
+        var tick = 0
+        let rollEnd = startAt + healthy + outage + recovery - 1000
+        while Int64(Date().timeIntervalSince1970 * 1000) < rollEnd {
+            try await Task.sleep(for: .milliseconds(150))
+            tick += 1
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let inOutage = now >= startAt + healthy && now < startAt + healthy + outage
+            var victim: Int?
+            if inOutage && tick % 3 == 0 {
+                // Every 450 ms, so that other probes live to report their failure and half-open periods end.
+                victim = live.indices.first { !Journal.openProbes(in: live[$0].journal).isEmpty }
+                if victim != nil { holderKills += 1 }
+            } else if tick % 2 == 0, now >= startAt, (try? await redis.send("HGET", stateKey, "state").string) == "closed" {
+                victim = next
+                next = (next + 1) % live.count
+            }
+            guard let victim else { continue }
+            live[victim].process.kill()
+            _ = await live[victim].process.waitForExit(upTo: .seconds(5))
+            killed.append(live[victim].journal)
+            generations[victim] += 1
+            live[victim] = try launch(victim, generations[victim])
+        }
+        for instance in live {
+            let status = await instance.process.waitForExit(upTo: .seconds(30))
+            #expect(status == 0, "an instance ended with \(status.map(String.init) ?? "no exit")")
+        }
+        #expect(holderKills >= 3, "only \(holderKills) probe holders were killed: the test proved little")
+        #expect(killed.count >= 15, "only \(killed.count) processes were killed")
+
+        // Totals: exact for every process that ended and flushed; a killed one counted at least what its last
+        // flush covered and at most what it recorded.
+        var exact = 0
+        var (lower, upper) = (0, 0)
+        for instance in live {
+            let entries = Journal.read(instance.journal)
+            #expect(entries.last == "done")
+            exact += entries.filter { $0 == "c" }.count
+        }
+        for journal in killed {
+            let entries = Journal.read(journal)
+            lower += entries.last { $0.hasPrefix("f ") }.flatMap { Int($0.dropFirst(2)) } ?? 0
+            upper += entries.filter { $0 == "c" }.count
+        }
+        let operatorSide = BreakerOperator(connection: redis, namespace: "roll")
+        let snapshot = try await operatorSide.snapshot(of: "inventory-service")
+        let counted = snapshot.totals.successes + snapshot.totals.failures
+        #expect(counted >= exact + lower && counted <= exact + upper,
+                "Redis counted \(counted); the instances that flushed recorded \(exact), the killed ones between \(lower) and \(upper)")
+
+        // Probes: per half-open period (its version), at most one plus the holders killed in it.
+        var granted: [Int: Int] = [:]
+        var orphaned: [Int: Int] = [:]
+        for journal in live.map(\.journal) + killed {
+            for entry in Journal.read(journal) where entry.hasPrefix("p ") { granted[Int(entry.dropFirst(2)) ?? -1, default: 0] += 1 }
+        }
+        for journal in killed { for version in Journal.openProbes(in: journal) { orphaned[version, default: 0] += 1 } }
+        for (version, count) in granted {
+            #expect(count <= 1 + orphaned[version, default: 0], "half-open version \(version): \(count) probes, \(orphaned[version, default: 0]) holders killed")
+        }
+
+        // No stall: each half-open period ended within a lease (600 ms) per holder killed in it, plus the probe's
+        // 250 ms each, plus a second of margin for a loaded machine.
+        let events = try await redis.send("XRANGE", "roll:{inventory-service}:events", "-", "+").array ?? []
+        var periods: [(version: Int, began: Int64, ended: Int64?)] = []
+        for event in events {
+            guard let pair = event.array, pair.count == 2, let fields = pair[1].array else { continue }
+            var values: [String: String] = [:]
+            for index in stride(from: 0, to: fields.count - 1, by: 2) { values[fields[index].string ?? ""] = fields[index + 1].string }
+            guard let at = values["at"].flatMap({ Int64($0) }), let version = values["version"].flatMap({ Int($0) }) else { continue }
+            if values["from"] == "half_open", let last = periods.indices.last, periods[last].ended == nil { periods[last].ended = at }
+            if values["to"] == "half_open" { periods.append((version, at, nil)) }
+        }
+        #expect(periods.count >= 5, "only \(periods.count) half-open periods")
+        var longest: Int64 = 0
+        for period in periods {
+            guard let ended = period.ended else { continue }
+            let bound = Int64(1 + orphaned[period.version, default: 0]) * 850 + 1000
+            longest = max(longest, ended - period.began)
+            #expect(ended - period.began <= bound, "half-open version \(period.version) lasted \(ended - period.began) ms (bound \(bound) ms)")
+        }
+        #expect(snapshot.state == .closed)
+        print("fault-figure | rolling restart, 20 instance processes | \(killed.count) SIGKILLs (\(holderKills) of probe holders), \(periods.count) half-open periods, the longest \(longest) ms; Redis counted \(counted) outcomes: \(exact) of instances that flushed + \(counted - exact) of killed ones (their flushes covered \(lower), they recorded \(upper))")
+    }
+}
+
+/// Reads a demo instance's journal (`fusebox demo-instance --journal`).
+private enum Journal {
+    static func read(_ url: URL) -> [String] {
+        ((try? String(contentsOf: url, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    /// The half-open versions of the probes the journal shows granted and not yet ended.
+    static func openProbes(in url: URL) -> [Int] {
+        var open: [Int] = []
+        for entry in read(url) {
+            if entry.hasPrefix("p ") { open.append(Int(entry.dropFirst(2)) ?? -1) } else if entry == "e", !open.isEmpty { open.removeFirst() }
+        }
+        return open
+    }
+}
+
 /// Probe permits seen by racing tasks: how many, and when the first came.
 private final class ProbesSeen: Sendable {
     private let seen = Locked<(count: Int, first: ContinuousClock.Instant?)>((0, nil))

@@ -18,6 +18,8 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "Breakers per instance.") var breakers = 100
     @Option(help: "Calls per second per breaker per instance.") var rate = 1
     @Option(help: "Measured seconds of the steady state.") var seconds = 20
+    @Option(help: "Seconds of calls before the steady state is measured (default: the quiet hold at the default quietFleetWritesPerSecond, instances ÷ 5, plus 5).")
+    var warmup: Int?
     @Option(help: "Worker processes (default: up to 4).") var processes: Int?
     @Option(help: "End-of-break trials (probes counted fleet-wide each time; 0 skips the trip).") var probeTrials = 20
     @Flag(help: "On a three-primary Redis Cluster.") var cluster = false
@@ -59,7 +61,7 @@ struct Fleet: AsyncParsableCommand {
     var processCount: Int { processes ?? min(instances, 4) }
 
     /// Starts the workers for `phase` and waits for them; returns their reports.
-    func spawn(_ phase: String, namespace: String, instances: Int, startAt: Int64, measureMs: Int) async throws -> [[String: Any]] {
+    func spawn(_ phase: String, namespace: String, instances: Int, startAt: Int64, measureMs: Int, warmupMs: Int64 = 2000) async throws -> [[String: Any]] {
         let count = min(processes ?? 4, instances)
         let outputs = (0..<count).map { "/tmp/fusebox-fleet-\(namespace)-\($0).json" }
         var first = 0
@@ -70,6 +72,7 @@ struct Fleet: AsyncParsableCommand {
                 "fleet-worker", "--phase", phase, "--redis", Scale.url, "--namespace", namespace, "--first", String(first),
                 "--count", String(share), "--breakers", String(breakers), "--rate", String(rate), "--start-at", String(startAt),
                 "--measure-ms", String(measureMs), "--output", outputs[index], "--probe-trials", String(probeTrials),
+                "--warmup-ms", String(warmupMs),
             ]))
             first += share
         }
@@ -88,7 +91,10 @@ struct Fleet: AsyncParsableCommand {
     func runPhase(_ phase: String, redis: RedisClient, scale: Scale, floor: Double) async throws -> [String: Any] {
         let namespace = "fleet\(UInt32.random(in: 0...UInt32.max))"
         // Time to start every instance and settle (first reads, the first quiet holds) before measuring.
-        let startAt = wallMilliseconds() + 8000 + Int64(instances * breakers / 20)
+        // Calls start `warmupMs` before it: a quiet breaker's successes wait (instances ÷ 5 s by default) before
+        // their first write, so the measured window must come after one whole hold.
+        let warmupMs = phase == "steady" ? Int64(1000 * (warmup ?? max(2, instances / 5 + 5))) : 2000
+        let startAt = wallMilliseconds() + 8000 + Int64(instances * breakers / 20) + warmupMs
         let measureMs = seconds * 1000
         let collector = Task { () throws -> ([String: String], [String: String], Double, Int) in
             try await Task.sleep(for: .milliseconds(max(0, startAt - wallMilliseconds())))
@@ -100,7 +106,7 @@ struct Fleet: AsyncParsableCommand {
             let clients = Int(Double(after["connected_clients"] ?? "") ?? 0)
             return (before, after, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, clients)
         }
-        let reports = try await spawn(phase, namespace: namespace, instances: instances, startAt: startAt, measureMs: measureMs)
+        let reports = try await spawn(phase, namespace: namespace, instances: instances, startAt: startAt, measureMs: measureMs, warmupMs: warmupMs)
         let (before, after, elapsed, clients) = try await collector.value
         let windowCalls = reports.reduce(0) { $0 + ($1["calls_in_window"] as? Int ?? 0) }
         let madeCalls = reports.reduce(0) { $0 + ($1["calls_made"] as? Int ?? 0) }
@@ -279,6 +285,7 @@ struct FleetWorker: AsyncParsableCommand {
     @Option var measureMs: Int
     @Option var output: String
     @Option var probeTrials = 20
+    @Option var warmupMs: Int64 = 2000
 
     func run() async throws {
         let configuration = try RedisConfiguration(url: redis)
@@ -350,7 +357,7 @@ struct FleetWorker: AsyncParsableCommand {
             for (instance, tally) in zip(fleet, tallies) {
                 let targets = instance.breakers
                 group.addTask {
-                    try await Self.pace(perSecond: Double(breakers * rate), begin: startAt - 2000, measured: startAt..<(startAt + Int64(measureMs)), end: end, tally: tally) { call in
+                    try await Self.pace(perSecond: Double(breakers * rate), begin: startAt - warmupMs, measured: startAt..<(startAt + Int64(measureMs)), end: end, tally: tally) { call in
                         if let permit = targets[call % targets.count].tryAcquire() { permit.success() }
                     }
                 }
@@ -374,7 +381,7 @@ struct FleetWorker: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (connection, tally) in zip(connections, tallies) {
                 group.addTask {
-                    try await Self.pace(perSecond: Double(breakers * rate), begin: startAt - 2000, measured: startAt..<(startAt + Int64(measureMs)), end: end, tally: tally) { call in
+                    try await Self.pace(perSecond: Double(breakers * rate), begin: startAt - warmupMs, measured: startAt..<(startAt + Int64(measureMs)), end: end, tally: tally) { call in
                         let key = "\(namespace):baseline:b\(call % breakers)"
                         _ = try await connection.send("GET", key)
                         _ = try await connection.send("SET", key, "closed")
