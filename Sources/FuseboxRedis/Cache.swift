@@ -261,7 +261,8 @@ struct PendingOutcomes: Sendable {
         var bad: Int { failures + slowFailures + slowSuccesses }
         var hasSuccess: Bool { successes + slowSuccesses > 0 }
 
-        /// Merges the groups of buckets before `bucket` (known buckets only) into one, under the newest of them.
+        /// Merges the groups of buckets before `bucket` (known buckets only) into one, under the oldest of them (so
+        /// that the merged group is out of the window whenever any of its parts is).
         mutating func foldGroups(before bucket: Int64) {
             guard groups.count > 1, groups[0].bucket > 0, groups[0].bucket < bucket, groups[1].bucket > 0, groups[1].bucket < bucket
             else { return }
@@ -269,7 +270,7 @@ struct PendingOutcomes: Sendable {
             var taken = 1
             while taken < groups.count, groups[taken].bucket > 0, groups[taken].bucket < bucket {
                 let group = groups[taken]
-                merged.bucket = max(merged.bucket, group.bucket)
+                merged.bucket = min(merged.bucket, group.bucket)
                 merged.successes += group.successes
                 merged.slowSuccesses += group.slowSuccesses
                 merged.failures += group.failures

@@ -635,10 +635,11 @@ final class DistributedBackend: BreakerBackend {
             let width = cache.rules.bucketMilliseconds
             if width > 0, case .time(_, let size) = cache.rules.policy.window {
                 // Successes held longer than the window (a quiet breaker in a large fleet) count in the totals
-                // only: their buckets travel as one group, which the script leaves out of the window.
+                // only: their buckets travel as one group, which the script leaves out of the window. What is left
+                // spans at most the window's buckets, one slot each, which the script's lean path needs.
                 let current = cache.bucket(at: now, widthMilliseconds: width)
                 if current > 0 {
-                    for index in batches.indices { batches[index].foldGroups(before: current - Int64(size) - 1) }
+                    for index in batches.indices { batches[index].foldGroups(before: current - Int64(size) + 1) }
                 }
             }
             return (batches, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds, width > 0)
