@@ -283,6 +283,8 @@ extension DistributedOptions {
         flushInterval = configuration.flushInterval
         quietFlushInterval = configuration.quietFlushInterval
         refreshInterval = configuration.refreshInterval
+        quietFleetWritesPerSecond = configuration.quietFleetWritesPerSecond
+        membershipInterval = configuration.membershipInterval
         minimumInstances = configuration.minimumInstances
     }
 }

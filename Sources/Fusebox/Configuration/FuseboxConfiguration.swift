@@ -38,6 +38,11 @@ public struct FuseboxConfiguration: Sendable {
     public var quietFlushInterval: Duration = .seconds(5)
     /// How often every cached state is read again (`fusebox.refreshInterval`).
     public var refreshInterval: Duration = .seconds(30)
+    /// How often, at most, the fleet writes one quiet breaker (`fusebox.quietFleetWritesPerSecond`): the quiet hold
+    /// grows with the instances up.
+    public var quietFleetWritesPerSecond = 5
+    /// How often each instance tells Redis it is up (`fusebox.membershipInterval`).
+    public var membershipInterval: Duration = .seconds(1)
     /// Distinct failing instances needed to trip, for breakers whose policy does not say (`fusebox.minimumInstances`).
     public var minimumInstances = 1
     /// The policy of every breaker that neither code nor `fusebox.breakers.NAME.*` configures
@@ -99,6 +104,11 @@ public struct FuseboxConfiguration: Sendable {
         if let interval = try values.duration("fusebox.flushInterval", positive: true) { flushInterval = interval }
         if let interval = try values.duration("fusebox.quietFlushInterval", positive: true) { quietFlushInterval = interval }
         if let interval = try values.duration("fusebox.refreshInterval", positive: true) { refreshInterval = interval }
+        if let rate = try values.integer("fusebox.quietFleetWritesPerSecond", in: 1...1_000_000) { quietFleetWritesPerSecond = rate }
+        if let interval = try values.duration("fusebox.membershipInterval", positive: true) {
+            guard interval >= .milliseconds(10) else { throw values.refusal("fusebox.membershipInterval", "\(interval)", "≥ 10 ms") }
+            membershipInterval = interval
+        }
         if let instances = try values.integer("fusebox.minimumInstances", in: 1...1000) { minimumInstances = instances }
         defaultPolicy = try values.policy(at: "fusebox.defaultPolicy", base: BreakerPolicy())
         for name in try values.list("fusebox.breakerNames") {
