@@ -17,7 +17,8 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "Instances (adapters), spread over the worker processes.") var instances = 200
     @Option(help: "Breakers per instance.") var breakers = 100
     @Option(help: "Calls per second per breaker per instance.") var rate = 1
-    @Option(help: "Measured seconds of the steady state.") var seconds = 20
+    @Option(help: "Measured seconds of the steady state (default: two quiet holds at the default quietFleetWritesPerSecond, 2 × instances ÷ 5, at least 20): a window shorter than the hold can miss every write.")
+    var seconds: Int?
     @Option(help: "Seconds of calls before the steady state is measured (default: the quiet hold at the default quietFleetWritesPerSecond, instances ÷ 5, plus 5).")
     var warmup: Int?
     @Option(help: "Worker processes (default: up to 4).") var processes: Int?
@@ -28,7 +29,7 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "Instance counts for --chart.") var chartInstances = "1,10,50,100,200"
 
     func run() async throws {
-        let scale = try Scale.parse(["--seconds", String(seconds)])
+        let scale = try Scale.parse(["--seconds", String(measuredSeconds)])
         // Hundreds of instances hold two connections each.
         let (servers, redis) = try await Scale.startServers(cluster: cluster, options: .init(extraArguments: ["--maxclients", "10000"]))
         defer { for node in servers { node.kill() } }
@@ -59,6 +60,7 @@ struct Fleet: AsyncParsableCommand {
     }
 
     var processCount: Int { processes ?? min(instances, 4) }
+    var measuredSeconds: Int { seconds ?? max(20, 2 * instances / 5) }
 
     /// Starts the workers for `phase` and waits for them; returns their reports.
     func spawn(_ phase: String, namespace: String, instances: Int, startAt: Int64, measureMs: Int, warmupMs: Int64 = 2000) async throws -> [[String: Any]] {
@@ -95,7 +97,7 @@ struct Fleet: AsyncParsableCommand {
         // their first write, so the measured window must come after one whole hold.
         let warmupMs = phase == "steady" ? Int64(1000 * (warmup ?? max(2, instances / 5 + 5))) : 2000
         let startAt = wallMilliseconds() + 8000 + Int64(instances * breakers / 20) + warmupMs
-        let measureMs = seconds * 1000
+        let measureMs = measuredSeconds * 1000
         let collector = Task { () throws -> ([String: String], [String: String], Double, Int) in
             try await Task.sleep(for: .milliseconds(max(0, startAt - wallMilliseconds())))
             let before = try await scale.info(redis)
