@@ -20,10 +20,14 @@ final class DistributedCore: Sendable {
     let senderID: String
     /// How long (ms) an outcome may wait in this instance before it is written: the flush interval.
     let holdMilliseconds: String
-    /// The senders and instances up, fleet-wide, as the last membership beat read them (0: not known yet).
+    /// The senders and instances up, fleet-wide, as the last membership beat read them; 0 (not known) until this
+    /// adapter has beaten for one entry lifetime (three intervals), since an instance that started with it may not
+    /// have beaten yet: a count read sooner could be short, and lower a quorum it must not lower.
     /// Scripts get them in `ARGV[6]` and `ARGV[7]`; the quiet hold grows with the senders.
     let liveSenders = Atomic<Int>(0)
     let liveInstances = Atomic<Int>(0)
+    /// When this adapter's first beat was answered.
+    private let firstBeat = Locked<ContinuousClock.Instant?>(nil)
     /// The membership keys: `NS:{members}:senders` and `NS:{members}:instances` (one slot in a cluster).
     let membershipKeys: [String]
     /// Set when the namespace holds another key schema: every script call is refused with this error.
@@ -73,8 +77,15 @@ final class DistributedCore: Sendable {
             [self] result in
             if case .success(let reply) = result, let counts = reply.array, counts.count == 2,
                 let senders = counts[0].int, let instances = counts[1].int {
-                liveSenders.store(senders, ordering: .relaxed)
-                liveInstances.store(instances, ordering: .relaxed)
+                let now = ContinuousClock.now
+                let since = firstBeat.withLock { first in
+                    if first == nil { first = now }
+                    return first!
+                }
+                if now - since >= options.membershipInterval * 3 {
+                    liveSenders.store(senders, ordering: .relaxed)
+                    liveInstances.store(instances, ordering: .relaxed)
+                }
             }
             completion()
         }

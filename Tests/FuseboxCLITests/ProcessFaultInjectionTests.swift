@@ -15,33 +15,10 @@ struct ProcessFaultInjectionTests {
     @Test("the process holding the only half-open permit is SIGKILLed: its lease ends within 5 s and exactly one new probe follows, long before the half-open maximum")
     func probeHolderKilled() async throws {
         try await RedisServerProcess.with { server in
-            var policy = BreakerPolicy()
-            policy.failureRateThreshold = nil
-            policy.consecutiveFailureThreshold = 1
-            policy.breakDuration = .fixed(.seconds(1))
-            policy.maxHalfOpenDuration = .seconds(60)
-            let flags = ["--consecutive-failures", "1", "--break-duration", "1s", "--max-half-open", "60s"]
-            var options = DistributedOptions(redis: server.configuration())
-            options.halfOpenRetryInterval = .zero
-            let adapter = try DistributedAdapter(options: options)
-            let registry = BreakerRegistry(adapter: adapter)
-            let running = Task { try? await registry.run() }
-            defer { running.cancel() }
-            let breaker = try registry.breaker("probe-holder", policy: policy)
-            // Known before the failure, so the failure is admitted under the shared state (not the fallback's).
-            _ = try await breaker.snapshot()
-            try await breaker.acquireAsync().failure(CLIDocsError())
-            await adapter.flush()
-            // Polled: on a loaded machine the first flush may time out, and its batch goes with the next one.
-            #expect(await poll(within: .seconds(5)) { (try? await breaker.snapshot())?.state == .open })
-            try await Task.sleep(for: .milliseconds(1100))
-
             // Another process takes the only probe permit (a lease of 5 s: `fusebox run` sets no call timeout) and
             // dies holding it.
-            let holder = try ChildProcess(
-                executable: fuseboxExecutable, arguments: ["--redis", server.url, "run", "probe-holder"] + flags + ["--", "/bin/sleep", "10"],
-                environment: ["PATH": "/usr/bin:/bin", "NO_COLOR": "1"])
-            #expect(await poll(within: .seconds(10)) { (try? await breaker.snapshot())?.probesInFlight == 1 })
+            let (breaker, running, holder) = try await Self.probeTakenByAnotherProcess("probe-holder", server: server, command: ["/bin/sleep", "10"])
+            defer { running.cancel() }
             let granted = ContinuousClock.now
             holder.kill()
 
@@ -81,28 +58,9 @@ struct ProcessFaultInjectionTests {
     @Test("a `fusebox run` probe that outlives its lease keeps it: the process renews it while the command runs")
     func longProbeKeepsItsLease() async throws {
         try await RedisServerProcess.with { server in
-            var policy = BreakerPolicy()
-            policy.failureRateThreshold = nil
-            policy.consecutiveFailureThreshold = 1
-            policy.breakDuration = .fixed(.seconds(1))
-            let flags = ["--consecutive-failures", "1", "--break-duration", "1s"]
-            var options = DistributedOptions(redis: server.configuration())
-            options.halfOpenRetryInterval = .zero
-            let adapter = try DistributedAdapter(options: options)
-            let registry = BreakerRegistry(adapter: adapter)
-            let running = Task { try? await registry.run() }
+            let (breaker, running, holder) = try await Self.probeTakenByAnotherProcess("long-probe", server: server, command: ["/bin/sleep", "8"])
             defer { running.cancel() }
-            let breaker = try registry.breaker("long-probe", policy: policy)
-            _ = try await breaker.snapshot()
-            try await breaker.acquireAsync().failure(CLIDocsError())
-            await adapter.flush()
-            #expect(await poll(within: .seconds(5)) { (try? await breaker.snapshot())?.state == .open })
-            try await Task.sleep(for: .milliseconds(1100))
-            let holder = try ChildProcess(
-                executable: fuseboxExecutable, arguments: ["--redis", server.url, "run", "long-probe"] + flags + ["--", "/bin/sleep", "8"],
-                environment: ["PATH": "/usr/bin:/bin", "NO_COLOR": "1"])
             defer { holder.kill() }
-            #expect(await poll(within: .seconds(10)) { (try? await breaker.snapshot())?.probesInFlight == 1 })
             // Past the 5 s lease, nobody else gets a probe while the holder's command runs.
             let end = ContinuousClock.now + .seconds(7)
             var others = 0
@@ -280,6 +238,40 @@ extension ProcessFaultInjectionTests {
         }
         #expect(snapshot.state == .closed)
         print("fault-figure | rolling restart, 20 instance processes | \(killed.count) SIGKILLs (\(holderKills) of probe holders), \(periods.count) half-open periods, the longest \(longest) ms; Redis counted \(counted) outcomes: \(exact) of instances that flushed + \(counted - exact) of killed ones (their flushes covered \(lower), they recorded \(upper))")
+    }
+}
+
+extension ProcessFaultInjectionTests {
+    /// This process's breaker `name` (trips on its first failure; break 1 s; half-open maximum 60 s), tripped and
+    /// its break over; then a `fusebox run` process of the same policy that takes the only probe permit to run
+    /// `command`. Returns the breaker, the adapter's background work (cancel it) and the process.
+    static func probeTakenByAnotherProcess(_ name: String, server: RedisServerProcess, command: [String]) async throws
+        -> (breaker: CircuitBreaker, running: Task<Void, Never>, holder: ChildProcess)
+    {
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = nil
+        policy.consecutiveFailureThreshold = 1
+        policy.breakDuration = .fixed(.seconds(1))
+        policy.maxHalfOpenDuration = .seconds(60)
+        let flags = ["--consecutive-failures", "1", "--break-duration", "1s", "--max-half-open", "60s"]
+        var options = DistributedOptions(redis: server.configuration())
+        options.halfOpenRetryInterval = .zero
+        let adapter = try DistributedAdapter(options: options)
+        let registry = BreakerRegistry(adapter: adapter)
+        let running = Task<Void, Never> { try? await registry.run() }
+        let breaker = try registry.breaker(name, policy: policy)
+        // Known before the failure, so the failure is admitted under the shared state (not the fallback's).
+        _ = try await breaker.snapshot()
+        try await breaker.acquireAsync().failure(CLIDocsError())
+        await adapter.flush()
+        // Polled: on a loaded machine the first flush may time out, and its batch goes with the next one.
+        #expect(await poll(within: .seconds(5)) { (try? await breaker.snapshot())?.state == .open })
+        try await Task.sleep(for: .milliseconds(1100))
+        let holder = try ChildProcess(
+            executable: fuseboxExecutable, arguments: ["--redis", server.url, "run", name] + flags + ["--"] + command,
+            environment: ["PATH": "/usr/bin:/bin", "NO_COLOR": "1"])
+        #expect(await poll(within: .seconds(10)) { (try? await breaker.snapshot())?.probesInFlight == 1 })
+        return (breaker, running, holder)
     }
 }
 

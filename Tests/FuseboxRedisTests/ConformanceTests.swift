@@ -23,17 +23,26 @@ struct DistributedConformanceTests {
         #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
     }
 
-    @Test("lua/breaker.lua and the copy the module carries are the same")
+    /// Every script the module carries, with the file in lua/ it is generated from (`make lua`).
+    static let scripts: [(file: String, script: RedisScript)] = [
+        ("breaker", BreakerScript.script), ("lease", LeaseScript.script), ("members", MembersScript.script),
+    ]
+
+    @Test("each script in lua/ and the copy the module carries are the same")
     func scriptCopyMatches() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let file = try String(contentsOf: root.appendingPathComponent("lua/breaker.lua"), encoding: .utf8)
-        #expect(file == BreakerScript.source, "lua/breaker.lua changed: run `make lua`")
+        for (name, script) in Self.scripts {
+            let file = try String(contentsOf: root.appendingPathComponent("lua/\(name).lua"), encoding: .utf8)
+            #expect(file == script.source, "lua/\(name).lua changed: run `make lua`")
+        }
     }
 
-    @Test("the SHA-1 the module carries is the one Redis names the script by")
+    @Test("the SHA-1 the module carries for each script is the one Redis names it by")
     func scriptSHAMatches() async throws {
         let redis = try RedisClient(configuration: try await SharedServer.get().configuration())
-        let loaded = try await redis.send("SCRIPT", "LOAD", BreakerScript.source).string
-        #expect(loaded != nil && loaded == BreakerScript.script.sha1, "run `make lua`")
+        for (name, script) in Self.scripts {
+            let loaded = try await redis.send("SCRIPT", "LOAD", script.source).string
+            #expect(loaded != nil && loaded == script.sha1, "lua/\(name).lua: run `make lua`")
+        }
     }
 }
