@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "8305a9273630111dadda8d1a90d0adbbe0299377")
+    static let script = RedisScript(source, sha1: "b104ab7e09573f5d4c9edf3ea1c0a2e794fb292f")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -22,8 +22,9 @@ enum BreakerScript {
     -- again after a timeout is applied once) and when (s) it was last heard from; about 30 bytes a sender, in at most 36
     -- fields, so a write copies a few senders' marks rather than all of them. Field `leases` holds the half-open probe permits,
     -- ' NONCE:EXPIRES_MS' each: a permit whose holder neither reports nor renews it by then is free again.
-    -- Publishes a transition message per transition, and a recall when the failure budget shrinks or a quiet breaker
-    -- (no failure in its window) gets its first one: instances then write what they hold (Docs/architecture.md).
+    -- Publishes a transition message per transition, and a recall when the failure budget shrinks (instances then write
+    -- the failures they hold beyond it) or a quiet breaker (no failure in its window) gets its first one; a recall says
+    -- whether the window is quiet: when it is not, instances write the successes they held too (Docs/architecture.md).
     --
     -- ARGV[1] channel for transition and recall messages   ARGV[2] instance id (events, quorum)
     -- ARGV[3] '' (use TIME), or a fixed time in ms for tests
@@ -865,10 +866,11 @@ enum BreakerScript {
             if budget > 1048576 then budget = 1048576 end
             if budget > 0 then budget = 2 ^ math.floor(math.log(budget) / math.log(2) + 1e-9) end
             if budget < st.budget or (quiet_before and not quiet_after) then
-              -- Instances may hold more than is safe now (failures beyond the new budget, or successes held while the
-              -- breaker was quiet): ask every instance to write what it holds.
+              -- Instances may hold more than is safe now: failures beyond the new budget, and, once the window is not
+              -- quiet ("quiet": false), the successes they held while it was, which the window needs now. While it is
+              -- still quiet, a smaller budget asks for failures only: held successes cannot cross a threshold.
               redis.call('PUBLISH', channel, '{"name":' .. cjson.encode(A[2]) .. ',"version":' .. st.version .. ',"created":'
-                .. st.created .. ',"recall":' .. budget .. ',"at":' .. now .. '}')
+                .. st.created .. ',"recall":' .. budget .. ',"at":' .. now .. ',"quiet":' .. tostring(quiet()) .. '}')
             end
             st.budget = budget
           end

@@ -160,7 +160,8 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     await self.core.doorbell.wait()
                     // One script call per up to DistributedCore.breakersPerCall breakers with something to write.
                     self.core.sendOrder.withLock { _ in
-                        self.core.submit(self.allBackends.filter { $0.isDue() }.flatMap { $0.takePending() })
+                        let urgencies = self.allBackends.map { (backend: $0, urgency: $0.flushUrgency()) }
+                        self.core.submit(DistributedCore.toFlush(urgencies).flatMap { $0.takePending() })
                     }
                 }
             }

@@ -6,6 +6,18 @@ import Logging
 import Synchronization
 
 /// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
+/// How soon a breaker's held outcomes should be written (``DistributedBackend/flushUrgency()``).
+enum FlushUrgency: Sendable {
+    /// Nothing held, or quiet successes held for less than half the quiet hold.
+    case none
+    /// Quiet successes held for half the hold or more: written along with another quiet breaker's write.
+    case halfway
+    /// Quiet successes whose hold is up.
+    case quietDue
+    /// Anything else held: written at this flush.
+    case due
+}
+
 final class DistributedCore: Sendable {
     let options: DistributedOptions
     let connection: RedisClient
@@ -26,6 +38,8 @@ final class DistributedCore: Sendable {
     /// Scripts get them in `ARGV[6]` and `ARGV[7]`; the quiet hold grows with the senders.
     let liveSenders = Atomic<Int>(0)
     let liveInstances = Atomic<Int>(0)
+    /// This adapter's share of the grown quiet hold, in thousandths (800–1,000), drawn once.
+    let holdSpread = Int64.random(in: 800...1_000)
     /// When this adapter's first beat was answered.
     private let firstBeat = Locked<ContinuousClock.Instant?>(nil)
     /// The membership keys: `NS:{members}:senders` and `NS:{members}:instances` (one slot in a cluster).
@@ -58,6 +72,16 @@ final class DistributedCore: Sendable {
 
     /// The most breakers one script call carries: about a millisecond of Redis time.
     static let breakersPerCall = 32
+
+    /// The breakers to write in one flush, given each one's ``FlushUrgency``: every one that is due, and, when a
+    /// quiet breaker's hold is up, every quiet one past half its hold too, so that an instance's quiet breakers
+    /// come to share their script calls (up to ``breakersPerCall`` a call) rather than each making its own.
+    static func toFlush<Backend>(_ backends: [(backend: Backend, urgency: FlushUrgency)]) -> [Backend] {
+        let quietDue = backends.contains { $0.urgency == .quietDue }
+        let first = backends.filter { $0.urgency == .due || $0.urgency == .quietDue }
+        let riders = quietDue ? backends.filter { $0.urgency == .halfway } : []
+        return (first + riders).map(\.backend)
+    }
 
     init(options: DistributedOptions, connection: RedisClient, logger: Logger) {
         self.options = options
@@ -103,11 +127,13 @@ final class DistributedCore: Sendable {
     /// How long a quiet breaker's successes may wait (ns): `base` (the policy's), or longer when many senders are
     /// up and the window is a time window, so that the fleet writes it about ``DistributedOptions/quietFleetWritesPerSecond``
     /// times a second (at most 60 s).
+    /// Each adapter's hold is its own fraction (``holdSpread``) of that, so that instances started together do not
+    /// write together.
     func quietHold(base: Int64, isTimeWindow: Bool) -> Int64 {
         let senders = Int64(liveSenders.load(ordering: .relaxed))
         guard isTimeWindow, senders > 0 else { return base }
-        let grown = senders * 1_000_000_000 / Int64(options.quietFleetWritesPerSecond)
-        return max(base, min(grown, 60_000_000_000))
+        let grown = min(senders * 1_000_000_000 / Int64(options.quietFleetWritesPerSecond), 60_000_000_000)
+        return max(base, grown / 1_000 * holdSpread)
     }
 
     /// Runs `body` (which submits a script) once the namespace's key schema has been checked, in the order such
@@ -811,22 +837,25 @@ final class DistributedBackend: BreakerBackend {
         (0...stripeMask).contains { stripes[$0].cell.withLock { $0.count > 0 } } || cache.withLock { !$0.pending.isEmpty }
     }
 
-    /// Whether the flusher should write this breaker's outcomes now: at once
-    /// when it holds anything but plain successes or the breaker is not quiet, and otherwise when the oldest
-    /// success held would reach ``DistributedOptions/quietFlushInterval`` before the next flush.
-    func isDue() -> Bool {
+    /// How soon the flusher should write this breaker's outcomes: at once (``FlushUrgency/due``) when it holds
+    /// anything but plain successes or the breaker is not quiet; a quiet breaker's successes when the oldest held
+    /// would reach the quiet hold before the next flush (``FlushUrgency/quietDue``), and, from half the hold on,
+    /// along with another quiet breaker's write (``FlushUrgency/halfway``).
+    func flushUrgency() -> FlushUrgency {
         let now = self.now
         var oldest = Int64.max
         for index in 0...stripeMask {
             stripes[index].cell.withLock { cell in if cell.count > 0 { oldest = min(oldest, cell.firstAt) } }
         }
         return cache.withLock { cache in
-            guard cache.pending.holdsOnlySuccesses else { return true }
+            guard cache.pending.holdsOnlySuccesses else { return .due }
             if let held = cache.pending.oldestRecordedAt { oldest = min(oldest, held) }
-            guard oldest != .max else { return false }
-            guard cache.isQuiet(for: cache.rules.policy) else { return true }
+            guard oldest != .max else { return .none }
+            guard cache.isQuiet(for: cache.rules.policy) else { return .due }
             let hold = core.quietHold(base: cache.rules.quietHoldNanoseconds, isTimeWindow: cache.rules.bucketMilliseconds > 0)
-            return now - oldest >= hold - flushNanoseconds
+            let held = now - oldest
+            if held >= hold - flushNanoseconds { return .quietDue }
+            return held >= hold / 2 ? .halfway : .none
         }
     }
 
@@ -875,14 +904,20 @@ final class DistributedBackend: BreakerBackend {
     }
 
     /// Applies a recall message: write what is held now if it is more than the new budget, or if successes were
-    /// held because the breaker was quiet (the write that ended the quiet asks for them).
+    /// held because the breaker was quiet and the window no longer is (the write that ended the quiet asks for them).
+    /// A recall while the window stays quiet (a budget that shrank as calls left the window) leaves held successes
+    /// where they are: they cannot cross a threshold, and in a large fleet such recalls would make every instance
+    /// write every breaker several times a minute.
     func applyRecall(_ message: BreakerMessage) {
         guard let budget = message.recall else { return }
+        let stillQuiet = message.quiet ?? false
         let (mustWrite, wasQuiet) = cache.withLock { cache in
             let wasQuiet = cache.isQuiet(for: cache.rules.policy)
-            return (cache.applyRecall(version: message.version, created: message.created ?? 0, budget: budget, at: message.at), wasQuiet)
+            let mustWrite = cache.applyRecall(
+                version: message.version, created: message.created ?? 0, budget: budget, at: message.at, windowQuiet: stillQuiet)
+            return (mustWrite, wasQuiet)
         }
-        if mustWrite || (wasQuiet && hasPending) { flush() }
+        if mustWrite || (wasQuiet && !stillQuiet && hasPending) { flush() }
     }
 
     private func registerIfNeeded() {

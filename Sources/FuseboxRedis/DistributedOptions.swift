@@ -33,8 +33,8 @@ public struct DistributedOptions: Sendable {
     /// summed over the instances that are up): each instance holds a quiet breaker's successes for at least
     /// (senders up) ÷ this seconds, at most 60 s, so a quiet breaker costs Redis about the same however many
     /// instances share it. Successes that leave the window meanwhile count in the totals only; the write that ends
-    /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 5.
-    public var quietFleetWritesPerSecond = 5
+    /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 3.
+    public var quietFleetWritesPerSecond = 3
     /// How often this adapter tells Redis it is up (`NAMESPACE:{members}:senders` and `:instances`, sorted sets
     /// of who is up until when). An adapter that stops beating (a killed process, a lost host) drops out after three
     /// intervals. The failure budget is shared among the senders that are up, and a quorum

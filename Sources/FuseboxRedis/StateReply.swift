@@ -136,6 +136,9 @@ struct BreakerMessage: Decodable, Sendable {
     var attempt: Int?
     /// A recall: every instance holding more failures than this for `version` writes them now.
     var recall: Int?
+    /// With a recall: whether the window is still quiet. When it is not, every instance writes the successes it
+    /// held while the breaker was quiet too. `nil` from a script older than the field: taken as `false`.
+    var quiet: Bool?
     /// When (Redis time, ms) the write that sent the recall ran: a reply to a write that ran no later says less.
     var at: Int64?
     /// An operator set or cleared the breaker's policy override (`set` or `cleared`): read `NS:overrides` again.

@@ -1,7 +1,9 @@
+import Foundation
 import Fusebox
 import FuseboxTestKit
 import Hiredis
 import Logging
+import Synchronization
 import Testing
 
 @testable import FuseboxRedis
@@ -382,6 +384,52 @@ struct ScaleTests {
         #expect(await eventually(within: .seconds(2)) { (try? await successesInRedis()) == 52 })
     }
 
+    @Test("a recall while the window stays quiet (a new sender shrank the budget) leaves held successes held")
+    func quietRecallKeepsSuccesses() async throws {
+        let (server, options, fleet) = try await quietFleet()
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        // About 300 calls of headroom: shared by two senders 128 each, by three 64 (budgets are powers of two).
+        var policy = BreakerPolicy()
+        policy.failureRateThreshold = 0.5
+        policy.minimumThroughput = 303
+        policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
+        let a = try fleet[0].registry.breaker("kept", policy: policy)
+        let b = try fleet[1].registry.breaker("kept", policy: policy)
+        let redis = try RedisClient(configuration: server.configuration())
+        let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "kept")[2]
+        func successesInRedis() async throws -> Int { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
+        try await a.acquireAsync().success()
+        await fleet[0].adapter.flush()
+        try await b.acquireAsync().success()
+        await fleet[1].adapter.flush()
+        try await Task.sleep(for: .milliseconds(300))
+        for _ in 0..<50 { try a.acquire().success() }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
+        // A third sender's first write shrinks every budget: Redis recalls, saying the window is still quiet.
+        let recalls = Mutex<[BreakerMessage]>([])
+        let subscriber = try RedisSubscriber(configuration: server.configuration(), channels: ["\(options.namespace):transitions"]) { message in
+            if let decoded = try? JSONDecoder().decode(BreakerMessage.self, from: Data(message.payload)), decoded.name == "kept", decoded.recall != nil {
+                recalls.withLock { $0.append(decoded) }
+            }
+        }
+        let listening = Task { await subscriber.run() }
+        defer { listening.cancel() }
+        try await waitForSubscribers(3, namespace: options.namespace, server: server)
+        let third = try Instance(options)
+        defer { Task { await third.stop() } }
+        try await third.registry.breaker("kept", policy: policy).acquireAsync().success()
+        await third.adapter.flush()
+        #expect(await eventually(within: .seconds(2)) { !recalls.withLock { $0.isEmpty } }, "the third sender's first write recalls")
+        let recall = recalls.withLock { $0.first }
+        #expect(recall?.quiet == true, "no recall, or one that says the window is not quiet: \(String(describing: recall))")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await successesInRedis() == 3, "a recall while quiet must not make A write the successes it holds")
+        // The quiet still ends as before: B's failure brings A's 50.
+        try await b.acquireAsync().failure(Boom())
+        #expect(await eventually(within: .seconds(2)) { (try? await successesInRedis()) == 53 })
+    }
+
     @Test("successes a quiet instance held from before a failure streak began do not end it")
     func heldSuccessesKeepLaterStreak() async throws {
         let (server, options, fleet) = try await quietFleet()
@@ -427,5 +475,18 @@ struct ScaleTests {
         } throws: { ($0 as? FuseboxError)?.message.contains("key schema 3") == true }
         // Nothing was written for the breaker.
         #expect(try await redis.send("EXISTS", DistributedBackend.keys(namespace: options.namespace, name: "schema")[0]).decodeInt() == 0)
+    }
+}
+
+@Suite("Which breakers a flush writes")
+struct FlushPlanTests {
+    @Test("what is due goes; quiet breakers past half their hold ride along only with a quiet breaker whose hold is up")
+    func quietBreakersShareCalls() {
+        let urgent: [(backend: Int, urgency: FlushUrgency)] = [(1, .due), (2, .halfway), (3, .none)]
+        #expect(DistributedCore.toFlush(urgent) == [1], "a failure's write must not wait for, or carry, quiet successes")
+        let quiet: [(backend: Int, urgency: FlushUrgency)] = [(1, .halfway), (2, .quietDue), (3, .none), (4, .halfway), (5, .due)]
+        #expect(DistributedCore.toFlush(quiet) == [2, 5, 1, 4], "due first, in order, then the riders")
+        let early: [(backend: Int, urgency: FlushUrgency)] = [(1, .halfway), (2, .none)]
+        #expect(DistributedCore.toFlush(early).isEmpty, "nothing is due: nothing is written")
     }
 }
