@@ -63,6 +63,7 @@ let package = Package(
             dependencies: [
                 "Fusebox", "FuseboxLocking", "Hiredis",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "b104ab7e09573f5d4c9edf3ea1c0a2e794fb292f")
+    static let script = RedisScript(source, sha1: "e1712ecc9be7dc639e9dd242dc6db21d080cb6a1")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -99,6 +99,34 @@ enum BreakerScript {
       return string.sub(marks, 1, at - 1) .. record
     end
 
+    -- A number that Fusebox could have written: nil for anything else, NaN and infinities included (redis-cli can
+    -- write `nan`, and Lua's tonumber takes it).
+    local function finite(text)
+      local n = tonumber(text or '')
+      if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
+      return n
+    end
+
+    -- Statistics never stop the state machine: a totals field that is not a whole number (or a totals key or events
+    -- stream of another type) is made anew by the write that meets it, and the first such repair of a call is reported
+    -- in its reply (element 22) so that instances can say so, once a minute at most.
+    local repaired = nil
+    local function count_total(key, field, n)
+      local reply = redis.pcall('HINCRBY', key, field, n)
+      if type(reply) == 'table' and reply.err then
+        if string.find(reply.err, 'WRONGTYPE', 1, true) then
+          repaired = repaired or (key .. ' was a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash: made anew')
+          redis.call('DEL', key)
+        else
+          local was = redis.call('HGET', key, field)
+          repaired = repaired or (key .. " field '" .. field .. "' was '" .. string.sub(tostring(was), 1, 40)
+            .. "', not a whole number: counted anew from this write")
+          redis.call('HDEL', key, field)
+        end
+        redis.call('HINCRBY', key, field, n)
+      end
+    end
+
     -- What the lean path reads of the state hash (and, last, the senders' high-water marks).
     local LEAN_READ = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason', 'consecutive_failures',
       'probes', 'probe_successes', 'created', 'policy_fp', 'schema', 'pruned', MARKS_FIELD }
@@ -124,13 +152,13 @@ enum BreakerScript {
       if v.err then return nil end
       local state, mode = v[1], A[13]
       if not ((state == 'closed' and mode == 'normal') or (state == 'metrics_only' and mode == 'metrics_only')) then return nil end
-      local version, created = tonumber(v[2] or ''), tonumber(v[11] or '')
+      local version, created = finite(v[2]), finite(v[11])
       if version == nil or version ~= tonumber(A[20]) or created == nil or created ~= tonumber(A[21]) or v[13] ~= SCHEMA
         or v[8] ~= '0' or now - (tonumber(v[14] or '') or 0) >= 60000 then
         return nil
       end
-      local since, open_until, attempt = tonumber(v[3] or ''), tonumber(v[4] or ''), tonumber(v[5] or '')
-      local probes, probe_successes = tonumber(v[9] or ''), tonumber(v[10] or '')
+      local since, open_until, attempt = finite(v[3]), finite(v[4]), finite(v[5])
+      local probes, probe_successes = finite(v[9]), finite(v[10])
       if not (since and open_until and attempt and probes and probe_successes) then return nil end
       local seq = tonumber(A[19])
       local high = mark_of(v[#LEAN_READ])
@@ -150,8 +178,8 @@ enum BreakerScript {
       end
       local w = redis.pcall('HMGET', K[2], unpack(names))
       if w.err then return nil end
-      local newest = tonumber(w[1] or '')
-      local calls, failures, slow = tonumber(w[2] or ''), tonumber(w[3] or ''), tonumber(w[4] or '')
+      local newest = finite(w[1])
+      local calls, failures, slow = finite(w[2]), finite(w[3]), finite(w[4])
       if newest == nil or newest > bucket or calls == nil or failures ~= 0 or slow == nil or (A[5] ~= '' and slow > 0) then
         return nil
       end
@@ -201,16 +229,14 @@ enum BreakerScript {
         group = group + 5
       end
       set[2] = calls
-      -- The totals first: a key of the wrong type is left to `run`, which refuses it, before anything is written.
-      local added = redis.pcall('HINCRBY', K[3], 'calls', n)
-      if type(added) == 'table' and added.err then return nil end
-      redis.call('HINCRBY', K[3], 'successes', n)
+      count_total(K[3], 'calls', n)
+      count_total(K[3], 'successes', n)
       redis.call('HSET', K[2], unpack(set))
       redis.call('HSET', K[1], MARKS_FIELD, with_mark(v[#LEAN_READ], seq))
       local budget = -1
       if state == 'closed' then budget = 0 end
       return { state, version, since, open_until, now, attempt, v[6] or '', v[7] or '', 0, probes, probe_successes, 0,
-               calls, 0, slow, 0, created, {}, budget, v[12] == A[15] and 1 or 0, 0 }
+               calls, 0, slow, 0, created, {}, budget, v[12] == A[15] and 1 or 0, 0, repaired or '' }
     end
 
     -- Every rule, for every operation: made only when a call needs more than the lean path (below), since Redis pays
@@ -358,11 +384,11 @@ enum BreakerScript {
           st = fresh(0, 'created')
         else
           local v = values
-          st = { state = v[1], version = tonumber(v[2] or ''), since = tonumber(v[3] or ''), open_until = tonumber(v[4] or ''),
-            attempt = tonumber(v[5] or ''), reason = v[6] or '', isolation_reason = v[7] or '',
-            consecutive_failures = tonumber(v[8] or ''), probes = tonumber(v[9] or ''), probe_successes = tonumber(v[10] or ''),
-            created = tonumber(v[11] or ''), budget = tonumber(v[12] or '') or -1, policy_fp = v[13] or '', schema = v[14] or nil,
-            pruned = tonumber(v[15] or '') or 0, senders = tonumber(v[16] or '') or 0, streak_at = tonumber(v[17] or ''),
+          st = { state = v[1], version = finite(v[2]), since = finite(v[3]), open_until = finite(v[4]),
+            attempt = finite(v[5]), reason = v[6] or '', isolation_reason = v[7] or '',
+            consecutive_failures = finite(v[8]), probes = finite(v[9]), probe_successes = finite(v[10]),
+            created = finite(v[11]), budget = finite(v[12]) or -1, policy_fp = v[13] or '', schema = v[14] or nil,
+            pruned = finite(v[15]) or 0, senders = finite(v[16]) or 0, streak_at = finite(v[17]),
             leases = v[18] or '' }
           for i = 1, #NUMERIC do
             local field = NUMERIC[i]
@@ -427,7 +453,7 @@ enum BreakerScript {
 
         local function number_field(text, name)
           if not text then return 0 end
-          local n = tonumber(text)
+          local n = finite(text)
           if n == nil then refuse('CORRUPT ' .. K[2] .. " field '" .. name .. "' is '" .. text .. "' (fusebox reset repairs it)") end
           return n
         end
@@ -815,6 +841,15 @@ enum BreakerScript {
           st.isolation_reason = A[19]
           transition('isolated', 'isolated: ' .. A[19])
         elseif op == 'reset' then
+          -- Totals that are whole numbers stay; any other value goes (the key itself, when of another type, went above).
+          local all = redis.call('HGETALL', K[3])
+          for i = 1, #all, 2 do
+            if not string.match(all[i + 1], '^%-?%d+$') then
+              redis.call('HDEL', K[3], all[i])
+              local what = "totals field '" .. all[i] .. "' was '" .. string.sub(all[i + 1], 1, 40) .. "'"
+              corrupt = corrupt and (corrupt .. '; ' .. what) or what
+            end
+          end
           transition(base_state, corrupt and 'reset (repaired ' .. corrupt .. ')' or 'reset')
           st.isolation_reason = ''
         elseif op == 'half_open' then
@@ -878,12 +913,17 @@ enum BreakerScript {
           st.senders = st.senders + 1
         end
 
-        -- Writes, the totals first: a key of the wrong type is refused before anything else changes.
-        for i = 1, #totals_add, 2 do checked(3, 'HINCRBY', totals_add[i], totals_add[i + 1]) end
+        -- Writes. The statistics (totals, events) heal themselves: what they hold never stops a decision.
+        for i = 1, #totals_add, 2 do count_total(K[3], totals_add[i], totals_add[i + 1]) end
 
         if event then
-          checked(4, 'XADD', 'MAXLEN', '~', 100, '*', 'from', event.from, 'to', event.to, 'reason', event.reason,
-            'version', st.version, 'instance', instance, 'at', now)
+          local fields = { 'from', event.from, 'to', event.to, 'reason', event.reason, 'version', st.version, 'instance', instance, 'at', now }
+          local added = redis.pcall('XADD', K[4], 'MAXLEN', '~', 100, '*', unpack(fields))
+          if type(added) == 'table' and added.err then
+            repaired = repaired or (K[4] .. ' could not take an event (' .. added.err .. '): made anew')
+            redis.call('DEL', K[4])
+            redis.call('XADD', K[4], 'MAXLEN', '~', 100, '*', unpack(fields))
+          end
           local probe_in = 0
           if st.state == 'open' then probe_in = st.open_until - now end
           redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
@@ -971,11 +1011,27 @@ enum BreakerScript {
         -- A read writes only to create the breaker or to apply a transition that time made due.
         if #set > 0 and (op ~= 'read' or transitioned or not exists) then redis.call('HSET', K[1], unpack(set)) end
 
+        -- A read returns the totals that are whole numbers and names what is not (it repairs nothing: reset does).
         local totals = {}
-        if op == 'read' then totals = checked(3, 'HGETALL') end
+        if op == 'read' then
+          local all = redis.pcall('HGETALL', K[3])
+          if type(all) == 'table' and all.err then
+            repaired = repaired or (K[3] .. ' is a ' .. redis.call('TYPE', K[3])['ok'] .. ', not a hash (the next write makes it anew)')
+          else
+            for i = 1, #all, 2 do
+              if string.match(all[i + 1], '^%-?%d+$') then
+                totals[#totals + 1] = all[i]; totals[#totals + 1] = all[i + 1]
+              else
+                repaired = repaired or (K[3] .. " field '" .. all[i] .. "' is '" .. string.sub(all[i + 1], 1, 40)
+                  .. "', not a whole number (the next write counts it anew)")
+              end
+            end
+          end
+        end
         return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
                  st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
-                 transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0 }
+                 transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0,
+                 repaired or '' }
       end
       return run
     end

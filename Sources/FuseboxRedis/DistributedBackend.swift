@@ -3,6 +3,7 @@ import Fusebox
 import FuseboxLocking
 import Hiredis
 import Logging
+import Metrics
 import Synchronization
 
 /// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
@@ -338,6 +339,10 @@ final class DistributedBackend: BreakerBackend {
     /// This instance's own policy (code or configuration) and the operator's override.
     private let policies: Locked<(own: BreakerPolicy, override: BreakerPolicy?)>
     private let instruments: BreakerInstruments
+    /// Repairs of the breaker's statistics the script reported (``noteStatistics(_:now:)``).
+    private let statisticsRepairs: Counter
+    /// When (this instance's clock, ns) a statistics note was last logged.
+    private let lastStatisticsLog = Locked<Int64?>(nil)
     private let cache: Locked<Cache>
     // The options the hot path reads, copied out once (the options struct holds strings: copying it costs).
     private let whenUnavailable: DistributedOptions.UnavailablePolicy
@@ -377,6 +382,7 @@ final class DistributedBackend: BreakerBackend {
         case .disabled: .disabled
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
+        self.statisticsRepairs = Counter(label: "fusebox_statistics_repairs_total", dimensions: [("breaker", name)])
         self.cache = Locked(Cache(state: base, rules: PolicyRules(policy, options: core.options)))
         let count = CPUSlots.count
         self.stripes = .allocate(capacity: count)
@@ -962,6 +968,7 @@ final class DistributedBackend: BreakerBackend {
 
     private func apply(_ reply: StateReply, ownCall: Bool) {
         let now = self.now
+        if let note = reply.statisticsNote { noteStatistics(note, now: now) }
         let (transition, recovered, reborn) = updateCache { cache in
             // A state hash of another incarnation: Redis lost the keys (restart, FLUSHALL, eviction) and the script
             // made them again, so the breaker index may have lost the name too.
@@ -1028,6 +1035,19 @@ final class DistributedBackend: BreakerBackend {
             instruments.logger.info(
                 "Redis is unavailable for breaker '\(name)' (\(text)); falling back to the '\(core.options.whenUnavailable.rawValue)' policy")
         }
+    }
+
+    /// Reports what the script found wrong with the breaker's statistics: counted in
+    /// `fusebox_statistics_repairs_total`, logged once a minute at most (a corrupt field meets every write until
+    /// one makes it anew, and a read only names it).
+    private func noteStatistics(_ note: String, now: Int64) {
+        statisticsRepairs.increment()
+        let due = lastStatisticsLog.withLock { last in
+            guard last == nil || now - last! >= 60_000_000_000 else { return false }
+            last = now
+            return true
+        }
+        if due { instruments.logger.info("breaker '\(name)': statistics: \(note); decisions are not affected") }
     }
 
     /// The script's `CORRUPT <key> …` refusal as a `FuseboxError` naming the breaker and the key.

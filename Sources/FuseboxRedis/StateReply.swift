@@ -32,6 +32,9 @@ struct StateReply: Sendable {
     var policyStored: Bool
     /// The batch had been applied before (a retransmission): nothing was counted again.
     var duplicate: Bool
+    /// What the script found wrong with the breaker's statistics (totals, events) and made anew, or (a read) found
+    /// unreadable; `nil` when nothing was.
+    var statisticsNote: String?
 
     var windowCalls: Int { window?.calls ?? 0 }
     var windowFailures: Int { window?.failures ?? 0 }
@@ -78,6 +81,7 @@ struct StateReply: Sendable {
         budget = try int(18)
         policyStored = try int(19) == 1
         duplicate = try int(20) == 1
+        statisticsNote = parts.count > 21 ? parts[21].string.flatMap { $0.isEmpty ? nil : $0 } : nil
     }
 
     /// The fields the refresher reads with `HMGET`, in the order ``init(refreshed:now:)`` expects.

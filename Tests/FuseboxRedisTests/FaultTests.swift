@@ -260,6 +260,68 @@ struct FaultTests {
         }
     }
 
+    @Test("statistics never disable protection: garbage totals and events are made anew by the next write, the trip still reaches every instance, reset keeps what is readable")
+    func corruptStatistics() async throws {
+        let server = try await SharedServer.get()
+        let options = testOptions(server)
+        let fleet = try Instance.fleet(2, options)
+        defer { Task { for instance in fleet { await instance.stop() } } }
+        try await waitForSubscribers(2, namespace: options.namespace, server: server)
+        let a = try fleet[0].registry.breaker("mix", policy: tripsOnFirstFailure())
+        let b = try fleet[1].registry.breaker("mix", policy: tripsOnFirstFailure())
+        for _ in 0..<3 { try await a.acquireAsync().success() }
+        await fleet[0].adapter.flush()
+        let redis = try RedisClient(configuration: server.configuration())
+        let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
+        let keys = DistributedBackend.keys(namespace: options.namespace, name: "mix")
+
+        // A typo in a redis-cli session: the totals are statistics, and must not stop the state machine.
+        _ = try await redis.send("HSET", keys[2], "failures", "not-a-number", "ignored", "nan")
+        let unreadable = try await a.snapshot()
+        #expect(unreadable.totals.calls == 3 && unreadable.totals.successes == 3, "a read skips what is not a number: \(unreadable.totals)")
+        try await a.acquireAsync().failure(Boom())
+        #expect(await eventually { await isRejected(b) }, "the trip must reach the other instance through Redis")
+        #expect(try await redis.send("HGET", keys[2], "failures").string == "1", "the write that met the garbage counts it anew")
+        #expect(try await operatorSide.snapshot(of: "mix").state == .open)
+
+        // reset keeps the totals that are numbers, drops the rest, and says so.
+        _ = try await redis.send("HSET", keys[2], "slow", "12abc")
+        let reset = try await operatorSide.reset("mix")
+        #expect(reset.state == .closed)
+        #expect(reset.lastReason.contains("totals field 'ignored'") && reset.lastReason.contains("totals field 'slow'"), "\(reset.lastReason)")
+        #expect(reset.totals.calls == 4 && reset.totals.failures == 1)
+        #expect(try await redis.send("HEXISTS", keys[2], "slow").int == 0)
+
+        // An events stream of another type, and one that can take no more entries: made anew by the next transition.
+        _ = try await redis.send("DEL", keys[3])
+        _ = try await redis.send("SET", keys[3], "not events")
+        try await a.acquireAsync().failure(Boom())
+        #expect(await eventually { await isRejected(b) })
+        #expect(try await redis.send("TYPE", keys[3]).string == "stream")
+        _ = try await operatorSide.reset("mix")
+        _ = try await redis.send("XADD", keys[3], "18446744073709551615-18446744073709551615", "from", "x")
+        try await a.acquireAsync().failure(Boom())
+        #expect(await eventually { await isRejected(b) })
+        _ = try await operatorSide.reset("mix")
+
+        // NaN and infinities in the fields the state machine needs: refused as corrupt (not a serialisation error),
+        // and reset repairs them.
+        for (field, value) in [("version", "nan"), ("since", "inf"), ("probes", "-inf")] {
+            _ = try await redis.send("HSET", keys[0], field, value)
+            await #expect {
+                try await operatorSide.snapshot(of: "mix")
+            } throws: { error in
+                let error = error as! FuseboxError
+                return error.code == .corruptState && error.message.contains("field '\(field)' is '\(value)'")
+            }
+            let repaired = try await operatorSide.reset("mix")
+            #expect(repaired.state == .closed && repaired.lastReason.contains("repaired"), "\(field): \(repaired.lastReason)")
+            try await a.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(b) }, "a trip across instances after repairing \(field) = \(value)")
+            _ = try await operatorSide.reset("mix")
+        }
+    }
+
     @Test("a Redis user limited to the namespace and the documented commands works; one without EVALSHA gets a clear error")
     func aclUsers() async throws {
         let denied = ["reader", "on", ">reader-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all", "+ping", "+subscribe", "+hgetall", "+client|setname"]
