@@ -53,8 +53,9 @@
 --          probes, probe_successes, granted (acquire: 0 denied, 1 admitted, 2 admitted as probe),
 --          window calls, window failures, window slow, 1 if this call made a transition,
 --          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart),
---          totals (op read: the totals hash as a flat field/value array), failure budget (-1: none applies),
---          1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate }
+--          totals (op read: the totals hash as a flat field/value array, whole numbers only), failure budget (-1:
+--          none applies), 1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate,
+--          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing }
 
 local SCHEMA = '2'
 local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]

@@ -79,7 +79,8 @@ public struct CircuitBreaker: Sendable {
     /// Throws a rejection (``FuseboxError/Code/circuitOpen``) without running it when the breaker is open;
     /// rethrows the operation's own error; throws ``FuseboxError/Code/callTimedOut`` (and cancels the
     /// operation) when the policy's call timeout passes first. A value for which `isFailure` returns `true`
-    /// (e.g. an HTTP 503) is returned to the caller and counted as a failure.
+    /// (e.g. an HTTP 503) is returned to the caller and counted as a failure. A flagged result and a call timeout
+    /// count as failures whatever the policy's error classification says (it classifies the operation's errors).
     public func run<T: Sendable>(
         isFailure: (@Sendable (T) -> Bool)? = nil, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
@@ -97,14 +98,16 @@ public struct CircuitBreaker: Sendable {
                 value = try await operation()
             }
         } catch let error as FuseboxError where error.code == .callTimedOut {
-            permit.failure(CallTimedOut())
+            // The breaker's own verdicts: counted as failures whatever the error classification says (it cannot
+            // name these types, and a classification written for the operation's errors must not ignore them).
+            permit.countFailure(CallTimedOut.self)
             throw error
         } catch {
             permit.failure(error)
             throw error
         }
         if let isFailure, isFailure(value) {
-            permit.failure(UnacceptableResult())
+            permit.countFailure(UnacceptableResult.self)
         } else {
             permit.success()
         }
@@ -200,6 +203,13 @@ public struct BreakerPermit: ~Copyable, Sendable {
         case .failure: lane.record(.failure(errorType), for: token)
         case .ignored: lane.record(.ignored, for: token)
         }
+        isSettled = true
+    }
+
+    /// A failure of type `type` whatever the classification says: the call timeout and a result that
+    /// `run(isFailure:)` flagged.
+    consuming func countFailure(_ type: any Error.Type) {
+        lane.record(.failure(type), for: token)
         isSettled = true
     }
 

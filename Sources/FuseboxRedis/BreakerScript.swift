@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "e1712ecc9be7dc639e9dd242dc6db21d080cb6a1")
+    static let script = RedisScript(source, sha1: "94e9e62591aef061e7e6e4a1956570f37026b1b3")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -63,8 +63,9 @@ enum BreakerScript {
     --          probes, probe_successes, granted (acquire: 0 denied, 1 admitted, 2 admitted as probe),
     --          window calls, window failures, window slow, 1 if this call made a transition,
     --          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart),
-    --          totals (op read: the totals hash as a flat field/value array), failure budget (-1: none applies),
-    --          1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate }
+    --          totals (op read: the totals hash as a flat field/value array, whole numbers only), failure budget (-1:
+    --          none applies), 1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate,
+    --          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing }
 
     local SCHEMA = '2'
     local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]

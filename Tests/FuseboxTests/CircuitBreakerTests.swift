@@ -119,6 +119,33 @@ struct CircuitBreakerTests {
         #expect(snapshot.state == .open)
     }
 
+    @Test("a result flagged by isFailure and a call timeout are failures whatever the error classification says")
+    func breakerVerdictsBypassClassification() async throws {
+        struct PaymentError: Error {}
+        let onlyPayments = BreakerPolicy.Classification.failures(where: { $0 is PaymentError })
+        let flagged = try makeRegistry().breaker("flagged", policy: tripsOnFirstFailure { $0.classification = onlyPayments })
+        let status = try await flagged.run(isFailure: { $0 >= 500 }) { 503 }
+        #expect(status == 503)
+        var snapshot = try await flagged.snapshot()
+        #expect(snapshot.totals.failures == 1 && snapshot.totals.ignored == 0, "\(snapshot.totals)")
+        #expect(snapshot.state == .open)
+
+        let slow = try makeRegistry().breaker("timed-out", policy: tripsOnFirstFailure {
+            $0.classification = onlyPayments
+            $0.callTimeout = .milliseconds(20)
+        })
+        await #expect { try await slow.run { () async throws -> Int in try await Task.sleep(for: .seconds(5)); return 1 } } throws: {
+            ($0 as? FuseboxError)?.code == .callTimedOut
+        }
+        snapshot = try await slow.snapshot()
+        #expect(snapshot.totals.failures == 1 && snapshot.totals.ignored == 0, "\(snapshot.totals)")
+        #expect(snapshot.state == .open)
+        // The operation's own errors still go through the classification.
+        let other = try makeRegistry().breaker("other-errors", policy: tripsOnFirstFailure { $0.classification = onlyPayments })
+        await #expect(throws: BadRequest.self) { try await other.run { () async throws -> Int in throw BadRequest() } }
+        #expect(try await other.snapshot().totals.ignored == 1)
+    }
+
     @Test("the default classification: a CancellationError is ignored and a failure is counted under its own type, caught as `any Error` or not")
     func defaultClassification() async throws {
         let breaker = try makeRegistry().breaker("default-classification", policy: tripsOnFirstFailure { _ in })
