@@ -986,13 +986,20 @@ final class DistributedBackend: BreakerBackend {
         if let transition { instruments.transitioned(transition, observedRemotely: !(ownCall && reply.transitioned)) }
     }
 
-    /// Applies a transition message; messages older than the cache are ignored.
+    /// Applies a transition message; messages older than the cache are ignored. A transition ends a corrupt state
+    /// at once: the script made it, so the keys it needs read well again (a repairing reset, typically), and the
+    /// instance need not wait for its own next reply to use the shared state again.
     func apply(_ message: BreakerMessage) {
         guard let state = message.state.flatMap(BreakerState.init(rawValue:)) else { return }
         let now = self.now
-        let transition = updateCache { cache -> BreakerTransition? in
+        let (transition, healed) = updateCache { cache -> (BreakerTransition?, Bool) in
             let isNewIncarnation = message.created.map { $0 != cache.created } ?? false
-            guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return nil }
+            guard !cache.isKnown || isNewIncarnation || message.version > cache.version else { return (nil, false) }
+            var healed = false
+            if case .corrupt = cache.health {
+                _ = cache.setHealth(.healthy)
+                healed = true
+            }
             let change = cache.isKnown
                 ? BreakerTransition(from: cache.state, to: state, reason: message.reason ?? "", version: message.version, at: .nanoseconds(now)) : nil
             cache.isKnown = true
@@ -1011,7 +1018,10 @@ final class DistributedBackend: BreakerBackend {
             cache.windowSlow = 0
             cache.consecutiveFailures = 0
             cache.isRecalled = false
-            return change
+            return (change, healed)
+        }
+        if healed {
+            instruments.logger.info("breaker '\(name)' was repaired (\(message.reason ?? "a transition")); it uses the shared state again")
         }
         if let transition { instruments.transitioned(transition, observedRemotely: true) }
     }

@@ -27,6 +27,28 @@ func quietFleet() async throws -> (RedisServerProcess, DistributedOptions, [Inst
     return (server, options, fleet)
 }
 
+/// Breaker `name` on both instances of a quiet fleet, each of which has written once; then A holds 50 successes
+/// (checked: Redis counts 2). Returns A's and B's handles and a reader of the successes Redis counts.
+func quietBreakerWithHeldSuccesses(_ name: String, policy: BreakerPolicy, server: RedisServerProcess, options: DistributedOptions, fleet: [Instance])
+    async throws -> (a: CircuitBreaker, b: CircuitBreaker, successesInRedis: @Sendable () async throws -> Int)
+{
+    let a = try fleet[0].registry.breaker(name, policy: policy)
+    let b = try fleet[1].registry.breaker(name, policy: policy)
+    let redis = try RedisClient(configuration: server.configuration())
+    let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: name)[2]
+    let successesInRedis: @Sendable () async throws -> Int = { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
+    // Both instances have written once (a new sender shrinks every budget, which recalls too).
+    try await a.acquireAsync().success()
+    await fleet[0].adapter.flush()
+    try await b.acquireAsync().success()
+    await fleet[1].adapter.flush()
+    try await Task.sleep(for: .milliseconds(300))
+    for _ in 0..<50 { try a.acquire().success() }
+    try await Task.sleep(for: .milliseconds(400))
+    #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
+    return (a, b, successesInRedis)
+}
+
 @Suite("What sharing costs Redis", .timeLimit(.minutes(2)))
 struct ScaleTests {
     @Test("a success-only breaker sends at most one script call per second, whatever its call rate")
@@ -365,20 +387,7 @@ struct ScaleTests {
         defer { Task { for instance in fleet { await instance.stop() } } }
         var policy = neverTrips()
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
-        let a = try fleet[0].registry.breaker("recall", policy: policy)
-        let b = try fleet[1].registry.breaker("recall", policy: policy)
-        let redis = try RedisClient(configuration: server.configuration())
-        let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "recall")[2]
-        func successesInRedis() async throws -> Int { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
-        // Both instances have written once (a new sender shrinks every budget, which recalls too).
-        try await a.acquireAsync().success()
-        await fleet[0].adapter.flush()
-        try await b.acquireAsync().success()
-        await fleet[1].adapter.flush()
-        try await Task.sleep(for: .milliseconds(300))
-        for _ in 0..<50 { try a.acquire().success() }
-        try await Task.sleep(for: .milliseconds(500))
-        #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
+        let (_, b, successesInRedis) = try await quietBreakerWithHeldSuccesses("recall", policy: policy, server: server, options: options, fleet: fleet)
         // B's failure reaches Redis with B's next flush (100 ms): it ends the quiet, and A writes what it holds.
         try await b.acquireAsync().failure(Boom())
         #expect(await eventually(within: .seconds(2)) { (try? await successesInRedis()) == 52 })
@@ -393,19 +402,7 @@ struct ScaleTests {
         policy.failureRateThreshold = 0.5
         policy.minimumThroughput = 303
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
-        let a = try fleet[0].registry.breaker("kept", policy: policy)
-        let b = try fleet[1].registry.breaker("kept", policy: policy)
-        let redis = try RedisClient(configuration: server.configuration())
-        let totalsKey = DistributedBackend.keys(namespace: options.namespace, name: "kept")[2]
-        func successesInRedis() async throws -> Int { Int(try await redis.send("HGET", totalsKey, "successes").string ?? "0") ?? 0 }
-        try await a.acquireAsync().success()
-        await fleet[0].adapter.flush()
-        try await b.acquireAsync().success()
-        await fleet[1].adapter.flush()
-        try await Task.sleep(for: .milliseconds(300))
-        for _ in 0..<50 { try a.acquire().success() }
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(try await successesInRedis() == 2, "a quiet instance holds its successes")
+        let (_, b, successesInRedis) = try await quietBreakerWithHeldSuccesses("kept", policy: policy, server: server, options: options, fleet: fleet)
         // A third sender's first write shrinks every budget: Redis recalls, saying the window is still quiet.
         let recalls = Mutex<[BreakerMessage]>([])
         let subscriber = try RedisSubscriber(configuration: server.configuration(), channels: ["\(options.namespace):transitions"]) { message in
