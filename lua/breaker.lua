@@ -1036,6 +1036,7 @@ for i = 1, #KEYS / 4 do
   local A = { unpack(ARGV, position + 1, position + count) }
   position = position + count + 1
   local K = { KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }
+  repaired = nil
   local ok, result = pcall(lean_record, A, K)
   if not ok or result == nil then
     run = run or make_rules()

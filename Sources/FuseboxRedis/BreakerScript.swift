@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "94e9e62591aef061e7e6e4a1956570f37026b1b3")
+    static let script = RedisScript(source, sha1: "0568048452d54095bb4e5b5a4608d55924068662")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -1046,6 +1046,7 @@ enum BreakerScript {
       local A = { unpack(ARGV, position + 1, position + count) }
       position = position + count + 1
       local K = { KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }
+      repaired = nil
       local ok, result = pcall(lean_record, A, K)
       if not ok or result == nil then
         run = run or make_rules()

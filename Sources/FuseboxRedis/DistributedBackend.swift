@@ -6,7 +6,6 @@ import Logging
 import Metrics
 import Synchronization
 
-/// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
 /// How soon a breaker's held outcomes should be written (``DistributedBackend/flushUrgency()``).
 enum FlushUrgency: Sendable {
     /// Nothing held, or quiet successes held for less than half the quiet hold.
@@ -19,6 +18,7 @@ enum FlushUrgency: Sendable {
     case due
 }
 
+/// What every breaker of one ``DistributedAdapter`` shares: the connection, the options, the flusher's doorbell.
 final class DistributedCore: Sendable {
     let options: DistributedOptions
     let connection: RedisClient

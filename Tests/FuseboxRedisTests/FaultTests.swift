@@ -325,6 +325,39 @@ struct FaultTests {
         }
     }
 
+    @Test("a statistics repair is reported for its own breaker only, in a script call that carries several")
+    func statisticsNotePerBreaker() async throws {
+        let server = try await SharedServer.get()
+        let redis = try RedisClient(configuration: server.configuration())
+        var options = DistributedOptions(redis: redis.configuration)
+        options.namespace = uniqueNamespace("note")
+        let policy = try BreakerPolicy().validated()
+        let rules = PolicyRules(policy, options: options)
+        let header: [any RedisArgument] = ["\(options.namespace):transitions", "instance-1", "", "1000", "instance-1:n1", "0", "0"]
+        func call(_ names: [String], sequence: Int) async throws -> [StateReply] {
+            var keys: [String] = []
+            var arguments = header
+            for name in names {
+                keys += DistributedBackend.keys(namespace: options.namespace, name: name)
+                var breaker: [any RedisArgument] = ["record", name]
+                breaker += rules.arguments as [any RedisArgument]
+                breaker += [rules.fingerprint, rules.json, 0, "1000"] as [any RedisArgument]
+                // Sequence, version 0 and incarnation 0 (counted in the totals), no errors, one group: 3 successes now.
+                breaker += [sequence, 0, 0, "1", "0", 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0] as [any RedisArgument]
+                arguments += [breaker.count] as [any RedisArgument]
+                arguments += breaker
+            }
+            let reply = try await redis.run(BreakerScript.script, keys: keys, arguments: arguments)
+            return try (reply.array ?? []).enumerated().map { index, element in try StateReply(element, key: keys[4 * index]) }
+        }
+        _ = try await call(["first", "second"], sequence: 1)
+        _ = try await redis.send("HSET", DistributedBackend.keys(namespace: options.namespace, name: "first")[2], "calls", "garbage")
+        let replies = try await call(["first", "second"], sequence: 2)
+        #expect(replies.count == 2)
+        #expect(replies.first?.statisticsNote?.contains("'calls' was 'garbage'") == true, "\(String(describing: replies.first?.statisticsNote))")
+        #expect(replies.last?.statisticsNote == nil, "the second breaker's reply must not carry the first one's note")
+    }
+
     @Test("a Redis user limited to the namespace and the documented commands works; one without EVALSHA gets a clear error")
     func aclUsers() async throws {
         let denied = ["reader", "on", ">reader-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all", "+ping", "+subscribe", "+hgetall", "+client|setname"]
