@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "0568048452d54095bb4e5b5a4608d55924068662")
+    static let script = RedisScript(source, sha1: "4fd1f50e6853c4bc5d1263568e24e5f312c7f7c0")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -115,9 +115,13 @@ enum BreakerScript {
     local function count_total(key, field, n)
       local reply = redis.pcall('HINCRBY', key, field, n)
       if type(reply) == 'table' and reply.err then
+        -- Only what the value itself causes is repaired; anything else (OOM, a read-only replica) fails the call as
+        -- before, having changed nothing.
         if string.find(reply.err, 'WRONGTYPE', 1, true) then
           repaired = repaired or (key .. ' was a ' .. redis.call('TYPE', key)['ok'] .. ', not a hash: made anew')
           redis.call('DEL', key)
+        elseif not (string.find(reply.err, 'not an integer', 1, true) or string.find(reply.err, 'overflow', 1, true)) then
+          error(reply)
         else
           local was = redis.call('HGET', key, field)
           repaired = repaired or (key .. " field '" .. field .. "' was '" .. string.sub(tostring(was), 1, 40)
@@ -920,7 +924,9 @@ enum BreakerScript {
         if event then
           local fields = { 'from', event.from, 'to', event.to, 'reason', event.reason, 'version', st.version, 'instance', instance, 'at', now }
           local added = redis.pcall('XADD', K[4], 'MAXLEN', '~', 100, '*', unpack(fields))
-          if type(added) == 'table' and added.err then
+          if type(added) == 'table' and added.err and not (string.find(added.err, 'WRONGTYPE', 1, true) or string.find(added.err, 'ID', 1, true)) then
+            error(added)
+          elseif type(added) == 'table' and added.err then
             repaired = repaired or (K[4] .. ' could not take an event (' .. added.err .. '): made anew')
             redis.call('DEL', K[4])
             redis.call('XADD', K[4], 'MAXLEN', '~', 100, '*', unpack(fields))

@@ -81,7 +81,11 @@ struct Cache: Sendable {
             slotStart = .max
             slotEnd = .min
         }
-        let recovered = !health.isHealthy
+        // A corrupt breaker heals on a script reply only (or a transition message): the script checked every key it
+        // needs, where the refresher's plain read of the state hash (no window) did not, and a refresh that healed it
+        // would alternate with the next refused write, a pair of log lines per refresh.
+        var recovered = !health.isHealthy
+        if case .corrupt = health, reply.window == nil { recovered = false }
         if recovered {
             health = .healthy
             fallback = nil

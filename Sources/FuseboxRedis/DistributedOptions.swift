@@ -30,8 +30,9 @@ public struct DistributedOptions: Sendable {
     /// ``flushInterval``. Default 5 s.
     public var quietFlushInterval: Duration = .seconds(5)
     /// How often, at most, the whole fleet writes one quiet breaker that has a time window (writes per second,
-    /// summed over the instances that are up): each instance holds a quiet breaker's successes for at least
-    /// (senders up) ÷ this seconds, at most 60 s, so a quiet breaker costs Redis about the same however many
+    /// summed over the instances that are up): each instance holds a quiet breaker's successes for
+    /// (senders up) ÷ this seconds, at most 60 s (each adapter 80–100 % of that, drawn once, so that instances
+    /// started together do not write together), so a quiet breaker costs Redis about the same however many
     /// instances share it. Successes that leave the window meanwhile count in the totals only; the write that ends
     /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 3.
     public var quietFleetWritesPerSecond = 3

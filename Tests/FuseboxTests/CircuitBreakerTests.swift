@@ -307,33 +307,3 @@ struct CircuitBreakerTests {
     }
 }
 
-/// Captures log lines, with the handler's metadata merged in.
-final class LogSink: Sendable {
-    struct Line: Sendable {
-        var level: Logger.Level
-        var message: String
-        var metadata: [String: String]
-    }
-
-    private let captured = Locked<[Line]>([])
-    var lines: [Line] { captured.withLock { $0 } }
-    func append(_ line: Line) { captured.withLock { $0.append(line) } }
-    func handler() -> Handler { Handler(sink: self) }
-
-    struct Handler: LogHandler {
-        let sink: LogSink
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            var all: [String: String] = [:]
-            for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { all[key] = "\(value)" }
-            sink.append(Line(level: event.level, message: "\(event.message)", metadata: all))
-        }
-    }
-}
