@@ -153,7 +153,7 @@ struct Cache: Sendable {
     /// Applies a recall: Redis found that the instances may hold more than is safe now. Returns `true` when this
     /// instance holds more than the new budget and must write at once. `windowQuiet`: the recall says the shared
     /// window is still quiet, so held successes may keep waiting.
-    mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int, at: Int64?, windowQuiet: Bool = false) -> Bool {
+    mutating func applyRecall(version: Int, created: Int64, budget newBudget: Int, at: Int64?, windowQuiet: Bool) -> Bool {
         guard isKnown, version == self.version, created == self.created else { return false }
         budget = min(budget, max(0, newBudget))
         // Without a time (an older script), every reply until the next transition is held to it.

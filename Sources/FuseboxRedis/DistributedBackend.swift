@@ -95,8 +95,8 @@ final class DistributedCore: Sendable {
     }
 
     /// Tells Redis this adapter is up until three membership intervals from now, and learns how many senders and
-    /// instances are (lua/members.lua). Calls `completion` when the answer is in (or the call failed).
-    func beat(completion: @escaping @Sendable () -> Void = {}) {
+    /// instances are (lua/members.lua).
+    func beat() {
         let ttl = max(1, (options.membershipInterval * 3).milliseconds)
         connection.submit(MembersScript.script, keys: membershipKeys, arguments: ["beat", senderID, options.instanceID, String(ttl)]) {
             [self] result in
@@ -112,7 +112,6 @@ final class DistributedCore: Sendable {
                     liveInstances.store(instances, ordering: .relaxed)
                 }
             }
-            completion()
         }
     }
 
