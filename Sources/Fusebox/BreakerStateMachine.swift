@@ -331,6 +331,26 @@ public struct BreakerStateMachine: Sendable {
         transition(to: .halfOpen, reason: "forced half-open", now: now)
     }
 
+    /// Takes up where a shared breaker was known to be (the distributed adapter's in-process fallback, when Redis
+    /// stops answering): open until `openUntil` (then half-open, with this process's own probes), half-open, or
+    /// isolated with `isolationReason`; any other state leaves this one as it is. Nothing is reported: the breaker
+    /// did not change, only who decides for it.
+    package mutating func takeUp(_ shared: BreakerState, openUntil: Int64, attempt: Int, isolationReason: String?, reason: String, now: Int64) {
+        switch shared {
+        case .open:
+            _ = transition(to: .open, reason: reason, now: now)
+            self.attempt = max(1, attempt)
+            self.openUntil = openUntil
+        case .halfOpen:
+            _ = transition(to: .halfOpen, reason: reason, now: now)
+            self.attempt = max(1, attempt)
+        case .isolated:
+            _ = isolate(reason: isolationReason ?? reason, now: now)
+        case .closed, .metricsOnly, .disabled:
+            break
+        }
+    }
+
     // MARK: - Reading
 
     /// Everything known at `now`, after applying due time-based transitions (returned too).

@@ -60,6 +60,9 @@ struct Cache: Sendable {
     private var slotStart = Int64.max
     private var slotEnd = Int64.min
     var health = StoreHealth.healthy
+    /// A request for admission went unanswered past the admission budget and no script reply came since: what would
+    /// ask Redis (half-open, a state not known yet) is decided by the store-down policy until one does.
+    var admissionOverdue = false
     /// The in-process breaker used while Redis is unavailable (policy `local`).
     var fallback: BreakerStateMachine?
     var pending = PendingOutcomes()
@@ -89,6 +92,10 @@ struct Cache: Sendable {
         if recovered {
             health = .healthy
             fallback = nil
+        }
+        if admissionOverdue {
+            admissionOverdue = false
+            if health.isHealthy { fallback = nil }
         }
         let isNewIncarnation = reply.created != created
         if reply.budget != nil { policyStored = reply.policyStored }

@@ -272,7 +272,8 @@ extension BreakerRegistry {
 }
 
 extension DistributedOptions {
-    /// The options a configuration gives: its Redis URL, namespace, store-down policy, intervals and quorum.
+    /// The options a configuration gives: its Redis URL, namespace, store-down policy, admission budget, intervals
+    /// and quorum.
     public init(configuration: FuseboxConfiguration) throws(FuseboxError) {
         try self.init(url: configuration.redisURL)
         namespace = configuration.namespace
@@ -281,6 +282,7 @@ extension DistributedOptions {
         case .failOpen: .failOpen
         case .failClosed: .failClosed
         }
+        admissionBudget = configuration.admissionBudget
         flushInterval = configuration.flushInterval
         quietFlushInterval = configuration.quietFlushInterval
         refreshInterval = configuration.refreshInterval

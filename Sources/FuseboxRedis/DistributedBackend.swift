@@ -347,6 +347,9 @@ final class DistributedBackend: BreakerBackend {
     private let whenUnavailable: DistributedOptions.UnavailablePolicy
     private let writeThrough: Bool
     private let maxBufferedOutcomes: Int
+    private let admissionBudget: Duration
+    /// Admission requests that Redis answered past the admission budget (``overBudget()``).
+    private let admissionOverruns: Counter
     /// The policy's slow-call duration (ns), for the hot path outside the cache's lock.
     private let slowCallNanoseconds: Atomic<Int64>
     private let flushNanoseconds: Int64
@@ -373,6 +376,7 @@ final class DistributedBackend: BreakerBackend {
         self.whenUnavailable = core.options.whenUnavailable
         self.writeThrough = core.options.writeThrough
         self.maxBufferedOutcomes = core.options.maxBufferedOutcomes
+        self.admissionBudget = core.options.admissionBudget
         self.slowCallNanoseconds = Atomic(policy.slowCallDuration.nanoseconds)
         self.flushNanoseconds = core.options.flushInterval.nanoseconds
         let base: BreakerState = switch policy.mode {
@@ -382,6 +386,7 @@ final class DistributedBackend: BreakerBackend {
         }
         self.instruments = BreakerInstruments(name: name, initialState: base, slowCallDuration: policy.slowCallDuration, logger: logger)
         self.statisticsRepairs = Counter(label: "fusebox_statistics_repairs_total", dimensions: [("breaker", name)])
+        self.admissionOverruns = Counter(label: "fusebox_admission_overruns_total", dimensions: [("breaker", name)])
         self.cache = Locked(Cache(state: base, rules: PolicyRules(policy, options: core.options)))
         let count = CPUSlots.count
         self.stripes = .allocate(capacity: count)
@@ -405,20 +410,18 @@ final class DistributedBackend: BreakerBackend {
         switch decide() {
         case .decided(let admission): return admission
         case .askRedis:
-            // Half-open, or the state is not known yet: wait for one bounded round trip. The reply arrives on the
-            // connection's own thread, so this wait never needs Swift's cooperative pool to make progress.
+            // Half-open, or the state is not known yet: wait for Redis, at most the admission budget. The reply arrives
+            // on the connection's own thread, so this wait never needs Swift's cooperative pool to make progress.
             let done = DispatchSemaphore(value: 0)
-            let result = Locked<BreakerAdmission?>(nil)
-            askRedis { admission in
-                result.withLock { $0 = admission }
-                done.signal()
+            let request = AdmissionRequest()
+            askRedis { [self] admission in
+                if request.answer(admission) { done.signal() } else { giveBack(admission) }
             }
-            let limit = core.options.redis.connectTimeout + core.options.redis.commandTimeout + .milliseconds(100)
-            _ = done.wait(timeout: .now() + .nanoseconds(Int(limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)))
-            if let admission = result.withLock({ $0 }) { return admission }
-            markUnavailable(RedisError(code: .timeout, message: "no answer to a probe-permit request within \(limit)"))
-            if case .decided(let admission) = decide() { return admission }
-            return .rejected(unavailableRejection("no answer from Redis"))
+            if done.wait(timeout: .now() + .nanoseconds(Int(admissionBudget.nanoseconds))) == .timedOut, request.answer(nil) {
+                return overBudget()
+            }
+            if request.admission == nil { done.wait() }  // answered just as the budget ran out
+            return request.admission!
         }
     }
 
@@ -428,9 +431,38 @@ final class DistributedBackend: BreakerBackend {
         case .decided(let admission): return admission
         case .askRedis:
             return await withCheckedContinuation { continuation in
-                askRedis { continuation.resume(returning: $0) }
+                let request = AdmissionRequest()
+                askRedis { [self] admission in
+                    if request.answer(admission) { continuation.resume(returning: admission) } else { giveBack(admission) }
+                }
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(admissionBudget.nanoseconds))) { [self] in
+                    if request.answer(nil) { continuation.resume(returning: overBudget()) }
+                }
             }
         }
+    }
+
+    /// Past the admission budget: the store-down policy decides this call, and every call that would ask Redis until
+    /// a reply comes (``Cache/admissionOverdue``); with policy `local`, a breaker whose break has ended rejects.
+    private func overBudget() -> BreakerAdmission {
+        let first = cache.withLock { cache in
+            defer { cache.admissionOverdue = true }
+            return !cache.admissionOverdue
+        }
+        admissionOverruns.increment()
+        if first {
+            core.logger.debug("Redis did not answer an admission request within the budget; the store-down policy decides until it does", metadata: [
+                "breaker": "\(name)", "budget": "\(admissionBudget)",
+            ])
+        }
+        if case .decided(let admission) = decide() { return admission }
+        return .rejected(unavailableRejection("no answer from Redis within \(admissionBudget)"))
+    }
+
+    /// What Redis granted after its caller stopped waiting: a probe permit goes back at once (an ignored outcome
+    /// frees it for another caller), anything else needs nothing.
+    private func giveBack(_ admission: BreakerAdmission) {
+        if case .admitted(let token) = admission, token.isProbe { record(.ignored, for: token) }
     }
 
     func admitWithoutWaiting() -> BreakerAdmission? {
@@ -510,27 +542,12 @@ final class DistributedBackend: BreakerBackend {
         let now = self.now
         let (decision, transition) = cache.withLock { cache -> (Decision, BreakerTransition?) in
             if !cache.health.isHealthy {
-                switch whenUnavailable {
-                case .failOpen:
-                    return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
-                case .failClosed:
-                    cache.pending.rejected += 1
-                    return (.decided(.rejected(unavailableRejection(cache.health.description))), nil)
-                case .local:
-                    if cache.fallback == nil { cache.fallback = BreakerStateMachine(name: name, policy: cache.rules.policy, now: now) }
-                    let (admission, transition) = cache.fallback!.acquire(now: now)
-                    switch admission {
-                    case .admitted(let token):
-                        var mapped = token
-                        mapped.version = -2 - token.version
-                        return (.decided(.admitted(mapped)), transition)
-                    case .rejected:
-                        cache.pending.rejected += 1
-                        return (.decided(admission), transition)
-                    }
-                }
+                let reason = cache.health.description
+                return withoutRedis(&cache, reason: reason, now: now)
             }
-            guard cache.isKnown else { return (.askRedis, nil) }
+            guard cache.isKnown else {
+                return cache.admissionOverdue ? withoutRedis(&cache, reason: overdueReason, now: now) : (.askRedis, nil)
+            }
             switch cache.state {
             case .closed, .metricsOnly:
                 return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
@@ -546,12 +563,53 @@ final class DistributedBackend: BreakerBackend {
                 cache.pending.rejected += 1
                 return (.decided(.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: cache.isolationReason))), nil)
             case .open, .halfOpen:
-                return (.askRedis, nil)
+                guard cache.admissionOverdue else { return (.askRedis, nil) }
+                // A break has ended and Redis is slow to hand out probe permits. The local fallback would send probes
+                // the fleet does not count, so it waits until Redis counts as unavailable (the command timeout);
+                // until then the call is rejected as if its permit were denied (failOpen still admits).
+                guard whenUnavailable == .local else { return withoutRedis(&cache, reason: overdueReason, now: now) }
+                cache.pending.rejected += 1
+                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
             }
         }
         if let transition { instruments.transitioned(transition) }
         if case .decided(.rejected(let error)) = decision { instruments.rejected(in: error.state ?? .open) }
         return decision
+    }
+
+    private var overdueReason: String { "no answer from Redis within the admission budget (\(admissionBudget))" }
+
+    /// The store-down policy's answer (Redis unavailable, the breaker's keys corrupt, or an admission overdue). The
+    /// in-process fallback of policy `local` takes up the state last known from Redis: a breaker known open stays
+    /// open until its break ends and then sends this process's own probes; one known isolated stays isolated.
+    private func withoutRedis(_ cache: inout Cache, reason: String, now: Int64) -> (Decision, BreakerTransition?) {
+        switch whenUnavailable {
+        case .failOpen:
+            return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
+        case .failClosed:
+            cache.pending.rejected += 1
+            return (.decided(.rejected(unavailableRejection(reason))), nil)
+        case .local:
+            if cache.fallback == nil {
+                var fallback = BreakerStateMachine(name: name, policy: cache.rules.policy, now: now)
+                if cache.isKnown {
+                    fallback.takeUp(
+                        cache.state, openUntil: cache.probeAt, attempt: cache.attempt, isolationReason: cache.isolationReason,
+                        reason: "taken up from Redis (\(cache.state))", now: now)
+                }
+                cache.fallback = fallback
+            }
+            let (admission, transition) = cache.fallback!.acquire(now: now)
+            switch admission {
+            case .admitted(let token):
+                var mapped = token
+                mapped.version = -2 - token.version
+                return (.decided(.admitted(mapped)), transition)
+            case .rejected:
+                cache.pending.rejected += 1
+                return (.decided(admission), transition)
+            }
+        }
     }
 
     /// Asks the script for admission (and, when a break has ended, a probe permit).
@@ -1251,4 +1309,22 @@ struct SuccessStripe: ~Copyable {
 
     let cell = Locked(Cell())
     private let padding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+/// One request for admission that Redis or the admission budget answers, whichever comes first.
+private final class AdmissionRequest: Sendable {
+    private let state = Locked<(isAnswered: Bool, admission: BreakerAdmission?)>((false, nil))
+
+    /// Redis's answer, once it is in.
+    var admission: BreakerAdmission? { state.withLock { $0.admission } }
+
+    /// Answers the request with Redis's `admission`, or `nil` when the budget ran out; `false` when it was
+    /// answered already (the other side won).
+    func answer(_ admission: BreakerAdmission?) -> Bool {
+        state.withLock { state in
+            guard !state.isAnswered else { return false }
+            state = (true, admission)
+            return true
+        }
+    }
 }

@@ -58,6 +58,12 @@ public struct DistributedOptions: Sendable {
     /// kept as counts, whose memory does not grow with their number, so the default sets no limit; set one to
     /// bound what a long outage writes to the totals when Redis returns.
     public var maxBufferedOutcomes = Int.max
+    /// How long, at most, a call waits for Redis: only admission in half-open (a probe permit) or of a breaker whose
+    /// state is not known yet asks Redis. Past it, ``whenUnavailable`` decides the call, and so every call of the
+    /// breaker until Redis answers; the answer, when it comes, updates the cache, and a probe permit it grants is
+    /// given back. Default 50 ms (the command timeout, 1 s by default, still decides when Redis counts as
+    /// unavailable).
+    public var admissionBudget: Duration = .milliseconds(50)
     /// After Redis denies a probe permit, this instance rejects locally for this long before asking again.
     public var halfOpenRetryInterval: Duration = .milliseconds(20)
 
@@ -88,6 +94,7 @@ public struct DistributedOptions: Sendable {
         guard quietFleetWritesPerSecond >= 1 else { throw fail("quietFleetWritesPerSecond is \(quietFleetWritesPerSecond); allowed: ≥ 1") }
         guard membershipInterval >= .milliseconds(10) else { throw fail("membershipInterval must be ≥ 10 ms") }
         guard (1...1000).contains(minimumInstances) else { throw fail("minimumInstances is \(minimumInstances); allowed: 1…1,000") }
+        guard admissionBudget > .zero else { throw fail("admissionBudget must be > 0") }
         guard maxBufferedOutcomes >= 1 else { throw fail("maxBufferedOutcomes must be ≥ 1") }
         guard !instanceID.isEmpty, !instanceID.contains(where: { $0.isWhitespace }) else {
             throw fail("instanceID '\(instanceID)' must be non-empty, without spaces")

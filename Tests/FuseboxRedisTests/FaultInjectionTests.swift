@@ -126,6 +126,111 @@ struct FaultInjectionTests {
         }
     }
 
+    /// Two instances share breaker `name` (one failure trips it, a 300 ms break, one probe), tripped and past its
+    /// break: the next call asks Redis for the probe permit.
+    private static func pastBreak(_ server: RedisServerProcess, _ name: String, configure: (inout DistributedOptions) -> Void) async throws
+        -> (first: Instance, other: Instance, breaker: CircuitBreaker, peer: CircuitBreaker)
+    {
+        // A command timeout far above the budget: the budget, not the timeout, must bound the wait.
+        var options = testOptions(server, timeout: .seconds(3))
+        options.admissionBudget = .milliseconds(50)
+        configure(&options)
+        let first = try Instance(options)
+        let other = try Instance(testOptions(server, namespace: options.namespace, timeout: .seconds(3)))
+        let policy = tripsOnFirstFailure { $0.breakDuration = .fixed(.milliseconds(300)) }
+        let breaker = try first.registry.breaker(name, policy: policy)
+        let peer = try other.registry.breaker(name, policy: policy)
+        try await breaker.acquireAsync().failure(Boom())
+        #expect(await eventually {
+            let one = await isRejected(breaker)
+            let two = await isRejected(peer)
+            return one && two
+        })
+        try await Task.sleep(for: .milliseconds(400))
+        return (first, other, breaker, peer)
+    }
+
+    @Test("admission budget under SIGSTOP: a half-open call waits at most the budget, the next ones not at all, and the permit Redis grants late goes back")
+    func admissionBudgetFrozen() async throws {
+        try await RedisServerProcess.with { server in
+            let (first, other, breaker, peer) = try await Self.pastBreak(server, "budget-frozen") { _ in }
+            defer { Task { await first.stop(); await other.stop() } }
+
+            server.pause()
+            defer { server.resume() }
+            let asking = ContinuousClock.now
+            do {
+                let permit = try breaker.acquire()
+                permit.ignore()
+                Issue.record("a half-open call was admitted while Redis could not count its probe")
+            } catch let error as FuseboxError {
+                // Policy `local`: rejected as if the permit were denied (the fallback would send probes the fleet does not count).
+                #expect(error.code == .circuitOpen && error.state == .halfOpen)
+            }
+            let firstWait = ContinuousClock.now - asking
+            #expect(firstWait < .milliseconds(400), "the first call waited \(firstWait); budget 50 ms")
+
+            // Until Redis answers, calls that would ask it are decided at once: 20 calls take far less than 20 budgets.
+            let following = ContinuousClock.now
+            for _ in 0..<20 {
+                let rejected = await isRejected(breaker)
+                #expect(rejected)
+            }
+            let followingWait = ContinuousClock.now - following
+            #expect(followingWait < .milliseconds(500), "20 calls took \(followingWait)")
+
+            // A breaker this instance has not seen yet: the store-down policy (local: a fresh, closed breaker) decides.
+            let fresh = try first.registry.breaker("budget-fresh")
+            let freshAsking = ContinuousClock.now
+            try fresh.acquire().success()
+            let freshWait = ContinuousClock.now - freshAsking
+            #expect(freshWait < .milliseconds(400), "a first call waited \(freshWait)")
+
+            // Redis comes back and grants the first instance the probe permit it asked for: nobody waits for it any
+            // more, so it goes back at once, and the other instance gets it (a kept permit would block it for its 5 s lease).
+            server.resume()
+            let back = ContinuousClock.now
+            #expect(await eventually(within: .seconds(3)) {
+                guard let permit = try? await peer.acquireAsync() else { return false }
+                let isProbe = permit.token.isProbe
+                permit.success()
+                return isProbe
+            })
+            let handedOn = ContinuousClock.now - back
+            #expect(await eventually { await !isRejected(breaker) })
+            report("admission budget (50 ms), Redis SIGSTOP-ed in half-open", "first call answered after \(firstWait), 20 more in \(followingWait) together, a first call of a new breaker after \(freshWait); the permit granted late was given back and probed by the other instance \(handedOn) after SIGCONT")
+        }
+    }
+
+    @Test("admission budget under DEBUG SLEEP 2: acquireAsync in half-open waits at most the budget, failClosed answers backendUnavailable, the breaker closes after")
+    func admissionBudgetDebugSleep() async throws {
+        try await RedisServerProcess.with(.init(extraArguments: ["--enable-debug-command", "local"])) { server in
+            let (first, other, breaker, _) = try await Self.pastBreak(server, "budget-asleep") { $0.whenUnavailable = .failClosed }
+            defer { Task { await first.stop(); await other.stop() } }
+
+            let sleeper = try RedisClient(configuration: server.configuration(commandTimeout: .seconds(5)))
+            let asleep = Task { try await sleeper.send("DEBUG", "SLEEP", "2") }
+            try await Task.sleep(for: .milliseconds(100))
+            let asking = ContinuousClock.now
+            await #expect {
+                try await breaker.acquireAsync()
+            } throws: { ($0 as? FuseboxError)?.code == .backendUnavailable }
+            let waited = ContinuousClock.now - asking
+            #expect(waited < .milliseconds(400), "waited \(waited); budget 50 ms, Redis asleep for 2 s")
+            #expect(try await asleep.value.string == "OK")
+
+            // Awake: the late answer (a probe permit, given back) updated the cache; a probe closes the breaker.
+            let awake = ContinuousClock.now
+            #expect(await eventually(within: .seconds(3)) {
+                guard let permit = try? await breaker.acquireAsync() else { return false }
+                permit.success()
+                return true
+            })
+            #expect(await eventually { (try? await breaker.snapshot().state) == .closed })
+            report("admission budget (50 ms), DEBUG SLEEP 2 in half-open, failClosed", "acquireAsync answered backendUnavailable after \(waited); a probe admitted again \(ContinuousClock.now - awake) after the sleep")
+        }
+    }
+
     @Test("CLIENT KILL TYPE normal, five times under load: reconnected, nothing lost or counted twice, trips still work")
     func clientKillNormal() async throws {
         try await RedisServerProcess.with { server in

@@ -93,6 +93,57 @@ struct FaultTests {
         }
     }
 
+    @Test("Redis killed while a breaker is open: the local fallback keeps it open until its break ends, then sends one probe of its own")
+    func killedWhileOpen() async throws {
+        try await RedisServerProcess.with { server in
+            let instance = try Instance(testOptions(server, timeout: .milliseconds(300)))
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("killed-open", policy: tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(1)) })
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { await isRejected(breaker) })
+            let tripped = ContinuousClock.now
+            server.kill()
+
+            // The fallback takes up the break where Redis left it (a fresh, closed one would let every call through).
+            func admits() -> Bool {
+                guard let permit = breaker.tryAcquire() else { return false }
+                permit.ignore()
+                return true
+            }
+            while ContinuousClock.now - tripped < .milliseconds(800) {
+                #expect(!admits(), "admitted during the break")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            // After the break: this process's own probe (one permit), and nobody else while it runs.
+            let deadline = ContinuousClock.now + .seconds(3)
+            var probe = breaker.tryAcquire()
+            while probe == nil && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+                probe = breaker.tryAcquire()
+            }
+            guard let probe else {
+                Issue.record("no probe within 3 s of the break's end")
+                return
+            }
+            #expect(!admits(), "a second call admitted while the probe runs")
+            probe.failure(Boom())
+            #expect(!admits(), "admitted after the probe failed")
+        }
+    }
+
+    @Test("the configuration's store-down policy and admission budget reach the adapter")
+    func configurationReachesOptions() throws {
+        let configuration = try FuseboxConfiguration(environment: [
+            "FUSEBOX_ADAPTER": "distributed", "FUSEBOX_REDIS_URL": "redis://127.0.0.1:1", "FUSEBOX_STORE_DOWN_POLICY": "failClosed",
+            "FUSEBOX_ADMISSION_BUDGET": "20ms", "FUSEBOX_QUIET_FLEET_WRITES_PER_SECOND": "7",
+        ])
+        let options = try DistributedOptions(configuration: configuration)
+        #expect(options.whenUnavailable == .failClosed)
+        #expect(options.admissionBudget == .milliseconds(20))
+        #expect(options.quietFleetWritesPerSecond == 7)
+        #expect(DistributedOptions(redis: options.redis).admissionBudget == .milliseconds(50))
+    }
+
     @Test("failOpen admits and failClosed rejects while Redis is down")
     func failOpenAndClosed() async throws {
         try await RedisServerProcess.with { server in

@@ -31,6 +31,9 @@ func testOptions(redis: RedisConfiguration, namespace: String = uniqueNamespace(
     options.namespace = namespace
     options.halfOpenRetryInterval = .zero
     options.refreshInterval = .milliseconds(200)
+    // Admission waits as long as a command may: the suites assert who gets a probe on a loaded machine, under
+    // sanitizers too (FaultTests "admission budget" set the default's 50 ms themselves).
+    options.admissionBudget = timeout
     return options
 }
 

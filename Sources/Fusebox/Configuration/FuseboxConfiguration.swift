@@ -32,6 +32,9 @@ public struct FuseboxConfiguration: Sendable {
     public var namespace: String
     /// What the distributed adapter does while Redis is unreachable (`fusebox.storeDownPolicy`).
     public var storeDownPolicy = StoreDownPolicy.local
+    /// How long, at most, a call waits for Redis before the store-down policy decides it
+    /// (`fusebox.admissionBudget`).
+    public var admissionBudget: Duration = .milliseconds(50)
     /// How often buffered outcomes are written (`fusebox.flushInterval`).
     public var flushInterval: Duration = .seconds(1)
     /// How long successes may wait while a breaker is quiet (`fusebox.quietFlushInterval`).
@@ -101,6 +104,7 @@ public struct FuseboxConfiguration: Sendable {
             self.namespace = namespace
         }
         if let policy = try values.choice("fusebox.storeDownPolicy", StoreDownPolicy.self) { storeDownPolicy = policy }
+        if let budget = try values.duration("fusebox.admissionBudget", positive: true) { admissionBudget = budget }
         if let interval = try values.duration("fusebox.flushInterval", positive: true) { flushInterval = interval }
         if let interval = try values.duration("fusebox.quietFlushInterval", positive: true) { quietFlushInterval = interval }
         if let interval = try values.duration("fusebox.refreshInterval", positive: true) { refreshInterval = interval }
