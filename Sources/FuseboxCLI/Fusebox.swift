@@ -21,13 +21,13 @@ struct FuseboxCommand: AsyncParsableCommand {
     #if FUSEBOX_HTTP
     static let subcommands: [any ParsableCommand.Type] = [
         ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
-        WatchCommand.self, RunCommand.self, PolicyCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+        WatchCommand.self, RunCommand.self, PolicyCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self, LoadCommand.self,
     ]
     #else
     // A sanitizer build (Package.swift, FUSEBOX_WITHOUT_HTTP) has no HTTP server.
     static let subcommands: [any ParsableCommand.Type] = [
         ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
-        WatchCommand.self, RunCommand.self, PolicyCommand.self, DemoCommand.self, DemoInstanceCommand.self,
+        WatchCommand.self, RunCommand.self, PolicyCommand.self, DemoCommand.self, DemoInstanceCommand.self, LoadCommand.self,
     ]
     #endif
 

@@ -240,6 +240,9 @@ struct PendingOutcomes: Sendable {
         /// This adapter's sequence number for the batch, set when first sent; a batch sent again after a timeout
         /// keeps it, so Redis (which keeps the highest number applied per sender) applies it once.
         var sequence: Int?
+        /// An attempt to write it failed in a way that leaves open whether Redis ran it (a timeout, a broken
+        /// connection): it keeps its sequence number until Redis answers, whatever later attempts say.
+        var mayHaveRun = false
         var successes = 0
         var slowSuccesses = 0
         var failures = 0
@@ -294,6 +297,7 @@ struct PendingOutcomes: Sendable {
 
         mutating func clear() {
             sequence = nil
+            mayHaveRun = false
             successes = 0
             slowSuccesses = 0
             failures = 0
@@ -437,6 +441,15 @@ struct PendingOutcomes: Sendable {
     /// numbers, so Redis never sees a number lower than one it has applied for a batch it has not.
     mutating func take() -> [Batch] {
         guard writesOutstanding == 0 else { return [] }
+        if others.contains(where: { $0.sequence != nil }) {
+            // A write that may or may not have run goes again alone, until Redis answers it: new outcomes wait as
+            // counts meanwhile, so however long Redis stays frozen, what is held does not grow with the attempts.
+            let uncertain = others.filter { $0.sequence != nil }.sorted { $0.sequence! < $1.sequence! }
+            others.removeAll { $0.sequence != nil }
+            for batch in uncertain { count -= batch.calls + batch.ignored }
+            writesOutstanding = uncertain.count
+            return uncertain
+        }
         var batches = others
         others.removeAll()
         if !current.isEmpty {
@@ -473,7 +486,7 @@ struct PendingOutcomes: Sendable {
     /// Settles one batch handed out by ``take()``: a written batch's storage is kept for reuse; one that was not
     /// written (or is not known to be) is put back with its sequence number and rejections, to be written again
     /// first. Returns `true` when no write of the breaker is outstanding any more.
-    mutating func settle(_ batch: Batch, written: Bool) -> Bool {
+    mutating func settle(_ batch: Batch, written: Bool, certainlyNotRun: Bool = false) -> Bool {
         writesOutstanding -= 1
         if written {
             if spare == nil, !batch.isProbe {
@@ -483,10 +496,67 @@ struct PendingOutcomes: Sendable {
             }
         } else if !batch.isEmpty {
             count += batch.calls + batch.ignored
-            let index = others.firstIndex { ($0.sequence ?? .max) > batch.sequence! } ?? others.count
-            others.insert(batch, at: index)
+            if certainlyNotRun && !batch.mayHaveRun {
+                restoreUnsent(batch)
+            } else {
+                // An earlier attempt may have run even when this one did not (Tests/Model/writes.pml,
+                // FORGET_EARLIER_ATTEMPTS): the number stays.
+                var kept = batch
+                kept.mayHaveRun = true
+                let index = others.firstIndex { ($0.sequence ?? .max) > kept.sequence! } ?? others.count
+                others.insert(kept, at: index)
+            }
         }
         return writesOutstanding == 0
+    }
+
+    /// Puts back a batch that Redis certainly did not run (never sent, or refused before running): it gives up its
+    /// sequence number and joins the unsent outcomes of the same version, before them, so that the attempts of an
+    /// outage leave one batch per version, not one per attempt.
+    private mutating func restoreUnsent(_ batch: Batch) {
+        var batch = batch
+        batch.sequence = nil
+        if let index = others.firstIndex(where: {
+            $0.sequence == nil && $0.version == batch.version && $0.created == batch.created && $0.isProbe == batch.isProbe
+        }) {
+            others[index] = Self.joined(batch, then: others[index])
+        } else if !batch.isProbe && (current.isEmpty || (current.version == batch.version && current.created == batch.created)) {
+            current = current.isEmpty ? batch : Self.joined(batch, then: current)
+        } else {
+            others.append(batch)
+        }
+    }
+
+    /// One batch with the outcomes of `earlier`, then those of `later` (same version, incarnation and kind).
+    static func joined(_ earlier: Batch, then later: Batch) -> Batch {
+        var batch = earlier
+        batch.sequence = nil
+        batch.successes += later.successes
+        batch.slowSuccesses += later.slowSuccesses
+        batch.failures += later.failures
+        batch.slowFailures += later.slowFailures
+        batch.ignored += later.ignored
+        batch.rejected += later.rejected
+        batch.errors.merge(later.errors, uniquingKeysWith: +)
+        batch.firstAt = min(earlier.firstAt, later.firstAt)
+        // The failure runs of the two, the later one's leading run continuing the earlier one's trailing run.
+        let earlierFailures = earlier.failures + earlier.slowFailures
+        batch.leadingFailures = earlier.hasSuccess ? earlier.leadingFailures : earlierFailures + later.leadingFailures
+        batch.trailingFailures = later.hasSuccess ? later.trailingFailures : earlier.trailingFailures + later.trailingFailures
+        batch.longestFailureRun = max(earlier.longestFailureRun, later.longestFailureRun, earlier.trailingFailures + later.leadingFailures)
+        // Groups stay one per bucket, oldest first.
+        batch.groups = []
+        for group in (earlier.groups + later.groups).sorted(by: { $0.bucket < $1.bucket }) {
+            if let last = batch.groups.last, last.bucket == group.bucket {
+                batch.groups[batch.groups.count - 1].successes += group.successes
+                batch.groups[batch.groups.count - 1].slowSuccesses += group.slowSuccesses
+                batch.groups[batch.groups.count - 1].failures += group.failures
+                batch.groups[batch.groups.count - 1].slowFailures += group.slowFailures
+            } else {
+                batch.groups.append(group)
+            }
+        }
+        return batch
     }
 
     /// Settles a batch that will not be written again (Redis refused it for good): it is dropped. Returns `true`

@@ -784,11 +784,11 @@ final class DistributedBackend: BreakerBackend {
                 case .failure(let error):
                     markFailure(error)
                     if error.mayBeRetried {
-                        // Not written (or not known to be): keep it, with its sequence number, for the next flush
-                        // (bounded by maxBufferedOutcomes). Redis applies it once, whichever happened. Refusals
-                        // that depend on the server's condition (OOM, NOPERM, BUSY, LOADING, …) come here too:
-                        // the script did not run, and it will once the condition passes.
-                        _ = cache.withLock { $0.pending.settle(sent, written: false) }
+                        // Not written (or not known to be): keep it for the next flush (bounded by
+                        // maxBufferedOutcomes). One that may have run keeps its sequence number, so Redis applies it
+                        // once, whichever happened; one that certainly did not (never sent; refused for the server's
+                        // condition: OOM, NOPERM, BUSY, LOADING, …) joins the outcomes recorded since.
+                        _ = cache.withLock { $0.pending.settle(sent, written: false, certainlyNotRun: error.certainlyNotRun) }
                         core.retryWanted.store(true, ordering: .relaxed)
                     } else {
                         _ = cache.withLock { $0.pending.abandon() }

@@ -79,7 +79,7 @@ final class CommandLoop: Sendable {
         switch next {
         case .none: break
         case .wake: wakeup.wake()
-        case .reject: request.fail(closedError())
+        case .reject: request.fail(closedError().notSent())
         case .start:
             do {
                 try startThread(name: "fusebox-redis") { [self] in runLoop() }
@@ -89,7 +89,7 @@ final class CommandLoop: Sendable {
                     defer { shared.queue.removeAll() }
                     return shared.queue
                 }
-                for request in queued { request.fail(error) }
+                for request in queued { request.fail(error.notSent()) }
             }
         }
     }
@@ -103,7 +103,7 @@ final class CommandLoop: Sendable {
             return (false, shared.queue)
         }
         if wasRunning { wakeup.wake() }
-        for request in queued { request.fail(closedError()) }
+        for request in queued { request.fail(closedError().notSent()) }
     }
 
     private func closedError() -> RedisError {
@@ -145,7 +145,7 @@ final class CommandLoop: Sendable {
             if isShuttingDown {
                 let error = closedError()
                 failInFlight(error)
-                for request in incoming { request.fail(error) }
+                for request in incoming { request.fail(error.notSent()) }
                 // Requests that raced with shutdown were rejected in submit(); nothing else can be queued now.
                 shared.withLock { $0.isRunning = false }
                 return
@@ -156,7 +156,7 @@ final class CommandLoop: Sendable {
                     do {
                         try reconnect.checkAllowed()
                     } catch {
-                        for request in incoming { request.fail(error) }
+                        for request in incoming { request.fail(error.notSent()) }
                         continue
                     }
                     do {
@@ -165,7 +165,7 @@ final class CommandLoop: Sendable {
                         reconnect.succeeded()
                     } catch {
                         reconnect.failed(error)
-                        for request in incoming { request.fail(error) }
+                        for request in incoming { request.fail(error.notSent()) }
                         continue
                     }
                 }
@@ -179,7 +179,7 @@ final class CommandLoop: Sendable {
                     }
                     hasPendingOutput = true
                 } catch {
-                    for request in incoming[appended...] { request.fail(error) }
+                    for request in incoming[appended...] { request.fail(error.notSent()) }
                     failInFlight(error)
                     continue
                 }

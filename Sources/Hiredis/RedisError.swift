@@ -38,6 +38,9 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public var endpoint: String
     /// The error this one wraps, if any.
     public var underlying: (any Error & Sendable)?
+    /// The command was never written to a connection (none could be made, the reconnect pause was running, or
+    /// the client was closing): the server cannot have run it.
+    public var wasNotSent = false
 
     /// Makes an error. A server's `MOVED` or `ASK` answer gets a hint: the server is a Redis Cluster node.
     public init(code: Code, message: String, endpoint: String = "", underlying: (any Error & Sendable)? = nil) {
@@ -75,6 +78,20 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         case .serverError: serverErrorPrefix.map(Self.transientServerErrorPrefixes.contains) ?? false
         default: false
         }
+    }
+
+    /// `true` when the server certainly did not run the command: it was never sent (``wasNotSent``), or the server
+    /// refused it for its condition before running it (see ``transientServerErrorPrefixes``). A write that failed
+    /// this way can be merged with later ones; one that timed out or lost its connection may have run.
+    public var certainlyNotRun: Bool {
+        wasNotSent || (serverErrorPrefix.map(Self.transientServerErrorPrefixes.contains) ?? false)
+    }
+
+    /// A copy marked as never sent.
+    func notSent() -> RedisError {
+        var error = self
+        error.wasNotSent = true
+        return error
     }
 
     /// The code, the server's or the library's message, and the endpoint.

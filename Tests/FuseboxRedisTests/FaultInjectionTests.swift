@@ -126,7 +126,7 @@ struct FaultInjectionTests {
         }
     }
 
-    /// Two instances share breaker `name` (one failure trips it, a 300 ms break, one probe), tripped and past its
+    /// Two instances share breaker `name` (one failure trips it, a 1 s break, one probe), tripped and past its
     /// break: the next call asks Redis for the probe permit.
     private static func pastBreak(_ server: RedisServerProcess, _ name: String, configure: (inout DistributedOptions) -> Void) async throws
         -> (first: Instance, other: Instance, breaker: CircuitBreaker, peer: CircuitBreaker)
@@ -137,16 +137,21 @@ struct FaultInjectionTests {
         configure(&options)
         let first = try Instance(options)
         let other = try Instance(testOptions(server, namespace: options.namespace, timeout: .seconds(3)))
-        let policy = tripsOnFirstFailure { $0.breakDuration = .fixed(.milliseconds(300)) }
+        let policy = tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(1)) }
         let breaker = try first.registry.breaker(name, policy: policy)
         let peer = try other.registry.breaker(name, policy: policy)
+        // Known first, so that the failure is admitted by the shared state (not by a fallback, on a slow first answer).
+        _ = try await breaker.snapshot()
+        _ = try await peer.snapshot()
         try await breaker.acquireAsync().failure(Boom())
+        let tripped = ContinuousClock.now
+        #expect(await eventually { (try? await breaker.snapshot().state) == .open })
         #expect(await eventually {
             let one = await isRejected(breaker)
             let two = await isRejected(peer)
             return one && two
         })
-        try await Task.sleep(for: .milliseconds(400))
+        try await Task.sleep(until: tripped + .milliseconds(1200))
         return (first, other, breaker, peer)
     }
 

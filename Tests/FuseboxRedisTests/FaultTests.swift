@@ -99,7 +99,9 @@ struct FaultTests {
             let instance = try Instance(testOptions(server, timeout: .milliseconds(300)))
             defer { Task { await instance.stop() } }
             let breaker = try instance.registry.breaker("killed-open", policy: tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(1)) })
+            _ = try await breaker.snapshot()  // known, so that the failure is admitted by the shared state
             try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { (try? await breaker.snapshot().state) == .open })
             #expect(await eventually { await isRejected(breaker) })
             let tripped = ContinuousClock.now
             server.kill()

@@ -96,3 +96,105 @@ struct RedisPropertyTests {
         }
     }
 }
+
+/// The buffer of outcomes an instance holds for a breaker between writes (`PendingOutcomes`), alone.
+@Suite("Outcomes held between writes")
+struct PendingOutcomesTests {
+    struct Failure: Error {}
+
+    /// What a batch says to Redis, as text (`Batch` is not `Equatable`: its error counts are keyed by type).
+    static func summary(_ batch: PendingOutcomes.Batch) -> String {
+        let groups = batch.groups.map { "\($0.bucket):\($0.successes)/\($0.slowSuccesses)/\($0.failures)/\($0.slowFailures)" }
+        return "v\(batch.version) s\(batch.successes) S\(batch.slowSuccesses) f\(batch.failures) F\(batch.slowFailures) i\(batch.ignored) "
+            + "runs \(batch.leadingFailures)/\(batch.longestFailureRun)/\(batch.trailingFailures) errors \(batch.errors.values.sorted()) "
+            + "first \(batch.firstAt) groups \(groups)"
+    }
+
+    /// Random outcomes over a few buckets: (outcome, slow, bucket, when).
+    static let outcomes: Generator<[(CallOutcome, Bool, Int64, Int64)], Shrink.None<[(CallOutcome, Bool, Int64, Int64)]>> = Generator { rng in
+        let count = Int.random(in: 0...30, using: &rng)
+        var bucket: Int64 = 100
+        return (0..<count).map { index in
+            if Int.random(in: 0..<5, using: &rng) == 0 { bucket += 1 }
+            let outcome: CallOutcome = switch Int.random(in: 0..<5, using: &rng) {
+            case 0, 1: .success
+            case 2, 3: .failure(Failure.self)
+            default: .ignored
+            }
+            return (outcome, Bool.random(using: &rng), bucket, Int64(1000 + index))
+        }
+    }
+
+    static func batch(of outcomes: some Sequence<(CallOutcome, Bool, Int64, Int64)>) -> PendingOutcomes.Batch? {
+        var pending = PendingOutcomes()
+        for (outcome, slow, bucket, now) in outcomes {
+            _ = pending.append(outcome, slow: slow, version: 3, created: 7, probe: false, bucket: bucket, now: now, limit: .max)
+        }
+        return pending.take().first
+    }
+
+    @Test("two batches joined say what one batch of all their outcomes, in order, says")
+    func joinedIsSequential() async {
+        await propertyCheck(count: 300, input: Self.outcomes) { outcomes in
+            let split = outcomes.isEmpty ? 0 : Int.random(in: 0...outcomes.count)
+            guard let whole = Self.batch(of: outcomes), let earlier = Self.batch(of: outcomes[..<split]),
+                let later = Self.batch(of: outcomes[split...])
+            else { return }
+            #expect(Self.summary(PendingOutcomes.joined(earlier, then: later)) == Self.summary(whole), "split at \(split)")
+        }
+    }
+
+    @Test("writes Redis certainly did not run join the outcomes held since: one batch however many attempts fail")
+    func unsentWritesDoNotPileUp() {
+        var pending = PendingOutcomes()
+        for attempt in 0..<100 {
+            for _ in 0..<10 { _ = pending.append(.success, slow: false, version: 1, created: 1, probe: false, bucket: 5, now: 1, limit: .max) }
+            let batches = pending.take()
+            #expect(batches.count == 1, "attempt \(attempt): \(batches.count) batches")
+            for var batch in batches {
+                batch.sequence = attempt + 1
+                _ = pending.settle(batch, written: false, certainlyNotRun: true)
+            }
+        }
+        let last = pending.take()
+        #expect(last.count == 1)
+        #expect(last.first?.successes == 1000)
+        #expect(last.first?.sequence == nil)
+    }
+
+    @Test("a write that may have run keeps its number when a later attempt is certainly not run (SPIN: FORGET_EARLIER_ATTEMPTS)")
+    func mayHaveRunKeepsItsNumber() {
+        var pending = PendingOutcomes()
+        _ = pending.append(.success, slow: false, version: 1, created: 1, probe: false, bucket: 5, now: 1, limit: .max)
+        var first = pending.take()[0]
+        first.sequence = 7
+        _ = pending.settle(first, written: false)  // a timeout: it may have run
+        let again = pending.take()
+        _ = pending.settle(again[0], written: false, certainlyNotRun: true)  // then never sent: says nothing of the first attempt
+        _ = pending.append(.success, slow: false, version: 1, created: 1, probe: false, bucket: 5, now: 2, limit: .max)
+        let third = pending.take()
+        #expect(third.count == 1)
+        #expect(third.first?.sequence == 7 && third.first?.successes == 1)
+    }
+
+    @Test("a write that may have run goes again alone, with its number; what came since waits for its answer")
+    func uncertainWriteGoesAlone() {
+        var pending = PendingOutcomes()
+        _ = pending.append(.failure(Failure.self), slow: false, version: 1, created: 1, probe: false, bucket: 5, now: 1, limit: .max)
+        var first = pending.take()[0]
+        first.sequence = 41
+        _ = pending.settle(first, written: false)
+        for _ in 0..<3 {
+            _ = pending.append(.success, slow: false, version: 1, created: 1, probe: false, bucket: 5, now: 2, limit: .max)
+            let again = pending.take()
+            #expect(again.count == 1)
+            #expect(again.first?.sequence == 41 && again.first?.failures == 1 && again.first?.successes == 0)
+            _ = pending.settle(again[0], written: false)
+        }
+        let resent = pending.take()
+        _ = pending.settle(resent[0], written: true)
+        let rest = pending.take()
+        #expect(rest.count == 1)
+        #expect(rest.first?.sequence == nil && rest.first?.successes == 3)
+    }
+}

@@ -9,6 +9,12 @@
  * - The connection may answer a write with a failure while the server ran it, did not run it, or runs it later
  *   (a frozen server that resumes and reads what an old socket had sent). Writes queued behind a failed one may
  *   still reach the server on a new connection.
+ * - Or with a failure that says the server certainly did not run it (never sent: no connection; refused before
+ *   running: OOM, BUSY, …): the sender then gives the batch's number up and joins its outcomes to what it holds,
+ *   so that an outage's attempts leave one batch, not one per attempt, but only if no earlier attempt of that
+ *   batch may have run. Built with -DMERGE_ANY_FAILURE, it joins after any failure (a batch that may have run
+ *   too); with -DFORGET_EARLIER_ATTEMPTS, after a "not run" even when an earlier attempt of the batch may have run
+ *   (the first version of this change, which SPIN refused): both count twice.
  * - Redis keeps each sender's high-water mark and applies a batch only if its number is above it; it keeps the
  *   totals and a count window of W calls (successes enter before failures within a batch) and opens the breaker
  *   when the window's failure ratio reaches one half over at least MIN calls. Built with -DADDED_SUMS, the window
@@ -20,15 +26,26 @@
  * - a window that crosses the threshold opens the breaker (checked after every batch the server applies).
  */
 
-#ifndef SENDERS
-#define SENDERS 2
+#if defined(MERGE_ANY_FAILURE) || defined(FORGET_EARLIER_ATTEMPTS)
+#define NOT_RUN
 #endif
-#ifndef OUTCOMES
+#ifdef NOT_RUN
+/* Joining batches is each sender's own affair: one sender, three outcomes, two "not run" failures. */
+#define SENDERS 1
+#define OUTCOMES 3
+#define NOT_RUNS 2
+#define MAXSEQ 6
+#define KEPT 1
+#else
+/* Without "not run" failures nothing reads whether a batch was kept: a constant, not a state. */
+#define KEPT 0
+#define SENDERS 2
 #define OUTCOMES 2
+#define NOT_RUNS 0
+#define MAXSEQ 4
 #endif
 #define W 2
 #define MIN 2
-#define MAXSEQ 4
 
 /* Redis: the state the script keeps. */
 byte high[SENDERS];
@@ -41,6 +58,7 @@ byte sumCalls = 0;    /* the window's stored sums */
 byte sumFailures = 0;
 
 byte made = 0;        /* outcomes recorded by every sender together */
+byte notRun = 0;      /* failures that said "not run" so far (each costs the sender a new number) */
 byte finished = 0;
 
 /* Writes that failed at the sender but that the server runs later (a frozen server resuming). */
@@ -89,15 +107,17 @@ inline apply(sender, seq, s, f, k) {
 }
 
 proctype sender(byte me) {
-  chan requests = [2] of { byte, byte, byte };   /* seq, successes, failures */
-  chan replies = [2] of { byte, byte, byte, bit };  /* seq, successes, failures, ok */
+  /* seq, successes, failures, and whether an earlier attempt of the batch may have run (it was kept) */
+  chan requests = [2] of { byte, byte, byte, bit };
+  /* the same, and the result: 1 ok, 0 failed (may have run), 2 failed and certainly not run */
+  chan replies = [2] of { byte, byte, byte, bit, byte };
   byte made_here = 0;
   byte s = 0; byte f = 0;                          /* held, not in a batch yet */
   byte sequence = 0;
   byte outstanding = 0;
   /* A batch kept after a failed write (at most two with PIPELINED). */
   byte keptSeq[2]; byte keptS[2]; byte keptF[2]; byte kept = 0;
-  byte seq; byte bs; byte bf; bit ok; byte k;
+  byte seq; byte bs; byte bf; bit was; byte ok; byte k;
 
   do
   :: made_here < OUTCOMES ->
@@ -113,7 +133,7 @@ proctype sender(byte me) {
        keptSeq[0] = keptSeq[1]; keptS[0] = keptS[1]; keptF[0] = keptF[1]; kept--;
        keptSeq[1] = 0; keptS[1] = 0; keptF[1] = 0;
        outstanding++;
-       requests!seq, bs, bf;
+       requests!seq, bs, bf, KEPT;
        seq = 0; bs = 0; bf = 0
      }
   :: (kept == 0 && s + f > 0 && sequence < MAXSEQ
@@ -121,23 +141,34 @@ proctype sender(byte me) {
       && outstanding == 0
 #endif
      ) ->
-     atomic { sequence++; outstanding++; requests!sequence, s, f; s = 0; f = 0 }
+     atomic { sequence++; outstanding++; requests!sequence, s, f, 0; s = 0; f = 0 }
   /* The connection: a write reaches Redis, or fails with Redis having run it, not run it, or running it later. */
-  :: requests?seq, bs, bf ->
+  :: requests?seq, bs, bf, was ->
      if
-     :: true -> apply(me, seq, bs, bf, k); replies!seq, bs, bf, 1
-     :: true -> apply(me, seq, bs, bf, k); replies!seq, bs, bf, 0
-     :: true -> replies!seq, bs, bf, 0
-     :: nfull(ghosts) -> ghosts!me, seq, bs, bf; replies!seq, bs, bf, 0
+     :: true -> apply(me, seq, bs, bf, k); replies!seq, bs, bf, was, 1
+     :: true -> apply(me, seq, bs, bf, k); replies!seq, bs, bf, was, 0
+     :: true -> replies!seq, bs, bf, was, 0
+     :: nfull(ghosts) -> ghosts!me, seq, bs, bf; replies!seq, bs, bf, was, 0
+     :: notRun < NOT_RUNS -> notRun++; replies!seq, bs, bf, was, 2
      fi;
-     atomic { seq = 0; bs = 0; bf = 0; k = 0 }
-  :: replies?seq, bs, bf, ok ->
+     atomic { seq = 0; bs = 0; bf = 0; was = 0; k = 0 }
+  :: replies?seq, bs, bf, was, ok ->
      /* The sender keeps each batch it wrote until the reply: the reply names it. */
      atomic {
        outstanding--;
        if
-       :: ok -> skip
-       :: else ->
+       :: ok == 1 -> skip
+#if defined(MERGE_ANY_FAILURE)
+       :: ok != 1 -> s = s + bs; f = f + bf
+#else
+#if defined(FORGET_EARLIER_ATTEMPTS)
+       :: ok == 2 -> s = s + bs; f = f + bf
+       :: ok == 0 ->
+#else
+       /* Not run, and no earlier attempt may have run: the number is given up, the outcomes held again. */
+       :: ok == 2 && !was -> s = s + bs; f = f + bf
+       :: ok == 0 || (ok == 2 && was) ->
+#endif
           /* Keep it with its number, in number order, for the next write. */
           if
           :: kept == 0 -> keptSeq[0] = seq; keptS[0] = bs; keptF[0] = bf
@@ -147,8 +178,9 @@ proctype sender(byte me) {
              keptSeq[0] = seq; keptS[0] = bs; keptF[0] = bf
           fi;
           kept++
+#endif
        fi;
-       seq = 0; bs = 0; bf = 0; ok = 0
+       seq = 0; bs = 0; bf = 0; was = 0; ok = 0
      }
   :: made_here == OUTCOMES && s + f == 0 && kept == 0 && outstanding == 0 && empty(requests) && empty(replies) ->
      break
