@@ -2,13 +2,13 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl spin gcc
+APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl spin gcc iproute2
 
 .PHONY: deps browser-deps build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean lua lua-script docs
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
-## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test), spin and gcc (the protocol models). apt-get update first; sudo when
-## not root.
+## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test), spin and gcc (the protocol models),
+## iproute2 (the network-partition test's namespaces and veth links). apt-get update first; sudo when not root.
 deps:
 	@missing=""; \
 	[ -f /usr/include/hiredis/hiredis.h ] || missing="$$missing libhiredis-dev"; \
@@ -20,6 +20,7 @@ deps:
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v spin >/dev/null 2>&1 || missing="$$missing spin"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 		echo "make deps: installing$$missing"; \
 		$(SUDO) apt-get update -q && \
@@ -49,7 +50,7 @@ build: deps
 ## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
 ## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
 ## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests
+TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests
 test: deps browser-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
@@ -86,7 +87,7 @@ test-browser: browser-deps
 ## (Docs/reliability.md).
 test-faults: deps
 	$(SWIFT) build --build-tests
-	@mkdir -p .build; $(SWIFT) test --filter "FaultInjection|FaultTests|MemoryTests" > .build/test-faults.log 2>&1; status=$$?; \
+	@mkdir -p .build; $(SWIFT) test --filter "FaultInjection|FaultTests|MemoryTests|PartitionTests" > .build/test-faults.log 2>&1; status=$$?; \
 	grep -v "^fault-figure" .build/test-faults.log | grep -E "^(✔|✘|↳)|error" ; \
 	echo; echo "fault | figures"; grep "^fault-figure" .build/test-faults.log | cut -d'|' -f2-; exit $$status
 
@@ -104,12 +105,13 @@ test-asan: deps
 ## suites assert hold for one test at a time on two cores. The rolling restart (20 `fusebox` processes at once, each
 ## under the sanitizer) is left to `make test`: it is about processes dying, which the sanitizer cannot watch, and
 ## twenty sanitized processes on two cores would measure the sanitizer's slowness rather than the leases. So is the
-## 5-minute memory test: it measures a child process's resident size, which the sanitizer's shadow memory would swamp.
+## 5-minute memory test: it measures a child process's resident size, which the sanitizer's shadow memory would swamp;
+## and the network partitions (processes in network namespaces, whose code paths the other suites run under it).
 test-tsan: deps
 	FUSEBOX_WITHOUT_HTTP=1 $(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
-	@echo "make test-tsan: every suite but the 20-process rolling restart and the 5-minute memory test (both run by make test)"
+	@echo "make test-tsan: every suite but the 20-process rolling restart, the 5-minute memory test and the network partitions (run by make test)"
 	@mkdir -p .build-tsan; FUSEBOX_WITHOUT_HTTP=1 TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/.ci/tsan.supp" $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
-		--no-parallel --skip "rollingRestart|memoryWhileRedisAway" -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
+		--no-parallel --skip "rollingRestart|memoryWhileRedisAway|PartitionTests" -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
 	if grep -q "WARNING: ThreadSanitizer" .build-tsan/test.log; then echo "make test-tsan: ThreadSanitizer reported a race"; exit 1; fi; \
 	exit $$status
 

@@ -19,12 +19,16 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "Calls per second, over all breakers.") var rate = 1000
     @Option(help: "How long to run, in seconds.") var seconds = 60
     @Option(help: "Every N-th call fails; 0: none.") var failEvery = 0
-    @Option(help: "Where to append one JSON line a second (elapsed s, calls, rejected, resident KB), and a last one with done: true once what the adapter held is written.")
+    @Option(help: "From this second on, every call of the first breaker (load-0) fails; 0: never.") var failFrom = 0
+    @Option(help: "How often a stats line is written, in ms.") var reportMs = 1000
+    @Option(help: "Where to append a JSON line every --report-ms (elapsed s, calls, rejected, resident KB, the breakers whose last call was rejected), and a last one with done: true and the calls admitted per breaker once what the adapter held is written.")
     var stats: String
 
     func run() async throws {
         try await reportingErrors {
-            guard breakers >= 1, rate >= 1, seconds >= 1, failEvery >= 0 else { throw CLIError.usage("breakers, rate and seconds must be ≥ 1") }
+            guard breakers >= 1, rate >= 1, seconds >= 1, failEvery >= 0, failFrom >= 0, reportMs >= 1 else {
+                throw CLIError.usage("breakers, rate, seconds and report-ms must be ≥ 1")
+            }
             var options = try DistributedOptions(url: redis)
             options.namespace = namespace
             var logger = Logger(label: "fusebox-load")
@@ -41,31 +45,46 @@ struct LoadCommand: AsyncParsableCommand {
             // Calls in ticks of 10 ms, so that the rate holds whatever the scheduler does with one sleep.
             let clock = ContinuousClock()
             let start = clock.now
-            var (calls, rejected, next) = (0, 0, 1)
+            var (calls, rejected, reports) = (0, 0, 1)
+            var admitted = [Int](repeating: 0, count: breakers)
+            var rejecting = [Bool](repeating: false, count: breakers)
+            func report(done: Bool) {
+                let elapsed = Double((clock.now - start) / .milliseconds(1)) / 1000
+                let open = rejecting.indices.filter { rejecting[$0] }.map(String.init).joined(separator: ", ")
+                var line = #"{"elapsed": \#(elapsed), "calls": \#(calls), "rejected": \#(rejected), "rss_kb": \#(Self.residentKilobytes()), "rejecting": [\#(open)]"#
+                if done { line += #", "done": true, "breaker_calls": [\#(admitted.map(String.init).joined(separator: ", "))]"# }
+                output.write(Data((line + "}\n").utf8))
+            }
             while clock.now - start < .seconds(seconds) {
                 let due = Int((clock.now - start) / .milliseconds(10)) * rate / 100
+                let failing = failFrom > 0 && clock.now - start >= .seconds(failFrom)
                 while calls + rejected < due {
-                    let breaker = guarded[(calls + rejected) % breakers]
+                    let index = (calls + rejected) % breakers
                     do {
-                        let permit = try breaker.acquire()
+                        let permit = try guarded[index].acquire()
                         calls += 1
-                        if failEvery > 0 && calls % failEvery == 0 { permit.failure(LoadFailure()) } else { permit.success() }
+                        admitted[index] += 1
+                        rejecting[index] = false
+                        if (failing && index == 0) || (failEvery > 0 && calls % failEvery == 0) {
+                            permit.failure(LoadFailure())
+                        } else {
+                            permit.success()
+                        }
                     } catch {
                         rejected += 1
+                        rejecting[index] = true
                     }
                 }
-                if clock.now - start >= .seconds(next) {
-                    let line = #"{"elapsed": \#(next), "calls": \#(calls), "rejected": \#(rejected), "rss_kb": \#(Self.residentKilobytes())}"#
-                    output.write(Data((line + "\n").utf8))
-                    next += 1
+                if clock.now - start >= .milliseconds(reportMs * reports) {
+                    report(done: false)
+                    reports += 1
                 }
                 try await Task.sleep(for: .milliseconds(10))
             }
             // The adapter writes what it holds when its run ends; the last line says so.
             background.cancel()
             await background.value
-            let line = #"{"elapsed": \#(seconds), "calls": \#(calls), "rejected": \#(rejected), "rss_kb": \#(Self.residentKilobytes()), "done": true}"#
-            output.write(Data((line + "\n").utf8))
+            report(done: true)
             try output.close()
         }
     }

@@ -19,21 +19,26 @@ public final class RedisSentinelGroup: Sendable {
     }
 
     /// Starts the group and returns once every sentinel knows the primary, its replica and the other sentinels.
-    public static func start(primaryName: String = "fusebox-primary", downAfter: Duration = .milliseconds(1000)) async throws -> RedisSentinelGroup {
+    /// With `networkNamespace`, every process runs in that namespace, bound to its address.
+    public static func start(
+        primaryName: String = "fusebox-primary", downAfter: Duration = .milliseconds(1000),
+        networkNamespace: (name: String, address: String)? = nil
+    ) async throws -> RedisSentinelGroup {
         var started: [RedisServerProcess] = []
+        let host = networkNamespace?.address ?? "127.0.0.1"
         do {
-            let primary = try await RedisServerProcess.start(.init(extraArguments: ["--repl-diskless-sync-delay", "0"]))
+            let primary = try await RedisServerProcess.start(.init(extraArguments: ["--repl-diskless-sync-delay", "0"], networkNamespace: networkNamespace))
             started.append(primary)
-            let replica = try await RedisServerProcess.start(.init(extraArguments: ["--replicaof", "127.0.0.1", String(primary.port)]))
+            let replica = try await RedisServerProcess.start(.init(extraArguments: ["--replicaof", host, String(primary.port)], networkNamespace: networkNamespace))
             started.append(replica)
             var sentinels: [RedisServerProcess] = []
             for _ in 0..<3 {
                 let sentinel = try await RedisServerProcess.start(.init(sentinelConfiguration: [
-                    "sentinel monitor \(primaryName) 127.0.0.1 \(primary.port) 2",
+                    "sentinel monitor \(primaryName) \(host) \(primary.port) 2",
                     "sentinel down-after-milliseconds \(primaryName) \(downAfter.components.seconds * 1000 + downAfter.components.attoseconds / 1_000_000_000_000_000)",
                     "sentinel failover-timeout \(primaryName) 10000",
                     "sentinel parallel-syncs \(primaryName) 1",
-                ]))
+                ], networkNamespace: networkNamespace))
                 started.append(sentinel)
                 sentinels.append(sentinel)
             }
@@ -48,7 +53,7 @@ public final class RedisSentinelGroup: Sendable {
 
     /// The `redis+sentinel://` URL naming every sentinel and the primary's name.
     public var url: String {
-        "redis+sentinel://" + sentinels.map { "127.0.0.1:\($0.port)" }.joined(separator: ",") + "/" + primaryName
+        "redis+sentinel://" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",") + "/" + primaryName
     }
 
     /// The primary's port as the first sentinel that answers names it.

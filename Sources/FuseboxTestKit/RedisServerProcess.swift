@@ -26,15 +26,20 @@ public final class RedisServerProcess: Sendable {
         /// Set for a Redis Sentinel: the lines of its configuration file (written once, in the server's own
         /// directory, where the sentinel rewrites it), and the server runs with `--sentinel`.
         public var sentinelConfiguration: [String]?
+        /// Set to run the server in a network namespace (`ip netns exec NAME`, as root): the namespace's name and
+        /// the address the server binds there, by which clients in other namespaces reach it over a veth link.
+        public var networkNamespace: (name: String, address: String)?
 
         /// Makes options.
         public init(
-            requirePassword: String? = nil, aclUsers: [[String]] = [], extraArguments: [String] = [], sentinelConfiguration: [String]? = nil
+            requirePassword: String? = nil, aclUsers: [[String]] = [], extraArguments: [String] = [], sentinelConfiguration: [String]? = nil,
+            networkNamespace: (name: String, address: String)? = nil
         ) {
             self.requirePassword = requirePassword
             self.aclUsers = aclUsers
             self.extraArguments = extraArguments
             self.sentinelConfiguration = sentinelConfiguration
+            self.networkNamespace = networkNamespace
         }
     }
 
@@ -50,8 +55,10 @@ public final class RedisServerProcess: Sendable {
     public let port: Int
     /// The options it was started with.
     public let options: Options
-    /// `redis://127.0.0.1:PORT`, without credentials.
-    public var url: String { "redis://127.0.0.1:\(port)" }
+    /// The address the server listens on: 127.0.0.1, or its address in its network namespace.
+    public var host: String { options.networkNamespace?.address ?? "127.0.0.1" }
+    /// `redis://HOST:PORT`, without credentials.
+    public var url: String { "redis://\(host):\(port)" }
 
     /// The server and its watchdog while running.
     private let children = Locked<(server: ChildProcess, watchdog: ChildProcess)?>(nil)
@@ -119,7 +126,7 @@ public final class RedisServerProcess: Sendable {
         connectTimeout: Duration = .seconds(2), commandTimeout: Duration = .seconds(2)
     ) -> RedisConfiguration {
         RedisConfiguration(
-            host: "127.0.0.1", port: port, username: username, password: password,
+            host: host, port: port, username: username, password: password,
             connectTimeout: connectTimeout, commandTimeout: commandTimeout)
     }
 
@@ -168,7 +175,7 @@ public final class RedisServerProcess: Sendable {
 
     private func launch() async throws {
         var arguments = [
-            "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--port", String(port), "--bind", host, "--save", "", "--appendonly", "no",
             "--dir", directory.path, "--logfile", directory.appendingPathComponent("redis.log").path,
             "--daemonize", "no", "--protected-mode", "no",
         ]
@@ -183,7 +190,12 @@ public final class RedisServerProcess: Sendable {
             arguments = [file.path] + arguments + ["--sentinel"]
         }
 
-        let server = try ChildProcess(executable: executable, arguments: arguments)
+        let server = if let namespace = options.networkNamespace {
+            // `ip netns exec` enters the namespace and execs the server: the process id stays the server's.
+            try ChildProcess(executable: "ip", arguments: ["netns", "exec", namespace.name, executable] + arguments, searchPath: true)
+        } else {
+            try ChildProcess(executable: executable, arguments: arguments)
+        }
         // Kills the server if this process dies without stopping it (a crash, a timeout of the test runner): the
         // watchdog blocks reading a pipe that only this process writes, and reads end-of-file when it dies. No
         // polling of process ids, which the system may reuse.

@@ -9,11 +9,13 @@ import Testing
 struct MemoryTests {
     /// One line of `fusebox load --stats`.
     struct Sample: Decodable {
-        var elapsed: Int
+        var elapsed: Double
         var calls: Int
         var rejected: Int
         var rss_kb: Int
+        var rejecting: [Int]
         var done: Bool?
+        var breaker_calls: [Int]?
     }
 
     static func samples(_ path: String) -> [Sample] {
@@ -32,7 +34,7 @@ struct MemoryTests {
     /// The resident size's growth after the first 10 s (KB), and the figures for the report.
     static func growth(_ samples: [Sample], until end: Int) -> (kilobytes: Int, text: String) {
         let settled = samples.first { $0.elapsed >= 10 }?.rss_kb ?? 0
-        let peak = samples.filter { $0.elapsed >= 10 && $0.elapsed <= end }.map(\.rss_kb).max() ?? 0
+        let peak = samples.filter { $0.elapsed >= 10 && $0.elapsed <= Double(end) }.map(\.rss_kb).max() ?? 0
         return (peak - settled, "RSS \(settled) KB at 10 s, at most \(peak) KB until \(end) s")
     }
 
