@@ -99,9 +99,6 @@ struct RunCommand: AsyncParsableCommand {
             var options = DistributedOptions(redis: try global.configuration())
             options.namespace = global.keyNamespace
             options.whenUnavailable = .failClosed
-            // The process's one call is its whole point, and it knows no state yet: it waits for Redis's answer as
-            // long as a command may (a service's admission budget, 50 ms, is for calls among many).
-            options.admissionBudget = options.redis.connectTimeout + options.redis.commandTimeout
             if let id = instanceID ?? ProcessInfo.processInfo.environment["FUSEBOX_INSTANCE_ID"].flatMap({ $0.isEmpty ? nil : $0 }) {
                 options.instanceID = id
             }

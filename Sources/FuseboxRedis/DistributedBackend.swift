@@ -41,6 +41,10 @@ final class DistributedCore: Sendable {
     let liveInstances = Atomic<Int>(0)
     /// This adapter's share of the grown quiet hold, in thousandths (800–1,000), drawn once.
     let holdSpread = Int64.random(in: 800...1_000)
+    /// Set by the first script reply: from then on an admission waits at most the admission budget (before, it
+    /// waits as long as a command may: connecting, TLS, authentication and loading the scripts are setting up, not
+    /// a slow Redis).
+    let hasAnswered = Atomic<Bool>(false)
     /// When this adapter's first beat was answered.
     private let firstBeat = Locked<ContinuousClock.Instant?>(nil)
     /// The membership keys: `NS:{members}:senders` and `NS:{members}:instances` (one slot in a cluster).
@@ -417,7 +421,7 @@ final class DistributedBackend: BreakerBackend {
             askRedis { [self] admission in
                 if request.answer(admission) { done.signal() } else { giveBack(admission) }
             }
-            if done.wait(timeout: .now() + .nanoseconds(Int(admissionBudget.nanoseconds))) == .timedOut, request.answer(nil) {
+            if done.wait(timeout: .now() + .nanoseconds(Int(admissionWait.nanoseconds))) == .timedOut, request.answer(nil) {
                 return overBudget()
             }
             if request.admission == nil { done.wait() }  // answered just as the budget ran out
@@ -435,11 +439,18 @@ final class DistributedBackend: BreakerBackend {
                 askRedis { [self] admission in
                     if request.answer(admission) { continuation.resume(returning: admission) } else { giveBack(admission) }
                 }
-                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(admissionBudget.nanoseconds))) { [self] in
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(admissionWait.nanoseconds))) { [self] in
                     if request.answer(nil) { continuation.resume(returning: overBudget()) }
                 }
             }
         }
+    }
+
+    /// How long an admission waits for Redis: the admission budget, once this adapter has had a reply; before, as
+    /// long as a command may (see ``DistributedCore/hasAnswered``).
+    private var admissionWait: Duration {
+        if core.hasAnswered.load(ordering: .relaxed) { return admissionBudget }
+        return max(admissionBudget, core.options.redis.connectTimeout + core.options.redis.commandTimeout + .milliseconds(100))
     }
 
     /// Past the admission budget: the store-down policy decides this call, and every call that would ask Redis until
@@ -1024,6 +1035,7 @@ final class DistributedBackend: BreakerBackend {
     // MARK: - Cache updates
 
     private func apply(_ reply: StateReply, ownCall: Bool) {
+        core.hasAnswered.store(true, ordering: .relaxed)
         let now = self.now
         if let note = reply.statisticsNote { noteStatistics(note, now: now) }
         let (transition, recovered, reborn) = updateCache { cache in

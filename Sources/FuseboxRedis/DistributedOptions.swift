@@ -61,8 +61,9 @@ public struct DistributedOptions: Sendable {
     /// How long, at most, a call waits for Redis: only admission in half-open (a probe permit) or of a breaker whose
     /// state is not known yet asks Redis. Past it, ``whenUnavailable`` decides the call, and so every call of the
     /// breaker until Redis answers; the answer, when it comes, updates the cache, and a probe permit it grants is
-    /// given back. Default 50 ms (the command timeout, 1 s by default, still decides when Redis counts as
-    /// unavailable).
+    /// given back. Until the adapter's first reply from Redis, admission waits as long as a command may instead
+    /// (setting up a connection is not a slow Redis). Default 50 ms (the command timeout, 1 s by default, still
+    /// decides when Redis counts as unavailable).
     public var admissionBudget: Duration = .milliseconds(50)
     /// After Redis denies a probe permit, this instance rejects locally for this long before asking again.
     public var halfOpenRetryInterval: Duration = .milliseconds(20)

@@ -97,6 +97,103 @@ struct RedisPropertyTests {
     }
 }
 
+/// Whatever redis-cli can write into a breaker's keys, `reset` repairs it and the breaker works again.
+@Suite("Repair by reset", .timeLimit(.minutes(3)))
+struct RepairPropertyTests {
+    /// Values a person or a script gone wrong may write: not numbers, not finite, too large, not JSON, empty.
+    static let garbage = [
+        "", "nan", "-nan", "inf", "-inf", "1e999", "-1", "abc", "{", "[1,2", "99999999999999999999999", "0x10", " 5", "5 ",
+        "3.5", "ünïcødé 😀", "closed", "half_open", "null", "true",
+    ]
+
+    /// A corruption: for each of the breaker's keys, nothing, other values in some fields (and unknown fields), or
+    /// the key replaced by another type.
+    struct Corruption: Sendable, CustomStringConvertible {
+        enum Damage: Sendable { case none, fields([(String?, String)]), type(String) }
+        var damage: [Damage]
+        var description: String {
+            damage.enumerated().map { index, damage in
+                switch damage {
+                case .none: "key \(index): intact"
+                case .fields(let fields): "key \(index): " + fields.map { "\($0.0 ?? "a present field")=\($0.1)" }.joined(separator: " ")
+                case .type(let type): "key \(index): a \(type)"
+                }
+            }.joined(separator: "; ")
+        }
+    }
+
+    static let corruptions: Generator<Corruption, Shrink.None<Corruption>> = Generator { rng in
+        func pick<T>(_ values: [T]) -> T { values.randomElement(using: &rng)! }
+        return Corruption(damage: (0..<4).map { _ in
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0..<3: .none
+            case 3..<8: .fields((0..<Int.random(in: 1...4, using: &rng)).map { _ in
+                (Bool.random(using: &rng) ? nil : pick(["unknown", "state", "version", "ring", "next", "calls", "failures"]), pick(Self.garbage))
+            })
+            default: .type(pick(["string", "list", "set", "zset"]))
+            }
+        })
+    }
+
+    @Test("random garbage in any field or key of a breaker: reset succeeds, says what it repaired, and a trip works after")
+    func resetRepairsAnything() async throws {
+        let server = try await SharedServer.get()
+        let redis = try RedisClient(configuration: server.configuration())
+        var index = 0
+        await propertyCheck(count: 40, input: Self.corruptions) { corruption in
+            index += 1
+            let name = "repair-\(index)"
+            let options = testOptions(server)
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker(name, policy: tripsOnFirstFailure())
+            // Every key exists: calls, a trip (events), a reset.
+            try await breaker.acquireAsync().success()
+            try await breaker.acquireAsync().failure(Boom())
+            await instance.adapter.flush()
+            try await breaker.reset()
+            try await breaker.acquireAsync().success()
+            await instance.adapter.flush()
+
+            let keys = DistributedBackend.keys(namespace: options.namespace, name: name)
+            for (key, damage) in zip(keys, corruption.damage) {
+                switch damage {
+                case .none: break
+                case .fields(let fields):
+                    let present = (try await redis.send("HKEYS", key).array ?? []).compactMap(\.string)
+                    let type = try await redis.send("TYPE", key).string ?? "none"
+                    for (field, value) in fields {
+                        if type == "stream" {
+                            _ = try? await redis.send("XADD", key, "*", field ?? "garbage", value)
+                        } else {
+                            _ = try await redis.send("HSET", key, field ?? present.randomElement() ?? "unknown", value)
+                        }
+                    }
+                case .type(let type):
+                    _ = try await redis.send("DEL", key)
+                    switch type {
+                    case "string": _ = try await redis.send("SET", key, "garbage")
+                    case "list": _ = try await redis.send("RPUSH", key, "garbage")
+                    case "set": _ = try await redis.send("SADD", key, "garbage")
+                    default: _ = try await redis.send("ZADD", key, "1", "garbage")
+                    }
+                }
+            }
+
+            let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
+            let repaired = try await operatorSide.reset(name)
+            #expect(repaired.state == .closed, "\(corruption)")
+            // The instance comes back (the reset's transition message) and a failure trips the breaker again.
+            #expect(await eventually { await !isRejected(breaker) }, "\(corruption): still rejected after reset")
+            #expect(await eventually {
+                if let permit = try? await breaker.acquireAsync() { permit.failure(Boom()) }
+                await instance.adapter.flush()
+                return (try? await breaker.snapshot().state) == .open
+            }, "\(corruption): no trip after reset")
+        }
+    }
+}
+
 /// The buffer of outcomes an instance holds for a breaker between writes (`PendingOutcomes`), alone.
 @Suite("Outcomes held between writes")
 struct PendingOutcomesTests {
