@@ -387,6 +387,9 @@ local function make_rules()
         leases = v[18] or '' }
       for i = 1, #NUMERIC do
         local field = NUMERIC[i]
+        -- Counters, versions and times are whole numbers ≥ 0: a negative version would put the breaker below what
+        -- the instances have cached, and they would ignore it.
+        if st[field] ~= nil and (st[field] < 0 or st[field] ~= math.floor(st[field])) then st[field] = nil end
         if st[field] == nil then
           if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
           st[field] = 0
@@ -404,7 +407,11 @@ local function make_rules()
         redis.call('DEL', K[2])
         st.schema = SCHEMA
       elseif st.schema ~= SCHEMA then
-        refuse('SCHEMA ' .. K[1] .. ' was written by Fusebox key schema ' .. st.schema .. '; this instance runs schema ' .. SCHEMA)
+        if string.match(st.schema, '^[1-9]%d?%d?$') then
+          -- Another version of Fusebox wrote it: never overwritten, not even by reset.
+          refuse('SCHEMA ' .. K[1] .. ' was written by Fusebox key schema ' .. st.schema .. '; this instance runs schema ' .. SCHEMA)
+        end
+        if corrupt == nil then corrupt = "field 'schema' is '" .. string.sub(st.schema, 1, 40) .. "'" end
       end
     end
     if corrupt ~= nil then
@@ -842,6 +849,19 @@ local function make_rules()
         if not string.match(all[i + 1], '^%-?%d+$') then
           redis.call('HDEL', K[3], all[i])
           local what = "totals field '" .. all[i] .. "' was '" .. string.sub(all[i + 1], 1, 40) .. "'"
+          corrupt = corrupt and (corrupt .. '; ' .. what) or what
+        end
+      end
+      -- Fields of the state hash that Fusebox does not write go too (the policy and its break durations stay).
+      local known = { policy = true, break_durations = true, break_base = true }
+      for i = 1, #FIELDS do known[FIELDS[i]] = true end
+      -- (HGETALL, not HKEYS: the documented ACL grants the one, not the other.)
+      local present = redis.call('HGETALL', K[1])
+      for i = 1, #present, 2 do
+        local field = present[i]
+        if not known[field] and string.sub(field, 1, 6) ~= 'marks:' then
+          redis.call('HDEL', K[1], field)
+          local what = "unknown state field '" .. string.sub(field, 1, 40) .. "'"
           corrupt = corrupt and (corrupt .. '; ' .. what) or what
         end
       end

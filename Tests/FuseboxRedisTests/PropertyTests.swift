@@ -109,18 +109,26 @@ struct RepairPropertyTests {
     /// A corruption: for each of the breaker's keys, nothing, other values in some fields (and unknown fields), or
     /// the key replaced by another type.
     struct Corruption: Sendable, CustomStringConvertible {
-        enum Damage: Sendable { case none, fields([(String?, String)]), type(String) }
+        enum Damage: Sendable { case none, fields([(String, String)]), type(String) }
         var damage: [Damage]
         var description: String {
             damage.enumerated().map { index, damage in
                 switch damage {
                 case .none: "key \(index): intact"
-                case .fields(let fields): "key \(index): " + fields.map { "\($0.0 ?? "a present field")=\($0.1)" }.joined(separator: " ")
+                case .fields(let fields): "key \(index): " + fields.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
                 case .type(let type): "key \(index): a \(type)"
                 }
             }.joined(separator: "; ")
         }
     }
+
+    /// Every field Fusebox writes in the state hash, the window and the totals, and one it does not.
+    static let fields = [
+        "state", "version", "since", "open_until", "attempt", "reason", "isolation_reason", "consecutive_failures", "probes",
+        "probe_successes", "created", "budget", "policy_fp", "schema", "pruned", "senders", "streak_at", "leases", "policy",
+        "break_base", "break_durations", "ring", "next", "calls", "failures", "slow", "successes", "ignored", "rejected", "0",
+        "1", "9", "unknown",
+    ]
 
     static let corruptions: Generator<Corruption, Shrink.None<Corruption>> = Generator { rng in
         func pick<T>(_ values: [T]) -> T { values.randomElement(using: &rng)! }
@@ -128,11 +136,48 @@ struct RepairPropertyTests {
             switch Int.random(in: 0..<10, using: &rng) {
             case 0..<3: .none
             case 3..<8: .fields((0..<Int.random(in: 1...4, using: &rng)).map { _ in
-                (Bool.random(using: &rng) ? nil : pick(["unknown", "state", "version", "ring", "next", "calls", "failures"]), pick(Self.garbage))
+                (pick(Self.fields), pick(Self.garbage))
             })
             default: .type(pick(["string", "list", "set", "zset"]))
             }
         })
+    }
+
+    @Test("each field of each key, each kind of garbage: reset repairs it and a trip works after", arguments: [0, 1, 2])
+    func resetRepairsEachField(key: Int) async throws {
+        let server = try await SharedServer.get()
+        let redis = try RedisClient(configuration: server.configuration())
+        let options = testOptions(server)
+        let instance = try Instance(options)
+        defer { Task { await instance.stop() } }
+        let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
+        var failures: [String] = []
+        for field in Self.fields {
+            for value in ["-1", "nan", "1e999", "abc", "", "3.5"] {
+                let name = "each-\(key)-\(field)-\(value)"
+                let breaker = try instance.registry.breaker(name, policy: tripsOnFirstFailure())
+                try await breaker.acquireAsync().success()
+                try await breaker.acquireAsync().failure(Boom())
+                await instance.adapter.flush()
+                try await breaker.reset()
+                try await breaker.acquireAsync().success()
+                await instance.adapter.flush()
+                _ = try await redis.send("HSET", DistributedBackend.keys(namespace: options.namespace, name: name)[key], field, value)
+                do {
+                    _ = try await operatorSide.reset(name)
+                } catch {
+                    failures.append("\(field)=\(value): reset failed: \(error)")
+                    continue
+                }
+                let tripped = await eventually(within: .seconds(2)) {
+                    if let permit = try? await breaker.acquireAsync() { permit.failure(Boom()) }
+                    await instance.adapter.flush()
+                    return (try? await breaker.snapshot().state) == .open
+                }
+                if !tripped { failures.append("\(field)=\(value): no trip after reset") }
+            }
+        }
+        #expect(failures.isEmpty, "key \(key): \(failures.joined(separator: "; "))")
     }
 
     @Test("random garbage in any field or key of a breaker: reset succeeds, says what it repaired, and a trip works after")
@@ -140,7 +185,7 @@ struct RepairPropertyTests {
         let server = try await SharedServer.get()
         let redis = try RedisClient(configuration: server.configuration())
         var index = 0
-        await propertyCheck(count: 40, input: Self.corruptions) { corruption in
+        await propertyCheck(count: 100, input: Self.corruptions) { corruption in
             index += 1
             let name = "repair-\(index)"
             let options = testOptions(server)
@@ -160,13 +205,12 @@ struct RepairPropertyTests {
                 switch damage {
                 case .none: break
                 case .fields(let fields):
-                    let present = (try await redis.send("HKEYS", key).array ?? []).compactMap(\.string)
                     let type = try await redis.send("TYPE", key).string ?? "none"
                     for (field, value) in fields {
                         if type == "stream" {
-                            _ = try? await redis.send("XADD", key, "*", field ?? "garbage", value)
+                            _ = try? await redis.send("XADD", key, "*", field, value)
                         } else {
-                            _ = try await redis.send("HSET", key, field ?? present.randomElement() ?? "unknown", value)
+                            _ = try await redis.send("HSET", key, field, value)
                         }
                     }
                 case .type(let type):
