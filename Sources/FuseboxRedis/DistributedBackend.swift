@@ -1035,7 +1035,7 @@ final class DistributedBackend: BreakerBackend {
     // MARK: - Cache updates
 
     private func apply(_ reply: StateReply, ownCall: Bool) {
-        core.hasAnswered.store(true, ordering: .relaxed)
+        if !core.hasAnswered.load(ordering: .relaxed) { core.hasAnswered.store(true, ordering: .relaxed) }
         let now = self.now
         if let note = reply.statisticsNote { noteStatistics(note, now: now) }
         let (transition, recovered, reborn) = updateCache { cache in

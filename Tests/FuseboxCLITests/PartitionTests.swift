@@ -104,6 +104,42 @@ final class NetworkLab: Sendable {
     }
 }
 
+/// The side of a partition that stays connected: this process, with its own adapter over its own link.
+struct OtherSide {
+    let adapter: DistributedAdapter<ContinuousClock>
+    let registry: BreakerRegistry
+    private let running: Task<Void, Never>
+
+    init(_ redis: RedisConfiguration) throws {
+        var options = DistributedOptions(redis: redis)
+        options.redis.connectTimeout = .milliseconds(500)
+        options.redis.commandTimeout = .milliseconds(500)
+        options.refreshInterval = .milliseconds(200)
+        adapter = try DistributedAdapter(options: options)
+        let registry = BreakerRegistry(adapter: adapter)
+        self.registry = registry
+        running = Task { try? await registry.run() }
+    }
+
+    func stop() { running.cancel() }
+
+    /// Fails calls of breaker `name` until Redis holds it open; `nil` when it does not open within `limit`, else
+    /// the calls it made.
+    func trip(_ name: String, within limit: Duration) async throws -> Int? {
+        let breaker = try registry.breaker(name)
+        var calls = 0
+        let opened = await poll(within: limit) {
+            if let permit = try? breaker.acquire() {
+                calls += 1
+                permit.failure(PartitionFailure())
+            }
+            await adapter.flush()
+            return (try? await breaker.snapshot().state) == .open
+        }
+        return opened ? calls : nil
+    }
+}
+
 @Suite("Network partitions (network namespaces)", .timeLimit(.minutes(3)))
 struct PartitionTests {
     @Test("an instance cut off from Redis protects itself, its outcomes count once after the heal, and a trip made meanwhile reaches it within a second of the heal")
@@ -127,14 +163,8 @@ struct PartitionTests {
                  "--report-ms", "50", "--stats", stats],
                 outputPath: stats + ".log")
             defer { cutOff.kill() }
-            // The other side: this process, over its own link.
-            var options = DistributedOptions(redis: server.configuration(connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300)))
-            options.refreshInterval = .milliseconds(200)
-            let adapter = try DistributedAdapter(options: options)
-            let registry = BreakerRegistry(adapter: adapter)
-            let running = Task { try? await registry.run() }
-            defer { running.cancel() }
-            let tripped = try registry.breaker("load-1")
+            let other = try OtherSide(server.configuration())
+            defer { other.stop() }
 
             #expect(await poll(within: .seconds(10)) { (MemoryTests.samples(stats).last?.elapsed ?? 0) >= 2 })
             let before = try #require(MemoryTests.samples(stats).last)
@@ -143,15 +173,8 @@ struct PartitionTests {
             try lab.cutLink()
             let cutAt = ContinuousClock.now
             // A trip the cut instance cannot hear of: failures on load-1 from this side until Redis holds it open.
-            var otherCalls = 0
-            #expect(await poll(within: .seconds(5)) {
-                if let permit = try? tripped.acquire() {
-                    otherCalls += 1
-                    permit.failure(PartitionFailure())
-                }
-                await adapter.flush()
-                return (try? await tripped.snapshot().state) == .open
-            })
+            let otherCalls = try await other.trip("load-1", within: .seconds(5))
+            #expect(otherCalls != nil, "load-1 did not open")
             try await Task.sleep(until: cutAt + .seconds(5))
             let duringCut = MemoryTests.samples(stats)
             try lab.heal()
@@ -185,7 +208,7 @@ struct PartitionTests {
             let redis = try RedisClient(configuration: server.configuration())
             for index in 0..<10 {
                 let counted = Int(try await redis.send("HGET", "fusebox:{load-\(index)}:totals", "calls").string ?? "0") ?? 0
-                let made = perBreaker[index] + (index == 1 ? otherCalls : 0)
+                let made = perBreaker[index] + (index == 1 ? otherCalls ?? 0 : 0)
                 #expect(counted == made, "load-\(index): \(counted) calls in Redis, \(made) made")
             }
             print("fault-figure | network partition (veth link down 5 s, namespaces) | cut instance rejected its own failing breaker during the cut; the other side's trip reached it \(learned.map { String(format: "%.2f", $0) } ?? "?") s after the heal (\(ContinuousClock.now - healedAt) to the end of the check); \(final.calls) calls of the cut instance counted once")
@@ -212,15 +235,8 @@ struct PartitionTests {
             ["load", "--redis", group.url, "--breakers", "3", "--rate", "300", "--seconds", "25", "--report-ms", "50", "--stats", stats],
             outputPath: stats + ".log")
         defer { cutOff.kill() }
-        var options = DistributedOptions(redis: try RedisConfiguration(url: group.url))
-        options.redis.connectTimeout = .milliseconds(500)
-        options.redis.commandTimeout = .milliseconds(500)
-        options.refreshInterval = .milliseconds(200)
-        let adapter = try DistributedAdapter(options: options)
-        let registry = BreakerRegistry(adapter: adapter)
-        let running = Task { try? await registry.run() }
-        defer { running.cancel() }
-        let tripped = try registry.breaker("load-1")
+        let other = try OtherSide(try RedisConfiguration(url: group.url))
+        defer { other.stop() }
 
         #expect(await poll(within: .seconds(10)) { (MemoryTests.samples(stats).last?.elapsed ?? 0) >= 2 })
         let oldPrimary = try await group.primaryPort()
@@ -234,15 +250,7 @@ struct PartitionTests {
         #expect(await poll(within: .seconds(20)) { (try? await group.primaryPort()).map { $0 != oldPrimary } ?? false })
         let newPrimary = try await group.primaryPort()
         // A trip on the new primary, from this side.
-        var otherCalls = 0
-        #expect(await poll(within: .seconds(10)) {
-            if let permit = try? tripped.acquire() {
-                otherCalls += 1
-                permit.failure(PartitionFailure())
-            }
-            await adapter.flush()
-            return (try? await tripped.snapshot().state) == .open
-        })
+        #expect(try await other.trip("load-1", within: .seconds(10)) != nil, "load-1 did not open on the new primary")
         try await Task.sleep(until: cutAt + .seconds(8))
         let healedElapsed = MemoryTests.samples(stats).last?.elapsed ?? 0
         try lab.heal()
