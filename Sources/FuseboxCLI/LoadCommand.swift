@@ -18,7 +18,6 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "How many breakers the calls are spread over.") var breakers = 10
     @Option(help: "Calls per second, over all breakers.") var rate = 1000
     @Option(help: "How long to run, in seconds.") var seconds = 60
-    @Option(help: "Every N-th call fails; 0: none.") var failEvery = 0
     @Option(help: "From this second on, every call of the first breaker (load-0) fails; 0: never.") var failFrom = 0
     @Option(help: "How often a stats line is written, in ms.") var reportMs = 1000
     @Option(help: "Where to append a JSON line every --report-ms (elapsed s, calls, rejected, resident KB, the breakers whose last call was rejected), and a last one with done: true and the calls admitted per breaker once what the adapter held is written.")
@@ -26,7 +25,7 @@ struct LoadCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            guard breakers >= 1, rate >= 1, seconds >= 1, failEvery >= 0, failFrom >= 0, reportMs >= 1 else {
+            guard breakers >= 1, rate >= 1, seconds >= 1, failFrom >= 0, reportMs >= 1 else {
                 throw CLIError.usage("breakers, rate, seconds and report-ms must be ≥ 1")
             }
             var options = try DistributedOptions(url: redis)
@@ -65,7 +64,7 @@ struct LoadCommand: AsyncParsableCommand {
                         calls += 1
                         admitted[index] += 1
                         rejecting[index] = false
-                        if (failing && index == 0) || (failEvery > 0 && calls % failEvery == 0) {
+                        if failing && index == 0 {
                             permit.failure(LoadFailure())
                         } else {
                             permit.success()
