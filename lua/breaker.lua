@@ -55,7 +55,8 @@
 --          created (the state's incarnation: it changes when the hash is made anew, e.g. after a Redis restart),
 --          totals (op read: the totals hash as a flat field/value array, whole numbers only), failure budget (-1:
 --          none applies), 1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate,
---          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing }
+--          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing,
+--          (op read) transitions in the last 10 minutes from the events stream, up to 30 }
 
 local SCHEMA = '2'
 local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]
@@ -1045,10 +1046,23 @@ local function make_rules()
         end
       end
     end
+    -- A read counts the transitions of the last ten minutes (up to 30), newest first, for the health score.
+    local recent = 0
+    if op == 'read' then
+      local entries = redis.pcall('XREVRANGE', K[4], '+', '-', 'COUNT', 30)
+      if type(entries) == 'table' and not entries.err then
+        for _, entry in ipairs(entries) do
+          local at = nil
+          for j = 1, #entry[2], 2 do if entry[2][j] == 'at' then at = tonumber(entry[2][j + 1]) end end
+          if at == nil or at < now - 600000 then break end
+          recent = recent + 1
+        end
+      end
+    end
     return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
              st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
              transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0,
-             repaired or '' }
+             repaired or '', recent }
   end
   return run
 end

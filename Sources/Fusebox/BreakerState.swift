@@ -112,13 +112,22 @@ public struct BreakerSnapshot: Sendable, Hashable {
     public var probeSuccesses: Int
     /// Why the last transition happened.
     public var lastReason: String
+    /// Transitions in the last ten minutes (``BreakerHealth/flappingPeriod``); the distributed adapter counts up to 30.
+    public var recentTransitions: Int
+    /// This instance decides the breaker's calls without Redis (the store-down policy's fallback, an admission past
+    /// its budget, or corrupt keys); always `false` for the local adapter and for reads made by operators' tools.
+    public var isOnStoreDownFallback: Bool
+    /// 0–100: how healthy the breaker looks, by ``BreakerHealth``'s rule against the policy in force when the
+    /// snapshot was taken.
+    public var healthScore: Int
 
-    /// Makes a snapshot.
+    /// Makes a snapshot; its ``healthScore`` is `health`'s score of it.
     public init(
         name: String, state: BreakerState, version: Int, timeInState: Duration, windowCalls: Int, windowFailures: Int,
         windowSlowCalls: Int, consecutiveFailures: Int, errorCounts: [String: Int], totals: BreakerTotals,
         timeUntilProbe: Duration?, isolationReason: String?, attempt: Int, probesInFlight: Int, probeSuccesses: Int,
-        lastReason: String
+        lastReason: String, recentTransitions: Int = 0, isOnStoreDownFallback: Bool = false,
+        health: BreakerHealth = .unknownPolicy
     ) {
         self.name = name
         self.state = state
@@ -138,7 +147,14 @@ public struct BreakerSnapshot: Sendable, Hashable {
         self.probesInFlight = probesInFlight
         self.probeSuccesses = probeSuccesses
         self.lastReason = lastReason
+        self.recentTransitions = recentTransitions
+        self.isOnStoreDownFallback = isOnStoreDownFallback
+        self.healthScore = 0
+        self.healthScore = health.score(of: self)
     }
+
+    /// Scores the snapshot again against `health` (the limits of another policy, or after changing a field).
+    public mutating func rescore(against health: BreakerHealth) { healthScore = health.score(of: self) }
 }
 
 /// What a breaker reports through ``BreakerBackend/events()``.

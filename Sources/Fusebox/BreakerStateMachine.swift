@@ -364,8 +364,14 @@ public struct BreakerStateMachine: Sendable {
             windowFailures: window.failures, windowSlowCalls: window.slow, consecutiveFailures: consecutiveFailures,
             errorCounts: errors, totals: totals, timeUntilProbe: state == .open ? .nanoseconds(max(0, openUntil - now)) : nil,
             isolationReason: state == .isolated ? isolationReason : nil, attempt: attempt, probesInFlight: probesInFlight,
-            probeSuccesses: probeSuccesses, lastReason: reason)
+            probeSuccesses: probeSuccesses, lastReason: reason, recentTransitions: transitions(since: now - BreakerHealth.flappingPeriod.nanoseconds),
+            health: BreakerHealth(policy: policy))
         return (snapshot, transition)
+    }
+
+    /// How many transitions happened at `start` or later.
+    private func transitions(since start: Int64) -> Int {
+        recentTransitions.reduce(0) { $0 + ($1.at.nanoseconds >= start ? 1 : 0) }
     }
 
     /// The last ``timelineCapacity`` transitions, oldest first.

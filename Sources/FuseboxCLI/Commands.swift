@@ -70,6 +70,7 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
     var lines = [
         "\(style.bold(snapshot.name))  \(style.state(snapshot.state))  version \(snapshot.version)  for \(formatDuration(snapshot.timeInState))",
         "  last reason        \(snapshot.lastReason)",
+        "  health             \(snapshot.healthScore) of 100 (\(snapshot.recentTransitions) transitions in the last 10 minutes)",
     ]
     if let wait = snapshot.timeUntilProbe { lines.append("  next probe in      \(formatDuration(wait)) (attempt \(snapshot.attempt))") }
     if let reason = snapshot.isolationReason { lines.append("  isolated because   \(reason)") }

@@ -36,7 +36,7 @@ struct LoadCommand: AsyncParsableCommand {
             let background = Task { try? await registry.run() }
             let guarded = try (0..<breakers).map { try registry.breaker("load-\($0)") }
             guard let output = FileHandle(forWritingAtPath: stats) ?? {
-                FileManager.default.createFile(atPath: stats, contents: nil)
+                _ = FileManager.default.createFile(atPath: stats, contents: nil)
                 return FileHandle(forWritingAtPath: stats)
             }() else { throw CLIError.failed("cannot write \(stats)") }
             output.seekToEndOfFile()

@@ -22,6 +22,8 @@ struct SnapshotJSON: Codable {
     var isolationReason: String?
     var probesInFlight: Int
     var lastReason: String
+    var healthScore: Int
+    var recentTransitions: Int
     var totals: BreakerTotals
     var errors: [String: Int]
 
@@ -39,6 +41,8 @@ struct SnapshotJSON: Codable {
         isolationReason = snapshot.isolationReason
         probesInFlight = snapshot.probesInFlight
         lastReason = snapshot.lastReason
+        healthScore = snapshot.healthScore
+        recentTransitions = snapshot.recentTransitions
         totals = snapshot.totals
         errors = snapshot.errorCounts
     }
@@ -127,10 +131,10 @@ func percent(_ ratio: Double) -> String { String(format: "%.1f%%", ratio * 100) 
 func breakerTable(_ snapshots: [BreakerSnapshot], style: Style) -> String {
     let rows = snapshots.map { snapshot in
         [
-            snapshot.name, style.state(snapshot.state), String(snapshot.version), percent(snapshot.failureRate),
+            snapshot.name, style.state(snapshot.state), String(snapshot.healthScore), String(snapshot.version), percent(snapshot.failureRate),
             String(snapshot.totals.calls), String(snapshot.totals.rejected), formatDuration(snapshot.timeInState),
             snapshot.timeUntilProbe.map { "probe in \(formatDuration($0))" } ?? snapshot.isolationReason.map { "isolated: \($0)" } ?? "",
         ]
     }
-    return renderTable(["NAME", "STATE", "VERSION", "FAILURES", "CALLS", "REJECTED", "IN STATE", ""], rows)
+    return renderTable(["NAME", "STATE", "HEALTH", "VERSION", "FAILURES", "CALLS", "REJECTED", "IN STATE", ""], rows)
 }

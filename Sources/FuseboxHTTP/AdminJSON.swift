@@ -9,6 +9,7 @@ enum JSON: Sendable {
     case string(String)
     case int(Int64)
     case double(Double)
+    case bool(Bool)
     case null
 
     static func optional(_ value: String?) -> JSON { value.map(JSON.string) ?? .null }
@@ -48,6 +49,7 @@ enum JSON: Sendable {
             // JSON has no NaN or infinity.
             guard value.isFinite else { return out += Array("null".utf8) }
             out += Array((value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)).utf8)
+        case .bool(let value): out += Array((value ? "true" : "false").utf8)
         case .null: out += Array("null".utf8)
         }
     }
@@ -112,6 +114,9 @@ enum AdminJSON {
             ("probes_in_flight", .number(snapshot.probesInFlight)),
             ("isolation_reason", .optional(snapshot.isolationReason)),
             ("last_reason", .string(snapshot.lastReason)),
+            ("health_score", .number(snapshot.healthScore)),
+            ("recent_transitions", .number(snapshot.recentTransitions)),
+            ("store_down_fallback", .bool(snapshot.isOnStoreDownFallback)),
             ("thresholds", status.thresholds.map(thresholds) ?? .null),
             ("policy_origin", .optional(status.policyOrigin)),
             ("totals", .object([
@@ -119,6 +124,36 @@ enum AdminJSON {
                 ("ignored", .number(totals.ignored)), ("rejected", .number(totals.rejected)), ("slow", .number(totals.slow)),
             ])),
             ("errors", .object(snapshot.errorCounts.sorted { $0.key < $1.key }.map { ($0.key, .number($0.value)) })),
+        ])
+    }
+
+    /// `GET /circuit-breakers/NAME/health`: the score and its terms (``BreakerHealth/Assessment``).
+    static func health(of status: BreakerStatus, at date: Date) -> JSON {
+        let snapshot = status.snapshot
+        let limits = status.thresholds.map {
+            BreakerHealth(
+                failureRateThreshold: $0.failureRate, consecutiveFailureThreshold: $0.consecutiveFailures, slowCallRateThreshold: $0.slowCallRate,
+                minimumThroughput: $0.minimumThroughput)
+        } ?? .unknownPolicy
+        let terms = limits.assess(snapshot)
+        return .object([
+            ("name", .string(snapshot.name)),
+            ("health_score", .number(snapshot.healthScore)),
+            ("state", .string(snapshot.state.rawValue)),
+            ("timestamp", timestamp(date)),
+            ("terms", .object([
+                ("state_ceiling", .number(terms.ceiling)),
+                ("failure_pressure", .double(terms.failurePressure)),
+                ("slow_call_pressure", .double(terms.slowPressure)),
+                ("flapping", .number(terms.flapping)),
+                ("store_down_fallback", .number(terms.fallback)),
+            ])),
+            ("failure_rate", .double(snapshot.failureRate)),
+            ("slow_call_rate", .double(snapshot.slowCallRate)),
+            ("window_calls", .number(snapshot.windowCalls)),
+            ("consecutive_failures", .number(snapshot.consecutiveFailures)),
+            ("recent_transitions", .number(snapshot.recentTransitions)),
+            ("thresholds", status.thresholds.map(thresholds) ?? .null),
         ])
     }
 

@@ -73,6 +73,12 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
                 ])
             }
         }
+        routes.get("circuit-breakers/:name/health") { _, context in
+            let name = try Self.name(context)
+            return try await self.answer { () async throws(FuseboxError) -> JSON in
+                AdminJSON.health(of: try await administration.status(of: name), at: Date())
+            }
+        }
         routes.post("circuit-breakers/:name/reset") { request, context in
             try self.authorize(request)
             let name = try Self.name(context)

@@ -34,10 +34,11 @@ public struct BreakerOperator: Sendable {
         }
     }
 
-    /// The snapshot of `name`, applying due time-based transitions as any read does.
+    /// The snapshot of `name`, applying due time-based transitions as any read does, scored against the policy in
+    /// force (as ``readings(of:)`` reads it).
     public func snapshot(of name: String) async throws(FuseboxError) -> BreakerSnapshot {
-        let reply = try await call("read", on: name)
-        return try BreakerSnapshot(name: name, reply: reply, totalsKey: keys(of: name)[2])
+        try await requireKnown(name)
+        return try await readings(of: [name])[0].snapshot.get()
     }
 
     /// Snapshots of every breaker, sorted by name, read as ``readings(of:)`` does; the first breaker that cannot be
@@ -50,8 +51,11 @@ public struct BreakerOperator: Sendable {
 
     /// The snapshot of every breaker in `chosen` (default: every registered one, sorted) and the policy each last
     /// stored, read in one round trip whatever their number: the script's `read` for up to 32 breakers per call
-    /// (in a cluster, one call per slot) and an `HGET` of each stored policy, all written together. With `chosen`
-    /// `nil` the names are read first (`SMEMBERS`), one round trip more.
+    /// (in a cluster, one call per slot), an `HGET` of each stored policy and the operators' overrides (`HGETALL`),
+    /// all written together. With `chosen` `nil` the names are read first (`SMEMBERS`), one round trip more.
+    ///
+    /// Each snapshot's health score is measured against the policy in force: the override when one is set, else
+    /// the policy the instances stored.
     ///
     /// A breaker whose keys are corrupt gets its error in place; the others are read as usual. Only an unreachable
     /// Redis throws.
@@ -68,7 +72,7 @@ public struct BreakerOperator: Sendable {
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             results.whenComplete = { continuation.resume() }
-            connection.submit(names.map { RedisCommand("HGET", keys(of: $0)[0], "policy") }) { result in
+            connection.submit(names.map { RedisCommand("HGET", keys(of: $0)[0], "policy") } + [RedisCommand("HGETALL", overridesKey)]) { result in
                 policies.withLock { $0 = result }
                 results.deliverExtra()
             }
@@ -79,8 +83,16 @@ public struct BreakerOperator: Sendable {
         }
         var readings: [BreakerReading] = []
         let stored = policies.withLock { $0 }.flatMap { try? $0.get() }
+        var overrides: [String: String] = [:]
+        if let stored, stored.count == names.count + 1, let flat = stored[names.count].array {
+            var index = 0
+            while index + 1 < flat.count {
+                if let field = flat[index].string, let value = flat[index + 1].string { overrides[field] = value }
+                index += 2
+            }
+        }
         for (index, name) in names.enumerated() {
-            let snapshot: Result<BreakerSnapshot, FuseboxError>
+            var snapshot: Result<BreakerSnapshot, FuseboxError>
             switch results.value(at: index) {
             case .failure(let error) where Self.isRefusal(error) || error.code == .unexpectedReply:
                 snapshot = .failure(Self.corrupt(name, error))
@@ -89,7 +101,10 @@ public struct BreakerOperator: Sendable {
             case .success(let reply):
                 snapshot = Result { () throws(FuseboxError) in try BreakerSnapshot(name: name, reply: reply, totalsKey: keys(of: name)[2]) }
             }
-            readings.append(BreakerReading(name: name, snapshot: snapshot, policyJSON: stored.flatMap { index < $0.count ? $0[index].string : nil }))
+            let policyJSON = stored.flatMap { index < $0.count ? $0[index].string : nil }
+            let inForce = overrides[name].flatMap { try? PolicyOverride(json: $0).policy } ?? policyJSON.flatMap { try? PolicyJSON.decode($0) }
+            if let inForce { snapshot = snapshot.map { var scored = $0; scored.rescore(against: BreakerHealth(policy: inForce)); return scored } }
+            readings.append(BreakerReading(name: name, snapshot: snapshot, policyJSON: policyJSON))
         }
         return readings
     }

@@ -1167,6 +1167,10 @@ final class DistributedBackend: BreakerBackend {
     func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }
 
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
+        // Whether this instance was deciding without Redis when asked (the read's own reply ends an overdue spell).
+        let (onFallback, health) = cache.withLock {
+            ($0.fallback != nil || !$0.health.isHealthy || $0.admissionOverdue, BreakerHealth(policy: $0.rules.policy))
+        }
         // This instance's own outcomes are in the figures (a write outstanding would hold them back).
         await flushAndWait()
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<StateReply, RedisError>, Never>) in
@@ -1180,7 +1184,10 @@ final class DistributedBackend: BreakerBackend {
         case .failure(let error): throw storeError(error)
         }
         apply(reply, ownCall: true)
-        return try BreakerSnapshot(name: name, reply: reply, totalsKey: keys[2])
+        var snapshot = try BreakerSnapshot(name: name, reply: reply, totalsKey: keys[2])
+        snapshot.isOnStoreDownFallback = onFallback
+        snapshot.rescore(against: health)
+        return snapshot
     }
 
     func timeline() async throws(FuseboxError) -> [BreakerTransition] {

@@ -35,6 +35,8 @@ struct StateReply: Sendable {
     /// What the script found wrong with the breaker's statistics (totals, events) and made anew, or (a read) found
     /// unreadable; `nil` when nothing was.
     var statisticsNote: String?
+    /// For `read`: transitions in the last ten minutes (up to 30).
+    var recentTransitions = 0
 
     var windowCalls: Int { window?.calls ?? 0 }
     var windowFailures: Int { window?.failures ?? 0 }
@@ -82,6 +84,7 @@ struct StateReply: Sendable {
         policyStored = try int(19) == 1
         duplicate = try int(20) == 1
         statisticsNote = parts.count > 21 ? parts[21].string.flatMap { $0.isEmpty ? nil : $0 } : nil
+        recentTransitions = parts.count > 22 ? max(0, parts[22].int ?? 0) : 0
     }
 
     /// The fields the refresher reads with `HMGET`, in the order ``init(refreshed:now:)`` expects.
@@ -194,7 +197,7 @@ import Synchronization
 
 extension BreakerSnapshot {
     /// A snapshot from the script's `read` reply (state, window and totals in one atomic read).
-    init(name: String, reply: StateReply, totalsKey: String) throws(FuseboxError) {
+    init(name: String, reply: StateReply, totalsKey: String, health: BreakerHealth = .unknownPolicy) throws(FuseboxError) {
         var sums = BreakerTotals()
         var errors: [String: Int] = [:]
         for (field, value) in reply.totals {
@@ -216,6 +219,7 @@ extension BreakerSnapshot {
             windowCalls: reply.windowCalls, windowFailures: reply.windowFailures, windowSlowCalls: reply.windowSlow,
             consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
             isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
-            probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason)
+            probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason,
+            recentTransitions: reply.recentTransitions, health: health)
     }
 }

@@ -103,6 +103,10 @@ public enum ConformanceStep: Sendable {
         case timeUntilProbe(Duration?)
         /// The isolation reason.
         case isolationReason(String?)
+        /// Transitions in the last ten minutes.
+        case recentTransitions(Int)
+        /// The health score (``BreakerHealth``) against the scenario's policy.
+        case healthScore(Int)
     }
 }
 
@@ -221,6 +225,9 @@ public struct ConformanceScenario: Sendable {
                         problem("timeUntilProbe \(snapshot.timeUntilProbe.map { "\($0)" } ?? "nil"), expected \(wait.map { "\($0)" } ?? "nil")")
                     case .isolationReason(let reason) where snapshot.isolationReason != reason:
                         problem("isolationReason \(snapshot.isolationReason ?? "nil"), expected \(reason ?? "nil")")
+                    case .recentTransitions(let n) where snapshot.recentTransitions != n:
+                        problem("recentTransitions \(snapshot.recentTransitions), expected \(n)")
+                    case .healthScore(let n) where snapshot.healthScore != n: problem("healthScore \(snapshot.healthScore), expected \(n)")
                     default: break
                     }
                 }

@@ -18,7 +18,30 @@ extension ConformanceScenario {
 
     /// Every scenario: each transition, each policy field, the boundaries.
     public static let all: [ConformanceScenario] = tripRules + windows + breakDurations + halfOpen + manualControl + modes + accounting
-        + policyChanges
+        + policyChanges + health
+
+    /// The health score's inputs each adapter keeps (Docs/semantics.md, "Health score"): the window against the
+    /// thresholds, and the transitions of the last ten minutes.
+    public static let health: [ConformanceScenario] = [
+        ConformanceScenario("the health score follows the window against the thresholds and the state's ceiling", policy: policy {
+            $0.consecutiveFailureThreshold = 4
+        }, [
+            .expect([.healthScore(100), .recentTransitions(0)]),
+            .succeed(8), .fail(2),
+            // failure rate 0.2 of 0.5 over a full window: pressure 0.4; the streak 2 of 4: 0.5, the larger.
+            .expect([.healthScore(75)]),
+            .succeed(1), .expect([.healthScore(82)]),
+            .fail(4), .expectState(.open), .expect([.healthScore(10), .recentTransitions(1)]),
+            .advance(.seconds(30)), .expectState(.halfOpen), .expect([.healthScore(50), .recentTransitions(2)]),
+            .isolate("maintenance"), .expect([.healthScore(0)]),
+        ]),
+        ConformanceScenario("transitions in the last ten minutes cost 10 each beyond three, and leave the count after ten minutes", policy: BreakerPolicy(), [
+            .reset, .forceHalfOpen, .reset, .expect([.recentTransitions(3), .healthScore(100)]),
+            .forceHalfOpen, .reset, .expect([.recentTransitions(5), .healthScore(80)]),
+            .forceHalfOpen, .reset, .forceHalfOpen, .reset, .expect([.recentTransitions(9), .healthScore(70)]),
+            .advance(.seconds(601)), .expect([.recentTransitions(0), .healthScore(100)]),
+        ]),
+    ]
 
     /// A policy changed while the breaker runs (a reloaded configuration, an operator's override).
     public static let policyChanges: [ConformanceScenario] = [

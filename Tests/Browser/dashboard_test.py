@@ -86,6 +86,12 @@ def make_driver():
     return webdriver.Chrome(service=Service(driver_path) if driver_path else Service(), options=options)
 
 
+def card_health(driver, name):
+    return driver.execute_script(
+        "const c = Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === arguments[0]);"
+        "return c ? c.querySelector('.health-score').textContent : null", name)
+
+
 def card_state(driver, name):
     return driver.execute_script(
         "const c = Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === arguments[0]);"
@@ -139,6 +145,8 @@ def main():
             "return Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === 'payments')"
             ".querySelector('.retry').textContent")
         check(retry.endswith("s") and retry != "—", f"the card counts down to the next probe ({retry})")
+        check(wait_for(lambda: card_health(driver, "payments") == "10 / 100", 5),
+              f"the card shows the open breaker's health score ({card_health(driver, 'payments')})")
         if arguments.showcase:
             time.sleep(2.5)
             driver.save_screenshot(arguments.screenshot)

@@ -86,6 +86,10 @@ struct CLITests {
             #expect((first["totals"] as? [String: Any])?["calls"] as? Int == 3)
             #expect((first["totals"] as? [String: Any])?["rejected"] as? Int == 1)
             #expect((first["errors"] as? [String: Any])?["CommandExitStatus"] as? Int == 2)
+            #expect(first["healthScore"] as? Int == 10, "open: the state's ceiling")
+            #expect(first["recentTransitions"] as? Int == 1)
+            let table = try await fusebox(["list", "--redis", server.url]).output
+            #expect(table.contains("HEALTH") && table.split(separator: "\n").contains { $0.hasPrefix("nightly") && $0.contains(" 10 ") })
             for key in ["version", "timeInStateMs", "window", "failureRate", "consecutiveFailures", "attempt", "timeUntilProbeMs", "lastReason"] {
                 #expect(first[key] != nil, "list --json lacks \(key)")
             }
@@ -99,6 +103,7 @@ struct CLITests {
             let plain = try await fusebox(["show", "nightly", "--redis", server.url])
             #expect(plain.output.contains("nightly  OPEN"))
             #expect(plain.output.contains("CommandExitStatus ×2"))
+            #expect(plain.output.contains("health             10 of 100 (1 transitions in the last 10 minutes)"))
 
             let isolate = try await fusebox(["isolate", "nightly", "--reason", "maintenance", "--redis", server.url])
             #expect(isolate.status == 0)

@@ -143,6 +143,13 @@ struct AdminRoutesTests {
             }
             #expect(seen["policy_origin"] as? String == "override")
             #expect((try dictionary(seen["thresholds"]))["consecutive_failures"] as? Int == 9)
+            // The health score is measured against the override too: a streak of 1 of 9 weighs less than the failure
+            // rate (1 of 2 calls in a window of 10: 0.2), 100 − 50 × 0.2; against the code's threshold of 2 it would be 75.
+            _ = try? await fixture.payments.run { throw Boom() }
+            _ = try await fixture.payments.snapshot()
+            let health = try object(try await http.execute(uri: "/admin/circuit-breakers/payments/health", method: .get))
+            #expect(health["health_score"] as? Int == 90)
+            #expect(try await operations.snapshot(of: "payments").healthScore == 90)
         }
         #expect(fixture.registry.policyInForce(of: "payments")?.origin == .override || subject == .redisNamespace)
         try await operations.clearOverride(of: "payments")
@@ -257,6 +264,46 @@ struct AdminRoutesTests {
         }
     }
 
+    @Test("a breaker's health score: in the list, on its own route with its terms, as the breaker itself reports it", arguments: Subject.allCases)
+    func health(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        try await fixture.routes().test(.router) { client in
+            let fresh = try await client.execute(uri: "/admin/circuit-breakers/search/health", method: .get)
+            #expect(fresh.status == .ok)
+            let search = try object(fresh)
+            #expect(search["name"] as? String == "search")
+            #expect(search["health_score"] as? Int == 100)
+            #expect(try dictionary(search["terms"])["state_ceiling"] as? Int == 100)
+
+            // One success (the fixture's) and one failure: the streak is half its threshold of 2, the failure rate
+            // (1 of 2 calls, a window far below the minimum throughput of 10) weighs less: 100 − 50 × 0.5.
+            _ = try? await fixture.payments.run { throw Boom() }
+            #expect(try await fixture.payments.snapshot().healthScore == 75)
+            let payments = try object(try await client.execute(uri: "/admin/circuit-breakers/payments/health", method: .get))
+            #expect(payments["health_score"] as? Int == 75)
+            #expect(payments["consecutive_failures"] as? Int == 1)
+            let terms = try dictionary(payments["terms"])
+            #expect(terms["failure_pressure"] as? Double == 0.5)
+            #expect(terms["flapping"] as? Int == 0 && terms["store_down_fallback"] as? Int == 0)
+            let listed = try dictionary(try object(try await client.execute(uri: "/admin/circuit-breakers", method: .get))["breakers"])
+            #expect(try dictionary(listed["payments"])["health_score"] as? Int == 75)
+            #expect(try dictionary(listed["payments"])["store_down_fallback"] as? Bool == false)
+
+            try await fixture.tripPayments()
+            let open = try object(try await client.execute(uri: "/admin/circuit-breakers/payments/health", method: .get))
+            #expect(open["state"] as? String == "open")
+            #expect(open["health_score"] as? Int == 10)
+            #expect(open["recent_transitions"] as? Int == 1)
+
+            let missing = try await client.execute(uri: "/admin/circuit-breakers/nope/health", method: .get)
+            #expect(missing.status == .notFound)
+            #expect(try object(missing)["error"] as? String == "unknown_breaker")
+            let bad = try await client.execute(uri: "/admin/circuit-breakers/bad%7Bname/health", method: .get)
+            #expect(bad.status == .badRequest)
+        }
+    }
+
     @Test("a name with spaces, quotes and non-ASCII letters is reached percent-encoded and written as valid JSON")
     func awkwardNames() async throws {
         let registry = BreakerRegistry(adapter: LocalAdapter())
@@ -327,6 +374,8 @@ struct AdminRoutesTests {
             #expect(value("fusebox_breaker_failure_rate", ["breaker": "search"]) == 0)
             #expect(value("fusebox_breakers", ["state": "open"]) == 1)
             #expect(value("fusebox_health", [:]) == 2)
+            #expect(value("fusebox_breaker_health_score", ["breaker": "payments"]) == 10, "open: the state's ceiling")
+            #expect(value("fusebox_breaker_health_score", ["breaker": "search"]) == 100)
             if subject == .localRegistry {
                 #expect(value("app_requests_total", [:]) == 7, "the application's registry comes first")
                 #expect(value("fusebox_calls_total", ["breaker": "payments", "outcome": "failure"]) == nil, "the breakers' own metrics count these")

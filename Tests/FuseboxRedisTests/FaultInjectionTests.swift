@@ -218,7 +218,7 @@ struct FaultInjectionTests {
             try await Task.sleep(for: .milliseconds(100))
             let asking = ContinuousClock.now
             await #expect {
-                try await breaker.acquireAsync()
+                _ = try await breaker.acquireAsync()
             } throws: { ($0 as? FuseboxError)?.code == .backendUnavailable }
             let waited = ContinuousClock.now - asking
             #expect(waited < .milliseconds(400), "waited \(waited); budget 50 ms, Redis asleep for 2 s")
@@ -535,6 +535,35 @@ struct FaultInjectionTests {
         #expect(ContinuousClock.now - asking < Self.bound * 2)
         #expect(admitWait < Self.bound)
         report("a server that \(behaviour == .garbage ? "answers garbage" : behaviour == .silent ? "never answers" : "closes at once")", "PING failed with \(expected) after \(pingWait); first call admitted by the fallback after \(admitWait)")
+    }
+
+    @Test("a snapshot read while this instance decides without Redis (an admission past its budget) says so, and scores it")
+    func fallbackInSnapshot() async throws {
+        try await RedisServerProcess.with { server in
+            let proxy = try DelayProxy(upstreamPort: server.port, delay: .milliseconds(300))
+            defer { proxy.stop() }
+            var options = DistributedOptions(redis: try RedisConfiguration(url: proxy.url))
+            options.redis.connectTimeout = .seconds(3)
+            options.redis.commandTimeout = .seconds(3)
+            options.admissionBudget = .milliseconds(50)
+            options.namespace = uniqueNamespace()
+            let instance = try Instance(options)
+            defer { Task { await instance.stop() } }
+            let breaker = try instance.registry.breaker("far", policy: tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(1)) })
+            #expect(try await breaker.snapshot().isOnStoreDownFallback == false)
+            try await breaker.acquireAsync().failure(Boom())
+            #expect(await eventually { (try? await breaker.snapshot().state) == .open })
+            try await Task.sleep(for: .milliseconds(1100))
+            // The break is over: admission asks Redis for a probe permit, which takes 600 ms to come back.
+            let asking = ContinuousClock.now
+            await #expect { try await breaker.acquireAsync() } throws: { ($0 as? FuseboxError)?.code == .circuitOpen }
+            #expect(ContinuousClock.now - asking < .milliseconds(500), "the budget, not the round trip, bounds the wait")
+            let snapshot = try await breaker.snapshot()
+            #expect(snapshot.isOnStoreDownFallback)
+            let terms = BreakerHealth(policy: tripsOnFirstFailure()).assess(snapshot)
+            #expect(terms.fallback == 25 && snapshot.healthScore == terms.score)
+            #expect(try await breaker.snapshot().isOnStoreDownFallback == false, "a reply ends the spell")
+        }
     }
 
     @Test("a slow network (5 ms and 200 ms each way) with every connection dropped mid-run: calls never wait on it, trips cross it, nothing is lost",

@@ -49,6 +49,9 @@
     const step = 120 / Math.max(1, entry.history.length - 1);
     entry.element.querySelector("polyline").setAttribute("points",
       entry.history.map((rate, i) => (i * step).toFixed(1) + "," + (27 - rate * 26).toFixed(1)).join(" "));
+    const score = entry.element.querySelector(".health-score");
+    score.textContent = breaker.health_score + " / 100";
+    score.dataset.band = breaker.health_score >= 80 ? "good" : breaker.health_score >= 50 ? "fair" : "poor";
     entry.element.querySelector(".failure-rate").textContent = percent(breaker.failure_rate);
     entry.element.querySelector(".window").textContent = breaker.window_calls + " calls, " + breaker.failure_count + " failed";
     entry.element.querySelector(".rejections").textContent = breaker.rejection_count + " (" + percent(breaker.rejection_rate) + ")";
