@@ -4,7 +4,7 @@
 ///
 /// The rule (Docs/semantics.md, "Health score", has a table of cases):
 /// ```
-/// score = clamp(min(ceiling(state), 100 − 50·failurePressure − 25·slowPressure − flapping − fallback), 0, 100)
+/// score = clamp(min(ceiling(state), 100 − 50·failurePressure − 25·slowPressure − 50·shedding − flapping − fallback), 0, 100)
 /// ```
 /// - **ceiling**: 100 closed, metrics-only or disabled; 50 half-open (only probes pass); 10 open; 0 isolated. The
 ///   states that reject calls score low whatever else holds, and an open breaker stays above an isolated one;
@@ -12,6 +12,7 @@
 ///   how full the window is (calls / `minimumThroughput`, at most 1: three calls are weak evidence), and the
 ///   failure streak over `consecutiveFailureThreshold`. A rule that is off does not count;
 /// - **slowPressure** (0–1): the slow-call rate over `slowCallRateThreshold`, weighted the same way;
+/// - **shedding** (0–1): the share of calls the policy's adaptive throttling rejects now;
 /// - **flapping**: 10 for each transition beyond 3 in the last 10 minutes, at most 30 (one trip and its recovery
 ///   is three transitions: closed → open → half-open → closed);
 /// - **fallback**: 25 while this instance decides without Redis (store-down policy `local`, an admission past its
@@ -27,6 +28,8 @@ public struct BreakerHealth: Sendable, Hashable {
     public var slowCallRateThreshold: Double?
     /// The ratio rules apply from this many calls.
     public var minimumThroughput: Int
+    /// The policy's adaptive throttling, if any: the share of calls it sheds costs points.
+    public var adaptiveThrottling: BreakerPolicy.AdaptiveThrottling?
 
     /// How far back transitions count as flapping.
     public static let flappingPeriod: Duration = .seconds(600)
@@ -39,6 +42,7 @@ public struct BreakerHealth: Sendable, Hashable {
         consecutiveFailureThreshold = policy.consecutiveFailureThreshold
         slowCallRateThreshold = policy.slowCallRateThreshold
         minimumThroughput = policy.minimumThroughput
+        adaptiveThrottling = policy.adaptiveThrottling
     }
 
     /// No limits known: only the state, flapping and the fallback count.
@@ -46,11 +50,23 @@ public struct BreakerHealth: Sendable, Hashable {
         failureRateThreshold: nil, consecutiveFailureThreshold: nil, slowCallRateThreshold: nil, minimumThroughput: 1)
 
     /// These limits (a policy's, as an admin view holds them).
-    public init(failureRateThreshold: Double?, consecutiveFailureThreshold: Int?, slowCallRateThreshold: Double?, minimumThroughput: Int) {
+    public init(
+        failureRateThreshold: Double?, consecutiveFailureThreshold: Int?, slowCallRateThreshold: Double?, minimumThroughput: Int,
+        adaptiveThrottling: BreakerPolicy.AdaptiveThrottling? = nil
+    ) {
         self.failureRateThreshold = failureRateThreshold
         self.consecutiveFailureThreshold = consecutiveFailureThreshold
         self.slowCallRateThreshold = slowCallRateThreshold
         self.minimumThroughput = minimumThroughput
+        self.adaptiveThrottling = adaptiveThrottling
+    }
+
+    /// The share of calls adaptive throttling sheds in the state `snapshot` shows (0 without throttling, or
+    /// unless closed).
+    public func throttleProbability(of snapshot: BreakerSnapshot) -> Double {
+        guard snapshot.state == .closed, let adaptiveThrottling else { return 0 }
+        return adaptiveThrottling.rejectionProbability(
+            calls: snapshot.windowCalls, failures: snapshot.windowFailures, throttled: snapshot.windowThrottled)
     }
 
     /// The highest score a breaker in `state` can have.
@@ -83,6 +99,7 @@ public struct BreakerHealth: Sendable, Hashable {
         }
         return Assessment(
             ceiling: Self.ceiling(of: snapshot.state), failurePressure: min(1, failurePressure), slowPressure: min(1, slowPressure),
+            shedding: throttleProbability(of: snapshot),
             flapping: min(30, 10 * max(0, snapshot.recentTransitions - Self.usualTransitions)),
             fallback: snapshot.isOnStoreDownFallback ? 25 : 0)
     }
@@ -95,14 +112,17 @@ public struct BreakerHealth: Sendable, Hashable {
         public var failurePressure: Double
         /// 0–1: how close the slow-call rule is to tripping; costs up to 25.
         public var slowPressure: Double
+        /// 0–1: the share of calls adaptive throttling sheds now; costs up to 50.
+        public var shedding: Double
         /// Points lost to transitions in the last ten minutes (0–30).
         public var flapping: Int
         /// Points lost to deciding without Redis (0 or 25).
         public var fallback: Int
 
-        /// The score: `clamp(min(ceiling, 100 − 50·failurePressure − 25·slowPressure − flapping − fallback), 0, 100)`.
+        /// The score: `clamp(min(ceiling, 100 − 50·failurePressure − 25·slowPressure − 50·shedding − flapping −
+        /// fallback), 0, 100)`.
         public var score: Int {
-            let raw = 100 - 50 * failurePressure - 25 * slowPressure - Double(flapping + fallback)
+            let raw = 100 - 50 * failurePressure - 25 * slowPressure - 50 * shedding - Double(flapping + fallback)
             return max(0, min(ceiling, Int(raw.rounded())))
         }
     }

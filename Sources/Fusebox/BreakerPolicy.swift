@@ -43,6 +43,15 @@ public struct BreakerPolicy: Sendable {
     /// (default): the adapter's ``minimumInstances`` option decides. Range 1…1,000.
     public var minimumInstances: Int? = nil
 
+    // MARK: Adaptive throttling
+
+    /// Sheds load before, and more gently than, a trip: while closed, a call is rejected with probability
+    /// `max(0, (requests − multiplier × accepts) / (requests + 1))` (client-side adaptive throttling, as in Google's
+    /// SRE book, "Handling Overload"), where requests are the window's calls plus the calls throttled in it and
+    /// accepts its successes; with the distributed adapter, the fleet's, from the shared window. Rejections throw
+    /// ``FuseboxError/Code/throttled``. The trip rules still apply. `nil` (default): off. Time windows only.
+    public var adaptiveThrottling: AdaptiveThrottling? = nil
+
     // MARK: Mode
 
     /// Normal, metrics-only or disabled. Default normal.
@@ -57,6 +66,27 @@ public struct BreakerPolicy: Sendable {
 
     /// The default policy.
     public init() {}
+
+    /// Client-side adaptive throttling (``BreakerPolicy/adaptiveThrottling``).
+    public struct AdaptiveThrottling: Sendable, Hashable {
+        /// K: how many requests per accepted one the breaker lets through before it sheds. 2 (the SRE book's
+        /// default) spends up to one rejected request per accepted one on the dependency; lower sheds sooner. Range
+        /// 1…100.
+        public var multiplier: Double
+
+        /// Throttling with multiplier `multiplier` (default 2).
+        public init(multiplier: Double = 2) { self.multiplier = multiplier }
+
+        /// The probability of rejecting the next call, given the window's figures: `max(0, (requests − K ×
+        /// accepts) / (requests + 1))` with requests = calls + throttled, accepts = calls − failures; 0 while the
+        /// window holds no failure (the dependency accepts all it is sent).
+        public func rejectionProbability(calls: Int, failures: Int, throttled: Double) -> Double {
+            guard failures > 0 else { return 0 }
+            let requests = Double(calls) + max(0, throttled)
+            let accepts = Double(max(0, calls - failures))
+            return max(0, (requests - multiplier * accepts) / (requests + 1))
+        }
+    }
 
     /// The sliding window the ratio rules read.
     public enum Window: Sendable, Hashable, Codable {
@@ -226,8 +256,18 @@ extension BreakerPolicy {
         case .count(let size):
             if !(1...100_000).contains(size) { throw fail("window.size", size, "1…100,000") }
         }
-        if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && mode == .normal {
-            throw fail("failureRateThreshold, slowCallRateThreshold and consecutiveFailureThreshold", "nil", "at least one trip rule")
+        if let throttling = adaptiveThrottling {
+            if !(throttling.multiplier >= 1 && throttling.multiplier <= 100) {
+                throw fail("adaptiveThrottling.multiplier", throttling.multiplier, "1…100")
+            }
+            if case .count = window {
+                throw fail("adaptiveThrottling", "set with a count window", "a time window (throttling counts requests over time)")
+            }
+        }
+        if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && mode == .normal
+            && adaptiveThrottling == nil
+        {
+            throw fail("failureRateThreshold, slowCallRateThreshold and consecutiveFailureThreshold", "nil", "at least one trip rule (or adaptiveThrottling)")
         }
         switch breakDuration {
         case .fixed(let duration):
@@ -281,6 +321,7 @@ extension BreakerPolicy {
         parts.append("maxHalfOpenDuration=\(maxHalfOpenDuration)")
         parts.append("mode=\(mode.rawValue)")
         if let minimumInstances { parts.append("minimumInstances=\(minimumInstances)") }
+        if let adaptiveThrottling { parts.append("adaptiveThrottling=\(adaptiveThrottling.multiplier)") }
         return parts.joined(separator: " ")
     }
 }

@@ -112,6 +112,11 @@ public struct BreakerSnapshot: Sendable, Hashable {
     public var probeSuccesses: Int
     /// Why the last transition happened.
     public var lastReason: String
+    /// Calls shed by adaptive throttling in the window: a count decaying with the window's sampling duration as
+    /// its time constant (0 without throttling).
+    public var windowThrottled: Double
+    /// The share of calls adaptive throttling sheds now (``BreakerPolicy/adaptiveThrottling``; 0 without it).
+    public var throttleProbability: Double
     /// Transitions in the last ten minutes (``BreakerHealth/flappingPeriod``); the distributed adapter counts up to 30.
     public var recentTransitions: Int
     /// This instance decides the breaker's calls without Redis (the store-down policy's fallback, an admission past
@@ -126,7 +131,7 @@ public struct BreakerSnapshot: Sendable, Hashable {
         name: String, state: BreakerState, version: Int, timeInState: Duration, windowCalls: Int, windowFailures: Int,
         windowSlowCalls: Int, consecutiveFailures: Int, errorCounts: [String: Int], totals: BreakerTotals,
         timeUntilProbe: Duration?, isolationReason: String?, attempt: Int, probesInFlight: Int, probeSuccesses: Int,
-        lastReason: String, recentTransitions: Int = 0, isOnStoreDownFallback: Bool = false,
+        lastReason: String, recentTransitions: Int = 0, isOnStoreDownFallback: Bool = false, windowThrottled: Double = 0,
         health: BreakerHealth = .unknownPolicy
     ) {
         self.name = name
@@ -149,12 +154,18 @@ public struct BreakerSnapshot: Sendable, Hashable {
         self.lastReason = lastReason
         self.recentTransitions = recentTransitions
         self.isOnStoreDownFallback = isOnStoreDownFallback
+        self.windowThrottled = windowThrottled
+        self.throttleProbability = 0
         self.healthScore = 0
-        self.healthScore = health.score(of: self)
+        rescore(against: health)
     }
 
-    /// Scores the snapshot again against `health` (the limits of another policy, or after changing a field).
-    public mutating func rescore(against health: BreakerHealth) { healthScore = health.score(of: self) }
+    /// Works out ``throttleProbability`` and ``healthScore`` again against `health` (the limits of another
+    /// policy, or after changing a field).
+    public mutating func rescore(against health: BreakerHealth) {
+        throttleProbability = health.throttleProbability(of: self)
+        healthScore = health.score(of: self)
+    }
 }
 
 /// What a breaker reports through ``BreakerBackend/events()``.

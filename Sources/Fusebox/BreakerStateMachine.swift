@@ -75,6 +75,8 @@ public struct BreakerStateMachine: Sendable {
     private var errorCounts: [ObjectIdentifier: Int] = [:]
     private var errorNames: [ObjectIdentifier: String] = [:]
     private var recentTransitions: [BreakerTransition] = []
+    /// Draws for adaptive throttling: deterministic from the breaker's name, so a test with a manual clock replays.
+    private var random: SplitMix64
     private var oldestTransition = 0
 
     /// How many transitions ``timeline`` keeps.
@@ -89,6 +91,7 @@ public struct BreakerStateMachine: Sendable {
         self.state = Self.baseState(of: policy.mode)
         self.since = now
         self.window = SlidingWindow(policy.window)
+        self.random = SplitMix64(seed: name.utf8.reduce(0x9E37_79B9_7F4A_7C15) { ($0 &* 31) &+ UInt64($1) })
         recentTransitions.reserveCapacity(Self.timelineCapacity)
     }
 
@@ -134,7 +137,7 @@ public struct BreakerStateMachine: Sendable {
     @inline(__always)
     public mutating func quickAdmission(now: Int64) -> QuickAdmission {
         switch state {
-        case .closed, .metricsOnly:
+        case .closed where policy.adaptiveThrottling == nil, .metricsOnly:
             return .admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now))
         case .open where now < openUntil:
             totals.rejected += 1
@@ -152,6 +155,13 @@ public struct BreakerStateMachine: Sendable {
     public mutating func acquire(now: Int64) -> (BreakerAdmission, BreakerTransition?) {
         let transition = advance(now: now)
         switch state {
+        case .closed where policy.adaptiveThrottling != nil:
+            if shedsNextCall(now: now) {
+                totals.rejected += 1
+                window.recordThrottled(now: now)
+                return (.rejected(.throttling(name: name)), transition)
+            }
+            return (.admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)), transition)
         case .closed, .metricsOnly:
             return (.admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)), transition)
         case .disabled:
@@ -169,6 +179,21 @@ public struct BreakerStateMachine: Sendable {
             totals.rejected += 1
             return (.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: isolationReason)), transition)
         }
+    }
+
+    /// The probability that adaptive throttling sheds the next call at `now` (0 when the policy has none, or the
+    /// breaker is not closed).
+    public mutating func throttleProbability(now: Int64) -> Double {
+        guard state == .closed, let throttling = policy.adaptiveThrottling else { return 0 }
+        window.expire(now: now)
+        return throttling.rejectionProbability(calls: window.calls, failures: window.failures, throttled: window.throttled(at: now))
+    }
+
+    /// Draws whether adaptive throttling sheds the next call.
+    private mutating func shedsNextCall(now: Int64) -> Bool {
+        let probability = throttleProbability(now: now)
+        guard probability > 0 else { return false }
+        return random.nextUnitInterval() < probability
     }
 
     /// Applies the transitions time alone causes: open → half-open when the break has ended, half-open → open
@@ -365,6 +390,7 @@ public struct BreakerStateMachine: Sendable {
             errorCounts: errors, totals: totals, timeUntilProbe: state == .open ? .nanoseconds(max(0, openUntil - now)) : nil,
             isolationReason: state == .isolated ? isolationReason : nil, attempt: attempt, probesInFlight: probesInFlight,
             probeSuccesses: probeSuccesses, lastReason: reason, recentTransitions: transitions(since: now - BreakerHealth.flappingPeriod.nanoseconds),
+            windowThrottled: window.throttled(at: now),
             health: BreakerHealth(policy: policy))
         return (snapshot, transition)
     }
@@ -451,4 +477,25 @@ package struct OutcomeBatch: Sendable, Equatable {
         self.version = version
         self.isProbe = isProbe
     }
+}
+
+/// A small, fast pseudo-random generator (SplitMix64, Steele, Lea and Flood 2014): adaptive throttling draws one
+/// number per call, and the system generator costs a system call each.
+package struct SplitMix64: Sendable {
+    private var state: UInt64
+
+    /// A generator started at `seed`.
+    package init(seed: UInt64) { state = seed }
+
+    /// The next 64 random bits.
+    package mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// A number in [0, 1).
+    package mutating func nextUnitInterval() -> Double { Double(next() >> 11) * 0x1.0p-53 }
 }

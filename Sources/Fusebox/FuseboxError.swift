@@ -29,6 +29,9 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         public static let unknownBreaker = Code(9)
         /// A bulkhead turned the call away: every slot was busy and its wait queue full, or the wait timed out.
         public static let bulkheadFull = Code(10)
+        /// A closed breaker shed the call: its policy's ``BreakerPolicy/adaptiveThrottling`` rejects a share of
+        /// calls while the dependency accepts too few of those sent. Not an open circuit: most calls still pass.
+        public static let throttled = Code(11)
 
         /// The code in words, e.g. `circuit open`.
         public var description: String {
@@ -42,6 +45,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
             case 7: "corrupt state"
             case 9: "unknown breaker"
             case 10: "bulkhead full"
+            case 11: "throttled"
             default: "invalid configuration"
             }
         }
@@ -100,6 +104,11 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         FuseboxError(code: .circuitOpen, state: state, breakerName: name, isolationReason: isolationReason, retryAfterNanoseconds: retryAfterNanoseconds ?? -1)
     }
 
+    /// Makes a throttling rejection (code ``Code/throttled``); its message is built when read.
+    public static func throttling(name: String) -> FuseboxError {
+        FuseboxError(code: .throttled, state: .closed, breakerName: name, isolationReason: nil, retryAfterNanoseconds: -1)
+    }
+
     private init(code: Code, state: BreakerState, breakerName: String, isolationReason: String?, retryAfterNanoseconds: Int64) {
         self.code = code
         self.state = state
@@ -111,8 +120,11 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
     /// A message a person can act on, e.g. `circuit 'payments' is OPEN; next probe in 4.2 s`.
     public var message: String {
         if let detail = extra?.detail { return detail }
-        guard code == .circuitOpen else { return "\(code)" }
         let name = breakerName ?? "?"
+        if code == .throttled {
+            return "circuit '\(name)' shed the call (adaptive throttling): the dependency accepts too few of the calls sent"
+        }
+        guard code == .circuitOpen else { return "\(code)" }
         switch state {
         case .isolated?:
             return "circuit '\(name)' is ISOLATED (\(isolationReason ?? "no reason given")): calls are rejected until it is reset"

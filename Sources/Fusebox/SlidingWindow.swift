@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The calls, failures and slow calls of the recent past, by time buckets or by count.
 ///
 /// Recording allocates nothing (the storage is sized once) and, while time stays within the current bucket,
@@ -28,14 +34,21 @@ struct SlidingWindow: Sendable {
     private(set) var calls = 0
     private(set) var failures = 0
     private(set) var slow = 0
+    /// Calls shed by adaptive throttling, as a count that decays with the window's sampling duration as its time
+    /// constant (`lua/breaker.lua` keeps the same count in the window hash): `value × e^(−Δt/τ)` plus what is added.
+    private var throttledValue = 0.0
+    private var throttledAt: Int64 = 0
+    private let throttleTimeConstant: Double
 
     init(_ window: BreakerPolicy.Window) {
         switch window {
         case .time(let sampling, let count):
+            throttleTimeConstant = Double(max(1, sampling.nanoseconds))
             bucketWidth = max(1, (sampling / count).nanoseconds)
             buckets = Array(repeating: Bucket(), count: count)
             flags = []
         case .count(let size):
+            throttleTimeConstant = 1
             bucketWidth = nil
             buckets = []
             flags = Array(repeating: 0, count: size)
@@ -107,8 +120,22 @@ struct SlidingWindow: Sendable {
         for _ in 0..<min(count, flags.count) { record(failure: failure, slow: isSlow, now: now) }
     }
 
+    /// The throttled count at `now`.
+    func throttled(at now: Int64) -> Double {
+        guard throttledValue > 0 else { return 0 }
+        return throttledValue * exp(-Double(max(0, now - throttledAt)) / throttleTimeConstant)
+    }
+
+    /// Counts one call shed by adaptive throttling at `now`.
+    mutating func recordThrottled(now: Int64) {
+        throttledValue = throttled(at: now) + 1
+        throttledAt = max(throttledAt, now)
+    }
+
     /// Empties the window.
     mutating func clear() {
+        throttledValue = 0
+        throttledAt = 0
         for slot in buckets.indices { empty(slot) }
         for index in flags.indices { flags[index] = 0 }
         next = 0

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "d92741c4874f4f07bb66068b9b2ac99aced1d892")
+    static let script = RedisScript(source, sha1: "9734d79546388321c5a0f1f3ec6d3f69ca0cb911")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -49,7 +49,8 @@ enum BreakerScript {
     -- op record: A[19] batch sequence number of the sender
     --            A[20] version and A[21] incarnation ('created') the outcomes were admitted under
     --            A[22] 1 if they are recent enough to enter the window   A[23] 1 for half-open probe outcomes
-    --            A[24] ignored    A[25] calls rejected by the instance's cache
+    --            A[24] ignored    A[25] calls rejected by the instance's cache: R, or R:T when the sender's policy has
+    --            adaptive throttling (T of the R were shed by it; the reply then carries the window's throttled count)
     --            A[26] failures before the first success  A[27] longest failure run  A[28] trailing failures
     --            A[29] E, the number of error types, then A[30 .. 29+2E]: name, count, name, count, ...
     --            then groups of five until the end: the time bucket the calls happened in (the sender maps its clock
@@ -66,7 +67,9 @@ enum BreakerScript {
     --          totals (op read: the totals hash as a flat field/value array, whole numbers only), failure budget (-1:
     --          none applies), 1 if the stored policy fingerprint is A[15], 1 if the batch was a duplicate,
     --          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing,
-    --          (op read) transitions in the last 10 minutes from the events stream, up to 30 }
+    --          (op read) transitions in the last 10 minutes from the events stream, up to 30,
+    --          (time window, op read or a record in the R:T form) the calls shed by adaptive throttling, a decaying
+    --          count ('%.4f'); '' otherwise }
 
     local SCHEMA = '2'
     local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]
@@ -433,6 +436,9 @@ enum BreakerScript {
           old = {}
         end
 
+        -- Calls the sender's adaptive throttling shed (nil: its policy has none), and how many enter the count.
+        local throttled, throttle_add = nil, 0
+
         -- The record's outcomes, parsed first: their buckets decide which window fields to read.
         local groups, s, S, f, F = {}, 0, 0, 0, 0
         local error_end = 28
@@ -710,6 +716,11 @@ enum BreakerScript {
         elseif op == 'record' then
           local same_state = tonumber(A[20]) == st.version and tonumber(A[21]) == st.created
           local ignored, rejected = tonumber(A[24]), tonumber(A[25])
+          if rejected == nil then
+            -- 'R:T': T of the R rejections were shed by adaptive throttling (the sender's policy has it on).
+            local r, t = string.match(A[25], '^(%d+):(%d+)$')
+            rejected, throttled = tonumber(r) or 0, tonumber(t) or 0
+          end
           local leading, longest, trailing = tonumber(A[26]), tonumber(A[27]), tonumber(A[28])
           local first_error = nil
           if error_end >= 30 then first_error = A[30] end
@@ -731,6 +742,7 @@ enum BreakerScript {
             add_total('ignored', ignored)
             add_total('rejected', rejected)
             for i = 30, error_end, 2 do add_total('error:' .. A[i], tonumber(A[i + 1])) end
+            if throttled and throttled > 0 and st.state == 'closed' then throttle_add = throttled end
 
             if A[23] == '1' then
               if same_state and st.state == 'half_open' then
@@ -1056,6 +1068,28 @@ enum BreakerScript {
             end
           end
         end
+        -- Adaptive throttling (a time window; a sender with it on, or a read): the calls shed, as a count in the window
+        -- hash that decays with the sampling duration as its time constant, `throttled` as of `throttled_at` (ms).
+        -- Statistics: a value that is not a number counts as 0 and is written anew. A transition empties it with the window.
+        local throttle_value = ''
+        if is_time and (throttled ~= nil or op == 'read') then
+          local value = 0
+          if not transitioned then
+            local held = redis.pcall('HMGET', K[2], 'throttled', 'throttled_at')
+            if type(held) == 'table' and not held.err then
+              value = tonumber(held[1] or '') or 0
+              local at = tonumber(held[2] or '') or now
+              if value ~= value or value < 0 or value > 1e15 or at ~= at then value, at = 0, now end
+              value = value * math.exp(-math.max(0, now - at) / (width * window_size))
+            end
+            if throttle_add > 0 then
+              value = value + throttle_add
+              redis.call('HSET', K[2], 'throttled', string.format('%.4f', value), 'throttled_at', now)
+            end
+          end
+          throttle_value = string.format('%.4f', value)
+        end
+
         -- A read counts the transitions of the last ten minutes (up to 30), newest first, for the health score.
         local recent = 0
         if op == 'read' then
@@ -1072,7 +1106,7 @@ enum BreakerScript {
         return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
                  st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
                  transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0,
-                 repaired or '', recent }
+                 repaired or '', recent, throttle_value }
       end
       return run
     end

@@ -65,6 +65,10 @@ struct Cache: Sendable {
     var admissionOverdue = false
     /// The in-process breaker used while Redis is unavailable (policy `local`).
     var fallback: BreakerStateMachine?
+    /// The share of calls adaptive throttling sheds, from the shared window of the last reply (0 without it).
+    var throttleProbability = 0.0
+    /// Draws for adaptive throttling.
+    var random = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
     var pending = PendingOutcomes()
     private var errorNames: [ObjectIdentifier: String] = [:]
 
@@ -116,6 +120,14 @@ struct Cache: Sendable {
             windowFailures = window.failures
             windowSlow = window.slow
             isRecalled = false
+            if transition != nil { throttleProbability = 0 }
+            if let throttling = rules.policy.adaptiveThrottling, reply.state == .closed {
+                if let throttled = reply.windowThrottled {
+                    throttleProbability = throttling.rejectionProbability(calls: window.calls, failures: window.failures, throttled: throttled)
+                }
+            } else {
+                throttleProbability = 0
+            }
         }
         consecutiveFailures = reply.consecutiveFailures
         if transition != nil || isNewIncarnation { recallCeiling = nil }
@@ -250,6 +262,8 @@ struct PendingOutcomes: Sendable {
         var ignored = 0
         /// Calls this instance's cache rejected, sent with the batch so that they are counted once with it.
         var rejected = 0
+        /// Of those, the calls adaptive throttling shed: they count in the shared window's throttled count.
+        var throttled = 0
         /// Failures before the first success, the longest run of failures, and the failures after the last
         /// success: what the consecutive-failure rule needs to know of the order.
         var leadingFailures = 0
@@ -304,6 +318,7 @@ struct PendingOutcomes: Sendable {
             slowFailures = 0
             ignored = 0
             rejected = 0
+            throttled = 0
             leadingFailures = 0
             longestFailureRun = 0
             trailingFailures = 0
@@ -317,6 +332,8 @@ struct PendingOutcomes: Sendable {
     private var spare: Batch?
     private(set) var count = 0
     var rejected = 0
+    /// Of ``rejected``, the calls adaptive throttling shed.
+    var throttled = 0
     private(set) var dropped = 0
     /// Script calls carrying this breaker's batches that have not been answered. While one is, nothing more is
     /// taken: a sender has one write of a breaker outstanding at a time, so a batch that must be written again
@@ -471,12 +488,15 @@ struct PendingOutcomes: Sendable {
             // Rejections never ride with a batch sent before: were it a copy Redis has applied, they would be lost.
             if let index = batches.firstIndex(where: { $0.sequence == nil }) {
                 batches[index].rejected += rejected
+                batches[index].throttled += throttled
             } else {
                 var batch = Batch(version: -1, isProbe: false)
                 batch.rejected = rejected
+                batch.throttled = throttled
                 batches.append(batch)
             }
             rejected = 0
+            throttled = 0
         }
         count = 0
         writesOutstanding = batches.count
@@ -537,6 +557,7 @@ struct PendingOutcomes: Sendable {
         batch.slowFailures += later.slowFailures
         batch.ignored += later.ignored
         batch.rejected += later.rejected
+        batch.throttled += later.throttled
         batch.errors.merge(later.errors, uniquingKeysWith: +)
         batch.firstAt = min(earlier.firstAt, later.firstAt)
         // The failure runs of the two, the later one's leading run continuing the earlier one's trailing run.

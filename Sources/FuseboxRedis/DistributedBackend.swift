@@ -497,8 +497,9 @@ final class DistributedBackend: BreakerBackend {
         cache.withLock { cache in
             let (created, offset) = (cache.created, cache.redisOffsetMilliseconds)
             let result = body(&cache)
+            // Lock-free admission is for a breaker that admits every call: not while adaptive throttling sheds some.
             let admitting = cache.health == .healthy && cache.isKnown && (cache.state == .closed || cache.state == .metricsOnly)
-                ? cache.version : -1
+                && cache.throttleProbability == 0 ? cache.version : -1
             if admission.load(ordering: .relaxed) != admitting || cache.created != created || cache.redisOffsetMilliseconds != offset {
                 drainStripes(into: &cache, invalidate: true)
                 admission.store(admitting, ordering: .releasing)
@@ -560,6 +561,10 @@ final class DistributedBackend: BreakerBackend {
                 return cache.admissionOverdue ? withoutRedis(&cache, reason: overdueReason, now: now) : (.askRedis, nil)
             }
             switch cache.state {
+            case .closed where cache.throttleProbability > 0 && cache.random.nextUnitInterval() < cache.throttleProbability:
+                cache.pending.rejected += 1
+                cache.pending.throttled += 1
+                return (.decided(.rejected(.throttling(name: name))), nil)
             case .closed, .metricsOnly:
                 return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
             case .disabled:
@@ -740,7 +745,7 @@ final class DistributedBackend: BreakerBackend {
     /// submit them before releasing it.
     func takePending() -> [ScriptCall] {
         let now = self.now
-        let (batches, dropped, windowAge, isTimeWindow) = cache.withLock { cache in
+        let (batches, dropped, windowAge, isTimeWindow, throttling) = cache.withLock { cache in
             drainStripes(into: &cache)
             var batches = cache.pending.take()
             let width = cache.rules.bucketMilliseconds
@@ -753,7 +758,7 @@ final class DistributedBackend: BreakerBackend {
                     for index in batches.indices { batches[index].foldGroups(before: current - Int64(size) + 1) }
                 }
             }
-            return (batches, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds, width > 0)
+            return (batches, cache.pending.takeDropped(), cache.rules.windowAgeNanoseconds, width > 0, cache.rules.policy.adaptiveThrottling != nil)
         }
         if dropped > 0 {
             instruments.logger.info(
@@ -772,7 +777,9 @@ final class DistributedBackend: BreakerBackend {
                 // otherwise the batch enters the window only if its first outcome is recent enough.
                 batch.sequence!, batch.version, Int(batch.created),
                 (isTimeWindow && batch.groups.allSatisfy { $0.bucket > 0 }) || now - batch.firstAt <= windowAge ? "1" : "0",
-                batch.isProbe ? "1" : "0", batch.ignored, batch.rejected,
+                batch.isProbe ? "1" : "0", batch.ignored,
+                // With adaptive throttling, `R:T`: the script then counts T shed calls and answers with the count.
+                throttling ? "\(batch.rejected):\(batch.throttled)" : String(batch.rejected),
                 batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
@@ -1085,6 +1092,7 @@ final class DistributedBackend: BreakerBackend {
             cache.windowCalls = 0
             cache.windowFailures = 0
             cache.windowSlow = 0
+            cache.throttleProbability = 0
             cache.consecutiveFailures = 0
             cache.isRecalled = false
             return (change, healed)
@@ -1269,7 +1277,10 @@ final class DistributedBackend: BreakerBackend {
         case .adaptive: #"{"kind":"adaptive"}"#
         case .custom(let id, _): #"{"kind":"custom","id":\#(jsonString(id))}"#
         }
-        return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"}"#
+        // Adaptive throttling is written only when set, so the JSON (and fingerprint) of a policy without it is
+        // what it was before the option existed.
+        let throttling = policy.adaptiveThrottling.map { #","adaptiveThrottling":{"multiplier":\#($0.multiplier)}"# } ?? ""
+        return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"\#(throttling)}"#
     }
 }
 

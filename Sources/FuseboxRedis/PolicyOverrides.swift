@@ -130,6 +130,12 @@ public enum PolicyJSON {
         policy.maxHalfOpenDuration = try milliseconds(object["maxHalfOpenDurationMs"], "maxHalfOpenDurationMs")
         guard let mode = (object["mode"] as? String).flatMap(BreakerPolicy.Mode.init(rawValue:)) else { throw corrupt("mode") }
         policy.mode = mode
+        if let throttling = object["adaptiveThrottling"] {
+            guard let fields = throttling as? [String: Any], let multiplier = fields["multiplier"] as? NSNumber else {
+                throw corrupt("adaptiveThrottling")
+            }
+            policy.adaptiveThrottling = .init(multiplier: multiplier.doubleValue)
+        }
         if let instances = object["minimumInstances"] {
             guard let number = instances as? NSNumber else { throw corrupt("minimumInstances") }
             policy.minimumInstances = number.intValue
@@ -137,7 +143,7 @@ public enum PolicyJSON {
         let known: Set<String> = [
             "failureRateThreshold", "consecutiveFailureThreshold", "slowCallRateThreshold", "slowCallDurationMs",
             "minimumThroughput", "window", "breakDuration", "permittedCallsInHalfOpen", "successThreshold",
-            "maxHalfOpenDurationMs", "mode", "minimumInstances",
+            "maxHalfOpenDurationMs", "mode", "minimumInstances", "adaptiveThrottling",
         ]
         if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
             throw FuseboxError(code: .invalidPolicy, message: "the policy has a field this build does not know: '\(unknown)'")

@@ -37,6 +37,9 @@ struct StateReply: Sendable {
     var statisticsNote: String?
     /// For `read`: transitions in the last ten minutes (up to 30).
     var recentTransitions = 0
+    /// The window's count of calls shed by adaptive throttling (a `read`, or a record from a sender with it on, of
+    /// a time window); `nil` when the reply does not carry it.
+    var windowThrottled: Double?
 
     var windowCalls: Int { window?.calls ?? 0 }
     var windowFailures: Int { window?.failures ?? 0 }
@@ -85,6 +88,7 @@ struct StateReply: Sendable {
         duplicate = try int(20) == 1
         statisticsNote = parts.count > 21 ? parts[21].string.flatMap { $0.isEmpty ? nil : $0 } : nil
         recentTransitions = parts.count > 22 ? max(0, parts[22].int ?? 0) : 0
+        windowThrottled = parts.count > 23 ? parts[23].string.flatMap(Double.init).map { $0.isFinite ? max(0, $0) : 0 } : nil
     }
 
     /// The fields the refresher reads with `HMGET`, in the order ``init(refreshed:now:)`` expects.
@@ -220,6 +224,6 @@ extension BreakerSnapshot {
             consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
             isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
             probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason,
-            recentTransitions: reply.recentTransitions, health: health)
+            recentTransitions: reply.recentTransitions, windowThrottled: reply.windowThrottled ?? 0, health: health)
     }
 }

@@ -107,6 +107,8 @@ public enum ConformanceStep: Sendable {
         case recentTransitions(Int)
         /// The health score (``BreakerHealth``) against the scenario's policy.
         case healthScore(Int)
+        /// The share of calls adaptive throttling sheds now (within 0.001).
+        case throttleProbability(Double)
     }
 }
 
@@ -228,6 +230,8 @@ public struct ConformanceScenario: Sendable {
                     case .recentTransitions(let n) where snapshot.recentTransitions != n:
                         problem("recentTransitions \(snapshot.recentTransitions), expected \(n)")
                     case .healthScore(let n) where snapshot.healthScore != n: problem("healthScore \(snapshot.healthScore), expected \(n)")
+                    case .throttleProbability(let p) where abs(snapshot.throttleProbability - p) > 0.001:
+                        problem("throttleProbability \(snapshot.throttleProbability), expected \(p)")
                     default: break
                     }
                 }

@@ -35,6 +35,27 @@ extension ConformanceScenario {
             .advance(.seconds(30)), .expectState(.halfOpen), .expect([.healthScore(50), .recentTransitions(2)]),
             .isolate("maintenance"), .expect([.healthScore(0)]),
         ]),
+        // Throttling sheds at random: the window is built before it is turned on, so every call of the script runs.
+        ConformanceScenario("adaptive throttling: the shedding probability follows the window and the policy; no failure, no shedding", policy: policy {
+            $0.failureRateThreshold = nil
+            $0.consecutiveFailureThreshold = 12
+        }, [
+            .succeed(2), .fail(8), .expect([.throttleProbability(0), .healthScore(67)]),
+            .updatePolicy(policy {
+                $0.failureRateThreshold = nil
+                $0.consecutiveFailureThreshold = 12
+                $0.adaptiveThrottling = .init(multiplier: 2)
+            }),
+            // requests 10, accepts 2: (10 − 2 × 2) / 11; the health score loses 50 × that, and 50 × the streak 8 of 12.
+            .expect([.throttleProbability(6.0 / 11.0), .healthScore(39)]),
+            .updatePolicy(policy {
+                $0.failureRateThreshold = nil
+                $0.consecutiveFailureThreshold = 12
+                $0.adaptiveThrottling = .init(multiplier: 4)
+            }),
+            .expect([.throttleProbability(2.0 / 11.0)]),
+            .advance(.seconds(11)), .expect([.throttleProbability(0), .windowCalls(0)]),
+        ]),
         ConformanceScenario("transitions in the last ten minutes cost 10 each beyond three, and leave the count after ten minutes", policy: BreakerPolicy(), [
             .reset, .forceHalfOpen, .reset, .expect([.recentTransitions(3), .healthScore(100)]),
             .forceHalfOpen, .reset, .expect([.recentTransitions(5), .healthScore(80)]),

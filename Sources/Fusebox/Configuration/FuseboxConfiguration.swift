@@ -163,7 +163,7 @@ struct ConfigValues {
         "failureRatio", "consecutiveFailures", "slowCallRatio", "slowCallDuration", "minimumThroughput", "window",
         "windowDuration", "windowBuckets", "windowSize", "breakDuration", "breakBackoff", "breakBackoffFactor",
         "breakBackoffIncrement", "maxBreakDuration", "halfOpenPermits", "successThreshold", "maxHalfOpenDuration",
-        "mode", "callTimeout", "minimumInstances",
+        "mode", "callTimeout", "minimumInstances", "adaptiveThrottling",
     ]
 
     func refusal(_ key: ConfigKey, _ value: String, _ rule: String) -> FuseboxError {
@@ -314,6 +314,7 @@ struct ConfigValues {
         if let mode = try choice(key("mode"), BreakerPolicy.Mode.self) { policy.mode = mode }
         if let timeout = try optionalDuration(key("callTimeout")) { policy.callTimeout = timeout }
         if let instances = try integer(key("minimumInstances"), in: 1...1000) { policy.minimumInstances = instances }
+        if let multiplier = try number(key("adaptiveThrottling"), atLeast: 1) { policy.adaptiveThrottling = .init(multiplier: multiplier) }
         do {
             return try policy.validated()
         } catch {

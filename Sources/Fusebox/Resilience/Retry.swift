@@ -85,7 +85,7 @@ public struct RetryPolicy: Sendable {
     /// Whether `error` may be retried: never a rejection or a cancellation, else what ``shouldRetry`` says.
     func mayRetry(_ error: any Error) -> Bool {
         if error is CancellationError { return false }
-        if let error = error as? FuseboxError, error.code == .circuitOpen || error.code == .bulkheadFull { return false }
+        if let error = error as? FuseboxError, error.code == .circuitOpen || error.code == .throttled || error.code == .bulkheadFull { return false }
         return shouldRetry(error)
     }
 }
