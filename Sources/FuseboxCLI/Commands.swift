@@ -74,6 +74,9 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
     ]
     if let wait = snapshot.timeUntilProbe { lines.append("  next probe in      \(formatDuration(wait)) (attempt \(snapshot.attempt))") }
     if let reason = snapshot.isolationReason { lines.append("  isolated because   \(reason)") }
+    if snapshot.throttleProbability > 0 {
+        lines.append("  throttling         sheds \(percent(snapshot.throttleProbability)) of calls (\(String(format: "%.1f", snapshot.windowThrottled)) shed in the window)")
+    }
     if snapshot.state == .halfOpen { lines.append("  probes             \(snapshot.probesInFlight) in flight, \(snapshot.probeSuccesses) succeeded") }
     lines += [
         "  window             \(snapshot.windowCalls) calls, \(snapshot.windowFailures) failures (\(percent(snapshot.failureRate))), \(snapshot.windowSlowCalls) slow (\(percent(snapshot.slowCallRate)))",

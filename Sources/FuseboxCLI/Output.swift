@@ -24,6 +24,7 @@ struct SnapshotJSON: Codable {
     var lastReason: String
     var healthScore: Int
     var recentTransitions: Int
+    var throttleProbability: Double
     var totals: BreakerTotals
     var errors: [String: Int]
 
@@ -43,6 +44,7 @@ struct SnapshotJSON: Codable {
         lastReason = snapshot.lastReason
         healthScore = snapshot.healthScore
         recentTransitions = snapshot.recentTransitions
+        throttleProbability = snapshot.throttleProbability
         totals = snapshot.totals
         errors = snapshot.errorCounts
     }

@@ -19,9 +19,11 @@ struct PolicyOptions: ParsableArguments {
     var maxHalfOpen: String?
     @Option(name: .long, help: "normal, metrics-only (never trips) or disabled (admits everything, records nothing).")
     var mode: String?
+    @Option(name: .long, help: "Shed calls while the dependency accepts fewer than 1 in K of them (adaptive throttling, K from 1 to 100, e.g. 2); 'off' turns it off.")
+    var adaptiveThrottling: String?
 
     var isEmpty: Bool {
-        [failureRatio, samplingDuration, consecutiveFailures, slowCallRatio, slowCallDuration, breakDuration, maxHalfOpen, mode]
+        [failureRatio, samplingDuration, consecutiveFailures, slowCallRatio, slowCallDuration, breakDuration, maxHalfOpen, mode, adaptiveThrottling]
             .allSatisfy { $0 == nil } && minimumThroughput == nil && halfOpenPermits == nil && successThreshold == nil
     }
 
@@ -61,6 +63,16 @@ struct PolicyOptions: ParsableArguments {
                 throw CLIError.usage("--mode is '\(mode)'; allowed: normal, metrics-only, disabled")
             }
             policy.mode = value
+        }
+        if let adaptiveThrottling {
+            if adaptiveThrottling.lowercased() == "off" {
+                policy.adaptiveThrottling = nil
+            } else {
+                guard let multiplier = Double(adaptiveThrottling), multiplier >= 1, multiplier <= 100 else {
+                    throw CLIError.usage("--adaptive-throttling is '\(adaptiveThrottling)'; allowed: a number K from 1 to 100, or off")
+                }
+                policy.adaptiveThrottling = .init(multiplier: multiplier)
+            }
         }
         do {
             return try policy.validated()

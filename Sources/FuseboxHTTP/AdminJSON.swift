@@ -117,6 +117,8 @@ enum AdminJSON {
             ("health_score", .number(snapshot.healthScore)),
             ("recent_transitions", .number(snapshot.recentTransitions)),
             ("store_down_fallback", .bool(snapshot.isOnStoreDownFallback)),
+            ("throttle_probability", .double(snapshot.throttleProbability)),
+            ("window_throttled", .double(snapshot.windowThrottled)),
             ("thresholds", status.thresholds.map(thresholds) ?? .null),
             ("policy_origin", .optional(status.policyOrigin)),
             ("totals", .object([
@@ -133,7 +135,7 @@ enum AdminJSON {
         let limits = status.thresholds.map {
             BreakerHealth(
                 failureRateThreshold: $0.failureRate, consecutiveFailureThreshold: $0.consecutiveFailures, slowCallRateThreshold: $0.slowCallRate,
-                minimumThroughput: $0.minimumThroughput)
+                minimumThroughput: $0.minimumThroughput, adaptiveThrottling: $0.adaptiveThrottling.map { .init(multiplier: $0) })
         } ?? .unknownPolicy
         let terms = limits.assess(snapshot)
         return .object([
@@ -145,6 +147,7 @@ enum AdminJSON {
                 ("state_ceiling", .number(terms.ceiling)),
                 ("failure_pressure", .double(terms.failurePressure)),
                 ("slow_call_pressure", .double(terms.slowPressure)),
+                ("shedding", .double(terms.shedding)),
                 ("flapping", .number(terms.flapping)),
                 ("store_down_fallback", .number(terms.fallback)),
             ])),
@@ -170,6 +173,7 @@ enum AdminJSON {
             ("window", .string(thresholds.window)),
             ("break_duration", .string(thresholds.breakDuration)),
             ("mode", .string(thresholds.mode)),
+            ("adaptive_throttling", .optional(thresholds.adaptiveThrottling)),
         ])
     }
 

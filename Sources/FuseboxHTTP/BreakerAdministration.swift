@@ -103,6 +103,8 @@ public struct BreakerThresholds: Sendable, Hashable {
     public var breakDuration: String
     /// `normal`, `metrics_only` or `disabled`.
     public var mode: String
+    /// Adaptive throttling's multiplier K (`nil`: off).
+    public var adaptiveThrottling: Double?
 
     /// The thresholds of `policy`.
     public init(policy: BreakerPolicy) {
@@ -126,6 +128,7 @@ public struct BreakerThresholds: Sendable, Hashable {
         case .custom(let id, _): "custom(\(id))"
         }
         mode = policy.mode.rawValue
+        adaptiveThrottling = policy.adaptiveThrottling?.multiplier
     }
 
     /// The thresholds of a policy stored in Redis as JSON (the `policy` field of `NS:{NAME}:state`); `nil` when
@@ -147,6 +150,7 @@ public struct BreakerThresholds: Sendable, Hashable {
         successThreshold = Int(success)
         maxHalfOpenDuration = maxHalfOpen
         self.mode = mode
+        adaptiveThrottling = ((object["adaptiveThrottling"] as? [String: Any])?["multiplier"] as? NSNumber)?.doubleValue
         let window = object["window"] as? [String: Any] ?? [:]
         if window["kind"] as? String == "count" {
             self.window = "count(\((window["size"] as? NSNumber)?.intValue ?? 0))"

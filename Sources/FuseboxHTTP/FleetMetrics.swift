@@ -6,7 +6,7 @@ import Prometheus
 /// Two sets (Docs/http-api.md maps every name to the `circuit_breaker_*` names of the usage guides):
 /// - **derived**, always: `fusebox_breaker_failure_rate`, `fusebox_breaker_slow_call_rate`,
 ///   `fusebox_breaker_window_calls`, `fusebox_breaker_time_in_state_seconds`, `fusebox_breaker_health_score`,
-///   `fusebox_breakers` (by `state`),
+///   `fusebox_breaker_throttle_probability`, `fusebox_breakers` (by `state`),
 ///   `fusebox_health` (0 healthy, 1 degraded, 2 critical);
 /// - **counted**, when no registry of the breakers' own metrics is exported beside them (`fusebox serve`): the
 ///   names the breakers record through swift-metrics, `fusebox_breaker_state`, `fusebox_calls_total` (by
@@ -25,6 +25,7 @@ enum FleetMetrics {
         let windowCalls = descriptor("breaker_window_calls", "", "Calls in the sliding window.")
         let timeInState = descriptor("breaker_time_in_state", "seconds", "Time since the breaker entered its state.")
         let healthScore = descriptor("breaker_health_score", "", "0-100: the breaker's health score (Docs/semantics.md).")
+        let throttle = descriptor("breaker_throttle_probability", "", "0-1: the share of calls adaptive throttling sheds now.")
         let state = descriptor("breaker_state", "", "0 closed, 1 half-open, 2 open or isolated.")
         let calls = descriptor("calls", "total", "Calls whose outcome was recorded, by outcome.")
         let slow = descriptor("slow_calls", "total", "Calls slower than the policy's slow-call duration.")
@@ -37,6 +38,7 @@ enum FleetMetrics {
             registry.makeGauge(descriptor: windowCalls, labels: breaker).set(Int64(snapshot.windowCalls))
             registry.makeGauge(descriptor: timeInState, labels: breaker).set(snapshot.timeInState.seconds)
             registry.makeGauge(descriptor: healthScore, labels: breaker).set(Int64(snapshot.healthScore))
+            registry.makeGauge(descriptor: throttle, labels: breaker).set(snapshot.throttleProbability)
             guard counted else { continue }
             registry.makeGauge(descriptor: state, labels: breaker).set(Int64(snapshot.state.gaugeValue))
             let totals = snapshot.totals
