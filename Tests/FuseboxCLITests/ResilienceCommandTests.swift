@@ -203,6 +203,13 @@ struct ResilienceCommandTests {
             #expect(object["origin"] as? String == "override")
             #expect(object["reason"] as? String == "provider incident")
             #expect((object["policy"] as? String)?.contains("failureRateThreshold=0.9") == true)
+            // Adaptive throttling, fleet-wide, over the override in force.
+            let badMultiplier = try await fusebox(["policy", "set", "inventory-service", "--adaptive-throttling", "0.5"] + redis)
+            #expect(badMultiplier.status == 64 && badMultiplier.output.contains("from 1 to 100"), "\(badMultiplier.output)")
+            #expect(try await fusebox(["policy", "set", "inventory-service", "--adaptive-throttling", "3"] + redis).status == 0)
+            #expect(await poll(within: .seconds(3)) {
+                origins().allSatisfy { $0.contains("adaptiveThrottling=3.0") && $0.contains("failureRateThreshold=0.9") }
+            }, "\(origins())")
 
             // An instance started later applies it from the start, and it survives instances' restarts.
             instances[1].kill()

@@ -33,6 +33,7 @@ struct ConfigurationTests {
         "FUSEBOX_BREAKERS_PAYMENTS_MODE": "metrics-only",
         "FUSEBOX_BREAKERS_PAYMENTS_CALL_TIMEOUT": "1500ms",
         "FUSEBOX_BREAKERS_PAYMENTS_MINIMUM_INSTANCES": "3",
+        "FUSEBOX_BREAKERS_PAYMENTS_ADAPTIVE_THROTTLING": "3",
         "FUSEBOX_BREAKERS_SEARCH_WINDOW_SIZE": "200",
         "FUSEBOX_BREAKERS_SEARCH_BREAK_BACKOFF": "linear",
         "FUSEBOX_BREAKERS_SEARCH_BREAK_BACKOFF_INCREMENT": "5s",
@@ -71,6 +72,7 @@ struct ConfigurationTests {
         #expect(payments.mode == .metricsOnly)
         #expect(payments.callTimeout == .milliseconds(1500))
         #expect(payments.minimumInstances == 3)
+        #expect(payments.adaptiveThrottling?.multiplier == 3)
 
         let (search, _) = try configuration.policy(for: "search")
         #expect(search.window == .count(200))
@@ -105,7 +107,7 @@ struct ConfigurationTests {
                   "minimumThroughput": 50, "window": "time", "windowDuration": "30s", "windowBuckets": 15,
                   "breakDuration": "10s", "breakBackoff": "exponential", "breakBackoffFactor": 3, "maxBreakDuration": "5m",
                   "halfOpenPermits": 3, "successThreshold": 2, "maxHalfOpenDuration": "45s", "mode": "metrics_only",
-                  "callTimeout": "1500ms", "minimumInstances": 3},
+                  "callTimeout": "1500ms", "minimumInstances": 3, "adaptiveThrottling": 3},
                 "search": {"windowSize": 200, "breakBackoff": "linear", "breakBackoffIncrement": "5s", "failureRatio": "off",
                   "consecutiveFailures": 4}
               }
@@ -158,6 +160,7 @@ struct ConfigurationTests {
                   mode: metrics_only
                   callTimeout: 1500ms
                   minimumInstances: 3
+                  adaptiveThrottling: 3
                 search:
                   windowSize: 200
                   breakBackoff: linear
@@ -219,6 +222,7 @@ struct ConfigurationTests {
         ("FUSEBOX_DEFAULT_POLICY_MODE", "loud", "fusebox.defaultPolicy.mode", "metrics_only"),
         ("FUSEBOX_DEFAULT_POLICY_BREAK_BACKOFF_FACTOR", "0.5", "fusebox.defaultPolicy.breakBackoffFactor", "≥ 1.0"),
         ("FUSEBOX_DEFAULT_POLICY_CALL_TIMEOUT", "-1s", "fusebox.defaultPolicy.callTimeout", "a duration"),
+        ("FUSEBOX_DEFAULT_POLICY_ADAPTIVE_THROTTLING", "0.5", "fusebox.defaultPolicy.adaptiveThrottling", "≥ 1.0"),
     ])
     func badValues(variable: String, value: String, key: String, rule: String) throws {
         #expect {
