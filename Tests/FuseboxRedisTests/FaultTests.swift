@@ -100,10 +100,12 @@ struct FaultTests {
             defer { Task { await instance.stop() } }
             let breaker = try instance.registry.breaker("killed-open", policy: tripsOnFirstFailure { $0.breakDuration = .fixed(.seconds(1)) })
             _ = try await breaker.snapshot()  // known, so that the failure is admitted by the shared state
+            // The break starts when Redis applies the failure, after this instant: the checks below stop 200 ms
+            // before it can end, however long the two waits for the trip took on a loaded machine.
+            let tripped = ContinuousClock.now
             try await breaker.acquireAsync().failure(Boom())
             #expect(await eventually { (try? await breaker.snapshot().state) == .open })
             #expect(await eventually { await isRejected(breaker) })
-            let tripped = ContinuousClock.now
             server.kill()
 
             // The fallback takes up the break where Redis left it (a fresh, closed one would let every call through).
