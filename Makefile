@@ -50,7 +50,7 @@ build: deps
 ## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
 ## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
 ## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests
+TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests
 test: deps browser-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
@@ -111,7 +111,7 @@ test-tsan: deps
 	FUSEBOX_WITHOUT_HTTP=1 $(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xswiftc -DFUSEBOX_TSAN
 	@echo "make test-tsan: every suite but the 20-process rolling restart, the 5-minute memory test and the network partitions (run by make test)"
 	@mkdir -p .build-tsan; FUSEBOX_WITHOUT_HTTP=1 TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/.ci/tsan.supp" $(SWIFT) test --sanitize=thread --build-path .build-tsan --skip-build \
-		--no-parallel --skip "rollingRestart|memoryWhileRedisAway|PartitionTests|ThrottlingTests" -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
+		--no-parallel --skip "rollingRestart|memoryWhileRedisAway|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests" -Xswiftc -DFUSEBOX_TSAN 2>&1 | tee .build-tsan/test.log; status=$${PIPESTATUS[0]}; \
 	if grep -q "WARNING: ThreadSanitizer" .build-tsan/test.log; then echo "make test-tsan: ThreadSanitizer reported a race"; exit 1; fi; \
 	exit $$status
 

@@ -13,8 +13,10 @@ import Synchronization
 public final class Bulkhead: Sendable {
     /// The name in errors, snapshots and metrics (`fusebox_bulkhead_*{bulkhead=NAME}`).
     public let name: String
-    /// Calls allowed to run at once.
-    public let maxConcurrent: Int
+    /// Calls allowed to run at once now: the fixed limit, or where an adaptive limit stands.
+    public var maxConcurrent: Int { limitWord.load(ordering: .relaxed) }
+    /// Whether the limit follows measured latency (``Limit/adaptive(_:)``).
+    public let isAdaptive: Bool
     /// Calls allowed to wait for a slot; 0 (default) turns every call beyond the limit away at once.
     public let maxQueued: Int
     /// The longest a call waits for a slot; `nil`: as long as it takes.
@@ -33,6 +35,11 @@ public final class Bulkhead: Sendable {
     private static let runningMask = waitingUnit - 1
     private let admittedCount = Atomic<Int>(0)
     private let peakCount = Atomic<Int>(0)
+    /// The limit in force (changes only with an adaptive limit, under ``controller``'s lock).
+    private let limitWord: Atomic<Int>
+    /// The adaptive limit's controller; `nil` for a fixed limit.
+    private let controller: Locked<AdaptiveConcurrency?>
+    private let epoch = ContinuousClock.now
 
     /// The queue, behind the lock. The waiting count in `word` changes only under it.
     private struct State {
@@ -61,13 +68,45 @@ public final class Bulkhead: Sendable {
         public var admitted: Int
         /// Calls turned away (full, or their wait timed out).
         public var rejected: Int
+        /// The limit now (``Bulkhead/maxConcurrent``).
+        public var limit: Int
+        /// An adaptive limit's no-load latency, as last measured; `nil` for a fixed limit or before the first measure.
+        public var noLoadLatency: Duration?
     }
 
-    /// Makes a bulkhead; throws ``FuseboxError/Code/invalidPolicy`` for limits out of range.
-    public init(name: String, maxConcurrent: Int, maxQueued: Int = 0, queueTimeout: Duration? = nil) throws(FuseboxError) {
-        guard (1...1_000_000).contains(maxConcurrent) else {
-            throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': maxConcurrent is \(maxConcurrent); allowed: 1…1,000,000")
+    /// How many calls may run at once.
+    public enum Limit: Sendable, Hashable {
+        /// Always this many.
+        case fixed(Int)
+        /// As many as the dependency serves without queueing, measured from the calls' latency
+        /// (``AdaptiveConcurrencyLimit``).
+        case adaptive(AdaptiveConcurrencyLimit)
+    }
+
+    /// Makes a bulkhead with a fixed limit; throws ``FuseboxError/Code/invalidPolicy`` for limits out of range.
+    public convenience init(name: String, maxConcurrent: Int, maxQueued: Int = 0, queueTimeout: Duration? = nil) throws(FuseboxError) {
+        try self.init(name: name, limit: .fixed(maxConcurrent), maxQueued: maxQueued, queueTimeout: queueTimeout)
+    }
+
+    /// Makes a bulkhead whose limit is `limit`; throws ``FuseboxError/Code/invalidPolicy`` for values out of range.
+    public init(name: String, limit: Limit, maxQueued: Int = 0, queueTimeout: Duration? = nil) throws(FuseboxError) {
+        let start: Int
+        switch limit {
+        case .fixed(let maxConcurrent):
+            guard (1...1_000_000).contains(maxConcurrent) else {
+                throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': maxConcurrent is \(maxConcurrent); allowed: 1…1,000,000")
+            }
+            start = maxConcurrent
+            controller = Locked(nil)
+            isAdaptive = false
+        case .adaptive(let settings):
+            try settings.validate(name: name)
+            let adaptive = AdaptiveConcurrency(settings, seed: name.utf8.reduce(0x2545_F491_4F6C_DD1D) { ($0 &* 31) &+ UInt64($1) })
+            start = adaptive.effectiveLimit
+            controller = Locked(adaptive)
+            isAdaptive = true
         }
+        limitWord = Atomic(start)
         guard (0...1_000_000).contains(maxQueued) else {
             throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': maxQueued is \(maxQueued); allowed: 0…1,000,000")
         }
@@ -75,7 +114,6 @@ public final class Bulkhead: Sendable {
             throw FuseboxError(code: .invalidPolicy, message: "bulkhead '\(name)': queueTimeout must be > 0, or nil to wait as long as it takes")
         }
         self.name = name
-        self.maxConcurrent = maxConcurrent
         self.maxQueued = maxQueued
         self.queueTimeout = queueTimeout
         runningGauge = Gauge(label: "fusebox_bulkhead_running_calls", dimensions: [("bulkhead", name)])
@@ -88,21 +126,68 @@ public final class Bulkhead: Sendable {
         let (queued, rejected) = state.withLock { ($0.waiters.count, $0.rejected) }
         return Snapshot(
             running: word.load(ordering: .acquiring) & Self.runningMask, peak: peakCount.load(ordering: .relaxed), queued: queued,
-            admitted: admittedCount.load(ordering: .relaxed), rejected: rejected)
+            admitted: admittedCount.load(ordering: .relaxed), rejected: rejected, limit: maxConcurrent,
+            noLoadLatency: controller.withLock { $0?.noLoad.map { .nanoseconds($0) } })
     }
 
     /// Runs `operation` in a slot, waiting for one if the queue allows; throws ``FuseboxError/Code/bulkheadFull``
-    /// without running it when none comes.
+    /// without running it when none comes. With an adaptive limit, the call's latency is a sample for it (a
+    /// cancelled call's is not).
     public func run<T>(_ operation: () async throws -> T) async throws -> T {
         try await acquire()
-        defer { release() }
-        return try await operation()
+        guard isAdaptive else {
+            defer { release() }
+            return try await operation()
+        }
+        let started = nanosecondsSinceEpoch
+        do {
+            let value = try await operation()
+            release()
+            learn(started: started)
+            return value
+        } catch {
+            release()
+            if !(error is CancellationError) { learn(started: started) }
+            throw error
+        }
+    }
+
+    private var nanosecondsSinceEpoch: Int64 { (ContinuousClock.now - epoch).nanoseconds }
+
+    /// Gives the adaptive limit one call's latency, and applies the limit it decides.
+    private func learn(started: Int64) {
+        let running = word.load(ordering: .relaxed) & Self.runningMask
+        let grew = controller.withLock { adaptive -> Bool? in
+            guard let limit = adaptive?.sample(started: started, ended: nanosecondsSinceEpoch, running: running + 1) else { return nil }
+            let old = limitWord.load(ordering: .relaxed)
+            limitWord.store(limit, ordering: .releasing)
+            return limit > old
+        }
+        if grew == true { promote() }
+        if grew != nil { record() }
+    }
+
+    /// Lets waiters run while the (grown) limit has room.
+    private func promote() {
+        var resumed: [Waiter] = []
+        state.withLock { state in
+            while !state.waiters.isEmpty {
+                let current = word.load(ordering: .relaxed)
+                guard current & Self.runningMask < limitWord.load(ordering: .relaxed) else { break }
+                // One call fewer waiting, one more running.
+                word.wrappingAdd(1 - Self.waitingUnit, ordering: .acquiringAndReleasing)
+                admittedCount.wrappingAdd(1, ordering: .relaxed)
+                resumed.append(state.waiters.removeFirst())
+            }
+        }
+        for waiter in resumed { waiter.continuation.resume() }
     }
 
     /// Takes a slot if one is free now and nobody waits for one, without waiting; `true` when it did (give it back
     /// with ``release()``). Synchronous and lock-free: the pipeline tries it before ``acquire()``, so that a free
     /// slot costs one compare-and-swap and no suspension point.
     public func tryAcquire() -> Bool {
+        let maxConcurrent = self.maxConcurrent
         var current = word.load(ordering: .relaxed)
         while current < maxConcurrent {
             let (exchanged, original) = word.compareExchange(
@@ -120,6 +205,7 @@ public final class Bulkhead: Sendable {
     public func acquire() async throws {
         if tryAcquire() { return }
         enum Decision { case admitted(Int), full, wait(UInt64) }
+        let maxConcurrent = self.maxConcurrent
         let decision = state.withLock { state -> Decision in
             var current = word.load(ordering: .relaxed)
             while true {
@@ -164,8 +250,9 @@ public final class Bulkhead: Sendable {
             current = original
         }
         let next = state.withLock { state -> Waiter? in
-            guard !state.waiters.isEmpty else {
-                // Only calls on their way into the queue wait: free the slot, and the first of them to arrive takes it.
+            // Only calls on their way into the queue wait (free the slot, and the first of them to arrive takes it),
+            // or an adaptive limit has shrunk below the calls running (the slot goes).
+            guard !state.waiters.isEmpty, word.load(ordering: .relaxed) & Self.runningMask <= maxConcurrent else {
                 word.wrappingSubtract(1, ordering: .acquiringAndReleasing)
                 return nil
             }

@@ -52,7 +52,8 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
             case .timeout: nests = true; return .timeout
             case .breaker(let breaker): breakers += 1; nests = nests || breaker.callTimeout != nil; return .breaker
             case .retry(let retry): retries += 1; counts = counts || retry.countsCalls; return .retry
-            case .bulkhead: return .bulkhead
+            // An adaptive bulkhead learns from each call's latency, which the nested path times in its frame.
+            case .bulkhead(let bulkhead): nests = nests || bulkhead.isAdaptive; return .bulkhead
             case .fallback: return .fallback
             }
         }
@@ -184,6 +185,7 @@ public struct ResiliencePipeline<Output: Sendable>: Sendable {
             permit.success()
             return value
         case .bulkhead(let bulkhead):
+            if bulkhead.isAdaptive { return try await bulkhead.run { try await execute(from: index + 1, operation) } }
             if !bulkhead.tryAcquire() { try await bulkhead.acquire() }
             let value: Output
             do {
