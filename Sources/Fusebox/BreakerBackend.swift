@@ -53,6 +53,9 @@ public protocol BreakerBackend: AnyObject, Sendable {
     func reset() async throws(FuseboxError)
     /// Moves the breaker to half-open with every probe permit free.
     func forceHalfOpen() async throws(FuseboxError)
+    /// Closes the breaker as ``reset()`` does and forgets the relative threshold's baseline
+    /// (``BreakerPolicy/relativeFailureRate``), which then learns again from the next call.
+    func resetWithBaseline() async throws(FuseboxError)
     /// Everything known about the breaker now.
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot
     /// The last transitions (up to 100), oldest first.
@@ -67,6 +70,8 @@ extension BreakerBackend {
     public func admitWithoutWaiting() -> BreakerAdmission? { nil }
     /// `false`: only the distributed adapter knows operators' overrides.
     public var isOverridden: Bool { false }
+    /// ``reset()``: a backend without a baseline has none to forget.
+    public func resetWithBaseline() async throws(FuseboxError) { try await reset() }
 }
 
 extension BreakerAdapter {

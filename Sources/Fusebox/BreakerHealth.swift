@@ -30,6 +30,8 @@ public struct BreakerHealth: Sendable, Hashable {
     public var minimumThroughput: Int
     /// The policy's adaptive throttling, if any: the share of calls it sheds costs points.
     public var adaptiveThrottling: BreakerPolicy.AdaptiveThrottling?
+    /// The policy's relative failure threshold, if any: failure pressure is measured against the threshold in force.
+    public var relativeFailureRate: BreakerPolicy.RelativeFailureRate?
 
     /// How far back transitions count as flapping.
     public static let flappingPeriod: Duration = .seconds(600)
@@ -43,6 +45,15 @@ public struct BreakerHealth: Sendable, Hashable {
         slowCallRateThreshold = policy.slowCallRateThreshold
         minimumThroughput = policy.minimumThroughput
         adaptiveThrottling = policy.adaptiveThrottling
+        relativeFailureRate = policy.relativeFailureRate
+    }
+
+    /// The failure-ratio threshold in force for the baseline `snapshot` shows.
+    public func failureRateThresholdInForce(of snapshot: BreakerSnapshot) -> Double? {
+        guard let relativeFailureRate else { return failureRateThreshold }
+        return relativeFailureRate.threshold(
+            baselineCalls: snapshot.baselineCalls, baselineFailures: (snapshot.failureBaseline ?? 0) * snapshot.baselineCalls,
+            fixed: failureRateThreshold)
     }
 
     /// No limits known: only the state, flapping and the fallback count.
@@ -87,7 +98,7 @@ public struct BreakerHealth: Sendable, Hashable {
     public func assess(_ snapshot: BreakerSnapshot) -> Assessment {
         let confidence = min(1, Double(snapshot.windowCalls) / Double(max(1, minimumThroughput)))
         var failurePressure = 0.0
-        if let threshold = failureRateThreshold, threshold > 0 {
+        if let threshold = snapshot.failureRateThresholdInForce ?? failureRateThreshold, threshold > 0 {
             failurePressure = max(failurePressure, snapshot.failureRate / threshold * confidence)
         }
         if let threshold = consecutiveFailureThreshold, threshold > 0 {

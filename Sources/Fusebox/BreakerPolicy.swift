@@ -43,6 +43,14 @@ public struct BreakerPolicy: Sendable {
     /// (default): the adapter's ``minimumInstances`` option decides. Range 1…1,000.
     public var minimumInstances: Int? = nil
 
+    /// Makes the failure-ratio rule follow the dependency's own long-run failure rate (its *baseline*): trip at
+    /// `min(1, max(floor, factor × baseline))` instead of ``failureRateThreshold``, once the baseline has learned
+    /// from ``RelativeFailureRate/warmupCalls`` calls (until then ``failureRateThreshold`` applies, when set). The
+    /// baseline is an exponentially weighted failure rate over ``RelativeFailureRate/horizon``, learned from the
+    /// calls recorded while closed (never while open or half-open); with the distributed adapter, the fleet's,
+    /// kept in Redis with the breaker. `nil` (default): a fixed threshold.
+    public var relativeFailureRate: RelativeFailureRate? = nil
+
     // MARK: Adaptive throttling
 
     /// Sheds load before, and more gently than, a trip: while closed, a call is rejected with probability
@@ -66,6 +74,33 @@ public struct BreakerPolicy: Sendable {
 
     /// The default policy.
     public init() {}
+
+    /// A failure-ratio threshold relative to the dependency's baseline (``BreakerPolicy/relativeFailureRate``).
+    public struct RelativeFailureRate: Sendable, Hashable {
+        /// Trip at this many times the baseline. Default 4. Range > 0 … 1,000.
+        public var factor: Double
+        /// Never trip below this ratio. Default 0.02. Range 0 < R ≤ 1.
+        public var floor: Double
+        /// The baseline's time constant: outcomes this long ago weigh 1/e of today's. Default 1 hour. Range ≥ 1 s.
+        public var horizon: Duration
+        /// Calls the baseline must have learned from (decayed with it) before it applies. Default 100. Range ≥ 1.
+        public var warmupCalls: Int
+
+        /// A relative threshold; every argument has a default.
+        public init(factor: Double = 4, floor: Double = 0.02, horizon: Duration = .seconds(3600), warmupCalls: Int = 100) {
+            self.factor = factor
+            self.floor = floor
+            self.horizon = horizon
+            self.warmupCalls = warmupCalls
+        }
+
+        /// The threshold in force for a baseline of `failures` in `calls` (both decayed), or `fixed` while the
+        /// baseline has not learned from ``warmupCalls`` calls.
+        public func threshold(baselineCalls calls: Double, baselineFailures failures: Double, fixed: Double?) -> Double? {
+            guard calls >= Double(warmupCalls), calls > 0 else { return fixed }
+            return Swift.min(1, Swift.max(floor, factor * failures / calls))
+        }
+    }
 
     /// Client-side adaptive throttling (``BreakerPolicy/adaptiveThrottling``).
     public struct AdaptiveThrottling: Sendable, Hashable {
@@ -264,8 +299,18 @@ extension BreakerPolicy {
                 throw fail("adaptiveThrottling", "set with a count window", "a time window (throttling counts requests over time)")
             }
         }
+        if let relative = relativeFailureRate {
+            if !(relative.factor > 0 && relative.factor <= 1000) { throw fail("relativeFailureRate.factor", relative.factor, "0 < value ≤ 1,000") }
+            if !(relative.floor > 0 && relative.floor <= 1) { throw fail("relativeFailureRate.floor", relative.floor, "0 < value ≤ 1") }
+            if relative.horizon < .seconds(1) || relative.horizon > longest {
+                throw fail("relativeFailureRate.horizon", relative.horizon, "1 s … 10 years")
+            }
+            if !(1...1_000_000_000).contains(relative.warmupCalls) {
+                throw fail("relativeFailureRate.warmupCalls", relative.warmupCalls, "1…1,000,000,000")
+            }
+        }
         if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && mode == .normal
-            && adaptiveThrottling == nil
+            && adaptiveThrottling == nil && relativeFailureRate == nil
         {
             throw fail("failureRateThreshold, slowCallRateThreshold and consecutiveFailureThreshold", "nil", "at least one trip rule (or adaptiveThrottling)")
         }
@@ -322,6 +367,9 @@ extension BreakerPolicy {
         parts.append("mode=\(mode.rawValue)")
         if let minimumInstances { parts.append("minimumInstances=\(minimumInstances)") }
         if let adaptiveThrottling { parts.append("adaptiveThrottling=\(adaptiveThrottling.multiplier)") }
+        if let relative = relativeFailureRate {
+            parts.append("relativeFailureRate=\(relative.factor)x(floor \(relative.floor), horizon \(relative.horizon), warmup \(relative.warmupCalls))")
+        }
         return parts.joined(separator: " ")
     }
 }

@@ -117,6 +117,14 @@ public struct BreakerSnapshot: Sendable, Hashable {
     public var windowThrottled: Double
     /// The share of calls adaptive throttling sheds now (``BreakerPolicy/adaptiveThrottling``; 0 without it).
     public var throttleProbability: Double
+    /// The dependency's long-run failure rate as the relative threshold learned it (``BreakerPolicy/relativeFailureRate``);
+    /// `nil` before it has learned anything, or without a relative threshold.
+    public var failureBaseline: Double?
+    /// The calls the baseline has learned from, decayed with it.
+    public var baselineCalls: Double
+    /// The failure-ratio threshold the breaker trips at now: relative to the baseline once it has learned enough,
+    /// else ``BreakerPolicy/failureRateThreshold``; `nil` when no failure-ratio rule applies.
+    public var failureRateThresholdInForce: Double?
     /// Transitions in the last ten minutes (``BreakerHealth/flappingPeriod``); the distributed adapter counts up to 30.
     public var recentTransitions: Int
     /// This instance decides the breaker's calls without Redis (the store-down policy's fallback, an admission past
@@ -132,6 +140,7 @@ public struct BreakerSnapshot: Sendable, Hashable {
         windowSlowCalls: Int, consecutiveFailures: Int, errorCounts: [String: Int], totals: BreakerTotals,
         timeUntilProbe: Duration?, isolationReason: String?, attempt: Int, probesInFlight: Int, probeSuccesses: Int,
         lastReason: String, recentTransitions: Int = 0, isOnStoreDownFallback: Bool = false, windowThrottled: Double = 0,
+        failureBaseline: Double? = nil, baselineCalls: Double = 0, failureRateThresholdInForce: Double? = nil,
         health: BreakerHealth = .unknownPolicy
     ) {
         self.name = name
@@ -155,14 +164,21 @@ public struct BreakerSnapshot: Sendable, Hashable {
         self.recentTransitions = recentTransitions
         self.isOnStoreDownFallback = isOnStoreDownFallback
         self.windowThrottled = windowThrottled
+        self.failureBaseline = failureBaseline
+        self.baselineCalls = baselineCalls
+        self.failureRateThresholdInForce = failureRateThresholdInForce
         self.throttleProbability = 0
         self.healthScore = 0
         rescore(against: health)
+        // A snapshot the state machine made carries the threshold it judged with (not a recomputation of it).
+        if let failureRateThresholdInForce { self.failureRateThresholdInForce = failureRateThresholdInForce }
+        healthScore = health.score(of: self)
     }
 
     /// Works out ``throttleProbability`` and ``healthScore`` again against `health` (the limits of another
     /// policy, or after changing a field).
     public mutating func rescore(against health: BreakerHealth) {
+        failureRateThresholdInForce = health.failureRateThresholdInForce(of: self)
         throttleProbability = health.throttleProbability(of: self)
         healthScore = health.score(of: self)
     }

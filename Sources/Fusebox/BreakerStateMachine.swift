@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Proof that a call was admitted: what it was admitted under, and when it started.
 ///
 /// An outcome counts toward transitions only while the breaker is still at the ``version`` that admitted the
@@ -77,6 +83,9 @@ public struct BreakerStateMachine: Sendable {
     private var recentTransitions: [BreakerTransition] = []
     /// Draws for adaptive throttling: deterministic from the breaker's name, so a test with a manual clock replays.
     private var random: SplitMix64
+    /// The relative threshold's baseline: calls and failures recorded while closed, both decayed with the
+    /// policy's horizon as their time constant, as of `at` (ns).
+    private var baseline: (calls: Double, failures: Double, at: Int64) = (0, 0, 0)
     private var oldestTransition = 0
 
     /// How many transitions ``timeline`` keeps.
@@ -246,6 +255,8 @@ public struct BreakerStateMachine: Sendable {
         case .closed, .metricsOnly:
             window.record(failure: isFailure, slow: isSlow, now: now)
             consecutiveFailures = isFailure ? consecutiveFailures + 1 : 0
+            // The baseline learns the call after the rules have judged it against what it knew before.
+            defer { learnBaseline(calls: 1, failures: isFailure ? 1 : 0, now: now) }
             // Only a failure can complete a streak; the ratio rules need the minimum throughput first.
             guard state == .closed, isFailure || window.calls >= policy.minimumThroughput, let reason = tripReason() else { return nil }
             return trip(reason: reason, now: now)
@@ -294,6 +305,7 @@ public struct BreakerStateMachine: Sendable {
         window.record(count: batch.slowSuccesses, failure: false, slow: true, now: now)
         window.record(count: batch.failures, failure: true, slow: false, now: now)
         window.record(count: batch.slowFailures, failure: true, slow: true, now: now)
+        defer { learnBaseline(calls: successes + failures, failures: failures, now: now) }
         let peak: Int
         if successes > 0 {
             peak = max(consecutiveFailures + batch.leadingFailures, batch.longestFailureRun)
@@ -318,11 +330,27 @@ public struct BreakerStateMachine: Sendable {
         return ratioReason()
     }
 
+    /// The failure-ratio threshold in force: relative to the baseline once it has learned enough, else the fixed one.
+    public var failureRateThresholdInForce: Double? {
+        guard let relative = policy.relativeFailureRate else { return policy.failureRateThreshold }
+        return relative.threshold(baselineCalls: baseline.calls, baselineFailures: baseline.failures, fixed: policy.failureRateThreshold)
+    }
+
+    /// Adds calls recorded while closed (or metrics-only) to the baseline, after decaying it to `now`.
+    private mutating func learnBaseline(calls: Int, failures: Int, now: Int64) {
+        guard let relative = policy.relativeFailureRate else { return }
+        let keep = exp(-Double(max(0, now - baseline.at)) / Double(relative.horizon.nanoseconds))
+        baseline = (baseline.calls * keep + Double(calls), baseline.failures * keep + Double(failures), max(baseline.at, now))
+    }
+
+    /// Forgets the baseline (an operator's `reset --baseline`).
+    public mutating func resetBaseline() { baseline = (0, 0, 0) }
+
     /// The first ratio rule the window breaks (with the minimum throughput met), as the reason to log.
     private func ratioReason() -> String? {
         let calls = window.calls
         guard calls >= policy.minimumThroughput else { return nil }
-        if let threshold = policy.failureRateThreshold {
+        if let threshold = failureRateThresholdInForce {
             let ratio = Double(window.failures) / Double(calls)
             if ratio >= threshold {
                 return "failure ratio \(Self.twoDecimals(ratio)) ≥ \(Self.twoDecimals(threshold)) over \(calls) calls"
@@ -391,6 +419,8 @@ public struct BreakerStateMachine: Sendable {
             isolationReason: state == .isolated ? isolationReason : nil, attempt: attempt, probesInFlight: probesInFlight,
             probeSuccesses: probeSuccesses, lastReason: reason, recentTransitions: transitions(since: now - BreakerHealth.flappingPeriod.nanoseconds),
             windowThrottled: window.throttled(at: now),
+            failureBaseline: baseline.calls > 0 ? baseline.failures / baseline.calls : nil,
+            baselineCalls: baseline.calls, failureRateThresholdInForce: failureRateThresholdInForce,
             health: BreakerHealth(policy: policy))
         return (snapshot, transition)
     }

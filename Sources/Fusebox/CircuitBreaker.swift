@@ -146,6 +146,8 @@ public struct CircuitBreaker: Sendable {
     public func reset() async throws(FuseboxError) { try await backend.reset() }
     /// Moves the breaker to half-open with every probe permit free.
     public func forceHalfOpen() async throws(FuseboxError) { try await backend.forceHalfOpen() }
+    /// Closes the breaker and forgets the relative threshold's baseline (``BreakerPolicy/relativeFailureRate``).
+    public func resetWithBaseline() async throws(FuseboxError) { try await backend.resetWithBaseline() }
     /// Everything known about the breaker now.
     public func snapshot() async throws(FuseboxError) -> BreakerSnapshot { try await backend.snapshot() }
     /// The last transitions (up to 100), oldest first.

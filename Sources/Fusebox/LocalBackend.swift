@@ -109,6 +109,14 @@ public final class LocalBackend: BreakerBackend {
         instruments.transitioned(machine.withLock { $0.reset(now: now) })
     }
 
+    public func resetWithBaseline() async throws(FuseboxError) {
+        let now = self.now
+        instruments.transitioned(machine.withLock { machine in
+            machine.resetBaseline()
+            return machine.reset(now: now)
+        })
+    }
+
     public func forceHalfOpen() async throws(FuseboxError) {
         let now = self.now
         instruments.transitioned(machine.withLock { $0.forceHalfOpen(now: now) })

@@ -74,6 +74,10 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
     ]
     if let wait = snapshot.timeUntilProbe { lines.append("  next probe in      \(formatDuration(wait)) (attempt \(snapshot.attempt))") }
     if let reason = snapshot.isolationReason { lines.append("  isolated because   \(reason)") }
+    if let threshold = snapshot.failureRateThresholdInForce, snapshot.failureBaseline != nil || snapshot.baselineCalls > 0 {
+        let learned = snapshot.failureBaseline.map { "\(percent($0)) over \(Int(snapshot.baselineCalls.rounded())) calls" } ?? "nothing yet"
+        lines.append("  failure threshold  \(percent(threshold)) (relative: baseline \(learned))")
+    }
     if snapshot.throttleProbability > 0 {
         lines.append("  throttling         sheds \(percent(snapshot.throttleProbability)) of calls (\(String(format: "%.1f", snapshot.windowThrottled)) shed in the window)")
     }
@@ -110,10 +114,11 @@ struct ResetCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @Flag(name: .long, help: "Forget the relative failure threshold's baseline too: it learns again from the next call.") var baseline = false
     @Argument(help: "The breaker's name.") var name: String
 
     func run() async throws {
-        try await reportingErrors { try report(try await global.makeOperator().reset(name), json: json) }
+        try await reportingErrors { try report(try await global.makeOperator().reset(name, baseline: baseline), json: json) }
     }
 }
 

@@ -25,6 +25,8 @@ struct SnapshotJSON: Codable {
     var healthScore: Int
     var recentTransitions: Int
     var throttleProbability: Double
+    var failureBaseline: Double?
+    var failureRateThresholdInForce: Double?
     var totals: BreakerTotals
     var errors: [String: Int]
 
@@ -45,6 +47,8 @@ struct SnapshotJSON: Codable {
         healthScore = snapshot.healthScore
         recentTransitions = snapshot.recentTransitions
         throttleProbability = snapshot.throttleProbability
+        failureBaseline = snapshot.failureBaseline
+        failureRateThresholdInForce = snapshot.failureRateThresholdInForce
         totals = snapshot.totals
         errors = snapshot.errorCounts
     }

@@ -21,10 +21,16 @@ struct PolicyOptions: ParsableArguments {
     var mode: String?
     @Option(name: .long, help: "Shed calls while the dependency accepts fewer than 1 in K of them (adaptive throttling, K from 1 to 100, e.g. 2); 'off' turns it off.")
     var adaptiveThrottling: String?
+    @Option(name: .long, help: "Trip at F times the dependency's long-run failure rate (a relative threshold; 0 < F ≤ 1000, e.g. 4); 'off' turns it off.")
+    var relativeFailureFactor: String?
+    @Option(name: .long, help: "The relative threshold's floor: never trip below this ratio (0 < R ≤ 1; default 0.02).")
+    var relativeFailureFloor: Double?
 
     var isEmpty: Bool {
-        [failureRatio, samplingDuration, consecutiveFailures, slowCallRatio, slowCallDuration, breakDuration, maxHalfOpen, mode, adaptiveThrottling]
+        [failureRatio, samplingDuration, consecutiveFailures, slowCallRatio, slowCallDuration, breakDuration, maxHalfOpen, mode, adaptiveThrottling,
+         relativeFailureFactor]
             .allSatisfy { $0 == nil } && minimumThroughput == nil && halfOpenPermits == nil && successThreshold == nil
+            && relativeFailureFloor == nil
     }
 
     /// `base` with every given flag applied, validated. A consecutive-failure rule given without a failure ratio
@@ -73,6 +79,25 @@ struct PolicyOptions: ParsableArguments {
                 }
                 policy.adaptiveThrottling = .init(multiplier: multiplier)
             }
+        }
+        if let relativeFailureFactor {
+            if relativeFailureFactor.lowercased() == "off" {
+                policy.relativeFailureRate = nil
+            } else {
+                guard let factor = Double(relativeFailureFactor), factor > 0, factor <= 1000 else {
+                    throw CLIError.usage("--relative-failure-factor is '\(relativeFailureFactor)'; allowed: 0 < F ≤ 1000, or off")
+                }
+                var relative = policy.relativeFailureRate ?? .init()
+                relative.factor = factor
+                policy.relativeFailureRate = relative
+            }
+        }
+        if let relativeFailureFloor {
+            guard var relative = policy.relativeFailureRate else {
+                throw CLIError.usage("--relative-failure-floor needs a relative threshold: give --relative-failure-factor too")
+            }
+            relative.floor = relativeFailureFloor
+            policy.relativeFailureRate = relative
         }
         do {
             return try policy.validated()

@@ -118,6 +118,8 @@ enum AdminJSON {
             ("recent_transitions", .number(snapshot.recentTransitions)),
             ("store_down_fallback", .bool(snapshot.isOnStoreDownFallback)),
             ("throttle_probability", .double(snapshot.throttleProbability)),
+            ("failure_baseline", .optional(snapshot.failureBaseline)),
+            ("failure_rate_threshold_in_force", .optional(snapshot.failureRateThresholdInForce)),
             ("window_throttled", .double(snapshot.windowThrottled)),
             ("thresholds", status.thresholds.map(thresholds) ?? .null),
             ("policy_origin", .optional(status.policyOrigin)),
@@ -137,6 +139,7 @@ enum AdminJSON {
                 failureRateThreshold: $0.failureRate, consecutiveFailureThreshold: $0.consecutiveFailures, slowCallRateThreshold: $0.slowCallRate,
                 minimumThroughput: $0.minimumThroughput, adaptiveThrottling: $0.adaptiveThrottling.map { .init(multiplier: $0) })
         } ?? .unknownPolicy
+        // The snapshot carries the threshold in force (relative or fixed): failure pressure is measured against it.
         let terms = limits.assess(snapshot)
         return .object([
             ("name", .string(snapshot.name)),
@@ -174,6 +177,12 @@ enum AdminJSON {
             ("break_duration", .string(thresholds.breakDuration)),
             ("mode", .string(thresholds.mode)),
             ("adaptive_throttling", .optional(thresholds.adaptiveThrottling)),
+            ("relative_failure_rate", thresholds.relativeFailureRate.map {
+                .object([
+                    ("factor", .double($0.factor)), ("floor", .double($0.floor)), ("horizon_ms", .int($0.horizon.milliseconds)),
+                    ("warmup_calls", .number($0.warmupCalls)),
+                ])
+            } ?? .null),
         ])
     }
 

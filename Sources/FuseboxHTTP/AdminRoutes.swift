@@ -82,7 +82,11 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         routes.post("circuit-breakers/:name/reset") { request, context in
             try self.authorize(request)
             let name = try Self.name(context)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.reset(name)) }
+            // `?baseline=true` forgets the relative threshold's baseline too.
+            let baseline = request.uri.queryParameters.get("baseline") == "true"
+            return try await self.answer { () async throws(FuseboxError) -> JSON in
+                AdminJSON.breaker(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
+            }
         }
         routes.post("circuit-breakers/:name/half-open") { request, context in
             try self.authorize(request)

@@ -24,6 +24,8 @@ public protocol BreakerAdministration: Sendable {
     func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus
     /// Closes `name` with an empty window.
     func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus
+    /// Closes `name` and forgets its relative threshold's baseline.
+    func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus
     /// Moves `name` to half-open.
     func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus
     /// Resets every breaker; returns them afterwards.
@@ -105,6 +107,8 @@ public struct BreakerThresholds: Sendable, Hashable {
     public var mode: String
     /// Adaptive throttling's multiplier K (`nil`: off).
     public var adaptiveThrottling: Double?
+    /// The relative failure threshold (`nil`: a fixed one): factor, floor, horizon, warm-up calls.
+    public var relativeFailureRate: BreakerPolicy.RelativeFailureRate?
 
     /// The thresholds of `policy`.
     public init(policy: BreakerPolicy) {
@@ -129,6 +133,7 @@ public struct BreakerThresholds: Sendable, Hashable {
         }
         mode = policy.mode.rawValue
         adaptiveThrottling = policy.adaptiveThrottling?.multiplier
+        relativeFailureRate = policy.relativeFailureRate
     }
 
     /// The thresholds of a policy stored in Redis as JSON (the `policy` field of `NS:{NAME}:state`); `nil` when
@@ -151,6 +156,12 @@ public struct BreakerThresholds: Sendable, Hashable {
         maxHalfOpenDuration = maxHalfOpen
         self.mode = mode
         adaptiveThrottling = ((object["adaptiveThrottling"] as? [String: Any])?["multiplier"] as? NSNumber)?.doubleValue
+        if let relative = object["relativeFailureRate"] as? [String: Any], let factor = relative["factor"] as? NSNumber,
+            let floor = relative["floor"] as? NSNumber, let horizon = milliseconds(relative["horizonMs"]),
+            let warmup = relative["warmupCalls"] as? NSNumber
+        {
+            relativeFailureRate = .init(factor: factor.doubleValue, floor: floor.doubleValue, horizon: horizon, warmupCalls: warmup.intValue)
+        }
         let window = object["window"] as? [String: Any] ?? [:]
         if window["kind"] as? String == "count" {
             self.window = "count(\((window["size"] as? NSNumber)?.intValue ?? 0))"

@@ -176,6 +176,12 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return try await status(of: name)
     }
 
+    public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
+        _ = try await breakers.reset(name, baseline: true)
+        invalidate()
+        return try await status(of: name)
+    }
+
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         _ = try await breakers.forceHalfOpen(name)
         invalidate()

@@ -66,6 +66,11 @@ public struct RegistryAdministration: BreakerAdministration {
         return try await status(of: name)
     }
 
+    public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
+        try await existing(name).resetWithBaseline()
+        return try await status(of: name)
+    }
+
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).forceHalfOpen()
         return try await status(of: name)

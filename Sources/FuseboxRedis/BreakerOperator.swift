@@ -134,9 +134,10 @@ public struct BreakerOperator: Sendable {
         return try await snapshot(of: name)
     }
 
-    /// Closes `name` on every instance, with an empty window; repairs corrupt keys.
-    public func reset(_ name: String) async throws(FuseboxError) -> BreakerSnapshot {
-        _ = try await call("reset", on: name)
+    /// Closes `name` on every instance, with an empty window; repairs corrupt keys. With `baseline`, the relative
+    /// threshold's baseline is forgotten too (``BreakerPolicy/relativeFailureRate``).
+    public func reset(_ name: String, baseline: Bool = false) async throws(FuseboxError) -> BreakerSnapshot {
+        _ = try await call("reset", on: name, extra: baseline ? ["baseline"] : [])
         return try await snapshot(of: name)
     }
 

@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "9734d79546388321c5a0f1f3ec6d3f69ca0cb911")
+    static let script = RedisScript(source, sha1: "f533ece44213d5ad8010197478d335695738ea7a")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -35,7 +35,8 @@ enum BreakerScript {
     --         live instances is lowered to them
     -- Then, per breaker, L followed by L arguments A[1..L]:
     -- A[1]  op: acquire | renew | record | isolate | reset | half_open | read      A[2]  breaker name
-    -- A[3]  failure ratio threshold, '' = off     A[4]  consecutive-failure threshold, '' = off
+    -- A[3]  failure ratio threshold, '' = off, then with a relative threshold '~FACTOR:FLOOR:HORIZON_MS:WARMUP_CALLS'
+    --                                             A[4]  consecutive-failure threshold, '' = off
     -- A[5]  slow-call ratio threshold, '' = off   A[6]  minimum throughput
     -- A[7]  window kind: time | count             A[8]  buckets (time) or size (count)
     -- A[9]  bucket width in ms (time)             A[10] permitted calls in half-open
@@ -58,6 +59,7 @@ enum BreakerScript {
     -- op acquire, renew: A[19] the probe permit's lease in ms (default 5000): a granted permit, or (renew) every permit
     --            this sender holds, is held until then
     -- op isolate: A[19] reason
+    -- op reset: A[19] 'baseline' forgets the relative threshold's baseline too
     --
     -- Reply: one element per breaker, either an error (a refusal: CORRUPT, NOPOLICY, SCHEMA) or
     --        { state, version, since, open_until, now, attempt, reason, isolation_reason, consecutive_failures,
@@ -69,7 +71,8 @@ enum BreakerScript {
     --          what was wrong with the statistics (totals, events) and was made anew, or (read) is unreadable: '' if nothing,
     --          (op read) transitions in the last 10 minutes from the events stream, up to 30,
     --          (time window, op read or a record in the R:T form) the calls shed by adaptive throttling, a decaying
-    --          count ('%.4f'); '' otherwise }
+    --          count ('%.4f'); '' otherwise,
+    --          (op read) the relative threshold's baseline 'CALLS FAILURES AT_MS', or '' }
 
     local SCHEMA = '2'
     local channel, instance, hold, sender = ARGV[1], ARGV[2], tonumber(ARGV[4]) or 1000, ARGV[5]
@@ -148,7 +151,7 @@ enum BreakerScript {
     -- Redis pays for every Lua value and closure a call makes; this path makes few (Docs/architecture.md).
     local function lean_record(A, K)
       if A[1] ~= 'record' or not sender or A[7] ~= 'time' or A[6] == '' or A[16] ~= '' or A[22] ~= '1' or A[23] ~= '0'
-        or A[24] ~= '0' or A[25] ~= '0' or A[29] ~= '0' then
+        or A[24] ~= '0' or A[25] ~= '0' or A[29] ~= '0' or string.find(A[3], '~', 1, true) then
         return nil
       end
       local n = 0
@@ -255,7 +258,7 @@ enum BreakerScript {
       -- (and, last, the senders' high-water marks).
       local FIELDS = { 'state', 'version', 'since', 'open_until', 'attempt', 'reason', 'isolation_reason',
         'consecutive_failures', 'probes', 'probe_successes', 'created', 'budget', 'policy_fp', 'schema', 'pruned', 'senders',
-        'streak_at', 'leases' }
+        'streak_at', 'leases', 'baseline' }
       local NUMERIC = { 'version', 'since', 'open_until', 'attempt', 'consecutive_failures', 'probes', 'probe_successes', 'created' }
       local VALID_STATES = { closed = true, open = true, half_open = true, isolated = true, disabled = true, metrics_only = true }
       local NUMERIC_INDEX = { version = 2, since = 3, open_until = 4, attempt = 5, consecutive_failures = 8, probes = 9,
@@ -353,6 +356,10 @@ enum BreakerScript {
           end
           local function text(v) if v == nil or v == cjson.null then return '' end return tostring(v) end
           A[3] = text(p.failureRateThreshold); A[4] = text(p.consecutiveFailureThreshold)
+          local rel = p.relativeFailureRate
+          if type(rel) == 'table' then
+            A[3] = A[3] .. '~' .. text(rel.factor) .. ':' .. text(rel.floor) .. ':' .. text(rel.horizonMs) .. ':' .. text(rel.warmupCalls)
+          end
           A[5] = text(p.slowCallRateThreshold); A[6] = text(p.minimumThroughput)
           A[7] = text(p.window.kind)
           if p.window.kind == 'time' then
@@ -369,7 +376,17 @@ enum BreakerScript {
           A[18] = stored_breaks[2] or '30000'
         end
 
-        local failure_rate, consecutive, slow_rate = tonumber(A[3]), tonumber(A[4]), tonumber(A[5])
+        -- A[3]: the fixed ratio, then with a relative threshold '~FACTOR:FLOOR:HORIZON_MS:WARMUP_CALLS'.
+        local fixed_rate, relative_text = string.match(A[3], '^([^~]*)~(.*)$')
+        local relative = nil
+        if relative_text then
+          local factor, floor, horizon, warmup = string.match(relative_text, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
+          relative = { factor = tonumber(factor), floor = tonumber(floor), horizon = tonumber(horizon), warmup = tonumber(warmup) }
+          if not (relative.factor and relative.floor and relative.horizon and relative.warmup and relative.horizon > 0) then relative = nil end
+        else
+          fixed_rate = A[3]
+        end
+        local failure_rate, consecutive, slow_rate = tonumber(fixed_rate), tonumber(A[4]), tonumber(A[5])
         local minimum, window_kind, window_size, width = tonumber(A[6]), A[7], tonumber(A[8]), tonumber(A[9])
         local permitted, successes_needed, max_half_open = tonumber(A[10]), tonumber(A[11]), tonumber(A[12])
         local mode, instances, base_attempt = A[13], tonumber(A[14]), tonumber(A[17])
@@ -398,7 +415,7 @@ enum BreakerScript {
             consecutive_failures = finite(v[8]), probes = finite(v[9]), probe_successes = finite(v[10]),
             created = finite(v[11]), budget = finite(v[12]) or -1, policy_fp = v[13] or '', schema = v[14] or nil,
             pruned = finite(v[15]) or 0, senders = finite(v[16]) or 0, streak_at = finite(v[17]),
-            leases = v[18] or '' }
+            leases = v[18] or '', baseline = v[19] or nil }
           for i = 1, #NUMERIC do
             local field = NUMERIC[i]
             -- Counters, versions and times are whole numbers ≥ 0: a negative version would put the breaker below what
@@ -414,7 +431,7 @@ enum BreakerScript {
             reason = st.reason, isolation_reason = st.isolation_reason, consecutive_failures = st.consecutive_failures,
             probes = st.probes, probe_successes = st.probe_successes, created = st.created, budget = st.budget,
             policy_fp = st.policy_fp, schema = st.schema, pruned = st.pruned, senders = st.senders, streak_at = st.streak_at,
-            leases = st.leases }
+            leases = st.leases, baseline = st.baseline }
           if v[16] == false then old.senders = nil end
           if st.schema == nil then
             -- A breaker last written by schema 1: its window is laid out differently; start it empty.
@@ -573,6 +590,26 @@ enum BreakerScript {
           local n = 0
           for _ in pairs(failing_instances) do n = n + 1 end
           return n
+        end
+
+        -- The relative threshold's baseline: 'CALLS FAILURES AT_MS', both counts decayed with the horizon as their
+        -- time constant. Statistics: a value that does not read as that is an empty baseline (and is written anew).
+        local function read_baseline()
+          local c, f, at = string.match(st.baseline or '', '^(%S+) (%S+) (%d+)$')
+          c, f, at = tonumber(c), tonumber(f), tonumber(at)
+          if c == nil or f == nil or at == nil or c ~= c or f ~= f or c < 0 or f < 0 or f > c or c > 1e15 then return nil end
+          return { calls = c, failures = f, at = at }
+        end
+        local baseline = relative and read_baseline() or nil
+        if relative and baseline and baseline.calls >= relative.warmup and baseline.calls > 0 then
+          failure_rate = math.min(1, math.max(relative.floor, relative.factor * baseline.failures / baseline.calls))
+        end
+        local function learn_baseline(calls, failures)
+          if not relative or calls + failures == 0 then return end
+          local b = baseline or { calls = 0, failures = 0, at = now }
+          local keep = math.exp(-math.max(0, now - b.at) / relative.horizon)
+          baseline = { calls = b.calls * keep + calls, failures = b.failures * keep + failures, at = math.max(b.at, now) }
+          st.baseline = string.format('%.17g %.17g %d', baseline.calls, baseline.failures, baseline.at)
         end
 
         local function ratio_reason()
@@ -825,6 +862,8 @@ enum BreakerScript {
               win.dirty = true
               if added_f > 0 then failing_instances[instance] = true end
               win.failed = added_f > 0
+              -- The baseline learns the batch; the rules below judge it against what it knew before.
+              learn_baseline(successes + failures, failures)
               -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
               -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
               local streak_before = st.consecutive_failures
@@ -890,6 +929,11 @@ enum BreakerScript {
           end
           transition(base_state, corrupt and 'reset (repaired ' .. corrupt .. ')' or 'reset')
           st.isolation_reason = ''
+          -- A[19] 'baseline': the relative threshold's baseline is forgotten too (it learns again from the next call).
+          if A[19] == 'baseline' then
+            redis.call('HDEL', K[1], 'baseline')
+            st.baseline = nil; old.baseline = nil; baseline = nil
+          end
         elseif op == 'half_open' then
           transition('half_open', 'forced half-open')
         elseif op == 'read' then
@@ -1106,7 +1150,7 @@ enum BreakerScript {
         return { st.state, st.version, st.since, st.open_until, now, st.attempt, st.reason, st.isolation_reason,
                  st.consecutive_failures, st.probes, st.probe_successes, granted, window.calls, window.failures, window.slow,
                  transitioned and 1 or 0, st.created, totals, budget, st.policy_fp == A[15] and 1 or 0, duplicate and 1 or 0,
-                 repaired or '', recent, throttle_value }
+                 repaired or '', recent, throttle_value, (op == 'read' and st.baseline) or '' }
       end
       return run
     end

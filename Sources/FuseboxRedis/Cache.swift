@@ -226,7 +226,9 @@ struct Cache: Sendable {
             return true
         }
         let calls = windowCalls + batch.calls
-        guard calls >= policy.minimumThroughput, let ratio = policy.failureRateThreshold, isFailure else { return false }
+        // A relative threshold may be as low as its floor: judged against that, the write is never late.
+        let fixed = policy.relativeFailureRate.map { min(policy.failureRateThreshold ?? 1, $0.floor) } ?? policy.failureRateThreshold
+        guard calls >= policy.minimumThroughput, let ratio = fixed, isFailure else { return false }
         return Double(windowFailures + batch.failures + batch.slowFailures) >= ratio * Double(calls)
     }
 

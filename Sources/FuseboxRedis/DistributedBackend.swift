@@ -1172,6 +1172,7 @@ final class DistributedBackend: BreakerBackend {
 
     func isolate(reason: String) async throws(FuseboxError) { try await control("isolate", [reason]) }
     func reset() async throws(FuseboxError) { try await control("reset", []) }
+    func resetWithBaseline() async throws(FuseboxError) { try await control("reset", ["baseline"]) }
     func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }
 
     func snapshot() async throws(FuseboxError) -> BreakerSnapshot {
@@ -1217,8 +1218,12 @@ final class DistributedBackend: BreakerBackend {
         case .time(let sampling, let buckets): ("time", buckets, max(1, (sampling / buckets).milliseconds))
         case .count(let size): ("count", size, 1)
         }
+        // A relative threshold rides with the fixed one (the script's A[3]): '~FACTOR:FLOOR:HORIZON_MS:WARMUP_CALLS'.
+        let relative = policy.relativeFailureRate.map {
+            "~\($0.factor):\($0.floor):\(max(1, $0.horizon.milliseconds)):\($0.warmupCalls)"
+        } ?? ""
         return [
-            policy.failureRateThreshold.map { "\($0)" } ?? "",
+            (policy.failureRateThreshold.map { "\($0)" } ?? "") + relative,
             policy.consecutiveFailureThreshold.map { "\($0)" } ?? "",
             policy.slowCallRateThreshold.map { "\($0)" } ?? "",
             String(policy.minimumThroughput), kind, String(size), String(width),
@@ -1279,7 +1284,10 @@ final class DistributedBackend: BreakerBackend {
         }
         // Adaptive throttling is written only when set, so the JSON (and fingerprint) of a policy without it is
         // what it was before the option existed.
-        let throttling = policy.adaptiveThrottling.map { #","adaptiveThrottling":{"multiplier":\#($0.multiplier)}"# } ?? ""
+        var throttling = policy.adaptiveThrottling.map { #","adaptiveThrottling":{"multiplier":\#($0.multiplier)}"# } ?? ""
+        if let relative = policy.relativeFailureRate {
+            throttling += #","relativeFailureRate":{"factor":\#(relative.factor),"floor":\#(relative.floor),"horizonMs":\#(ms(relative.horizon)),"warmupCalls":\#(relative.warmupCalls)}"#
+        }
         return #"{"minimumInstances":\#(minimumInstances),"failureRateThreshold":\#(optional(policy.failureRateThreshold)),"consecutiveFailureThreshold":\#(optional(policy.consecutiveFailureThreshold)),"slowCallRateThreshold":\#(optional(policy.slowCallRateThreshold)),"slowCallDurationMs":\#(ms(policy.slowCallDuration)),"minimumThroughput":\#(policy.minimumThroughput),"window":\#(window),"breakDuration":\#(breakDuration),"permittedCallsInHalfOpen":\#(policy.permittedCallsInHalfOpen),"successThreshold":\#(policy.successThreshold),"maxHalfOpenDurationMs":\#(ms(policy.maxHalfOpenDuration)),"mode":"\#(policy.mode.rawValue)"\#(throttling)}"#
     }
 }

@@ -136,6 +136,14 @@ public enum PolicyJSON {
             }
             policy.adaptiveThrottling = .init(multiplier: multiplier.doubleValue)
         }
+        if let relative = object["relativeFailureRate"] {
+            guard let fields = relative as? [String: Any], let factor = fields["factor"] as? NSNumber, let floor = fields["floor"] as? NSNumber,
+                let warmup = fields["warmupCalls"] as? NSNumber
+            else { throw corrupt("relativeFailureRate") }
+            policy.relativeFailureRate = .init(
+                factor: factor.doubleValue, floor: floor.doubleValue, horizon: try milliseconds(fields["horizonMs"], "relativeFailureRate.horizonMs"),
+                warmupCalls: warmup.intValue)
+        }
         if let instances = object["minimumInstances"] {
             guard let number = instances as? NSNumber else { throw corrupt("minimumInstances") }
             policy.minimumInstances = number.intValue
@@ -143,7 +151,7 @@ public enum PolicyJSON {
         let known: Set<String> = [
             "failureRateThreshold", "consecutiveFailureThreshold", "slowCallRateThreshold", "slowCallDurationMs",
             "minimumThroughput", "window", "breakDuration", "permittedCallsInHalfOpen", "successThreshold",
-            "maxHalfOpenDurationMs", "mode", "minimumInstances", "adaptiveThrottling",
+            "maxHalfOpenDurationMs", "mode", "minimumInstances", "adaptiveThrottling", "relativeFailureRate",
         ]
         if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
             throw FuseboxError(code: .invalidPolicy, message: "the policy has a field this build does not know: '\(unknown)'")

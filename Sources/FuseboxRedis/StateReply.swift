@@ -40,6 +40,8 @@ struct StateReply: Sendable {
     /// The window's count of calls shed by adaptive throttling (a `read`, or a record from a sender with it on, of
     /// a time window); `nil` when the reply does not carry it.
     var windowThrottled: Double?
+    /// For `read`: the relative threshold's baseline (decayed calls and failures), when it has one.
+    var baseline: (calls: Double, failures: Double)?
 
     var windowCalls: Int { window?.calls ?? 0 }
     var windowFailures: Int { window?.failures ?? 0 }
@@ -88,6 +90,10 @@ struct StateReply: Sendable {
         duplicate = try int(20) == 1
         statisticsNote = parts.count > 21 ? parts[21].string.flatMap { $0.isEmpty ? nil : $0 } : nil
         recentTransitions = parts.count > 22 ? max(0, parts[22].int ?? 0) : 0
+        if parts.count > 24, let text = parts[24].string {
+            let fields = text.split(separator: " ").compactMap { Double($0) }
+            if fields.count == 3, fields[0] > 0, fields[1] >= 0, fields[0].isFinite, fields[1].isFinite { baseline = (fields[0], fields[1]) }
+        }
         windowThrottled = parts.count > 23 ? parts[23].string.flatMap(Double.init).map { $0.isFinite ? max(0, $0) : 0 } : nil
     }
 
@@ -224,6 +230,7 @@ extension BreakerSnapshot {
             consecutiveFailures: reply.consecutiveFailures, errorCounts: errors, totals: sums, timeUntilProbe: reply.timeUntilProbe,
             isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
             probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason,
-            recentTransitions: reply.recentTransitions, windowThrottled: reply.windowThrottled ?? 0, health: health)
+            recentTransitions: reply.recentTransitions, windowThrottled: reply.windowThrottled ?? 0,
+            failureBaseline: reply.baseline.map { $0.failures / $0.calls }, baselineCalls: reply.baseline?.calls ?? 0, health: health)
     }
 }

@@ -109,6 +109,8 @@ public enum ConformanceStep: Sendable {
         case healthScore(Int)
         /// The share of calls adaptive throttling sheds now (within 0.001).
         case throttleProbability(Double)
+        /// The failure-ratio threshold in force (within 0.001; `nil`: none applies).
+        case failureRateThresholdInForce(Double?)
     }
 }
 
@@ -232,6 +234,9 @@ public struct ConformanceScenario: Sendable {
                     case .healthScore(let n) where snapshot.healthScore != n: problem("healthScore \(snapshot.healthScore), expected \(n)")
                     case .throttleProbability(let p) where abs(snapshot.throttleProbability - p) > 0.001:
                         problem("throttleProbability \(snapshot.throttleProbability), expected \(p)")
+                    case .failureRateThresholdInForce(let t)
+                    where (t == nil) != (snapshot.failureRateThresholdInForce == nil) || abs((t ?? 0) - (snapshot.failureRateThresholdInForce ?? 0)) > 0.001:
+                        problem("failureRateThresholdInForce \(snapshot.failureRateThresholdInForce.map { "\($0)" } ?? "nil"), expected \(t.map { "\($0)" } ?? "nil")")
                     default: break
                     }
                 }

@@ -1,3 +1,4 @@
+import Foundation
 import Fusebox
 
 extension ConformanceScenario {
@@ -55,6 +56,26 @@ extension ConformanceScenario {
             }),
             .expect([.throttleProbability(2.0 / 11.0)]),
             .advance(.seconds(11)), .expect([.throttleProbability(0), .windowCalls(0)]),
+        ]),
+        ConformanceScenario("a relative threshold: the fixed one until the baseline is warm, then a multiple of the baseline, not below the floor", policy: policy {
+            $0.failureRateThreshold = 0.5
+            $0.relativeFailureRate = .init(factor: 4, floor: 0.05, horizon: .seconds(3600), warmupCalls: 100)
+        }, [
+            .succeed(50), .expect([.failureRateThresholdInForce(0.5)]),
+            .succeed(150), .expect([.failureRateThresholdInForce(0.05)]),
+            // A clean window; the baseline (0 failures in 200 calls, decayed) holds the threshold at the floor: one
+            // failure in ten trips it, where the fixed 0.5 would have waited for five.
+            .advance(.seconds(11)), .succeed(18), .expectState(.closed), .fail(1), .expectState(.open),
+        ]),
+        ConformanceScenario("a relative threshold: a dependency that always fails 8 % does not trip at 20 %, and the baseline does not learn while isolated", policy: policy {
+            $0.failureRateThreshold = 0.1
+            $0.relativeFailureRate = .init(factor: 4, floor: 0.02, horizon: .seconds(3600), warmupCalls: 50)
+        }, [
+            .succeed(46), .fail(4), .expect([.failureRateThresholdInForce(0.32)]),
+            .advance(.seconds(11)), .succeed(8), .fail(2), .expectState(.closed),
+            .expect([.failureRateThresholdInForce(4 * (4 * exp(-11.0 / 3600) + 2) / (50 * exp(-11.0 / 3600) + 10))]),
+            .isolate("maintenance"), .rejected(3, in: .isolated), .reset,
+            .expect([.failureRateThresholdInForce(4 * (4 * exp(-11.0 / 3600) + 2) / (50 * exp(-11.0 / 3600) + 10))]),
         ]),
         ConformanceScenario("transitions in the last ten minutes cost 10 each beyond three, and leave the count after ten minutes", policy: BreakerPolicy(), [
             .reset, .forceHalfOpen, .reset, .expect([.recentTransitions(3), .healthScore(100)]),

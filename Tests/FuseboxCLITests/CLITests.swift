@@ -63,6 +63,26 @@ struct CLITests {
         }
     }
 
+    @Test("a relative failure threshold from run's flags: show gives the baseline and the threshold in force; reset --baseline forgets it")
+    func relativeThreshold() async throws {
+        try await RedisServerProcess.with { server in
+            let flags = ["--redis", server.url, "--relative-failure-factor", "4", "--relative-failure-floor", "0.1"]
+            for _ in 0..<3 { #expect(try await fusebox(["run", "rel"] + flags + ["--", "true"]).status == 0) }
+            #expect(try await fusebox(["run", "rel"] + flags + ["--", "false"]).status == 1)
+            let shown = try JSONSerialization.jsonObject(with: Data(try await fusebox(["show", "rel", "--json", "--redis", server.url]).output.utf8)) as! [String: Any]
+            let breaker = shown["breaker"] as! [String: Any]
+            #expect(abs((breaker["failureBaseline"] as? Double ?? 0) - 0.25) < 1e-4, "\(breaker)")
+            #expect(breaker["failureRateThresholdInForce"] as? Double == 0.5, "the fixed threshold until 100 calls are learned")
+            #expect(try await fusebox(["show", "rel", "--redis", server.url]).output.contains("failure threshold  50.0% (relative: baseline 25.0% over 4 calls)"))
+            let bad = try await fusebox(["run", "rel", "--redis", server.url, "--relative-failure-floor", "0.1", "--", "true"])
+            #expect(bad.status == 64 && bad.output.contains("--relative-failure-factor"), "\(bad.output)")
+            let reset = try await fusebox(["reset", "rel", "--baseline", "--json", "--redis", server.url])
+            #expect(reset.status == 0)
+            let after = try JSONSerialization.jsonObject(with: Data(reset.output.utf8)) as! [String: Any]
+            #expect(after["failureBaseline"] == nil || after["failureBaseline"] is NSNull, "\(after)")
+        }
+    }
+
     @Test("run, list, show, isolate, reset, half-open: exit codes and the JSON shape")
     func commands() async throws {
         try await RedisServerProcess.with { server in

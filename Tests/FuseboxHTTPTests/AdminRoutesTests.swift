@@ -304,6 +304,28 @@ struct AdminRoutesTests {
         }
     }
 
+    @Test("a relative threshold: its baseline and the threshold in force are shown, and reset?baseline=true forgets the baseline", arguments: Subject.allCases)
+    func relativeThreshold(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        var policy = BreakerPolicy()
+        policy.relativeFailureRate = .init(factor: 4, floor: 0.05, horizon: .seconds(3600), warmupCalls: 10)
+        let breaker = try fixture.registry.breaker("relative", policy: policy)
+        for index in 0..<20 { _ = try? await breaker.run { if index % 10 == 0 { throw Boom() } } }
+        _ = try await breaker.snapshot()
+        try await fixture.routes().test(.router) { client in
+            let shown = try dictionary(try object(try await client.execute(uri: "/admin/circuit-breakers/relative", method: .get))["breaker"])
+            #expect(abs((shown["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-6, "\(shown)")
+            #expect(abs((shown["failure_rate_threshold_in_force"] as? Double ?? 0) - 0.4) < 1e-6, "4 x the baseline of 0.1")
+            #expect(try dictionary(try dictionary(shown["thresholds"])["relative_failure_rate"])["factor"] as? Double == 4)
+            let plain = try object(try await client.execute(uri: "/admin/circuit-breakers/relative/reset", method: .post))
+            #expect(abs((plain["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-6, "a plain reset keeps the baseline")
+            let forgotten = try object(try await client.execute(uri: "/admin/circuit-breakers/relative/reset?baseline=true", method: .post))
+            #expect(forgotten["failure_baseline"] is NSNull, "\(forgotten)")
+            #expect(forgotten["failure_rate_threshold_in_force"] as? Double == 0.5, "the fixed threshold again until the baseline is warm")
+        }
+    }
+
     @Test("a name with spaces, quotes and non-ASCII letters is reached percent-encoded and written as valid JSON")
     func awkwardNames() async throws {
         let registry = BreakerRegistry(adapter: LocalAdapter())

@@ -1,3 +1,4 @@
+import Foundation
 import Fusebox
 import FuseboxTestKit
 import Hiredis
@@ -62,6 +63,10 @@ struct ModelBasedTests {
         policy.successThreshold = pick([1, 2])
         policy.maxHalfOpenDuration = pick([.seconds(3), .seconds(60)])
         policy.mode = pick([.normal, .normal, .normal, .normal, .metricsOnly])
+        // A relative failure threshold, warm within a few calls, its baseline decaying over the steps' advances.
+        policy.relativeFailureRate = pick([
+            nil, nil, .init(factor: 2, floor: 0.25, horizon: .seconds(5), warmupCalls: 3), .init(factor: 3, floor: 0.1, horizon: .seconds(60), warmupCalls: 6),
+        ])
         // A held probe keeps its permit however far the steps move time: its lease (twice the call timeout) is
         // the distributed adapter's own rule for holders that die, which one process cannot have.
         policy.callTimeout = .seconds(3600)
@@ -177,6 +182,8 @@ struct ModelBasedTests {
                 ("attempt", "\(a.attempt)", "\(b.attempt)"),
                 ("probesInFlight", "\(a.probesInFlight)", "\(b.probesInFlight)"),
                 ("totals", "\(a.totals)", "\(b.totals)"),
+                ("failureRateThresholdInForce", a.failureRateThresholdInForce.map { String(format: "%.9f", $0) } ?? "nil",
+                 b.failureRateThresholdInForce.map { String(format: "%.9f", $0) } ?? "nil"),
             ]
             for (figure, swift, lua) in figures where swift != lua {
                 problems.append("step \(step) \(operation): \(figure) \(swift) (Swift) vs \(lua) (Lua)")

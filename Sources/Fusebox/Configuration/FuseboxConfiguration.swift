@@ -163,7 +163,8 @@ struct ConfigValues {
         "failureRatio", "consecutiveFailures", "slowCallRatio", "slowCallDuration", "minimumThroughput", "window",
         "windowDuration", "windowBuckets", "windowSize", "breakDuration", "breakBackoff", "breakBackoffFactor",
         "breakBackoffIncrement", "maxBreakDuration", "halfOpenPermits", "successThreshold", "maxHalfOpenDuration",
-        "mode", "callTimeout", "minimumInstances", "adaptiveThrottling",
+        "mode", "callTimeout", "minimumInstances", "adaptiveThrottling", "relativeFailureFactor", "relativeFailureFloor",
+        "relativeFailureHorizon", "relativeFailureWarmupCalls",
     ]
 
     func refusal(_ key: ConfigKey, _ value: String, _ rule: String) -> FuseboxError {
@@ -315,6 +316,18 @@ struct ConfigValues {
         if let timeout = try optionalDuration(key("callTimeout")) { policy.callTimeout = timeout }
         if let instances = try integer(key("minimumInstances"), in: 1...1000) { policy.minimumInstances = instances }
         if let multiplier = try number(key("adaptiveThrottling"), atLeast: 1) { policy.adaptiveThrottling = .init(multiplier: multiplier) }
+        let relativeFactor = try number(key("relativeFailureFactor"), atLeast: 0)
+        let relativeFloor = try self.ratio(key("relativeFailureFloor"))
+        let relativeHorizon = try duration(key("relativeFailureHorizon"), positive: true)
+        let relativeWarmup = try integer(key("relativeFailureWarmupCalls"), in: 1...1_000_000_000)
+        if relativeFactor != nil || relativeFloor != nil || relativeHorizon != nil || relativeWarmup != nil {
+            var relative = policy.relativeFailureRate ?? .init()
+            if let relativeFactor { relative.factor = relativeFactor }
+            if let floor = relativeFloor ?? nil { relative.floor = floor }
+            if let relativeHorizon { relative.horizon = relativeHorizon }
+            if let relativeWarmup { relative.warmupCalls = relativeWarmup }
+            policy.relativeFailureRate = relative
+        }
         do {
             return try policy.validated()
         } catch {
