@@ -122,6 +122,38 @@ struct ResetCommand: AsyncParsableCommand {
     }
 }
 
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit", abstract: "Operators' actions (isolate, reset, half-open, policy set and clear), newest first: who, when, what, why.")
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Option(name: .long, help: "How many actions to show (1 to 10000).") var limit = 50
+    @Argument(help: "Only this breaker's actions.") var name: String?
+
+    struct Entry: Codable {
+        var at: String
+        var breaker: String
+        var action: String
+        var by: String
+        var reason: String?
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            guard (1...10_000).contains(limit) else { throw CLIError.usage("--limit is \(limit); allowed: 1 to 10000") }
+            if let name { try BreakerRegistry.validate(name: name) }
+            let trail = try await global.makeOperator().auditTrail(of: name, limit: limit)
+            let entries = trail.map {
+                Entry(at: timestamp(Date(timeIntervalSince1970: Double($0.atMilliseconds) / 1000)), breaker: $0.breaker, action: $0.action, by: $0.by, reason: $0.reason)
+            }
+            if json { return try printJSON(entries) }
+            if entries.isEmpty { return print("no operator actions recorded in namespace '\(global.keyNamespace)'") }
+            print(renderTable(["AT", "BREAKER", "ACTION", "BY", "REASON"], entries.map { [$0.at, $0.breaker, $0.action, $0.by, $0.reason ?? ""] }))
+        }
+    }
+}
+
 struct HalfOpenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "half-open", abstract: "Move a breaker to half-open on every instance.")
 

@@ -20,13 +20,13 @@ struct FuseboxCommand: AsyncParsableCommand {
 
     #if FUSEBOX_HTTP
     static let subcommands: [any ParsableCommand.Type] = [
-        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
+        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self, AuditCommand.self,
         WatchCommand.self, RunCommand.self, PolicyCommand.self, ServeCommand.self, DemoCommand.self, DemoInstanceCommand.self, LoadCommand.self,
     ]
     #else
     // A sanitizer build (Package.swift, FUSEBOX_WITHOUT_HTTP) has no HTTP server.
     static let subcommands: [any ParsableCommand.Type] = [
-        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self,
+        ListCommand.self, ShowCommand.self, IsolateCommand.self, ResetCommand.self, HalfOpenCommand.self, AuditCommand.self,
         WatchCommand.self, RunCommand.self, PolicyCommand.self, DemoCommand.self, DemoInstanceCommand.self, LoadCommand.self,
     ]
     #endif
@@ -45,6 +45,15 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Key namespace (default: $FUSEBOX_NAMESPACE, else fusebox).")
     var namespace: String?
 
+    @Option(name: .long, help: "Who acts, for the audit trail (default: USER@HOST).")
+    var by: String?
+
+    /// The actor the audit trail names: `--by`, else `USER@HOST`.
+    var actor: String {
+        if let by, !by.trimmingCharacters(in: .whitespaces).isEmpty { return by }
+        return "\(ProcessInfo.processInfo.environment["USER"] ?? "unknown")@\(ProcessInfo.processInfo.hostName)"
+    }
+
     var redisURL: String {
         redis ?? Self.environment("FUSEBOX_REDIS_URL") ?? "redis://127.0.0.1:6379"
     }
@@ -57,7 +66,10 @@ struct GlobalOptions: ParsableArguments {
 
     /// The options that may come before the subcommand: `--redis URL`, `--namespace NS` (or `--option=value`) and
     /// `--json`.
-    static let hoisted: [String: Bool] = ["--redis": true, "--namespace": true, "--json": false]
+    /// Commands whose subcommands take the global options.
+    static let groups: Set<String> = ["policy"]
+
+    static let hoisted: [String: Bool] = ["--redis": true, "--namespace": true, "--by": true, "--json": false]
 
     /// `arguments` with the global options written before the subcommand moved to just after its name, where
     /// the subcommand parses them: `--redis URL list` becomes `list --redis URL`. Anything else is left as it is
@@ -77,7 +89,9 @@ struct GlobalOptions: ParsableArguments {
             }
         }
         guard !leading.isEmpty, index < arguments.count else { return arguments }
-        return [arguments[index]] + leading + arguments[(index + 1)...]
+        // A command group (`policy set`) takes them after its subcommand's name.
+        let names = groups.contains(arguments[index]) && index + 1 < arguments.count ? 2 : 1
+        return Array(arguments[index..<(index + names)]) + leading + arguments[(index + names)...]
     }
 
     /// A configuration with short timeouts (an operator waits at most a few seconds).
@@ -97,7 +111,7 @@ struct GlobalOptions: ParsableArguments {
     func makeOperator() async throws -> BreakerOperator {
         let connection = try RedisClient(configuration: configuration())
         try await checkReachable(connection)
-        return BreakerOperator(connection: connection, namespace: keyNamespace)
+        return BreakerOperator(connection: connection, namespace: keyNamespace, actor: actor)
     }
 
     /// `PING`s through `connection`; unreachable Redis is exit 69 with the reason.

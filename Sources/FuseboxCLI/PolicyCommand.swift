@@ -139,9 +139,8 @@ struct PolicySetCommand: AsyncParsableCommand {
             let stored = try? await breakers.storedPolicy(of: name)
             let base = current?.policy ?? stored ?? BreakerPolicy()
             let policy = try rules.applied(to: base, replacingDefaultRatio: current == nil && stored == nil)
-            let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
             let override = PolicyOverride(
-                policy: policy, setBy: "\(user)@\(ProcessInfo.processInfo.hostName)",
+                policy: policy, setBy: global.actor,
                 setAtMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), reason: reason)
             do {
                 try await breakers.setOverride(override, for: name)

@@ -240,6 +240,16 @@ enum AdminJSON {
         ])
     }
 
+    static func audit(_ entry: AuditEntry) -> JSON {
+        .object([
+            ("at", timestamp(Date(timeIntervalSince1970: Double(entry.atMilliseconds) / 1000))),
+            ("breaker", .string(entry.breaker)),
+            ("action", .string(entry.action)),
+            ("by", .string(entry.by)),
+            ("reason", .optional(entry.reason)),
+        ])
+    }
+
     static func error(_ code: String, _ message: String) -> JSON {
         .object([("error", .string(code)), ("message", .string(message))])
     }

@@ -57,9 +57,11 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         let routes = RouteCollection(context: Context.self)
         routes.get("") { _, _ in Self.page() }
         routes.get("circuit-breakers") { _, _ in try await self.list() }
-        routes.post("circuit-breakers/reset-all") { request, _ in
+        routes.post("circuit-breakers/reset-all") { request, context in
             try self.authorize(request)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.survey(try await administration.resetAll(), scope: administration.scope) }
+            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.survey(try await administration.resetAll(), scope: administration.scope) }
+            }
         }
         routes.get("circuit-breakers/:name") { _, context in
             let name = try Self.name(context)
@@ -84,21 +86,44 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             let name = try Self.name(context)
             // `?baseline=true` forgets the relative threshold's baseline too.
             let baseline = request.uri.queryParameters.get("baseline") == "true"
-            return try await self.answer { () async throws(FuseboxError) -> JSON in
-                AdminJSON.breaker(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
+            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+                try await self.answer { () async throws(FuseboxError) -> JSON in
+                    AdminJSON.breaker(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
+                }
             }
         }
         routes.post("circuit-breakers/:name/half-open") { request, context in
             try self.authorize(request)
             let name = try Self.name(context)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.forceHalfOpen(name)) }
+            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.forceHalfOpen(name)) }
+            }
         }
         routes.post("circuit-breakers/:name/isolate") { request, context in
             try self.authorize(request)
             let name = try Self.name(context)
             var request = request
             let reason = try await Self.reason(&request)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.isolate(name, reason: reason)) }
+            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.isolate(name, reason: reason)) }
+            }
+        }
+        routes.get("audit") { request, _ in
+            let breaker = request.uri.queryParameters.get("breaker")
+            let limitText = request.uri.queryParameters.get("limit")
+            let limit = limitText.flatMap { Int($0) } ?? 100
+            guard (1...10_000).contains(limit), limitText == nil || Int(limitText!) != nil else {
+                throw Refusal(status: .badRequest, code: "bad_request", message: "limit is '\(limitText ?? "")'; allowed: a whole number from 1 to 10000")
+            }
+            if let breaker {
+                do { try BreakerRegistry.validate(name: breaker) } catch let error as FuseboxError { return Self.failure(error) }
+            }
+            return try await self.answer { () async throws(FuseboxError) -> JSON in
+                .object([
+                    ("timestamp", AdminJSON.timestamp(Date())),
+                    ("entries", .array(try await administration.audit(of: breaker, limit: limit).map(AdminJSON.audit))),
+                ])
+            }
         }
         routes.get("health") { _, _ in await self.health() }
         routes.get("metrics") { _, _ in await self.scrape() }
@@ -229,6 +254,18 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             for field in headers { response.headers.append(field) }
             return response
         }
+    }
+
+    /// Who acts, for the audit trail: the `X-Fusebox-Actor` header (up to 100 printable characters), else
+    /// `http:CLIENT-ADDRESS` when the context knows the address, else `http`.
+    static func actor(_ request: Request, _ context: Context) -> String {
+        if let named = request.headers[HTTPField.Name("X-Fusebox-Actor")!]?.trimmingCharacters(in: .whitespaces), !named.isEmpty,
+            named.count <= 100, !named.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        {
+            return named
+        }
+        if let address = (context as? any RemoteAddressRequestContext)?.remoteAddress?.ipAddress { return "http:\(address)" }
+        return "http"
     }
 
     /// The breaker name in the path, percent-decoded.

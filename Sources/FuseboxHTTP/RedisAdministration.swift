@@ -176,6 +176,10 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return try await status(of: name)
     }
 
+    public func audit(of name: String?, limit: Int) async throws(FuseboxError) -> [AuditEntry] {
+        try await breakers.auditTrail(of: name, limit: limit)
+    }
+
     public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         _ = try await breakers.reset(name, baseline: true)
         invalidate()

@@ -1,5 +1,6 @@
 import Foundation
 import Fusebox
+import FuseboxLocking
 
 /// The breakers of one application's `BreakerRegistry`, on either adapter: what an application mounts the admin
 /// router over.
@@ -9,10 +10,28 @@ import Fusebox
 public struct RegistryAdministration: BreakerAdministration {
     /// The registry administered.
     public let registry: BreakerRegistry
+    /// The actions made through this administration, newest last (at most ``auditCapacity``).
+    private let trail = AuditTrail()
+    /// How many actions the in-memory audit trail keeps.
+    public static let auditCapacity = 10_000
 
     /// Administers `registry`.
     public init(registry: BreakerRegistry) {
         self.registry = registry
+    }
+
+    private func record(_ action: String, _ name: String, reason: String? = nil) {
+        let entry = AuditEntry(
+            atMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)), breaker: name, action: action,
+            by: AuditContext.actor ?? "application", reason: reason)
+        trail.entries.withLock { trail in
+            trail.append(entry)
+            if trail.count > Self.auditCapacity { trail.removeFirst(trail.count - Self.auditCapacity) }
+        }
+    }
+
+    public func audit(of name: String?, limit: Int) async throws(FuseboxError) -> [AuditEntry] {
+        Array(trail.entries.withLock { $0.reversed().filter { name == nil || $0.breaker == name }.prefix(max(0, limit)) })
     }
 
     public var scope: String {
@@ -58,26 +77,31 @@ public struct RegistryAdministration: BreakerAdministration {
 
     public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).isolate(reason: reason)
+        record("isolate", name, reason: reason)
         return try await status(of: name)
     }
 
     public func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).reset()
+        record("reset", name)
         return try await status(of: name)
     }
 
     public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).resetWithBaseline()
+        record("reset-baseline", name)
         return try await status(of: name)
     }
 
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).forceHalfOpen()
+        record("half-open", name)
         return try await status(of: name)
     }
 
     public func resetAll() async throws(FuseboxError) -> BreakerSurvey {
         try await registry.resetAll()
+        for name in registry.names { record("reset", name) }
         return try await survey()
     }
 
@@ -120,4 +144,9 @@ public struct RegistryAdministration: BreakerAdministration {
         }
         return breaker
     }
+}
+
+/// An application's admin actions, in memory (a class: ``RegistryAdministration`` is a value that copies share).
+private final class AuditTrail: Sendable {
+    let entries = Locked<[AuditEntry]>([])
 }

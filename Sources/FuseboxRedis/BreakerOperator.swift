@@ -25,6 +25,48 @@ public struct BreakerOperator: Sendable {
     /// The channel transitions are published on.
     public var channel: String { "\(namespace):transitions" }
 
+    /// The stream of operator actions (``AuditEntry``): the last ``auditCapacity`` of the namespace.
+    public var auditKey: String { "\(namespace):audit" }
+    /// How many actions the audit stream keeps.
+    public static let auditCapacity = 10_000
+
+    /// Appends an action to the audit stream, in the name of ``AuditContext/actor`` or, without one, ``actor``.
+    func audit(_ action: String, _ name: String, reason: String?) async throws(FuseboxError) {
+        var fields: [any RedisArgument] = ["breaker", name, "action", action, "by", AuditContext.actor ?? actor]
+        if let reason { fields += ["reason", reason] }
+        do {
+            _ = try await connection.send(RedisCommand("XADD", arguments: [auditKey, "MAXLEN", Self.auditCapacity, "*"] + fields))
+        } catch {
+            throw Self.unavailable(error)
+        }
+    }
+
+    /// The last `limit` actions of the namespace (of `name` only, when given), newest first.
+    public func auditTrail(of name: String? = nil, limit: Int = 100) async throws(FuseboxError) -> [AuditEntry] {
+        let entries: RESPValue
+        do {
+            entries = try await connection.send("XREVRANGE", auditKey, "+", "-", "COUNT", name == nil ? max(1, limit) : Self.auditCapacity)
+        } catch {
+            throw Self.unavailable(error)
+        }
+        var trail: [AuditEntry] = []
+        for entry in entries.array ?? [] {
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let flat = parts[1].array else { continue }
+            var fields: [String: String] = [:]
+            var index = 0
+            while index + 1 < flat.count {
+                if let field = flat[index].string { fields[field] = flat[index + 1].string }
+                index += 2
+            }
+            guard let breaker = fields["breaker"], let action = fields["action"] else { continue }
+            if let name, breaker != name { continue }
+            let at = Int64(id.split(separator: "-").first ?? "") ?? 0
+            trail.append(AuditEntry(atMilliseconds: at, breaker: breaker, action: action, by: fields["by"] ?? "unknown", reason: fields["reason"]))
+            if trail.count >= limit { break }
+        }
+        return trail
+    }
+
     /// Every breaker name registered in the namespace, sorted.
     public func names() async throws(FuseboxError) -> [String] {
         do {
@@ -131,6 +173,7 @@ public struct BreakerOperator: Sendable {
         } catch {
             throw Self.unavailable(error)
         }
+        try await audit("isolate", name, reason: reason)
         return try await snapshot(of: name)
     }
 
@@ -138,12 +181,14 @@ public struct BreakerOperator: Sendable {
     /// threshold's baseline is forgotten too (``BreakerPolicy/relativeFailureRate``).
     public func reset(_ name: String, baseline: Bool = false) async throws(FuseboxError) -> BreakerSnapshot {
         _ = try await call("reset", on: name, extra: baseline ? ["baseline"] : [])
+        try await audit(baseline ? "reset-baseline" : "reset", name, reason: nil)
         return try await snapshot(of: name)
     }
 
     /// Moves `name` to half-open on every instance.
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerSnapshot {
         _ = try await call("half_open", on: name)
+        try await audit("half-open", name, reason: nil)
         return try await snapshot(of: name)
     }
 

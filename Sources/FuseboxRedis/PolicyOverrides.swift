@@ -217,18 +217,21 @@ extension BreakerOperator {
         } catch {
             throw Self.unavailable(error)
         }
+        try await audit("policy-set", name, reason: [checked.policy.stateRulesDescription, override.reason].compactMap { $0 }.joined(separator: "; "))
     }
 
     /// Removes the override of `name`; returns whether one was set. Every instance goes back to its own policy.
     @discardableResult
     public func clearOverride(of name: String) async throws(FuseboxError) -> Bool {
+        let removed: Int
         do {
-            let removed = try await connection.send("HDEL", overridesKey, name).int ?? 0
+            removed = try await connection.send("HDEL", overridesKey, name).int ?? 0
             _ = try await connection.send("PUBLISH", channel, Self.overrideMessage(name, "cleared"))
-            return removed > 0
         } catch {
             throw Self.unavailable(error)
         }
+        if removed > 0 { try await audit("policy-clear", name, reason: nil) }
+        return removed > 0
     }
 
     static func overrideMessage(_ name: String, _ change: String) -> String {

@@ -71,7 +71,7 @@ struct CLITests {
             #expect(try await fusebox(["run", "rel"] + flags + ["--", "false"]).status == 1)
             let shown = try JSONSerialization.jsonObject(with: Data(try await fusebox(["show", "rel", "--json", "--redis", server.url]).output.utf8)) as! [String: Any]
             let breaker = shown["breaker"] as! [String: Any]
-            #expect(abs((breaker["failureBaseline"] as? Double ?? 0) - 0.25) < 1e-4, "\(breaker)")
+            #expect(abs((breaker["failureBaseline"] as? Double ?? 0) - 0.25) < 2e-3, "\(breaker)")  // decayed between the runs
             #expect(breaker["failureRateThresholdInForce"] as? Double == 0.5, "the fixed threshold until 100 calls are learned")
             #expect(try await fusebox(["show", "rel", "--redis", server.url]).output.contains("failure threshold  50.0% (relative: baseline 25.0% over 4 calls)"))
             let bad = try await fusebox(["run", "rel", "--redis", server.url, "--relative-failure-floor", "0.1", "--", "true"])
@@ -80,6 +80,28 @@ struct CLITests {
             #expect(reset.status == 0)
             let after = try JSONSerialization.jsonObject(with: Data(reset.output.utf8)) as! [String: Any]
             #expect(after["failureBaseline"] == nil || after["failureBaseline"] is NSNull, "\(after)")
+        }
+    }
+
+    @Test("fusebox audit: every operator action with who (--by, else USER@HOST), what and why, newest first, by breaker")
+    func audit() async throws {
+        try await RedisServerProcess.with { server in
+            let redis = ["--redis", server.url]
+            #expect(try await fusebox(["audit"] + redis).output.contains("no operator actions recorded"))
+            #expect(try await fusebox(["isolate", "ledger", "--reason", "migration", "--by", "bob"] + redis).status == 0)
+            #expect(try await fusebox(["--by", "carol", "policy", "set", "ledger", "--failure-ratio", "0.8", "--reason", "incident"] + redis).status == 0)
+            #expect(try await fusebox(["reset", "ledger"] + redis).status == 0)
+            #expect(try await fusebox(["isolate", "other", "--reason", "x"] + redis).status == 0)
+            let all = try JSONSerialization.jsonObject(with: Data(try await fusebox(["audit", "--json"] + redis).output.utf8)) as! [[String: Any]]
+            #expect(all.map { $0["action"] as? String } == ["isolate", "reset", "policy-set", "isolate"], "\(all)")
+            #expect(all[3]["by"] as? String == "bob" && all[3]["reason"] as? String == "migration")
+            #expect(all[2]["by"] as? String == "carol" && (all[2]["reason"] as? String)?.contains("incident") == true)
+            #expect((all[1]["by"] as? String)?.contains("@") == true, "USER@HOST by default")
+            let ledger = try JSONSerialization.jsonObject(with: Data(try await fusebox(["audit", "ledger", "--json", "--limit", "2"] + redis).output.utf8)) as! [[String: Any]]
+            #expect(ledger.map { $0["action"] as? String } == ["reset", "policy-set"])
+            let table = try await fusebox(["audit", "ledger"] + redis).output
+            #expect(table.contains("BREAKER") && table.contains("migration"))
+            #expect(try await fusebox(["audit", "--limit", "0"] + redis).status == 64)
         }
     }
 

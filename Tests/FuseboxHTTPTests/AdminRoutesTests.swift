@@ -6,6 +6,7 @@ import FuseboxTestKit
 import Hiredis
 import Hummingbird
 import HummingbirdTesting
+import HTTPTypes
 import Logging
 import NIOCore
 import Prometheus
@@ -315,14 +316,43 @@ struct AdminRoutesTests {
         _ = try await breaker.snapshot()
         try await fixture.routes().test(.router) { client in
             let shown = try dictionary(try object(try await client.execute(uri: "/admin/circuit-breakers/relative", method: .get))["breaker"])
-            #expect(abs((shown["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-6, "\(shown)")
-            #expect(abs((shown["failure_rate_threshold_in_force"] as? Double ?? 0) - 0.4) < 1e-6, "4 x the baseline of 0.1")
+            // (Decayed a little between the writes: the instances write at different moments.)
+            #expect(abs((shown["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-4, "\(shown)")
+            #expect(abs((shown["failure_rate_threshold_in_force"] as? Double ?? 0) - 0.4) < 4e-4, "4 x the baseline of 0.1")
             #expect(try dictionary(try dictionary(shown["thresholds"])["relative_failure_rate"])["factor"] as? Double == 4)
             let plain = try object(try await client.execute(uri: "/admin/circuit-breakers/relative/reset", method: .post))
-            #expect(abs((plain["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-6, "a plain reset keeps the baseline")
+            #expect(abs((plain["failure_baseline"] as? Double ?? 0) - 0.1) < 1e-4, "a plain reset keeps the baseline")
             let forgotten = try object(try await client.execute(uri: "/admin/circuit-breakers/relative/reset?baseline=true", method: .post))
             #expect(forgotten["failure_baseline"] is NSNull, "\(forgotten)")
             #expect(forgotten["failure_rate_threshold_in_force"] as? Double == 0.5, "the fixed threshold again until the baseline is warm")
+        }
+    }
+
+    @Test("every action leaves an audit entry: who (X-Fusebox-Actor, else the client), what, which breaker, why; GET /audit, newest first", arguments: Subject.allCases)
+    func audit(subject: Subject) async throws {
+        let fixture = try await Fixture(subject)
+        defer { fixture.close() }
+        try await fixture.routes().test(.router) { client in
+            let empty = try object(try await client.execute(uri: "/admin/audit", method: .get))
+            #expect((empty["entries"] as? [Any])?.isEmpty == true)
+            var headers = HTTPFields()
+            headers[HTTPField.Name("X-Fusebox-Actor")!] = "alice"
+            _ = try await client.execute(
+                uri: "/admin/circuit-breakers/payments/isolate", method: .post, headers: headers, body: ByteBuffer(string: #"{"reason": "db maintenance"}"#))
+            _ = try await client.execute(uri: "/admin/circuit-breakers/payments/reset", method: .post)
+            _ = try await client.execute(uri: "/admin/circuit-breakers/search/half-open", method: .post, headers: headers)
+            _ = try await client.execute(uri: "/admin/circuit-breakers/nope/reset", method: .post, headers: headers)
+            let trail = try #require(try object(try await client.execute(uri: "/admin/audit", method: .get))["entries"] as? [[String: Any]])
+            #expect(trail.map { $0["action"] as? String } == ["half-open", "reset", "isolate"], "\(trail)")
+            #expect(trail.map { $0["breaker"] as? String } == ["search", "payments", "payments"])
+            #expect(trail[2]["by"] as? String == "alice" && trail[2]["reason"] as? String == "db maintenance")
+            #expect((trail[1]["by"] as? String)?.hasPrefix("http") == true && trail[1]["reason"] is NSNull)
+            #expect((trail[0]["at"] as? String)?.hasSuffix("Z") == true)
+            let one = try #require(try object(try await client.execute(uri: "/admin/audit?breaker=payments&limit=1", method: .get))["entries"] as? [[String: Any]])
+            #expect(one.count == 1 && one[0]["action"] as? String == "reset")
+            for bad in ["/admin/audit?limit=0", "/admin/audit?limit=many", "/admin/audit?breaker=bad%7Bname"] {
+                #expect(try await client.execute(uri: bad, method: .get).status == .badRequest, "\(bad)")
+            }
         }
     }
 

@@ -94,12 +94,29 @@
       if (!response.ok) throw new Error(data.message || response.statusText);
       $("problem").hidden = true;
       render(data);
+      refreshAudit();
     } catch (error) {
       $("problem").hidden = false;
       $("problem").textContent = "Cannot read the breakers: " + error.message;
       $("health").textContent = "unknown";
       $("health").dataset.health = "critical";
     }
+  }
+
+  async function refreshAudit() {
+    try {
+      const response = await fetch(base + "audit?limit=10", { cache: "no-store" });
+      if (!response.ok) return;
+      const data = await response.json();
+      const list = $("audit");
+      list.innerHTML = "";
+      for (const entry of data.entries) {
+        const line = document.createElement("li");
+        line.textContent = entry.at + "  " + entry.by + "  " + entry.action + " " + entry.breaker + (entry.reason ? " (" + entry.reason + ")" : "");
+        list.appendChild(line);
+      }
+      if (data.entries.length === 0) list.innerHTML = "<li>none yet</li>";
+    } catch (error) { /* the breakers' own error is shown above */ }
   }
 
   function refreshSoon() {
