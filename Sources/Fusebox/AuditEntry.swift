@@ -26,9 +26,18 @@ public struct AuditEntry: Sendable, Hashable {
     }
 }
 
-/// Who is acting, for the audit trail of the actions made in a task (an HTTP request's, say): set with
-/// `AuditContext.$actor.withValue(name) { … }`.
+/// Who is acting, for the audit trail of the actions made in a task (an HTTP request's, say): a task-local value
+/// set with ``withActor(_:isolation:_:)``.
 public enum AuditContext {
+    @TaskLocal static var current: String?
+
     /// The actor of the current task; `nil`: the tool's own default.
-    @TaskLocal public static var actor: String?
+    public static var actor: String? { current }
+
+    /// Runs `operation` with `actor` as who acts, for every action it makes.
+    public static func withActor<T>(
+        _ actor: String, isolation: isolated (any Actor)? = #isolation, _ operation: () async throws -> T
+    ) async rethrows -> T {
+        try await $current.withValue(actor, operation: operation, isolation: isolation)
+    }
 }

@@ -131,7 +131,7 @@ enum AdminJSON {
         ])
     }
 
-    /// `GET /circuit-breakers/NAME/health`: the score and its terms (``BreakerHealth/Assessment``).
+    /// `GET /circuit-breakers/NAME/health`: the score and its terms (`BreakerHealth.Assessment`).
     static func health(of status: BreakerStatus, at date: Date) -> JSON {
         let snapshot = status.snapshot
         let limits = status.thresholds.map {

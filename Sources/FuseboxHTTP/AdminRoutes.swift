@@ -59,7 +59,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         routes.get("circuit-breakers") { _, _ in try await self.list() }
         routes.post("circuit-breakers/reset-all") { request, context in
             try self.authorize(request)
-            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+            return try await AuditContext.withActor(Self.actor(request, context)) {
                 try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.survey(try await administration.resetAll(), scope: administration.scope) }
             }
         }
@@ -86,7 +86,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             let name = try Self.name(context)
             // `?baseline=true` forgets the relative threshold's baseline too.
             let baseline = request.uri.queryParameters.get("baseline") == "true"
-            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+            return try await AuditContext.withActor(Self.actor(request, context)) {
                 try await self.answer { () async throws(FuseboxError) -> JSON in
                     AdminJSON.breaker(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
                 }
@@ -95,7 +95,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         routes.post("circuit-breakers/:name/half-open") { request, context in
             try self.authorize(request)
             let name = try Self.name(context)
-            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+            return try await AuditContext.withActor(Self.actor(request, context)) {
                 try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.forceHalfOpen(name)) }
             }
         }
@@ -104,7 +104,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             let name = try Self.name(context)
             var request = request
             let reason = try await Self.reason(&request)
-            return try await AuditContext.$actor.withValue(Self.actor(request, context)) {
+            return try await AuditContext.withActor(Self.actor(request, context)) {
                 try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.isolate(name, reason: reason)) }
             }
         }

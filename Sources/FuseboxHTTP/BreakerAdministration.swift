@@ -34,7 +34,7 @@ public protocol BreakerAdministration: Sendable {
     func transitions() -> AsyncStream<TransitionNotice>
     /// The last `limit` operator actions (of `name` only, when given), newest first: the namespace's audit stream
     /// fleet-wide, the actions made through this administration for an application's registry. Actions record
-    /// ``AuditContext/actor`` as who.
+    /// `AuditContext.actor` as who.
     func audit(of name: String?, limit: Int) async throws(FuseboxError) -> [AuditEntry]
     /// Transitions counted since this administration started, by breaker, from and to; `nil` when the breakers'
     /// own metrics count them (an application's registry).

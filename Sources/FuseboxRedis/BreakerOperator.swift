@@ -25,12 +25,12 @@ public struct BreakerOperator: Sendable {
     /// The channel transitions are published on.
     public var channel: String { "\(namespace):transitions" }
 
-    /// The stream of operator actions (``AuditEntry``): the last ``auditCapacity`` of the namespace.
+    /// The stream of operator actions (`AuditEntry`): the last ``auditCapacity`` of the namespace.
     public var auditKey: String { "\(namespace):audit" }
     /// How many actions the audit stream keeps.
     public static let auditCapacity = 10_000
 
-    /// Appends an action to the audit stream, in the name of ``AuditContext/actor`` or, without one, ``actor``.
+    /// Appends an action to the audit stream, in the name of `AuditContext.actor` or, without one, ``actor``.
     func audit(_ action: String, _ name: String, reason: String?) async throws(FuseboxError) {
         var fields: [any RedisArgument] = ["breaker", name, "action", action, "by", AuditContext.actor ?? actor]
         if let reason { fields += ["reason", reason] }
@@ -178,7 +178,7 @@ public struct BreakerOperator: Sendable {
     }
 
     /// Closes `name` on every instance, with an empty window; repairs corrupt keys. With `baseline`, the relative
-    /// threshold's baseline is forgotten too (``BreakerPolicy/relativeFailureRate``).
+    /// threshold's baseline is forgotten too (`BreakerPolicy.relativeFailureRate`).
     public func reset(_ name: String, baseline: Bool = false) async throws(FuseboxError) -> BreakerSnapshot {
         _ = try await call("reset", on: name, extra: baseline ? ["baseline"] : [])
         try await audit(baseline ? "reset-baseline" : "reset", name, reason: nil)

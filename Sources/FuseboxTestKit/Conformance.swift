@@ -105,7 +105,7 @@ public enum ConformanceStep: Sendable {
         case isolationReason(String?)
         /// Transitions in the last ten minutes.
         case recentTransitions(Int)
-        /// The health score (``BreakerHealth``) against the scenario's policy.
+        /// The health score (`BreakerHealth`) against the scenario's policy.
         case healthScore(Int)
         /// The share of calls adaptive throttling sheds now (within 0.001).
         case throttleProbability(Double)
