@@ -157,16 +157,21 @@ struct ThrottlingTests {
         #expect(abs(sent - target) <= 0.2 * target, "sent \(sent)/s, K x accepts \(target)/s")
     }
 
-    @Test("throttling composes with the trip rules: a dependency that fails every call still opens the breaker")
-    func stillTrips() async throws {
+    @Test("throttling composes with the trip rules: a healthy dependency that goes down opens the breaker before throttling sheds a call", arguments: [false, true])
+    func stillTrips(distributed: Bool) async throws {
         let server = try await SharedServer.get()
         let instance = try Instance(testOptions(server))
         defer { Task { await instance.stop() } }
         var policy = throttlingPolicy()
-        policy.failureRateThreshold = 0.9
+        policy.failureRateThreshold = 0.5
         policy.minimumThroughput = 20
-        let breaker = try instance.registry.breaker("throttled-trips", policy: policy)
+        let registry = distributed ? instance.registry : BreakerRegistry(adapter: LocalAdapter())
+        let breaker = try registry.breaker("throttled-trips", policy: policy)
+        for _ in 0..<100 { try await breaker.run {} }
+        // With K = 2, shedding starts once requests exceed twice the 100 accepted: after 100 failures, where the
+        // failure ratio reaches 0.5 and trips.
         var shed = 0
+        var failed = 0
         for _ in 0..<400 {
             do {
                 try await breaker.run { throw LimitedDependency.Refused() }
@@ -174,10 +179,14 @@ struct ThrottlingTests {
                 shed += 1
             } catch let error as FuseboxError where error.code == .circuitOpen {
                 break
-            } catch {}
-            try await Task.sleep(for: .milliseconds(2))
+            } catch {
+                failed += 1
+            }
         }
         #expect(try await breaker.snapshot().state == .open)
+        // Locally the 100th failure trips; a distributed instance learns of the trip from Redis' reply, a few
+        // failures later.
+        #expect(shed == 0 && (distributed ? failed >= 100 : failed == 100), "shed \(shed), failed \(failed)")
     }
 
     @Test("a policy with throttling is refused with a count window or a multiplier out of range")
