@@ -404,10 +404,12 @@ struct ScaleTests {
         policy.window = .time(samplingDuration: .seconds(120), buckets: 12)
         let (_, b, successesInRedis) = try await quietBreakerWithHeldSuccesses("kept", policy: policy, server: server, options: options, fleet: fleet)
         // A third sender's first write shrinks every budget: Redis recalls, saying the window is still quiet.
-        let recalls = Mutex<[BreakerMessage]>([])
+        // In a class: a local Mutex captured by the subscriber's thread and this task is one variable both access
+        // (ThreadSanitizer reports the captures' accesses racing, whatever the lock orders inside).
+        let recalls = RecallLog()
         let subscriber = try RedisSubscriber(configuration: server.configuration(), channels: ["\(options.namespace):transitions"]) { message in
             if let decoded = try? JSONDecoder().decode(BreakerMessage.self, from: Data(message.payload)), decoded.name == "kept", decoded.recall != nil {
-                recalls.withLock { $0.append(decoded) }
+                recalls.messages.withLock { $0.append(decoded) }
             }
         }
         let listening = Task { await subscriber.run() }
@@ -417,8 +419,8 @@ struct ScaleTests {
         defer { Task { await third.stop() } }
         try await third.registry.breaker("kept", policy: policy).acquireAsync().success()
         await third.adapter.flush()
-        #expect(await eventually(within: .seconds(2)) { !recalls.withLock { $0.isEmpty } }, "the third sender's first write recalls")
-        let recall = recalls.withLock { $0.first }
+        #expect(await eventually(within: .seconds(2)) { !recalls.messages.withLock { $0.isEmpty } }, "the third sender's first write recalls")
+        let recall = recalls.messages.withLock { $0.first }
         #expect(recall?.quiet == true, "no recall, or one that says the window is not quiet: \(String(describing: recall))")
         try await Task.sleep(for: .milliseconds(500))
         #expect(try await successesInRedis() == 3, "a recall while quiet must not make A write the successes it holds")
@@ -486,4 +488,9 @@ struct FlushPlanTests {
         let early: [(backend: Int, urgency: FlushUrgency)] = [(1, .halfway), (2, .none)]
         #expect(DistributedCore.toFlush(early).isEmpty, "nothing is due: nothing is written")
     }
+}
+
+/// The recall messages a test's subscriber saw.
+private final class RecallLog: Sendable {
+    let messages = Mutex<[BreakerMessage]>([])
 }
