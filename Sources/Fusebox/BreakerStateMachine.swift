@@ -192,7 +192,7 @@ public struct BreakerStateMachine: Sendable {
 
     /// The probability that adaptive throttling sheds the next call at `now` (0 when the policy has none, or the
     /// breaker is not closed).
-    public mutating func throttleProbability(now: Int64) -> Double {
+    private mutating func throttleProbability(now: Int64) -> Double {
         guard state == .closed, let throttling = policy.adaptiveThrottling else { return 0 }
         window.expire(now: now)
         return throttling.rejectionProbability(calls: window.calls, failures: window.failures, throttled: window.throttled(at: now))

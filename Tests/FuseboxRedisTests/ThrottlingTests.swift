@@ -99,7 +99,7 @@ struct ThrottlingTests {
 
     /// Four instances offer 100 calls a second each to a dependency that accepts 30 % of the 400: what is sent
     /// should settle near K × accepts (240 a second), within 10 s.
-    private static func fleetRun(_ breakers: [CircuitBreaker]) async -> (LoadLedger, LimitedDependency) {
+    private static func fleetRun(_ breakers: [CircuitBreaker]) async -> LoadLedger {
         let dependency = LimitedDependency(perSecond: 0.3 * Double(offered * breakers.count))
         let ledger = LoadLedger(seconds: seconds)
         await withTaskGroup(of: Void.self) { group in
@@ -107,7 +107,7 @@ struct ThrottlingTests {
                 group.addTask { await offer(breaker, perSecond: offered, seconds: seconds, to: dependency, ledger: ledger) }
             }
         }
-        return (ledger, dependency)
+        return ledger
     }
 
     private static func judge(_ ledger: LoadLedger, _ label: String) -> (sent: Double, target: Double) {
@@ -129,7 +129,7 @@ struct ThrottlingTests {
         defer { Task { for instance in fleet { await instance.stop() } } }
         let breakers = try fleet.map { try $0.registry.breaker("throttled", policy: throttlingPolicy()) }
         for breaker in breakers { _ = try await breaker.snapshot() }
-        let (ledger, _) = await Self.fleetRun(breakers)
+        let ledger = await Self.fleetRun(breakers)
         let (sent, target) = Self.judge(ledger, "4 instances, distributed")
         #expect(abs(sent - target) <= 0.2 * target, "sent \(sent)/s, K x accepts \(target)/s")
         #expect(sent < 0.8 * Double(Self.offered * 4), "throttling shed load")
@@ -144,7 +144,7 @@ struct ThrottlingTests {
     func eachAlone() async throws {
         let registries = (0..<4).map { _ in BreakerRegistry(adapter: LocalAdapter()) }
         let breakers = try registries.map { try $0.breaker("throttled", policy: throttlingPolicy()) }
-        let (ledger, _) = await Self.fleetRun(breakers)
+        let ledger = await Self.fleetRun(breakers)
         let (sent, target) = Self.judge(ledger, "4 instances, each alone")
         #expect(abs(sent - target) <= 0.2 * target, "sent \(sent)/s, K x accepts \(target)/s")
     }
@@ -152,7 +152,7 @@ struct ThrottlingTests {
     @Test("one process (local adapter): the same rule converges")
     func oneProcess() async throws {
         let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("throttled", policy: throttlingPolicy())
-        let (ledger, _) = await Self.fleetRun([breaker])
+        let ledger = await Self.fleetRun([breaker])
         let (sent, target) = Self.judge(ledger, "1 process, local")
         #expect(abs(sent - target) <= 0.2 * target, "sent \(sent)/s, K x accepts \(target)/s")
     }

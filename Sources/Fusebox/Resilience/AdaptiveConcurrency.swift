@@ -88,8 +88,6 @@ struct AdaptiveConcurrency: Sendable {
     /// The limit to apply now: ``AdaptiveConcurrencyLimit/minimum`` while measuring.
     var effectiveLimit: Int { measuringSince != nil ? settings.minimum : Int(limit) }
 
-    var isMeasuring: Bool { measuringSince != nil }
-
     /// One call's latency: it started at `started` and ended at `ended`, with `running` calls in the bulkhead then.
     /// Returns the limit to apply when it changes.
     mutating func sample(started: Int64, ended: Int64, running: Int) -> Int? {
