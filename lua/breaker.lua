@@ -31,7 +31,7 @@
 -- A[7]  window kind: time | count             A[8]  buckets (time) or size (count)
 -- A[9]  bucket width in ms (time)             A[10] permitted calls in half-open
 -- A[11] success threshold                     A[12] max half-open duration in ms
--- A[13] mode: normal | metrics_only | disabled    A[14] minimum distinct failing instances
+-- A[13] mode: normal | metrics_only | disabled | shadow    A[14] minimum distinct failing instances
 -- A[15] policy fingerprint                    A[16] the policy as JSON, or '' when the instance knows Redis holds
 --       this fingerprint already (the JSON is written only when the fingerprint changes)
 -- A[17] base attempt b                        A[18] break durations in ms for attempts b+1.. (comma-separated)
@@ -41,14 +41,16 @@
 --            A[20] version and A[21] incarnation ('created') the outcomes were admitted under
 --            A[22] 1 if they are recent enough to enter the window   A[23] 1 for half-open probe outcomes
 --            A[24] ignored    A[25] calls rejected by the instance's cache: R, or R:T when the sender's policy has
---            adaptive throttling (T of the R were shed by it; the reply then carries the window's throttled count)
+--            adaptive throttling (T of the R were shed by it; the reply then carries the window's throttled count),
+--            either followed by '/W' when W calls ran in shadow mode that the breaker rejected (totals: would_reject)
 --            A[26] failures before the first success  A[27] longest failure run  A[28] trailing failures
 --            A[29] E, the number of error types, then A[30 .. 29+2E]: name, count, name, count, ...
 --            then groups of five until the end: the time bucket the calls happened in (the sender maps its clock
 --            to Redis TIME; 0 = unknown, use the current bucket), successes, slow successes, failures, slow failures
 -- op acquire, renew: A[19] the probe permit's lease in ms (default 5000): a granted permit, or (renew) every permit
 --            this sender holds, is held until then
--- op isolate: A[19] reason
+-- op isolate: A[19] reason   A[20] for how long (ms), '' = until reset: the isolation then ends by itself (held in
+--            open_until; any call that finds it over, acquire or read, moves the breaker back to its base state)
 -- op reset: A[19] 'baseline' forgets the relative threshold's baseline too
 --
 -- Reply: one element per breaker, either an error (a refusal: CORRUPT, NOPOLICY, SCHEMA) or
@@ -153,7 +155,9 @@ local function lean_record(A, K)
   local v = redis.pcall('HMGET', K[1], unpack(LEAN_READ))
   if v.err then return nil end
   local state, mode = v[1], A[13]
-  if not ((state == 'closed' and mode == 'normal') or (state == 'metrics_only' and mode == 'metrics_only')) then return nil end
+  if not ((state == 'closed' and (mode == 'normal' or mode == 'shadow')) or (state == 'metrics_only' and mode == 'metrics_only')) then
+    return nil
+  end
   local version, created = finite(v[2]), finite(v[11])
   if version == nil or version ~= tonumber(A[20]) or created == nil or created ~= tonumber(A[21]) or v[13] ~= SCHEMA
     or v[8] ~= '0' or now - (tonumber(v[14] or '') or 0) >= 60000 then
@@ -384,6 +388,9 @@ local function make_rules()
     local quorum = instances
     if live_instances > 0 and live_instances < quorum then quorum = live_instances end
     local is_time = window_kind == 'time'
+    -- Mode shadow decides as normal does; its instances run the calls it would reject (counted as would_reject).
+    local trips = mode == 'normal' or mode == 'shadow'
+    local rejected_field = mode == 'shadow' and 'would_reject' or 'rejected'
 
     local base_state = 'closed'
     if mode == 'metrics_only' then base_state = 'metrics_only' elseif mode == 'disabled' then base_state = 'disabled' end
@@ -662,12 +669,15 @@ local function make_rules()
       transition('open', reason)
     end
 
-    -- Time alone: open -> half_open when the break is over, half_open -> open after max_half_open.
+    -- Time alone: open -> half_open when the break is over, half_open -> open after max_half_open, isolated for a
+    -- time -> the base state when that time is over.
     local function advance()
       if st.state == 'open' and now >= st.open_until then
-        transition('half_open', 'break of ' .. format_duration(break_for(st.attempt)) .. ' ended')
+        transition('half_open', 'break of ' .. format_duration(st.open_until - st.since) .. ' ended')
       elseif st.state == 'half_open' and now - st.since >= max_half_open then
         trip('half-open for ' .. format_duration(max_half_open) .. ' without closing')
+      elseif st.state == 'isolated' and st.open_until > 0 and now >= st.open_until then
+        transition(base_state, 'isolation for ' .. format_duration(st.open_until - st.since) .. ' ended')
       end
     end
 
@@ -738,10 +748,13 @@ local function make_rules()
       elseif st.state == 'closed' or st.state == 'metrics_only' or st.state == 'disabled' then
         granted = 1
       elseif granted == 0 then
-        add_total('rejected', 1)
+        add_total(rejected_field, 1)
       end
     elseif op == 'record' then
       local same_state = tonumber(A[20]) == st.version and tonumber(A[21]) == st.created
+      -- 'R/W' (any form of R): W calls ran in shadow mode although the breaker rejected them.
+      local counted, would_reject = string.match(A[25], '^([^/]*)/(%d+)$')
+      if counted then A[25] = counted; add_total('would_reject', tonumber(would_reject)) end
       local ignored, rejected = tonumber(A[24]), tonumber(A[25])
       if rejected == nil then
         -- 'R:T': T of the R rejections were shed by adaptive throttling (the sender's policy has it on).
@@ -880,7 +893,7 @@ local function make_rules()
             if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
           end
           quiet_after = quiet()
-          if st.state == 'closed' and mode == 'normal' and not (instances > 1 and count_instances() < quorum) then
+          if st.state == 'closed' and trips and not (instances > 1 and count_instances() < quorum) then
             local reason = nil
             if consecutive and peak >= consecutive then
               reason = peak .. ' consecutive failures ≥ ' .. consecutive
@@ -894,6 +907,8 @@ local function make_rules()
     elseif op == 'isolate' then
       st.isolation_reason = A[19]
       transition('isolated', 'isolated: ' .. A[19])
+      local lasting = tonumber(A[20] or '')
+      if lasting and lasting > 0 then st.open_until = now + math.floor(lasting) end
     elseif op == 'reset' then
       -- Totals that are whole numbers stay; any other value goes (the key itself, when of another type, went above).
       local all = redis.call('HGETALL', K[3])
@@ -934,7 +949,7 @@ local function make_rules()
     -- The failure budget: how many failures (or slow calls) each live sender may hold before it must write them,
     -- so that all of them together cannot cross a threshold unseen (Docs/architecture.md, "Failure budget").
     local budget = -1
-    if st.state == 'closed' and mode == 'normal' then
+    if st.state == 'closed' and trips then
       if op ~= 'record' or sender == nil or duplicate then
         -- Only a sender that has written is counted among those who share the headroom.
         budget = 0
@@ -999,7 +1014,7 @@ local function make_rules()
         redis.call('XADD', K[4], 'MAXLEN', '~', 100, '*', unpack(fields))
       end
       local probe_in = 0
-      if st.state == 'open' then probe_in = st.open_until - now end
+      if st.state == 'open' or st.state == 'isolated' then probe_in = math.max(0, st.open_until - now) end
       redis.call('PUBLISH', channel, cjson.encode({ name = A[2], version = st.version, from = event.from, state = st.state,
         probe_in_ms = probe_in, reason = st.reason, isolation_reason = st.isolation_reason, attempt = st.attempt,
         created = st.created }))

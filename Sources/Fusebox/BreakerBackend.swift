@@ -47,8 +47,9 @@ public protocol BreakerBackend: AnyObject, Sendable {
     /// Whether an operator's fleet-wide override is in force rather than the policy this process gave.
     var isOverridden: Bool { get }
 
-    /// Forces the breaker open until reset; rejections carry `reason`.
-    func isolate(reason: String) async throws(FuseboxError)
+    /// Forces the breaker open until reset, or for `duration` when given (then it closes by itself, on the
+    /// store's clock, as a reset would); rejections carry `reason`.
+    func isolate(reason: String, for duration: Duration?) async throws(FuseboxError)
     /// Closes the breaker with an empty window.
     func reset() async throws(FuseboxError)
     /// Moves the breaker to half-open with every probe permit free.
@@ -65,6 +66,9 @@ public protocol BreakerBackend: AnyObject, Sendable {
 }
 
 extension BreakerBackend {
+    /// Forces the breaker open until reset; rejections carry `reason`.
+    public func isolate(reason: String) async throws(FuseboxError) { try await isolate(reason: reason, for: nil) }
+
     public func admit() async -> BreakerAdmission { acquire() }
     /// `nil`: ask ``admit()``.
     public func admitWithoutWaiting() -> BreakerAdmission? { nil }

@@ -60,6 +60,7 @@ public final class BreakerInstruments: Sendable {
     private let ignored: Counter
     private let slowCalls: Counter
     private let rejections: Counter
+    private let wouldRejections: Counter
     private let slowCallNanoseconds: Int64
 
     /// Makes the instruments of breaker `name`; `logger` gets the transitions; calls longer than
@@ -77,6 +78,7 @@ public final class BreakerInstruments: Sendable {
         ignored = Counter(label: "fusebox_calls_total", dimensions: breaker + [("outcome", "ignored")])
         slowCalls = Counter(label: "fusebox_slow_calls_total", dimensions: breaker)
         rejections = Counter(label: "fusebox_rejections_total", dimensions: breaker)
+        wouldRejections = Counter(label: "fusebox_would_reject_total", dimensions: breaker)
         stateGauge.record(initialState.gaugeValue)
     }
 
@@ -102,6 +104,12 @@ public final class BreakerInstruments: Sendable {
     public func rejected(in state: BreakerState) {
         rejections.increment()
         events.publish(.callRejected(state: state))
+    }
+
+    /// Counts and publishes a call that shadow mode let run although the breaker rejected it in `state`.
+    public func wouldReject(in state: BreakerState) {
+        wouldRejections.increment()
+        events.publish(.callWouldBeRejected(state: state))
     }
 
     /// Counts and publishes an outcome of a call that took `nanoseconds`.

@@ -62,7 +62,7 @@ public struct BreakerPolicy: Sendable {
 
     // MARK: Mode
 
-    /// Normal, metrics-only or disabled. Default normal.
+    /// Normal, metrics-only, disabled or shadow. Default normal.
     public var mode: Mode = .normal
 
     // MARK: Per handle
@@ -189,6 +189,10 @@ public struct BreakerPolicy: Sendable {
         case metricsOnly = "metrics_only"
         /// Admits every call and records nothing.
         case disabled
+        /// Trips, probes and closes exactly as `normal` (the same window, the same transitions) but never rejects:
+        /// a call the breaker would have rejected runs, unrecorded, and counts in ``BreakerTotals/wouldReject``.
+        /// Set fleet-wide by an override (`fusebox policy set NAME --mode shadow`) to try a policy on live traffic.
+        case shadow
     }
 
     /// Which outcomes are failures, which are ignored.
@@ -309,7 +313,7 @@ extension BreakerPolicy {
                 throw fail("relativeFailureRate.warmupCalls", relative.warmupCalls, "1…1,000,000,000")
             }
         }
-        if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && mode == .normal
+        if failureRateThreshold == nil && slowCallRateThreshold == nil && consecutiveFailureThreshold == nil && (mode == .normal || mode == .shadow)
             && adaptiveThrottling == nil && relativeFailureRate == nil
         {
             throw fail("failureRateThreshold, slowCallRateThreshold and consecutiveFailureThreshold", "nil", "at least one trip rule (or adaptiveThrottling)")

@@ -69,9 +69,26 @@ public struct BreakerTotals: Sendable, Hashable, Codable {
     public var rejected = 0
     /// Calls slower than the policy's `slowCallDuration` (successes and failures).
     public var slow = 0
+    /// Calls that mode ``BreakerPolicy/Mode/shadow`` let run although the breaker's decision was to reject them
+    /// (their outcomes are not recorded, as a rejected call's would not be).
+    public var wouldReject = 0
 
     /// All zero.
     public init() {}
+
+    private enum CodingKeys: String, CodingKey { case calls, successes, failures, ignored, rejected, slow, wouldReject }
+
+    /// Reads what `encode(to:)` wrote; `wouldReject` may be missing (written before shadow mode existed).
+    public init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        calls = try values.decode(Int.self, forKey: .calls)
+        successes = try values.decode(Int.self, forKey: .successes)
+        failures = try values.decode(Int.self, forKey: .failures)
+        ignored = try values.decode(Int.self, forKey: .ignored)
+        rejected = try values.decode(Int.self, forKey: .rejected)
+        slow = try values.decode(Int.self, forKey: .slow)
+        wouldReject = try values.decodeIfPresent(Int.self, forKey: .wouldReject) ?? 0
+    }
 }
 
 /// Everything known about a breaker at one moment.
@@ -104,6 +121,9 @@ public struct BreakerSnapshot: Sendable, Hashable {
     public var timeUntilProbe: Duration?
     /// While isolated: the reason given.
     public var isolationReason: String?
+    /// While isolated for a time (``CircuitBreaker/isolate(reason:for:)``): the time until the isolation ends by
+    /// itself; `nil` otherwise.
+    public var isolationEndsIn: Duration?
     /// Consecutive opens so far (0 once closed).
     public var attempt: Int
     /// Half-open probe permits currently out.
@@ -141,7 +161,7 @@ public struct BreakerSnapshot: Sendable, Hashable {
         timeUntilProbe: Duration?, isolationReason: String?, attempt: Int, probesInFlight: Int, probeSuccesses: Int,
         lastReason: String, recentTransitions: Int = 0, isOnStoreDownFallback: Bool = false, windowThrottled: Double = 0,
         failureBaseline: Double? = nil, baselineCalls: Double = 0, failureRateThresholdInForce: Double? = nil,
-        health: BreakerHealth = .unknownPolicy
+        isolationEndsIn: Duration? = nil, health: BreakerHealth = .unknownPolicy
     ) {
         self.name = name
         self.state = state
@@ -157,6 +177,7 @@ public struct BreakerSnapshot: Sendable, Hashable {
         self.totals = totals
         self.timeUntilProbe = timeUntilProbe
         self.isolationReason = isolationReason
+        self.isolationEndsIn = isolationEndsIn
         self.attempt = attempt
         self.probesInFlight = probesInFlight
         self.probeSuccesses = probeSuccesses
@@ -190,6 +211,8 @@ public enum BreakerEvent: Sendable, Hashable {
     case stateChanged(BreakerTransition)
     /// A call was rejected in `state`.
     case callRejected(state: BreakerState)
+    /// Mode ``BreakerPolicy/Mode/shadow``: the breaker rejected a call in `state`, and it ran anyway.
+    case callWouldBeRejected(state: BreakerState)
     /// A call succeeded after `duration`.
     case success(duration: Duration)
     /// A call failed after `duration` with an error of type `errorType`.

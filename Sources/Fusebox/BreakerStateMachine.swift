@@ -29,6 +29,15 @@ public struct PermitToken: Sendable, Hashable {
 
     /// The token of a call that is neither limited nor recorded.
     public static let unrecorded = PermitToken(version: -1, isProbe: false, isRecorded: false, startedAt: 0)
+
+    /// The token of a call that mode ``BreakerPolicy/Mode/shadow`` let run although the breaker at `version`
+    /// rejected it: not recorded.
+    public static func shadow(version: Int, startedAt: Int64) -> PermitToken {
+        PermitToken(version: version, isProbe: false, isRecorded: false, startedAt: startedAt)
+    }
+
+    /// Whether mode ``BreakerPolicy/Mode/shadow`` let this call run although the breaker rejected it.
+    public var ranInShadow: Bool { !isRecorded && version >= 0 }
 }
 
 /// The answer to "may this call run?".
@@ -58,7 +67,8 @@ public struct BreakerStateMachine: Sendable {
     public private(set) var version = 0
     /// When the current state began (ns since the epoch).
     public private(set) var since: Int64
-    /// While open: when probes may start (ns since the epoch).
+    /// While open: when probes may start; while isolated for a time: when the isolation ends; else 0 (ns since the
+    /// epoch).
     public private(set) var openUntil: Int64 = 0
     /// Consecutive opens; 0 once closed.
     public private(set) var attempt = 0
@@ -122,7 +132,7 @@ public struct BreakerStateMachine: Sendable {
 
     private static func baseState(of mode: BreakerPolicy.Mode) -> BreakerState {
         switch mode {
-        case .normal: .closed
+        case .normal, .shadow: .closed
         case .metricsOnly: .metricsOnly
         case .disabled: .disabled
         }
@@ -136,8 +146,9 @@ public struct BreakerStateMachine: Sendable {
         case admitted(PermitToken)
         /// Open and its break has not ended: rejected, with the nanoseconds until it does.
         case rejectedOpen(Int64)
-        /// Isolated: rejected, with the operator's reason.
-        case rejectedIsolated(String?)
+        /// Isolated: rejected, with the operator's reason and, for an isolation set for a time, the nanoseconds until
+        /// it ends.
+        case rejectedIsolated(String?, endsIn: Int64?)
         /// Anything else (a break that has ended, half-open, disabled): use ``acquire(now:)``.
         case undecided
     }
@@ -148,12 +159,12 @@ public struct BreakerStateMachine: Sendable {
         switch state {
         case .closed where policy.adaptiveThrottling == nil, .metricsOnly:
             return .admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now))
-        case .open where now < openUntil:
+        case .open where now < openUntil && policy.mode != .shadow:
             totals.rejected += 1
             return .rejectedOpen(openUntil - now)
-        case .isolated:
+        case .isolated where (openUntil == 0 || now < openUntil) && policy.mode != .shadow:
             totals.rejected += 1
-            return .rejectedIsolated(isolationReason)
+            return .rejectedIsolated(isolationReason, endsIn: openUntil > 0 ? openUntil - now : nil)
         default:
             return .undecided
         }
@@ -163,30 +174,40 @@ public struct BreakerStateMachine: Sendable {
     /// half-open timeout) and returns it with the decision.
     public mutating func acquire(now: Int64) -> (BreakerAdmission, BreakerTransition?) {
         let transition = advance(now: now)
+        let admission = decide(now: now)
+        guard case .rejected = admission else { return (admission, transition) }
+        guard policy.mode == .shadow else {
+            totals.rejected += 1
+            return (admission, transition)
+        }
+        // Shadow mode: the decision stands (a shed call still counts as shed) but the call runs, unrecorded.
+        totals.wouldReject += 1
+        return (.admitted(.shadow(version: version, startedAt: now)), transition)
+    }
+
+    /// The decision at `now`, after ``advance(now:)``; counts nothing in the totals.
+    private mutating func decide(now: Int64) -> BreakerAdmission {
         switch state {
         case .closed where policy.adaptiveThrottling != nil:
             if shedsNextCall(now: now) {
-                totals.rejected += 1
                 window.recordThrottled(now: now)
-                return (.rejected(.throttling(name: name)), transition)
+                return .rejected(.throttling(name: name))
             }
-            return (.admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)), transition)
+            return .admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now))
         case .closed, .metricsOnly:
-            return (.admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now)), transition)
+            return .admitted(PermitToken(version: version, isProbe: false, isRecorded: true, startedAt: now))
         case .disabled:
-            return (.admitted(.unrecorded), transition)
+            return .admitted(.unrecorded)
         case .halfOpen where probesInFlight < policy.permittedCallsInHalfOpen:
             probesInFlight += 1
-            return (.admitted(PermitToken(version: version, isProbe: true, isRecorded: true, startedAt: now)), transition)
+            return .admitted(PermitToken(version: version, isProbe: true, isRecorded: true, startedAt: now))
         case .halfOpen:
-            totals.rejected += 1
-            return (.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil)), transition)
+            return .rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))
         case .open:
-            totals.rejected += 1
-            return (.rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: max(0, openUntil - now), isolationReason: nil)), transition)
+            return .rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: max(0, openUntil - now), isolationReason: nil))
         case .isolated:
-            totals.rejected += 1
-            return (.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: isolationReason)), transition)
+            return .rejected(.rejection(
+                name: name, state: .isolated, retryAfterNanoseconds: openUntil > 0 ? max(0, openUntil - now) : nil, isolationReason: isolationReason))
         }
     }
 
@@ -206,13 +227,17 @@ public struct BreakerStateMachine: Sendable {
     }
 
     /// Applies the transitions time alone causes: open → half-open when the break has ended, half-open → open
-    /// when it has lasted ``BreakerPolicy/maxHalfOpenDuration`` without closing.
+    /// when it has lasted ``BreakerPolicy/maxHalfOpenDuration`` without closing, isolated for a time → the mode's
+    /// base state when that time is up.
     public mutating func advance(now: Int64) -> BreakerTransition? {
         switch state {
         case .open where now >= openUntil:
-            return transition(to: .halfOpen, reason: "break of \(FuseboxError.format(policy.breakDuration.duration(forAttempt: attempt))) ended", now: now)
+            return transition(to: .halfOpen, reason: "break of \(FuseboxError.format(.nanoseconds(openUntil - since))) ended", now: now)
         case .halfOpen where now - since >= maxHalfOpenNanoseconds:
             return trip(reason: "half-open for \(FuseboxError.format(policy.maxHalfOpenDuration)) without closing", now: now)
+        case .isolated where openUntil > 0 && now >= openUntil:
+            return transition(
+                to: Self.baseState(of: policy.mode), reason: "isolation for \(FuseboxError.format(.nanoseconds(openUntil - since))) ended", now: now)
         default:
             return nil
         }
@@ -367,10 +392,13 @@ public struct BreakerStateMachine: Sendable {
 
     // MARK: - Manual control
 
-    /// Forces the breaker open until ``reset(now:)``; rejections carry `reason`. Works from every state.
-    public mutating func isolate(reason: String, now: Int64) -> BreakerTransition {
+    /// Forces the breaker open until ``reset(now:)``, or until `until` (ns since the epoch) when given: then it
+    /// returns to the mode's base state by itself, as a reset does. Rejections carry `reason`. Works from every state.
+    public mutating func isolate(reason: String, until: Int64? = nil, now: Int64) -> BreakerTransition {
         isolationReason = reason
-        return transition(to: .isolated, reason: "isolated: \(reason)", now: now)
+        let change = transition(to: .isolated, reason: "isolated: \(reason)", now: now)
+        if let until { openUntil = max(now, until) }
+        return change
     }
 
     /// Returns to the mode's base state (closed, unless metrics-only or disabled) with an empty window,
@@ -398,7 +426,7 @@ public struct BreakerStateMachine: Sendable {
             _ = transition(to: .halfOpen, reason: reason, now: now)
             self.attempt = max(1, attempt)
         case .isolated:
-            _ = isolate(reason: isolationReason ?? reason, now: now)
+            _ = isolate(reason: isolationReason ?? reason, until: openUntil > 0 ? openUntil : nil, now: now)
         case .closed, .metricsOnly, .disabled:
             break
         }
@@ -421,6 +449,7 @@ public struct BreakerStateMachine: Sendable {
             windowThrottled: window.throttled(at: now),
             failureBaseline: baseline.calls > 0 ? baseline.failures / baseline.calls : nil,
             baselineCalls: baseline.calls, failureRateThresholdInForce: failureRateThresholdInForce,
+            isolationEndsIn: state == .isolated && openUntil > 0 ? .nanoseconds(max(0, openUntil - now)) : nil,
             health: BreakerHealth(policy: policy))
         return (snapshot, transition)
     }

@@ -141,7 +141,13 @@ public struct CircuitBreaker: Sendable {
     // MARK: - Control and inspection
 
     /// Forces the breaker open until ``reset()``; rejections carry `reason`.
-    public func isolate(reason: String) async throws(FuseboxError) { try await backend.isolate(reason: reason) }
+    public func isolate(reason: String) async throws(FuseboxError) { try await backend.isolate(reason: reason, for: nil) }
+    /// Forces the breaker open for `duration` (more than zero, at most a year), fleet-wide with the distributed
+    /// adapter: then it closes by itself, at the time the store's clock (Redis `TIME`) says, as ``reset()`` would.
+    /// ``reset()`` ends it sooner. Rejections carry `reason` and the time left as `retryAfter`.
+    public func isolate(reason: String, for duration: Duration) async throws(FuseboxError) {
+        try await backend.isolate(reason: reason, for: duration)
+    }
     /// Closes the breaker with an empty window.
     public func reset() async throws(FuseboxError) { try await backend.reset() }
     /// Moves the breaker to half-open with every probe permit free.

@@ -73,15 +73,22 @@ public final class LocalBackend: BreakerBackend {
         case .rejectedOpen(let wait):
             instruments.rejected(in: .open)
             return .rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: wait, isolationReason: nil))
-        case .rejectedIsolated(let reason):
+        case .rejectedIsolated(let reason, let endsIn):
             instruments.rejected(in: .isolated)
-            return .rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: reason))
+            return .rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: endsIn, isolationReason: reason))
         case .undecided:
             break
         }
-        let (admission, transition) = machine.withLock { $0.acquire(now: now) }
+        let (admission, transition, state) = machine.withLock { machine in
+            let (admission, transition) = machine.acquire(now: now)
+            return (admission, transition, machine.state)
+        }
         if let transition { instruments.transitioned(transition) }
-        if case .rejected(let error) = admission { instruments.rejected(in: error.state ?? .open) }
+        switch admission {
+        case .rejected(let error): instruments.rejected(in: error.state ?? .open)
+        case .admitted(let token) where token.ranInShadow: instruments.wouldReject(in: state)
+        case .admitted: break
+        }
         return admission
     }
 
@@ -99,9 +106,18 @@ public final class LocalBackend: BreakerBackend {
         if let transition = machine.withLock({ $0.replacePolicy(policy, now: now) }) { instruments.transitioned(transition) }
     }
 
-    public func isolate(reason: String) async throws(FuseboxError) {
+    public func isolate(reason: String, for duration: Duration?) async throws(FuseboxError) {
+        try Self.checkIsolation(duration)
         let now = self.now
-        instruments.transitioned(machine.withLock { $0.isolate(reason: reason, now: now) })
+        instruments.transitioned(machine.withLock { $0.isolate(reason: reason, until: duration.map { now + $0.nanoseconds }, now: now) })
+    }
+
+    /// Refuses an isolation time that is not positive or longer than a year.
+    package static func checkIsolation(_ duration: Duration?) throws(FuseboxError) {
+        guard let duration else { return }
+        guard duration > .zero, duration <= .seconds(366 * 86_400) else {
+            throw FuseboxError(code: .invalidPolicy, message: "an isolation's time must be > 0 and at most a year; got \(FuseboxError.format(duration))")
+        }
     }
 
     public func reset() async throws(FuseboxError) {

@@ -74,6 +74,9 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
     ]
     if let wait = snapshot.timeUntilProbe { lines.append("  next probe in      \(formatDuration(wait)) (attempt \(snapshot.attempt))") }
     if let reason = snapshot.isolationReason { lines.append("  isolated because   \(reason)") }
+    if let left = snapshot.isolationEndsIn {
+        lines.append("  isolation ends     \(timestamp(Date().addingTimeInterval(Double(left.milliseconds) / 1000))) (in \(formatDuration(left)), on Redis' clock)")
+    }
     if let threshold = snapshot.failureRateThresholdInForce, snapshot.failureBaseline != nil || snapshot.baselineCalls > 0 {
         let learned = snapshot.failureBaseline.map { "\(percent($0)) over \(Int(snapshot.baselineCalls.rounded())) calls" } ?? "nothing yet"
         lines.append("  failure threshold  \(percent(threshold)) (relative: baseline \(learned))")
@@ -85,7 +88,8 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
     lines += [
         "  window             \(snapshot.windowCalls) calls, \(snapshot.windowFailures) failures (\(percent(snapshot.failureRate))), \(snapshot.windowSlowCalls) slow (\(percent(snapshot.slowCallRate)))",
         "  streak             \(snapshot.consecutiveFailures) consecutive failures",
-        "  totals             \(snapshot.totals.calls) calls: \(snapshot.totals.successes) ok, \(snapshot.totals.failures) failed, \(snapshot.totals.ignored) ignored, \(snapshot.totals.slow) slow; \(snapshot.totals.rejected) rejected",
+        "  totals             \(snapshot.totals.calls) calls: \(snapshot.totals.successes) ok, \(snapshot.totals.failures) failed, \(snapshot.totals.ignored) ignored, \(snapshot.totals.slow) slow; \(snapshot.totals.rejected) rejected"
+            + (snapshot.totals.wouldReject > 0 ? "; \(snapshot.totals.wouldReject) would have been rejected (shadow mode)" : ""),
     ]
     if !snapshot.errorCounts.isEmpty {
         lines.append("  errors             " + snapshot.errorCounts.sorted { $0.value > $1.value }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
@@ -94,17 +98,27 @@ func describe(_ snapshot: BreakerSnapshot, style: Style) -> String {
 }
 
 struct IsolateCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "isolate", abstract: "Force a breaker open on every instance until reset.")
+    static let configuration = CommandConfiguration(
+        commandName: "isolate", abstract: "Force a breaker open on every instance until reset, or for a time (--for).")
 
     @OptionGroup var global: GlobalOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
     @Argument(help: "The breaker's name.") var name: String
     @Option(name: .long, help: "Why: shown in every rejection.") var reason: String
+    @Option(name: .customLong("for"), help: "End the isolation by itself after this long, on Redis' clock, e.g. 30m or 2h (at most a year).")
+    var lasting: String?
 
     func run() async throws {
         try await reportingErrors {
             guard !reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw CLIError.usage("--reason must not be empty") }
-            try report(try await global.makeOperator().isolate(name, reason: reason), json: json)
+            let duration = try lasting.map { text throws -> Duration in
+                let duration = try parseDuration(text)
+                guard duration > .zero, duration <= .seconds(366 * 86_400) else {
+                    throw CLIError.usage("--for is '\(text)'; it must be more than 0 and at most a year")
+                }
+                return duration
+            }
+            try report(try await global.makeOperator().isolate(name, reason: reason, for: duration), json: json)
         }
     }
 }
@@ -170,7 +184,10 @@ func report(_ snapshot: BreakerSnapshot, json: Bool) throws {
     if json {
         try printJSON(SnapshotJSON(snapshot))
     } else {
-        print("\(snapshot.name): \(Style.standardOutput.state(snapshot.state)) (version \(snapshot.version): \(snapshot.lastReason))")
+        let ends = snapshot.isolationEndsIn.map {
+            "; ends by itself at \(timestamp(Date().addingTimeInterval(Double($0.milliseconds) / 1000))), in \(formatDuration($0))"
+        }
+        print("\(snapshot.name): \(Style.standardOutput.state(snapshot.state)) (version \(snapshot.version): \(snapshot.lastReason)\(ends ?? ""))")
     }
 }
 

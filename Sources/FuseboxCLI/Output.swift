@@ -20,6 +20,9 @@ struct SnapshotJSON: Codable {
     var attempt: Int
     var timeUntilProbeMs: Int64?
     var isolationReason: String?
+    /// While isolated for a time: the time until the isolation ends, and when (ISO 8601, UTC).
+    var isolationEndsInMs: Int64?
+    var isolatedUntil: String?
     var probesInFlight: Int
     var lastReason: String
     var healthScore: Int
@@ -42,6 +45,10 @@ struct SnapshotJSON: Codable {
         attempt = snapshot.attempt
         timeUntilProbeMs = snapshot.timeUntilProbe?.milliseconds
         isolationReason = snapshot.isolationReason
+        isolationEndsInMs = snapshot.isolationEndsIn?.milliseconds
+        isolatedUntil = snapshot.isolationEndsIn.map {
+            isoTimestamp(Date().addingTimeInterval(Double($0.milliseconds) / 1000))
+        }
         probesInFlight = snapshot.probesInFlight
         lastReason = snapshot.lastReason
         healthScore = snapshot.healthScore
@@ -52,6 +59,13 @@ struct SnapshotJSON: Codable {
         totals = snapshot.totals
         errors = snapshot.errorCounts
     }
+}
+
+/// `date` in ISO 8601, UTC, to the millisecond (`2026-12-03T21:40:00.000Z`).
+func isoTimestamp(_ date: Date) -> String {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return formatter.string(from: date)
 }
 
 /// The `--json` shape of a transition.
@@ -139,7 +153,10 @@ func breakerTable(_ snapshots: [BreakerSnapshot], style: Style) -> String {
         [
             snapshot.name, style.state(snapshot.state), String(snapshot.healthScore), String(snapshot.version), percent(snapshot.failureRate),
             String(snapshot.totals.calls), String(snapshot.totals.rejected), formatDuration(snapshot.timeInState),
-            snapshot.timeUntilProbe.map { "probe in \(formatDuration($0))" } ?? snapshot.isolationReason.map { "isolated: \($0)" } ?? "",
+            snapshot.timeUntilProbe.map { "probe in \(formatDuration($0))" }
+                ?? snapshot.isolationReason.map { reason in
+                    "isolated: \(reason)" + (snapshot.isolationEndsIn.map { " (ends in \(formatDuration($0)))" } ?? "")
+                } ?? "",
         ]
     }
     return renderTable(["NAME", "STATE", "HEALTH", "VERSION", "FAILURES", "CALLS", "REJECTED", "IN STATE", ""], rows)

@@ -17,7 +17,7 @@ struct PolicyOptions: ParsableArguments {
     @Option(name: .long, help: "Probe successes needed to close.") var successThreshold: Int?
     @Option(name: .long, help: "The longest the breaker stays half-open without closing before it opens again, e.g. 1m.")
     var maxHalfOpen: String?
-    @Option(name: .long, help: "normal, metrics-only (never trips) or disabled (admits everything, records nothing).")
+    @Option(name: .long, help: "normal, metrics-only (never trips), disabled (admits everything, records nothing) or shadow (decides as normal, never rejects: counts what it would reject).")
     var mode: String?
     @Option(name: .long, help: "Shed calls while the dependency accepts fewer than 1 in K of them (adaptive throttling, K from 1 to 100, e.g. 2); 'off' turns it off.")
     var adaptiveThrottling: String?
@@ -66,7 +66,7 @@ struct PolicyOptions: ParsableArguments {
         if let mode {
             let folded = mode.lowercased().filter { $0 != "-" && $0 != "_" }
             guard let value = BreakerPolicy.Mode.allCases.first(where: { $0.rawValue.filter { $0 != "_" } == folded }) else {
-                throw CLIError.usage("--mode is '\(mode)'; allowed: normal, metrics-only, disabled")
+                throw CLIError.usage("--mode is '\(mode)'; allowed: normal, metrics-only, disabled, shadow")
             }
             policy.mode = value
         }

@@ -92,7 +92,9 @@ enum AdminJSON {
         let snapshot = status.snapshot
         let totals = snapshot.totals
         let successes = snapshot.windowCalls - snapshot.windowFailures
-        return .object([
+        let isolationEndsInMs: JSON = snapshot.isolationEndsIn.map { .int($0.milliseconds) } ?? .null
+        let isolatedUntil: JSON = snapshot.isolationEndsIn.map { timestamp(status.observedAt.addingTimeInterval(Double($0.milliseconds) / 1000)) } ?? .null
+        let fields: [(String, JSON)] = [
             ("name", .string(snapshot.name)),
             ("state", .string(snapshot.state.rawValue)),
             ("version", .number(snapshot.version)),
@@ -113,6 +115,9 @@ enum AdminJSON {
             ("attempt", .number(snapshot.attempt)),
             ("probes_in_flight", .number(snapshot.probesInFlight)),
             ("isolation_reason", .optional(snapshot.isolationReason)),
+            ("isolation_ends_in_ms", isolationEndsInMs),
+            ("isolated_until", isolatedUntil),
+            ("would_reject", .number(totals.wouldReject)),
             ("last_reason", .string(snapshot.lastReason)),
             ("health_score", .number(snapshot.healthScore)),
             ("recent_transitions", .number(snapshot.recentTransitions)),
@@ -126,9 +131,11 @@ enum AdminJSON {
             ("totals", .object([
                 ("calls", .number(totals.calls)), ("successes", .number(totals.successes)), ("failures", .number(totals.failures)),
                 ("ignored", .number(totals.ignored)), ("rejected", .number(totals.rejected)), ("slow", .number(totals.slow)),
+                ("would_reject", .number(totals.wouldReject)),
             ])),
             ("errors", .object(snapshot.errorCounts.sorted { $0.key < $1.key }.map { ($0.key, .number($0.value)) })),
-        ])
+        ]
+        return .object(fields)
     }
 
     /// `GET /circuit-breakers/NAME/health`: the score and its terms (`BreakerHealth.Assessment`).

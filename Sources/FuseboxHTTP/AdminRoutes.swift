@@ -103,9 +103,11 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             try self.authorize(request)
             let name = try Self.name(context)
             var request = request
-            let reason = try await Self.reason(&request)
+            let (reason, duration) = try await Self.isolation(&request)
             return try await AuditContext.withActor(Self.actor(request, context)) {
-                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.isolate(name, reason: reason)) }
+                try await self.answer { () async throws(FuseboxError) -> JSON in
+                    AdminJSON.breaker(try await administration.isolate(name, reason: reason, for: duration))
+                }
             }
         }
         routes.get("audit") { request, _ in
@@ -278,7 +280,9 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     }
 
     /// The isolation reason from a body `{"reason": "…"}`.
-    static func reason(_ request: inout Request) async throws -> String {
+    /// The isolate body: `{"reason": "…"}`, with `"for": "30m"` (a duration as `fusebox isolate --for` takes it, or
+    /// a number of seconds) for an isolation that ends by itself.
+    static func isolation(_ request: inout Request) async throws -> (reason: String, duration: Duration?) {
         let body: ByteBuffer
         do {
             body = try await request.collectBody(upTo: maximumBodySize)
@@ -289,6 +293,22 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         guard body.readableBytes > 0 else { throw Refusal(status: .badRequest, code: "bad_request", message: "isolate needs a reason: \(usage)") }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
             throw Refusal(status: .badRequest, code: "bad_request", message: "the body is not a JSON object: \(usage)")
+        }
+        var duration: Duration?
+        if let lasting = object["for"], !(lasting is NSNull) {
+            let parsed: Duration? = if let text = lasting as? String {
+                Duration(parsing: text)
+            } else if let seconds = lasting as? NSNumber, seconds.doubleValue.isFinite {
+                seconds.doubleValue > 0 && seconds.doubleValue <= 366 * 86_400 ? .milliseconds(Int64(seconds.doubleValue * 1000)) : .zero
+            } else {
+                nil
+            }
+            guard let parsed, parsed > .zero, parsed <= .seconds(366 * 86_400) else {
+                throw Refusal(
+                    status: .badRequest, code: "bad_request",
+                    message: #"'for' must be a duration such as "30m" or "2h", or a number of seconds, more than 0 and at most a year"#)
+            }
+            duration = parsed
         }
         guard let reason = object["reason"] as? String else {
             throw Refusal(status: .badRequest, code: "bad_request", message: "the body has no string field 'reason': \(usage)")
@@ -301,7 +321,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         guard !trimmed.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
             throw Refusal(status: .badRequest, code: "bad_request", message: "the reason contains control characters")
         }
-        return trimmed
+        return (trimmed, duration)
     }
 
     /// Throws 401 unless the request carries the bearer token (when one is configured).

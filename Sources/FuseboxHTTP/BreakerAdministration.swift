@@ -20,8 +20,8 @@ public protocol BreakerAdministration: Sendable {
     func status(of name: String) async throws(FuseboxError) -> BreakerStatus
     /// The last transitions of `name` (up to 100), oldest first, with wall-clock times.
     func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition]
-    /// Forces `name` open until reset.
-    func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus
+    /// Forces `name` open until reset, or for `duration` when given (then it closes by itself, as a reset would).
+    func isolate(_ name: String, reason: String, for duration: Duration?) async throws(FuseboxError) -> BreakerStatus
     /// Closes `name` with an empty window.
     func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus
     /// Closes `name` and forgets its relative threshold's baseline.

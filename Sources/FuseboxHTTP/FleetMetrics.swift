@@ -10,7 +10,7 @@ import Prometheus
 ///   `fusebox_health` (0 healthy, 1 degraded, 2 critical);
 /// - **counted**, when no registry of the breakers' own metrics is exported beside them (`fusebox serve`): the
 ///   names the breakers record through swift-metrics, `fusebox_breaker_state`, `fusebox_calls_total` (by
-///   `outcome`), `fusebox_slow_calls_total`, `fusebox_rejections_total`, here fleet-wide from the totals in Redis,
+///   `outcome`), `fusebox_slow_calls_total`, `fusebox_rejections_total`, `fusebox_would_reject_total`, here fleet-wide from the totals in Redis,
 ///   and `fusebox_transitions_total` (by `from`, `to`) from the transitions seen since the server started.
 enum FleetMetrics {
     static func emit(
@@ -30,6 +30,7 @@ enum FleetMetrics {
         let calls = descriptor("calls", "total", "Calls whose outcome was recorded, by outcome.")
         let slow = descriptor("slow_calls", "total", "Calls slower than the policy's slow-call duration.")
         let rejections = descriptor("rejections", "total", "Calls rejected without running.")
+        let wouldReject = descriptor("would_reject", "total", "Calls shadow mode let run although the breaker rejected them.")
         for status in survey.breakers {
             let snapshot = status.snapshot
             let breaker = [("breaker", snapshot.name)]
@@ -47,6 +48,7 @@ enum FleetMetrics {
             }
             registry.makeCounter(descriptor: slow, labels: breaker).increment(by: Int64(totals.slow))
             registry.makeCounter(descriptor: rejections, labels: breaker).increment(by: Int64(totals.rejected))
+            registry.makeCounter(descriptor: wouldReject, labels: breaker).increment(by: Int64(totals.wouldReject))
         }
         if counted, let transitions {
             let transitionsTotal = descriptor("transitions", "total", "State transitions, by from and to.")

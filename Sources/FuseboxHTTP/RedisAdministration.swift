@@ -160,12 +160,12 @@ public final class RedisAdministration: BreakerAdministration, Service {
         try await breakers.timeline(of: name).map { TimedTransition($0, at: Date(timeIntervalSince1970: $0.at.seconds)) }
     }
 
-    public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus {
+    public func isolate(_ name: String, reason: String, for duration: Duration?) async throws(FuseboxError) -> BreakerStatus {
         // `BreakerOperator.isolate` makes an unknown breaker isolated (operators may isolate before first use);
         // the HTTP route answers 404 instead.
         try BreakerRegistry.validate(name: name)
         guard try await breakers.contains(name) else { throw unknown(name) }
-        _ = try await breakers.isolate(name, reason: reason)
+        _ = try await breakers.isolate(name, reason: reason, for: duration)
         invalidate()
         return try await status(of: name)
     }

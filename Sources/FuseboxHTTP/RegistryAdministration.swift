@@ -75,9 +75,9 @@ public struct RegistryAdministration: BreakerAdministration {
         return transitions.map { TimedTransition($0, at: now.addingTimeInterval(-(clockNow - $0.at).seconds)) }
     }
 
-    public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerStatus {
-        try await existing(name).isolate(reason: reason)
-        record("isolate", name, reason: reason)
+    public func isolate(_ name: String, reason: String, for duration: Duration?) async throws(FuseboxError) -> BreakerStatus {
+        try await existing(name).backend.isolate(reason: reason, for: duration)
+        record("isolate", name, reason: duration.map { "\(reason) (for \(FuseboxError.format($0)))" } ?? reason)
         return try await status(of: name)
     }
 

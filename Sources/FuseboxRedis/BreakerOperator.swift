@@ -163,17 +163,20 @@ public struct BreakerOperator: Sendable {
         }
     }
 
-    /// Forces `name` open on every instance until reset. A breaker no instance has used yet (or whose keys Redis
-    /// lost) is made isolated: the first instance to use it honours the isolation.
-    public func isolate(_ name: String, reason: String) async throws(FuseboxError) -> BreakerSnapshot {
+    /// Forces `name` open on every instance until reset, or for `duration` when given: the isolation then ends by
+    /// itself at the time Redis' clock says (the breaker returns to its base state as after a reset). A breaker no
+    /// instance has used yet (or whose keys Redis lost) is made isolated: the first instance to use it honours the
+    /// isolation.
+    public func isolate(_ name: String, reason: String, for duration: Duration? = nil) async throws(FuseboxError) -> BreakerSnapshot {
         try BreakerRegistry.validate(name: name)
-        _ = try await call("isolate", on: name, extra: [reason], requiringKnown: false)
+        try LocalBackend.checkIsolation(duration)
+        _ = try await call("isolate", on: name, extra: [reason, duration.map { String($0.milliseconds) } ?? ""], requiringKnown: false)
         do {
             _ = try await connection.send("SADD", "\(namespace):breakers", name)
         } catch {
             throw Self.unavailable(error)
         }
-        try await audit("isolate", name, reason: reason)
+        try await audit("isolate", name, reason: duration.map { "\(reason) (for \(FuseboxError.format($0)))" } ?? reason)
         return try await snapshot(of: name)
     }
 

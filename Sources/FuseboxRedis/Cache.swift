@@ -26,7 +26,8 @@ struct Cache: Sendable {
     var version = 0
     /// The incarnation of the state hash the cache reflects; a different one is newer whatever its version.
     var created: Int64 = 0
-    /// While open: when (ns on this instance's clock) the break ends.
+    /// While open: when (ns on this instance's clock) the break ends; while isolated for a time: when the isolation
+    /// does (admission then asks Redis, whose script ends it); else 0.
     var probeAt: Int64 = 0
     /// After Redis denied a probe permit: reject locally until then (ns).
     var halfOpenDeniedUntil: Int64 = 0
@@ -113,7 +114,7 @@ struct Cache: Sendable {
         created = reply.created
         attempt = reply.attempt
         isolationReason = reply.isolationReason
-        probeAt = reply.state == .open ? now + max(0, reply.openUntil - reply.now) * 1_000_000 : 0
+        probeAt = reply.endsAt(now: now)
         if transition != nil { halfOpenDeniedUntil = 0 }
         if let window = reply.window {
             windowCalls = window.calls
@@ -266,6 +267,8 @@ struct PendingOutcomes: Sendable {
         var rejected = 0
         /// Of those, the calls adaptive throttling shed: they count in the shared window's throttled count.
         var throttled = 0
+        /// Of those, the calls that ran anyway in shadow mode: counted as `would_reject`, not as rejected.
+        var wouldReject = 0
         /// Failures before the first success, the longest run of failures, and the failures after the last
         /// success: what the consecutive-failure rule needs to know of the order.
         var leadingFailures = 0
@@ -321,6 +324,7 @@ struct PendingOutcomes: Sendable {
             ignored = 0
             rejected = 0
             throttled = 0
+            wouldReject = 0
             leadingFailures = 0
             longestFailureRun = 0
             trailingFailures = 0
@@ -336,6 +340,8 @@ struct PendingOutcomes: Sendable {
     var rejected = 0
     /// Of ``rejected``, the calls adaptive throttling shed.
     var throttled = 0
+    /// Of ``rejected``, the calls that ran anyway in shadow mode.
+    var wouldReject = 0
     private(set) var dropped = 0
     /// Script calls carrying this breaker's batches that have not been answered. While one is, nothing more is
     /// taken: a sender has one write of a breaker outstanding at a time, so a batch that must be written again
@@ -491,14 +497,17 @@ struct PendingOutcomes: Sendable {
             if let index = batches.firstIndex(where: { $0.sequence == nil }) {
                 batches[index].rejected += rejected
                 batches[index].throttled += throttled
+                batches[index].wouldReject += wouldReject
             } else {
                 var batch = Batch(version: -1, isProbe: false)
                 batch.rejected = rejected
                 batch.throttled = throttled
+                batch.wouldReject = wouldReject
                 batches.append(batch)
             }
             rejected = 0
             throttled = 0
+            wouldReject = 0
         }
         count = 0
         writesOutstanding = batches.count
@@ -560,6 +569,7 @@ struct PendingOutcomes: Sendable {
         batch.ignored += later.ignored
         batch.rejected += later.rejected
         batch.throttled += later.throttled
+        batch.wouldReject += later.wouldReject
         batch.errors.merge(later.errors, uniquingKeysWith: +)
         batch.firstAt = min(earlier.firstAt, later.firstAt)
         // The failure runs of the two, the later one's leading run continuing the earlier one's trailing run.

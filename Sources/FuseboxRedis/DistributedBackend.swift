@@ -384,7 +384,7 @@ final class DistributedBackend: BreakerBackend {
         self.slowCallNanoseconds = Atomic(policy.slowCallDuration.nanoseconds)
         self.flushNanoseconds = core.options.flushInterval.nanoseconds
         let base: BreakerState = switch policy.mode {
-        case .normal: .closed
+        case .normal, .shadow: .closed
         case .metricsOnly: .metricsOnly
         case .disabled: .disabled
         }
@@ -552,45 +552,59 @@ final class DistributedBackend: BreakerBackend {
 
     private func decide() -> Decision {
         let now = self.now
-        let (decision, transition) = cache.withLock { cache -> (Decision, BreakerTransition?) in
-            if !cache.health.isHealthy {
-                let reason = cache.health.description
-                return withoutRedis(&cache, reason: reason, now: now)
+        let (decided, transition, shadowed) = cache.withLock { cache -> (Decision, BreakerTransition?, BreakerState?) in
+            let (decision, transition) = decide(&cache, now: now)
+            // Shadow mode: what the breaker rejected runs anyway, unrecorded, and counts as `would_reject`.
+            guard case .decided(.rejected(let error)) = decision, cache.rules.policy.mode == .shadow else {
+                return (decision, transition, nil)
             }
-            guard cache.isKnown else {
-                return cache.admissionOverdue ? withoutRedis(&cache, reason: overdueReason, now: now) : (.askRedis, nil)
-            }
-            switch cache.state {
-            case .closed where cache.throttleProbability > 0 && cache.random.nextUnitInterval() < cache.throttleProbability:
-                cache.pending.rejected += 1
-                cache.pending.throttled += 1
-                return (.decided(.rejected(.throttling(name: name))), nil)
-            case .closed, .metricsOnly:
-                return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
-            case .disabled:
-                return (.decided(.admitted(.unrecorded)), nil)
-            case .open where now < cache.probeAt:
-                cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: cache.probeAt - now, isolationReason: nil))), nil)
-            case .halfOpen where now < cache.halfOpenDeniedUntil:
-                cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
-            case .isolated:
-                cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .isolated, retryAfterNanoseconds: nil, isolationReason: cache.isolationReason))), nil)
-            case .open, .halfOpen:
-                guard cache.admissionOverdue else { return (.askRedis, nil) }
-                // A break has ended and Redis is slow to hand out probe permits. The local fallback would send probes
-                // the fleet does not count, so it waits until Redis counts as unavailable (the command timeout);
-                // until then the call is rejected as if its permit were denied (failOpen still admits).
-                guard whenUnavailable == .local else { return withoutRedis(&cache, reason: overdueReason, now: now) }
-                cache.pending.rejected += 1
-                return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
-            }
+            cache.pending.wouldReject += 1
+            return (.decided(.admitted(.shadow(version: cache.version, startedAt: now))), transition, error.state ?? cache.state)
         }
         if let transition { instruments.transitioned(transition) }
-        if case .decided(.rejected(let error)) = decision { instruments.rejected(in: error.state ?? .open) }
-        return decision
+        if case .decided(.rejected(let error)) = decided { instruments.rejected(in: error.state ?? .open) }
+        if let shadowed { instruments.wouldReject(in: shadowed) }
+        return decided
+    }
+
+    /// ``decide()`` under the cache's lock: every rejection is counted in the pending batches.
+    private func decide(_ cache: inout Cache, now: Int64) -> (Decision, BreakerTransition?) {
+        if !cache.health.isHealthy {
+            let reason = cache.health.description
+            return withoutRedis(&cache, reason: reason, now: now)
+        }
+        guard cache.isKnown else {
+            return cache.admissionOverdue ? withoutRedis(&cache, reason: overdueReason, now: now) : (.askRedis, nil)
+        }
+        switch cache.state {
+        case .closed where cache.throttleProbability > 0 && cache.random.nextUnitInterval() < cache.throttleProbability:
+            cache.pending.rejected += 1
+            cache.pending.throttled += 1
+            return (.decided(.rejected(.throttling(name: name))), nil)
+        case .closed, .metricsOnly:
+            return (.decided(.admitted(PermitToken(version: cache.version, isProbe: false, isRecorded: true, startedAt: now))), nil)
+        case .disabled:
+            return (.decided(.admitted(.unrecorded)), nil)
+        case .open where now < cache.probeAt:
+            cache.pending.rejected += 1
+            return (.decided(.rejected(.rejection(name: name, state: .open, retryAfterNanoseconds: cache.probeAt - now, isolationReason: nil))), nil)
+        case .halfOpen where now < cache.halfOpenDeniedUntil:
+            cache.pending.rejected += 1
+            return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
+        case .isolated where cache.probeAt == 0 || now < cache.probeAt:
+            cache.pending.rejected += 1
+            return (.decided(.rejected(.rejection(
+                name: name, state: .isolated, retryAfterNanoseconds: cache.probeAt > 0 ? cache.probeAt - now : nil,
+                isolationReason: cache.isolationReason))), nil)
+        case .open, .halfOpen, .isolated:
+            guard cache.admissionOverdue else { return (.askRedis, nil) }
+            // A break has ended and Redis is slow to hand out probe permits. The local fallback would send probes
+            // the fleet does not count, so it waits until Redis counts as unavailable (the command timeout);
+            // until then the call is rejected as if its permit were denied (failOpen still admits).
+            guard whenUnavailable == .local else { return withoutRedis(&cache, reason: overdueReason, now: now) }
+            cache.pending.rejected += 1
+            return (.decided(.rejected(.rejection(name: name, state: .halfOpen, retryAfterNanoseconds: nil, isolationReason: nil))), nil)
+        }
     }
 
     private var overdueReason: String { "no answer from Redis within the admission budget (\(admissionBudget))" }
@@ -617,6 +631,11 @@ final class DistributedBackend: BreakerBackend {
             }
             let (admission, transition) = cache.fallback!.acquire(now: now)
             switch admission {
+            case .admitted(let token) where token.ranInShadow:
+                // Shadow mode: the fallback rejected it and let it run; ``decide()`` does the same for the cache.
+                cache.pending.rejected += 1
+                let state = cache.fallback!.state
+                return (.decided(.rejected(.rejection(name: name, state: state, retryAfterNanoseconds: nil, isolationReason: nil))), transition)
             case .admitted(let token):
                 var mapped = token
                 mapped.version = -2 - token.version
@@ -653,6 +672,11 @@ final class DistributedBackend: BreakerBackend {
                     if reply.state == .halfOpen {
                         let retry = core.options.halfOpenRetryInterval.nanoseconds
                         cache.withLock { $0.halfOpenDeniedUntil = now + retry }
+                    }
+                    if cache.withLock({ $0.rules.policy.mode == .shadow }) {
+                        // Shadow mode: the script counted it as `would_reject`; it runs, unrecorded.
+                        instruments.wouldReject(in: reply.state)
+                        return completion(.admitted(.shadow(version: reply.version, startedAt: now)))
                     }
                     instruments.rejected(in: reply.state)
                     completion(.rejected(.rejection(
@@ -778,8 +802,9 @@ final class DistributedBackend: BreakerBackend {
                 batch.sequence!, batch.version, Int(batch.created),
                 (isTimeWindow && batch.groups.allSatisfy { $0.bucket > 0 }) || now - batch.firstAt <= windowAge ? "1" : "0",
                 batch.isProbe ? "1" : "0", batch.ignored,
-                // With adaptive throttling, `R:T`: the script then counts T shed calls and answers with the count.
-                throttling ? "\(batch.rejected):\(batch.throttled)" : String(batch.rejected),
+                // With adaptive throttling, `R:T`: the script then counts T shed calls and answers with the count;
+                // `/W` after it: W of the rejections ran anyway in shadow mode.
+                Self.rejections(batch, throttling: throttling),
                 batch.leadingFailures, batch.longestFailureRun, batch.trailingFailures, names.count,
             ]
             for (name, count) in names.sorted(by: { $0.0 < $1.0 }) {
@@ -1084,7 +1109,8 @@ final class DistributedBackend: BreakerBackend {
             cache.created = message.created ?? cache.created
             cache.attempt = message.attempt ?? cache.attempt
             cache.isolationReason = message.isolation_reason.flatMap { $0.isEmpty ? nil : $0 }
-            cache.probeAt = state == .open ? now + (message.probe_in_ms ?? 0) * 1_000_000 : 0
+            let endsIn = message.probe_in_ms ?? 0
+            cache.probeAt = state == .open || (state == .isolated && endsIn > 0) ? now + endsIn * 1_000_000 : 0
             cache.halfOpenDeniedUntil = 0
             // A new closed period: no budget until Redis grants one (the first failure is written at once).
             cache.budget = 0
@@ -1170,7 +1196,18 @@ final class DistributedBackend: BreakerBackend {
         }
     }
 
-    func isolate(reason: String) async throws(FuseboxError) { try await control("isolate", [reason]) }
+    /// A batch's rejections as the script reads them: `R`, `R:T` with adaptive throttling, then `/W` for calls that
+    /// ran in shadow mode although rejected (R counts only calls that were turned away).
+    static func rejections(_ batch: PendingOutcomes.Batch, throttling: Bool) -> String {
+        let turnedAway = batch.rejected - batch.wouldReject
+        let text = throttling ? "\(turnedAway):\(batch.throttled)" : String(turnedAway)
+        return batch.wouldReject > 0 ? "\(text)/\(batch.wouldReject)" : text
+    }
+
+    func isolate(reason: String, for duration: Duration?) async throws(FuseboxError) {
+        try LocalBackend.checkIsolation(duration)
+        try await control("isolate", [reason, duration.map { String($0.milliseconds) } ?? ""])
+    }
     func reset() async throws(FuseboxError) { try await control("reset", []) }
     func resetWithBaseline() async throws(FuseboxError) { try await control("reset", ["baseline"]) }
     func forceHalfOpen() async throws(FuseboxError) { try await control("half_open", []) }

@@ -138,6 +138,14 @@ struct StateReply: Sendable {
 
     /// Time until probes may start, for an open breaker.
     var timeUntilProbe: Duration? { state == .open ? .milliseconds(max(0, openUntil - now)) : nil }
+    /// Time until an isolation set for a time ends by itself (`open_until` holds its end).
+    var isolationEndsIn: Duration? { state == .isolated && openUntil > 0 ? .milliseconds(max(0, openUntil - now)) : nil }
+    /// When the current state ends by itself on this instance's clock (ns), `now` being this instance's time of the
+    /// reply: the break's end while open, the isolation's while isolated for a time; 0 otherwise.
+    func endsAt(now: Int64) -> Int64 {
+        guard state == .open || (state == .isolated && openUntil > 0) else { return 0 }
+        return now + max(0, openUntil - self.now) * 1_000_000
+    }
 }
 
 /// A message on `NAMESPACE:transitions`: a transition, or a recall of failure budgets.
@@ -147,6 +155,7 @@ struct BreakerMessage: Decodable, Sendable {
     var created: Int64?
     // A transition.
     var state: String?
+    /// Open: the time until the break ends; isolated for a time: until the isolation ends; else 0.
     var probe_in_ms: Int64?
     var reason: String?
     var isolation_reason: String?
@@ -221,6 +230,7 @@ extension BreakerSnapshot {
             case "ignored": sums.ignored = count
             case "rejected": sums.rejected = count
             case "slow": sums.slow = count
+            case "would_reject": sums.wouldReject = count
             default: if field.hasPrefix("error:") { errors[String(field.dropFirst(6))] = count }
             }
         }
@@ -231,6 +241,7 @@ extension BreakerSnapshot {
             isolationReason: reply.state == .isolated ? reply.isolationReason : nil, attempt: reply.attempt,
             probesInFlight: reply.probes, probeSuccesses: reply.probeSuccesses, lastReason: reply.reason,
             recentTransitions: reply.recentTransitions, windowThrottled: reply.windowThrottled ?? 0,
-            failureBaseline: reply.baseline.map { $0.failures / $0.calls }, baselineCalls: reply.baseline?.calls ?? 0, health: health)
+            failureBaseline: reply.baseline.map { $0.failures / $0.calls }, baselineCalls: reply.baseline?.calls ?? 0,
+            isolationEndsIn: reply.isolationEndsIn, health: health)
     }
 }

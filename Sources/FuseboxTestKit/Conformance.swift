@@ -52,6 +52,8 @@ public enum ConformanceStep: Sendable {
     case advance(Duration)
     /// Manual control.
     case isolate(String)
+    /// Isolation that ends by itself after the duration.
+    case isolateFor(String, Duration)
     /// Manual reset.
     case reset
     /// Manual half-open.
@@ -111,6 +113,10 @@ public enum ConformanceStep: Sendable {
         case throttleProbability(Double)
         /// The failure-ratio threshold in force (within 0.001; `nil`: none applies).
         case failureRateThresholdInForce(Double?)
+        /// Calls shadow mode let run although the breaker rejected them (`BreakerTotals.wouldReject`).
+        case wouldReject(Int)
+        /// While isolated for a time: the time until the isolation ends.
+        case isolationEndsIn(Duration?)
     }
 }
 
@@ -195,6 +201,8 @@ public struct ConformanceScenario: Sendable {
                 try await subject.advance(by: duration)
             case .isolate(let reason):
                 try await backend.isolate(reason: reason)
+            case .isolateFor(let reason, let duration):
+                try await backend.isolate(reason: reason, for: duration)
             case .reset:
                 try await backend.reset()
             case .forceHalfOpen:
@@ -222,6 +230,7 @@ public struct ConformanceScenario: Sendable {
                         var expected = BreakerTotals()
                         (expected.calls, expected.successes, expected.failures) = (calls, successes, failures)
                         (expected.ignored, expected.rejected, expected.slow) = (ignored, rejected, slow)
+                        expected.wouldReject = snapshot.totals.wouldReject  // its own figure
                         if snapshot.totals != expected { problem("totals \(snapshot.totals), expected \(expected)") }
                     case .errorCount(let type, let n) where snapshot.errorCounts[type, default: 0] != n:
                         problem("errorCounts[\(type)] \(snapshot.errorCounts[type, default: 0]), expected \(n)")
@@ -237,6 +246,10 @@ public struct ConformanceScenario: Sendable {
                     case .failureRateThresholdInForce(let t)
                     where (t == nil) != (snapshot.failureRateThresholdInForce == nil) || abs((t ?? 0) - (snapshot.failureRateThresholdInForce ?? 0)) > 0.001:
                         problem("failureRateThresholdInForce \(snapshot.failureRateThresholdInForce.map { "\($0)" } ?? "nil"), expected \(t.map { "\($0)" } ?? "nil")")
+                    case .wouldReject(let n) where snapshot.totals.wouldReject != n:
+                        problem("wouldReject \(snapshot.totals.wouldReject), expected \(n)")
+                    case .isolationEndsIn(let left) where !close(snapshot.isolationEndsIn, left):
+                        problem("isolationEndsIn \(snapshot.isolationEndsIn.map { "\($0)" } ?? "nil"), expected \(left.map { "\($0)" } ?? "nil")")
                     default: break
                     }
                 }

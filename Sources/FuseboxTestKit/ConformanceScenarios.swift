@@ -304,6 +304,24 @@ extension ConformanceScenario {
                 (.isolated, .halfOpen), (.halfOpen, .isolated), (.isolated, .closed),
             ]),
         ]),
+        ConformanceScenario("an isolation for a time ends by itself, as a reset would; rejections carry the time left", policy: tripsOnFirstFailure {
+            $0.breakDuration = .fixed(.seconds(10))
+        }, [
+            .fail(1), .expectState(.open),
+            .isolateFor("deploy", .seconds(30)),
+            .rejected(1, in: .isolated, retryAfter: .seconds(30), reason: "deploy"),
+            .expect([.isolationReason("deploy"), .isolationEndsIn(.seconds(30)), .timeUntilProbe(nil), .attempt(1)]),
+            .advance(.seconds(29)), .rejected(1, in: .isolated, retryAfter: .seconds(1)), .expect([.isolationEndsIn(.seconds(1))]),
+            .advance(.seconds(1)), .expectState(.closed), .expect([.isolationReason(nil), .isolationEndsIn(nil), .attempt(0)]),
+            .succeed(1),
+            .isolateFor("short", .seconds(5)), .isolate("until reset"), .advance(.seconds(60)), .expectState(.isolated),
+            .expect([.isolationEndsIn(nil)]),
+            .reset, .expectState(.closed),
+            .expectTimeline([
+                (.closed, .open), (.open, .isolated), (.isolated, .closed), (.closed, .isolated), (.isolated, .isolated),
+                (.isolated, .closed),
+            ]),
+        ]),
         ConformanceScenario("reset clears the window and the streak; forceHalfOpen from closed", policy: policy { $0.consecutiveFailureThreshold = 5 }, [
             .fail(4), .reset,
             .expect([.windowCalls(0), .consecutiveFailures(0)]),
@@ -329,6 +347,22 @@ extension ConformanceScenario {
             .expectState(.metricsOnly),
             .fail(20), .expectState(.metricsOnly),
             .expect([.windowCalls(20), .failureRate(1), .totals(calls: 20, successes: 0, failures: 20, ignored: 0, rejected: 0, slow: 0)]),
+        ]),
+        ConformanceScenario("shadow decides as normal, never rejects, and counts what it would have rejected", policy: tripsOnFirstFailure {
+            $0.mode = .shadow
+            $0.breakDuration = .fixed(.seconds(10))
+            $0.permittedCallsInHalfOpen = 1
+        }, [
+            .expectState(.closed),
+            .fail(1), .expectState(.open), .expect([.attempt(1), .wouldReject(0)]),
+            // Rejected by the breaker, run anyway: their outcomes are not recorded.
+            .fail(3), .succeed(2), .expectState(.open),
+            .expect([.wouldReject(5), .totals(calls: 1, successes: 0, failures: 1, ignored: 0, rejected: 0, slow: 0)]),
+            .advance(.seconds(10)),
+            .hold("probe", probe: true), .succeed(2), .expect([.wouldReject(7), .probesInFlight(1)]),
+            .settle("probe", .success), .expectState(.closed),
+            .expect([.wouldReject(7), .totals(calls: 2, successes: 1, failures: 1, ignored: 0, rejected: 0, slow: 0)]),
+            .isolate("tried"), .succeed(1), .expect([.wouldReject(8)]), .expectState(.isolated),
         ]),
         ConformanceScenario("disabled admits everything and records nothing", policy: tripsOnFirstFailure { $0.mode = .disabled }, [
             .expectState(.disabled),

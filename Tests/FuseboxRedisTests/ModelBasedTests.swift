@@ -22,7 +22,7 @@ struct ModelBasedTests {
         /// Report the outcome of the oldest permit kept.
         case settle(Outcome)
         case advance(Duration)
-        case isolate, reset, forceHalfOpen
+        case isolate(Duration?), reset, forceHalfOpen
 
         var description: String {
             switch self {
@@ -30,7 +30,7 @@ struct ModelBasedTests {
             case .hold: "hold"
             case .settle(let outcome): "settle(\(outcome))"
             case .advance(let duration): "+\(duration.milliseconds)ms"
-            case .isolate: "isolate"
+            case .isolate(let lasting): lasting.map { "isolate(\($0.milliseconds)ms)" } ?? "isolate"
             case .reset: "reset"
             case .forceHalfOpen: "halfOpen"
             }
@@ -62,7 +62,7 @@ struct ModelBasedTests {
         policy.permittedCallsInHalfOpen = pick([1, 2, 3])
         policy.successThreshold = pick([1, 2])
         policy.maxHalfOpenDuration = pick([.seconds(3), .seconds(60)])
-        policy.mode = pick([.normal, .normal, .normal, .normal, .metricsOnly])
+        policy.mode = pick([.normal, .normal, .normal, .normal, .metricsOnly, .shadow])
         // A relative failure threshold, warm within a few calls, its baseline decaying over the steps' advances.
         policy.relativeFailureRate = pick([
             nil, nil, .init(factor: 2, floor: 0.25, horizon: .seconds(5), warmupCalls: 3), .init(factor: 3, floor: 0.1, horizon: .seconds(60), warmupCalls: 6),
@@ -77,9 +77,9 @@ struct ModelBasedTests {
             case 55..<63: .hold
             case 63..<71: .settle(pick(Outcome.allCases))
             case 71..<93: .advance(pick([.milliseconds(300), .seconds(1), .seconds(2), .seconds(6)]))
-            case 93..<96: .reset
-            case 96..<98: .forceHalfOpen
-            default: .isolate
+            case 93..<95: .reset
+            case 95..<97: .forceHalfOpen
+            default: .isolate(pick([nil, .milliseconds(1500), .seconds(4)]))
             }
         }
         return Case(policy: policy, operations: operations)
@@ -129,6 +129,9 @@ struct ModelBasedTests {
             switch (model.acquire(), await script.admit()) {
             case (.admitted(let a), .admitted(let b)):
                 if a.isProbe != b.isProbe { problems.append("step \(step) \(operation): isProbe \(a.isProbe) (Swift) vs \(b.isProbe) (Lua)") }
+                if a.isRecorded != b.isRecorded {
+                    problems.append("step \(step) \(operation): isRecorded \(a.isRecorded) (Swift) vs \(b.isRecorded) (Lua)")
+                }
                 return .some((a, b))
             case (.rejected(let a), .rejected(let b)):
                 if a.state != b.state { problems.append("step \(step) \(operation): rejected in \(a.state.map { "\($0)" } ?? "-") (Swift) vs \(b.state.map { "\($0)" } ?? "-") (Lua)") }
@@ -157,9 +160,9 @@ struct ModelBasedTests {
                 if !held.isEmpty { record(outcome, held.removeFirst()) }
             case .advance(let duration):
                 try await advance(duration)
-            case .isolate:
-                try await model.isolate(reason: "model")
-                try await script.isolate(reason: "model")
+            case .isolate(let lasting):
+                try await model.isolate(reason: "model", for: lasting)
+                try await script.isolate(reason: "model", for: lasting)
             case .reset:
                 try await model.reset()
                 try await script.reset()
@@ -182,6 +185,8 @@ struct ModelBasedTests {
                 ("attempt", "\(a.attempt)", "\(b.attempt)"),
                 ("probesInFlight", "\(a.probesInFlight)", "\(b.probesInFlight)"),
                 ("totals", "\(a.totals)", "\(b.totals)"),
+                ("isolationEndsIn", "\(a.isolationEndsIn.map { "\($0.milliseconds)ms" } ?? "-")", "\(b.isolationEndsIn.map { "\($0.milliseconds)ms" } ?? "-")"),
+                ("lastReason", a.lastReason, b.lastReason),
                 ("failureRateThresholdInForce", a.failureRateThresholdInForce.map { String(format: "%.9f", $0) } ?? "nil",
                  b.failureRateThresholdInForce.map { String(format: "%.9f", $0) } ?? "nil"),
             ]

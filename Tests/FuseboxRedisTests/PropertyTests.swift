@@ -68,7 +68,7 @@ struct RedisPropertyTests {
             #expect(isolated.state == .isolated)
             let reset = try await operatorSide.reset(name)
             let base: BreakerState = switch policy.mode {
-            case .normal: .closed
+            case .normal, .shadow: .closed
             case .metricsOnly: .metricsOnly
             case .disabled: .disabled
             }
