@@ -50,7 +50,7 @@ build: deps
 ## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
 ## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
 ## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests
+TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests|OperatorActionTests
 test: deps browser-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
@@ -146,12 +146,14 @@ bench: deps
 clean:
 	rm -rf .build .build-asan .build-tsan Benchmarks/.build
 
-## Regenerates Sources/FuseboxRedis/BreakerScript.swift, LeaseScript.swift and MembersScript.swift from lua/*.lua
+## Regenerates Sources/FuseboxRedis/BreakerScript.swift, LeaseScript.swift, MembersScript.swift and OverrideScript.swift
+## from lua/*.lua
 ## (a test fails if they differ).
 lua:
 	@$(MAKE) --no-print-directory lua-script LUA=breaker TYPE=BreakerScript WHAT="every change to a breaker'\''s state in Redis."
 	@$(MAKE) --no-print-directory lua-script LUA=lease TYPE=LeaseScript WHAT="fleet-wide concurrency leases (fusebox run --max-concurrent)."
 	@$(MAKE) --no-print-directory lua-script LUA=members TYPE=MembersScript WHAT="live membership (senders and instances that are up)."
+	@$(MAKE) --no-print-directory lua-script LUA=override TYPE=OverrideScript WHAT="the end of a policy override set for a time."
 
 lua-script:
 	@{ \

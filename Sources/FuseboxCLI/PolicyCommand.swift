@@ -112,10 +112,10 @@ struct PolicyCommand: AsyncParsableCommand {
         commandName: "policy",
         abstract: "Fleet-wide policy overrides: set, show and clear the policy every instance runs for a breaker.",
         discussion: """
-            An override is kept in Redis (the hash NAMESPACE:overrides) until cleared. Every instance applies it \
-            within one refresh interval (at once when the publish reaches it), over the policy its code or \
-            configuration gives; it survives restarts.
-            Example: fusebox policy set payments --failure-ratio 0.9 --reason "provider incident"
+            An override is kept in Redis (the hash NAMESPACE:overrides) until cleared, or until its time is up \
+            (--for). Every instance applies it within one refresh interval (at once when the publish reaches it), \
+            over the policy its code or configuration gives; it survives restarts.
+            Example: fusebox policy set payments --failure-ratio 0.9 --reason "provider incident" --for 2h
             """,
         subcommands: [PolicySetCommand.self, PolicyShowCommand.self, PolicyClearCommand.self])
 }
@@ -129,10 +129,19 @@ struct PolicySetCommand: AsyncParsableCommand {
     @Argument(help: "The breaker's name.") var name: String
     @OptionGroup var rules: PolicyOptions
     @Option(name: .long, help: "Why, for whoever reads `fusebox policy show`.") var reason: String?
+    @Option(name: .customLong("for"), help: "End the override by itself after this long, on Redis' clock, e.g. 2h (at most a year).")
+    var lasting: String?
 
     func run() async throws {
         try await reportingErrors {
             try checkName(name)
+            let duration = try lasting.map { text throws -> Duration in
+                let duration = try parseDuration(text)
+                guard duration > .zero, duration <= .seconds(366 * 86_400) else {
+                    throw CLIError.usage("--for is '\(text)'; it must be more than 0 and at most a year")
+                }
+                return duration
+            }
             guard !rules.isEmpty else { throw CLIError.usage("no policy flag given: say what to change, as in `fusebox policy set \(name) --failure-ratio 0.9`") }
             let breakers = try await global.makeOperator()
             let current = try? await breakers.override(of: name)
@@ -143,12 +152,16 @@ struct PolicySetCommand: AsyncParsableCommand {
                 policy: policy, setBy: global.actor,
                 setAtMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), reason: reason)
             do {
-                try await breakers.setOverride(override, for: name)
+                try await breakers.setOverride(override, for: name, lasting: duration)
             } catch let error as FuseboxError {
                 throw CLIError.from(error)
             }
             let known = (try? await breakers.contains(name)) ?? false
             print("override set for '\(name)': \(policy.stateRulesDescription)")
+            if let duration {
+                let ends = Date().addingTimeInterval(Double(duration.milliseconds) / 1000)
+                print("it ends by itself at \(timestamp(ends)) (in \(formatDuration(duration)), on Redis' clock); every instance then returns to its own policy")
+            }
             print(known
                 ? "every instance applies it within one refresh interval; `fusebox policy clear \(name)` ends it"
                 : "no instance has used '\(name)' yet; instances apply it when they make it")
@@ -171,6 +184,8 @@ struct PolicyShowCommand: AsyncParsableCommand {
         var set_by: String?
         var set_at_ms: Int64?
         var reason: String?
+        /// When an override set for a time ends (Redis time, ms since 1970); `nil` otherwise.
+        var expires_at_ms: Int64?
     }
 
     func run() async throws {
@@ -188,13 +203,16 @@ struct PolicyShowCommand: AsyncParsableCommand {
             let shown = Shown(
                 name: name, origin: override != nil ? "override" : stored != nil ? "instances" : "none",
                 policy: (override?.policy ?? stored)?.stateRulesDescription, set_by: override?.setBy,
-                set_at_ms: override?.setAtMilliseconds, reason: override?.reason)
+                set_at_ms: override?.setAtMilliseconds, reason: override?.reason, expires_at_ms: override?.expiresAtMilliseconds)
             if json { return try printJSON(shown) }
             switch shown.origin {
             case "override":
                 let at = Date(timeIntervalSince1970: Double(shown.set_at_ms ?? 0) / 1000)
                 print("\(name): policy in force is an operator's override, set by \(shown.set_by ?? "?") at \(timestamp(at))\(shown.reason.map { " (\($0))" } ?? "")")
                 print("  \(shown.policy ?? "")")
+                if let expires = shown.expires_at_ms {
+                    print("  ends by itself at \(timestamp(Date(timeIntervalSince1970: Double(expires) / 1000))) (Redis' clock)")
+                }
             case "instances":
                 print("\(name): policy in force is the instances' own (from their code or configuration); no override is set")
                 print("  \(shown.policy ?? "")")

@@ -128,6 +128,7 @@ enum AdminJSON {
             ("window_throttled", .double(snapshot.windowThrottled)),
             ("thresholds", status.thresholds.map(thresholds) ?? .null),
             ("policy_origin", .optional(status.policyOrigin)),
+            ("override_expires_at", status.overrideExpiresAt.map(timestamp) ?? .null),
             ("totals", .object([
                 ("calls", .number(totals.calls)), ("successes", .number(totals.successes)), ("failures", .number(totals.failures)),
                 ("ignored", .number(totals.ignored)), ("rejected", .number(totals.rejected)), ("slow", .number(totals.slow)),

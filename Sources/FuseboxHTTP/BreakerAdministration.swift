@@ -68,14 +68,21 @@ public struct BreakerStatus: Sendable {
     /// `configuration` or `defaults` (an application's registry), `instances` (fleet-wide: the instances' own,
     /// from their code or configuration); `nil` when no policy is known.
     public var policyOrigin: String?
+    /// When the operator's override in force ends by itself (`fusebox policy set … --for`); `nil` without one, or
+    /// when it stays until cleared.
+    public var overrideExpiresAt: Date?
     /// When the snapshot was taken.
     public var observedAt: Date
 
     /// Makes a status.
-    public init(snapshot: BreakerSnapshot, thresholds: BreakerThresholds?, policyOrigin: String? = nil, observedAt: Date = Date()) {
+    public init(
+        snapshot: BreakerSnapshot, thresholds: BreakerThresholds?, policyOrigin: String? = nil, overrideExpiresAt: Date? = nil,
+        observedAt: Date = Date()
+    ) {
         self.snapshot = snapshot
         self.thresholds = thresholds
         self.policyOrigin = policyOrigin
+        self.overrideExpiresAt = overrideExpiresAt
         self.observedAt = observedAt
     }
 

@@ -132,7 +132,9 @@ public final class RedisAdministration: BreakerAdministration, Service {
             switch reading.snapshot {
             case .success(let snapshot):
                 let (thresholds, origin) = Self.policy(of: reading, overrides: overrides)
-                statuses.append(BreakerStatus(snapshot: snapshot, thresholds: thresholds, policyOrigin: origin, observedAt: now))
+                statuses.append(BreakerStatus(
+                    snapshot: snapshot, thresholds: thresholds, policyOrigin: origin,
+                    overrideExpiresAt: Self.expiry(of: overrides[reading.name]), observedAt: now))
             case .failure(let error):
                 unreadable.append((reading.name, error))
             }
@@ -144,8 +146,15 @@ public final class RedisAdministration: BreakerAdministration, Service {
         try BreakerRegistry.validate(name: name)
         guard try await breakers.contains(name) else { throw unknown(name) }
         let reading = try await breakers.readings(of: [name])[0]
-        let (thresholds, origin) = Self.policy(of: reading, overrides: try await breakers.overrides())
-        return BreakerStatus(snapshot: try reading.snapshot.get(), thresholds: thresholds, policyOrigin: origin)
+        let overrides = try await breakers.overrides()
+        let (thresholds, origin) = Self.policy(of: reading, overrides: overrides)
+        return BreakerStatus(
+            snapshot: try reading.snapshot.get(), thresholds: thresholds, policyOrigin: origin, overrideExpiresAt: Self.expiry(of: overrides[name]))
+    }
+
+    /// When `override` ends by itself (Redis time read as this host's wall clock).
+    static func expiry(of override: PolicyOverride?) -> Date? {
+        override?.expiresAtMilliseconds.map { Date(timeIntervalSince1970: Double($0) / 1000) }
     }
 
     /// The policy in force and where it came from: an operator's override (which every instance applies within

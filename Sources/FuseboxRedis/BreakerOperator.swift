@@ -133,6 +133,11 @@ public struct BreakerOperator: Sendable {
                 index += 2
             }
         }
+        // Redis' clock, from the replies: an override whose time is up is not in force.
+        let redisNow = (0..<names.count).lazy.compactMap { index -> Int64? in
+            if case .success(let reply) = results.value(at: index) { return reply.now }
+            return nil
+        }.first
         for (index, name) in names.enumerated() {
             var snapshot: Result<BreakerSnapshot, FuseboxError>
             switch results.value(at: index) {
@@ -144,7 +149,8 @@ public struct BreakerOperator: Sendable {
                 snapshot = Result { () throws(FuseboxError) in try BreakerSnapshot(name: name, reply: reply, totalsKey: keys(of: name)[2]) }
             }
             let policyJSON = stored.flatMap { index < $0.count ? $0[index].string : nil }
-            let inForce = overrides[name].flatMap { try? PolicyOverride(json: $0).policy } ?? policyJSON.flatMap { try? PolicyJSON.decode($0) }
+            let override = overrides[name].flatMap { try? PolicyOverride(json: $0) }.flatMap { $0.hasExpired(at: redisNow ?? .min) ? nil : $0 }
+            let inForce = override?.policy ?? policyJSON.flatMap { try? PolicyJSON.decode($0) }
             if let inForce { snapshot = snapshot.map { var scored = $0; scored.rescore(against: BreakerHealth(policy: inForce)); return scored } }
             readings.append(BreakerReading(name: name, snapshot: snapshot, policyJSON: policyJSON))
         }

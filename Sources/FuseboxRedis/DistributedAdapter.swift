@@ -181,6 +181,8 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                         sinceOverrides = .zero
                         self.overrides.loadAll()
                     }
+                    // An override set for a time ends here when Redis' clock passes its expiry.
+                    self.overrides.expireDue()
                     if round.isEmpty {
                         round = self.allBackends
                         perTick = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)

@@ -18,21 +18,30 @@ public struct PolicyOverride: Sendable {
     public var setAtMilliseconds: Int64
     /// Why, as the operator wrote it.
     public var reason: String?
+    /// When it ends by itself, in Redis time (ms since 1970, from `TIME`); `nil`: it stays until cleared. Every
+    /// instance returns to its own policy at that time, and the first to notice removes it from `NS:overrides`.
+    public var expiresAtMilliseconds: Int64?
 
     /// Makes an override.
-    public init(policy: BreakerPolicy, setBy: String, setAtMilliseconds: Int64, reason: String? = nil) {
+    public init(policy: BreakerPolicy, setBy: String, setAtMilliseconds: Int64, reason: String? = nil, expiresAtMilliseconds: Int64? = nil) {
         self.policy = policy
         self.setBy = setBy
         self.setAtMilliseconds = setAtMilliseconds
         self.reason = reason
+        self.expiresAtMilliseconds = expiresAtMilliseconds
     }
 
-    /// The JSON stored in `NS:overrides`: `{"policy": {…the policy JSON…}, "set_by": …, "set_at_ms": …, "reason": …}`.
+    /// The JSON stored in `NS:overrides`: `{"policy": {…the policy JSON…}, "set_by": …, "set_at_ms": …, "reason": …,
+    /// "expires_at_ms": …}` (the last two only when set).
     public var json: String {
         var text = #"{"policy":\#(PolicyJSON.encode(policy)),"set_by":\#(DistributedBackend.jsonString(setBy)),"set_at_ms":\#(setAtMilliseconds)"#
         if let reason { text += #","reason":\#(DistributedBackend.jsonString(reason))"# }
+        if let expiresAtMilliseconds { text += #","expires_at_ms":\#(expiresAtMilliseconds)"# }
         return text + "}"
     }
+
+    /// Whether it has ended at `redisMilliseconds` (Redis time).
+    public func hasExpired(at redisMilliseconds: Int64) -> Bool { expiresAtMilliseconds.map { redisMilliseconds >= $0 } ?? false }
 
     /// Reads what ``json`` wrote; anything else throws `FuseboxError/Code/corruptState` saying what is wrong.
     public init(json text: String) throws(FuseboxError) {
@@ -45,6 +54,12 @@ public struct PolicyOverride: Sendable {
         self.setBy = object["set_by"] as? String ?? "unknown"
         self.setAtMilliseconds = (object["set_at_ms"] as? NSNumber)?.int64Value ?? 0
         self.reason = object["reason"] as? String
+        if let expires = object["expires_at_ms"], !(expires is NSNull) {
+            guard let number = expires as? NSNumber, number.doubleValue >= 0, number.doubleValue < 1e15 else {
+                throw FuseboxError(code: .corruptState, message: "the override's 'expires_at_ms' is not a time in ms: \(text.prefix(200))")
+            }
+            self.expiresAtMilliseconds = number.int64Value
+        }
     }
 }
 
@@ -164,28 +179,59 @@ extension BreakerOperator {
     /// The hash of overrides.
     var overridesKey: String { "\(namespace):overrides" }
 
-    /// The override of `name`, if one is set. A stored value Fusebox cannot read throws
-    /// `FuseboxError/Code/corruptState`; `fusebox policy clear` removes it.
+    /// The override of `name`, if one is set and has not ended by Redis' clock. A stored value Fusebox cannot read
+    /// throws `FuseboxError/Code/corruptState`; `fusebox policy clear` removes it.
     public func override(of name: String) async throws(FuseboxError) -> PolicyOverride? {
-        let reply: RESPValue
+        let replies: [RESPValue]
         do {
-            reply = try await connection.send("HGET", overridesKey, name)
+            replies = try await connection.pipeline([RedisCommand("HGET", overridesKey, name), RedisCommand("TIME")])
         } catch {
             throw Self.unavailable(error)
         }
-        guard let text = reply.string else { return nil }
-        return try PolicyOverride(json: text)
+        guard let text = replies.first?.string else { return nil }
+        let override = try PolicyOverride(json: text)
+        if let now = Self.milliseconds(time: replies.last), override.hasExpired(at: now) { return nil }
+        return override
     }
 
-    /// Every override that can be read, by breaker name (`HGETALL`); one Fusebox cannot read is left out.
-    public func overrides() async throws(FuseboxError) -> [String: PolicyOverride] {
-        let table: [String: String]
+    /// Redis time in ms from a `TIME` reply.
+    static func milliseconds(time reply: RESPValue?) -> Int64? {
+        guard let parts = reply?.array, parts.count == 2, let seconds = parts[0].string.flatMap({ Int64($0) }),
+            let micros = parts[1].string.flatMap({ Int64($0) })
+        else { return nil }
+        return seconds * 1000 + micros / 1000
+    }
+
+    /// Redis' clock (`TIME`), in ms since 1970.
+    public func redisTime() async throws(FuseboxError) -> Int64 {
+        let reply: RESPValue
         do {
-            table = try await connection.send("HGETALL", overridesKey).decodeDictionary()
+            reply = try await connection.send("TIME")
         } catch {
             throw Self.unavailable(error)
         }
-        return table.compactMapValues { try? PolicyOverride(json: $0) }
+        guard let now = Self.milliseconds(time: reply) else {
+            throw FuseboxError(code: .backendUnavailable, message: "Redis answered TIME with something that is not a time")
+        }
+        return now
+    }
+
+    /// Every override in force, by breaker name (`HGETALL`); one Fusebox cannot read, or that has ended by Redis'
+    /// clock, is left out.
+    public func overrides() async throws(FuseboxError) -> [String: PolicyOverride] {
+        let table: [String: String]
+        let now: Int64?
+        do {
+            let replies = try await connection.pipeline([RedisCommand("HGETALL", overridesKey), RedisCommand("TIME")])
+            table = try replies[0].decodeDictionary()
+            now = Self.milliseconds(time: replies[1])
+        } catch {
+            throw Self.unavailable(error)
+        }
+        return table.compactMapValues { text in
+            guard let override = try? PolicyOverride(json: text), !override.hasExpired(at: now ?? .min) else { return nil }
+            return override
+        }
     }
 
     /// The policy the instances last stored with `name` (the `policy` field of its state hash), if any.
@@ -204,10 +250,18 @@ extension BreakerOperator {
     }
 
     /// Stores `override` for `name` (checked first: an invalid policy throws `FuseboxError/Code/invalidPolicy`
-    /// and nothing is stored) and tells every instance on the transitions channel.
-    public func setOverride(_ override: PolicyOverride, for name: String) async throws(FuseboxError) {
+    /// and nothing is stored) and tells every instance on the transitions channel. With `lasting`, it ends by
+    /// itself that long from now by Redis' clock (more than zero, at most a year): every instance then returns to
+    /// its own policy.
+    public func setOverride(_ override: PolicyOverride, for name: String, lasting: Duration? = nil) async throws(FuseboxError) {
         try BreakerRegistry.validate(name: name)
         var checked = override
+        if let lasting {
+            guard lasting > .zero, lasting <= .seconds(366 * 86_400) else {
+                throw FuseboxError(code: .invalidPolicy, message: "an override's time must be > 0 and at most a year; got \(FuseboxError.format(lasting))")
+            }
+            checked.expiresAtMilliseconds = try await redisTime() + lasting.milliseconds
+        }
         checked.policy = try DistributedBackend.check(override.policy.validated(), name: name, minimumInstances: 1)
         // What is stored must read back as the same policy (a custom break duration cannot).
         _ = try PolicyOverride(json: checked.json)
@@ -217,7 +271,9 @@ extension BreakerOperator {
         } catch {
             throw Self.unavailable(error)
         }
-        try await audit("policy-set", name, reason: [checked.policy.stateRulesDescription, override.reason].compactMap { $0 }.joined(separator: "; "))
+        let lastingText = lasting.map { "for \(FuseboxError.format($0))" }
+        try await audit(
+            "policy-set", name, reason: [checked.policy.stateRulesDescription, override.reason, lastingText].compactMap { $0 }.joined(separator: "; "))
     }
 
     /// Removes the override of `name`; returns whether one was set. Every instance goes back to its own policy.
@@ -241,12 +297,23 @@ extension BreakerOperator {
 
 /// The adapter's view of `NS:overrides`: read whole once per refresh round and after the subscriber
 /// (re)connects, one name at a time when a publish says it changed; applied to each breaker as it is made.
-/// A value read again unchanged is not applied (nor logged) again.
+/// A value read again unchanged is not applied (nor logged) again. An override set for a time ends on this
+/// instance when Redis' clock (estimated from the `TIME` read with each load) passes its expiry, checked every
+/// refresh tick (at most a second); the first instance to see it removes it (lua/override.lua) and says so in the
+/// audit stream.
 final class OverrideTable: Sendable {
+    private struct State: Sendable {
+        /// The last text read per name.
+        var known: [String: String] = [:]
+        /// Texts that have ended here (their breakers run their own policies), by name.
+        var ended: [String: String] = [:]
+        /// Redis time minus this host's wall clock, in ms, from the last `TIME` read.
+        var redisOffset: Int64?
+    }
+
     private let core: DistributedCore
     private let backends: BackendTable
-    /// The last text read per name.
-    private let known = Locked<[String: String]>([:])
+    private let state = Locked(State())
     private let key: String
 
     init(core: DistributedCore, backends: BackendTable) {
@@ -255,20 +322,32 @@ final class OverrideTable: Sendable {
         self.key = "\(core.options.namespace):overrides"
     }
 
+    private static var wallMilliseconds: Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
+
+    /// Redis' clock now, as estimated from the last `TIME` read (`nil` before one).
+    private var redisNow: Int64? { state.withLock { $0.redisOffset }.map { Self.wallMilliseconds + $0 } }
+
+    private func learnTime(_ reply: RESPValue?) {
+        guard let redis = BreakerOperator.milliseconds(time: reply) else { return }
+        let offset = redis - Self.wallMilliseconds
+        state.withLock { $0.redisOffset = offset }
+    }
+
     /// Reads every override (`HGETALL`) and applies what changed; a breaker whose override is gone runs its own
     /// policy again.
     func loadAll() {
-        core.connection.submit([RedisCommand("HGETALL", key)]) { [self] result in
+        core.connection.submit([RedisCommand("HGETALL", key), RedisCommand("TIME")]) { [self] result in
             guard case .success(let replies) = result, let flat = replies.first?.array else { return }
+            learnTime(replies.last)
             var table: [String: String] = [:]
             var index = 0
             while index + 1 < flat.count {
                 if let name = flat[index].string, let text = flat[index + 1].string { table[name] = text }
                 index += 2
             }
-            let before = known.withLock { known in
-                defer { known = table }
-                return known
+            let before = state.withLock { state in
+                defer { state.known = table }
+                return state.known
             }
             for name in Set(before.keys).union(table.keys) where before[name] != table[name] {
                 if let backend = backends.withLock({ $0[name] }) { apply(table[name], to: backend) }
@@ -278,13 +357,14 @@ final class OverrideTable: Sendable {
 
     /// Reads the override of `name` (`HGET`) and applies it.
     func load(_ name: String) {
-        core.connection.submit([RedisCommand("HGET", key, name)]) { [self] result in
+        core.connection.submit([RedisCommand("HGET", key, name), RedisCommand("TIME")]) { [self] result in
             guard case .success(let replies) = result, let reply = replies.first else { return }
             if case .error = reply { return }
+            learnTime(replies.last)
             let text = reply.string
-            let changed = known.withLock { known in
-                defer { known[name] = text }
-                return known[name] != text
+            let changed = state.withLock { state in
+                defer { state.known[name] = text }
+                return state.known[name] != text
             }
             if changed, let backend = backends.withLock({ $0[name] }) { apply(text, to: backend) }
         }
@@ -292,12 +372,51 @@ final class OverrideTable: Sendable {
 
     /// Applies what is known for a breaker just made.
     func applyKnown(to backend: DistributedBackend) {
-        if let text = known.withLock({ $0[backend.name] }) { apply(text, to: backend) }
+        if let text = state.withLock({ $0.known[backend.name] }) { apply(text, to: backend) }
+    }
+
+    /// Ends the overrides whose time is up by Redis' clock: their breakers return to their own policies here, and
+    /// each is removed from Redis (once, by whichever instance gets there first).
+    func expireDue() {
+        guard let now = redisNow else { return }
+        let due = state.withLock { state -> [(String, String, Int64)] in
+            state.known.compactMap { name, text in
+                guard state.ended[name] != text, let override = try? PolicyOverride(json: text), let expires = override.expiresAtMilliseconds,
+                    now >= expires
+                else { return nil }
+                return (name, text, expires)
+            }
+        }
+        for (name, text, expires) in due {
+            if let backend = backends.withLock({ $0[name] }) { apply(text, to: backend) }
+            let message = BreakerOperator.overrideMessage(name, "expired")
+            core.connection.submit(
+                OverrideScript.script, keys: [key], arguments: [name, text, String(expires), core.channel, message]
+            ) { [self] result in
+                guard case .success(let reply) = result, reply.int == 1 else { return }
+                let setBy = (try? PolicyOverride(json: text))?.setBy ?? "unknown"
+                core.connection.submit([
+                    RedisCommand(
+                        "XADD", "\(core.options.namespace):audit", "MAXLEN", BreakerOperator.auditCapacity, "*", "breaker", name,
+                        "action", "policy-expired", "by", "fusebox (instance \(core.options.instanceID))", "reason", "the override set by \(setBy) ended"),
+                ]) { _ in }
+            }
+        }
     }
 
     private func apply(_ text: String?, to backend: DistributedBackend) {
         let logger = core.logger
         let metadata: Logger.Metadata = ["breaker.name": "\(backend.name)"]
+        let override = text.flatMap { try? PolicyOverride(json: $0) }
+        let now = redisNow
+        if let text, let override, let now, override.hasExpired(at: now) {
+            state.withLock { $0.ended[backend.name] = text }
+            if backend.isOverridden {
+                logger.info("breaker '\(backend.name)': the operator's override (set by \(override.setBy)) ended; back to this instance's own policy", metadata: metadata)
+            }
+            try? backend.applyOverride(nil)
+            return
+        }
         guard let text else {
             if backend.isOverridden {
                 logger.info("breaker '\(backend.name)': the operator's override was cleared; back to this instance's own policy", metadata: metadata)

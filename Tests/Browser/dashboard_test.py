@@ -86,6 +86,12 @@ def make_driver():
     return webdriver.Chrome(service=Service(driver_path) if driver_path else Service(), options=options)
 
 
+def card_text(driver, name, selector):
+    return driver.execute_script(
+        "const c = Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === arguments[0]);"
+        "return c ? c.querySelector(arguments[1]).textContent : ''", name, selector)
+
+
 def card_health(driver, name):
     return driver.execute_script(
         "const c = Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === arguments[0]);"
@@ -161,6 +167,11 @@ def main():
             os.makedirs(os.path.dirname(arguments.screenshot), exist_ok=True)
             driver.save_screenshot(arguments.screenshot)
         check(os.path.getsize(arguments.screenshot) > 10_000, f"a screenshot is saved ({arguments.screenshot})")
+
+        isolated = fusebox("isolate", "payments", "--redis", url, "--reason", "deploy window", "--for", "30m")
+        check(isolated.returncode == 0 and "ends by itself at" in isolated.stdout, f"an isolation for 30 minutes ({isolated.stdout.strip()})")
+        check(wait_for(lambda: "ends by itself at" in card_text(driver, "payments", ".reason"), 5),
+              f"the card says when the isolation ends ({card_text(driver, 'payments', '.reason')})")
     except Exception as error:  # a broken run is a failure, never a silent pass
         check(False, f"the run itself: {error!r}")
     finally:

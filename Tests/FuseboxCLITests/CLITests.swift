@@ -83,6 +83,52 @@ struct CLITests {
         }
     }
 
+    @Test("isolate --for and policy set --for end by themselves; shadow mode runs what it would reject and counts it")
+    func expiringActionsAndShadow() async throws {
+        try await RedisServerProcess.with { server in
+            let redis = ["--redis", server.url]
+            let common = redis + ["--consecutive-failures", "1", "--break-duration", "1m"]
+            #expect(try await fusebox(["run", "deploys"] + common + ["--", "true"]).status == 0)
+            let isolatedAt = ContinuousClock.now
+            let isolated = try await fusebox(["isolate", "deploys", "--reason", "release", "--for", "3s"] + redis)
+            #expect(isolated.status == 0 && isolated.output.contains("ISOLATED") && isolated.output.contains("ends by itself at"), "\(isolated.output)")
+            let shown = try JSONSerialization.jsonObject(with: Data(try await fusebox(["show", "deploys", "--json"] + redis).output.utf8)) as! [String: Any]
+            let breaker = shown["breaker"] as! [String: Any]
+            let left = breaker["isolationEndsInMs"] as? Int ?? -1
+            #expect(left > 0 && left <= 3000, "\(breaker)")
+            #expect((breaker["isolatedUntil"] as? String)?.hasSuffix("Z") == true, "\(breaker)")
+            #expect(try await fusebox(["show", "deploys"] + redis).output.contains("isolation ends"))
+            #expect(try await fusebox(["list"] + redis).output.contains("isolated: release (ends in"))
+            let blocked = try await fusebox(["run", "deploys"] + common + ["--", "true"])
+            #expect(blocked.status == 75 && blocked.output.contains("release"), "\(blocked.output)")
+            try await Task.sleep(until: isolatedAt + .milliseconds(3300))
+            #expect(try await fusebox(["run", "deploys"] + common + ["--", "true"]).status == 0, "the isolation ended by itself")
+            #expect(try await fusebox(["show", "deploys"] + redis).output.contains("deploys  CLOSED"))
+            for bad in ["0s", "forever", "2y", "400d"] {
+                let refused = try await fusebox(["isolate", "deploys", "--reason", "x", "--for", bad] + redis)
+                #expect(refused.status == 64, "--for \(bad): \(refused.output)")
+            }
+            #expect(try await fusebox(["policy", "set", "deploys", "--mode", "shadow", "--for", "0s"] + redis).status == 64)
+
+            // Shadow mode for an hour, set fleet-wide by override.
+            let set = try await fusebox(["policy", "set", "deploys", "--mode", "shadow", "--reason", "trying it", "--for", "1h"] + redis)
+            #expect(set.status == 0 && set.output.contains("ends by itself at"), "\(set.output)")
+            let policy = try JSONSerialization.jsonObject(with: Data(try await fusebox(["policy", "show", "deploys", "--json"] + redis).output.utf8)) as! [String: Any]
+            #expect(policy["origin"] as? String == "override" && policy["expires_at_ms"] as? Int != nil, "\(policy)")
+            #expect(try await fusebox(["policy", "show", "deploys"] + redis).output.contains("ends by itself at"))
+            #expect(try await fusebox(["run", "deploys"] + common + ["--", "false"]).status == 1)
+            let ran = try await fusebox(["run", "deploys"] + common + ["--", "true"])
+            #expect(ran.status == 0, "shadow mode runs the command the open breaker would have rejected: \(ran.output)")
+            let after = try JSONSerialization.jsonObject(with: Data(try await fusebox(["show", "deploys", "--json"] + redis).output.utf8)) as! [String: Any]
+            let totals = (after["breaker"] as! [String: Any])["totals"] as! [String: Any]
+            #expect((after["breaker"] as! [String: Any])["state"] as? String == "open")
+            #expect(totals["wouldReject"] as? Int == 1 && totals["rejected"] as? Int == 1, "\(totals)")
+            #expect(try await fusebox(["show", "deploys"] + redis).output.contains("1 would have been rejected (shadow mode)"))
+            #expect(try await fusebox(["policy", "clear", "deploys"] + redis).status == 0)
+            #expect(try await fusebox(["run", "deploys"] + common + ["--", "true"]).status == 75, "its own policy again: rejected")
+        }
+    }
+
     @Test("fusebox audit: every operator action with who (--by, else USER@HOST), what and why, newest first, by breaker")
     func audit() async throws {
         try await RedisServerProcess.with { server in

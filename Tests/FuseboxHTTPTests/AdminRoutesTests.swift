@@ -207,6 +207,23 @@ struct AdminRoutesTests {
             #expect(isolated.status == .ok)
             #expect(try object(isolated)["state"] as? String == "isolated")
             #expect(try object(isolated)["isolation_reason"] as? String == "db maintenance")
+            #expect(try object(isolated)["isolation_ends_in_ms"] is NSNull && object(isolated)["isolated_until"] is NSNull)
+            #expect(try object(isolated)["would_reject"] as? Int == 0)
+            // For a time: the time left and when, as `"30m"` or a number of seconds.
+            for (lasting, milliseconds) in [(#""30m""#, 1_800_000), ("90", 90_000)] {
+                let timed = try object(try await client.execute(
+                    uri: "/admin/circuit-breakers/payments/isolate", method: .post,
+                    body: ByteBuffer(string: #"{"reason": "deploy", "for": \#(lasting)}"#)))
+                let left = timed["isolation_ends_in_ms"] as? Int ?? -1
+                #expect(left > milliseconds - 5000 && left <= milliseconds, "\(lasting): \(timed)")
+                #expect((timed["isolated_until"] as? String)?.hasSuffix("Z") == true, "\(timed)")
+            }
+            for lasting in [#""0s""#, #""soon""#, "-1", "0", #""400d""#, "[]"] {
+                let refused = try await client.execute(
+                    uri: "/admin/circuit-breakers/payments/isolate", method: .post, body: ByteBuffer(string: #"{"reason": "x", "for": \#(lasting)}"#))
+                #expect(refused.status == .badRequest, "for \(lasting)")
+                #expect(try object(refused)["error"] as? String == "bad_request")
+            }
             let degraded = try await client.execute(uri: "/admin/health", method: .get)
             #expect(degraded.status == .ok)
             #expect(try object(degraded)["status"] as? String == "degraded")

@@ -26,6 +26,7 @@ struct DistributedConformanceTests {
     /// Every script the module carries, with the file in lua/ it is generated from (`make lua`).
     static let scripts: [(file: String, script: RedisScript)] = [
         ("breaker", BreakerScript.script), ("lease", LeaseScript.script), ("members", MembersScript.script),
+        ("override", OverrideScript.script),
     ]
 
     @Test("each script in lua/ and the copy the module carries are the same")

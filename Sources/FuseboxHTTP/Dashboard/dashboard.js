@@ -57,7 +57,11 @@
     entry.element.querySelector(".rejections").textContent = breaker.rejection_count + " (" + percent(breaker.rejection_rate) + ")";
     entry.retryAt = breaker.time_until_retry_ms == null ? null : Date.now() + breaker.time_until_retry_ms;
     entry.element.querySelector(".version").textContent = breaker.version;
-    entry.element.querySelector(".reason").textContent = breaker.isolation_reason ? "isolated: " + breaker.isolation_reason : breaker.last_reason;
+    entry.element.querySelector(".would-reject").textContent = breaker.would_reject > 0 ? breaker.would_reject + " (shadow mode)" : "0";
+    let reason = breaker.isolation_reason ? "isolated: " + breaker.isolation_reason : breaker.last_reason;
+    if (breaker.isolated_until) reason += " — ends by itself at " + breaker.isolated_until;
+    if (breaker.override_expires_at) reason += " — policy override ends at " + breaker.override_expires_at;
+    entry.element.querySelector(".reason").textContent = reason;
     tick(entry);
   }
 
@@ -128,7 +132,9 @@
     if (action === "isolate") {
       const reason = prompt("Why isolate '" + name + "'? (shown in every rejection)");
       if (!reason) return;
-      body = JSON.stringify({ reason });
+      const lasting = prompt("For how long? e.g. 30m or 2h (empty: until reset)", "");
+      if (lasting === null) return;
+      body = JSON.stringify(lasting.trim() ? { reason, for: lasting.trim() } : { reason });
     }
     for (let attempt = 0; attempt < 2; attempt++) {
       const headers = { "Content-Type": "application/json" };
