@@ -58,9 +58,10 @@ struct OperatorActionTests {
         let options = testOptions(server)
         let operatorSide = BreakerOperator(connection: try RedisClient(configuration: server.configuration()), namespace: options.namespace)
         // Before any instance used it: the isolation is stored and ends all the same.
-        _ = try await operatorSide.isolate("quiet", reason: "before first use", for: .milliseconds(300))
+        let isolatedAt = ContinuousClock.now
+        _ = try await operatorSide.isolate("quiet", reason: "before first use", for: .seconds(2))
         #expect(try await operatorSide.snapshot(of: "quiet").state == .isolated)
-        try await Task.sleep(for: .milliseconds(400))
+        try await Task.sleep(until: isolatedAt + .milliseconds(2200))
         #expect(try await operatorSide.snapshot(of: "quiet").state == .closed)
 
         for bad in [Duration.zero, .seconds(-5), .seconds(367 * 86_400)] {
@@ -127,9 +128,10 @@ struct OperatorActionTests {
         let options = testOptions(server)
         let operatorSide = BreakerOperator(connection: try RedisClient(configuration: server.configuration()), namespace: options.namespace)
         try await operatorSide.setOverride(
-            PolicyOverride(policy: tripsOnFirstFailure(), setBy: "ops", setAtMilliseconds: 0), for: "lapsed", lasting: .milliseconds(200))
+            PolicyOverride(policy: tripsOnFirstFailure(), setBy: "ops", setAtMilliseconds: 0), for: "lapsed", lasting: .seconds(2))
+        let setAt = ContinuousClock.now
         #expect(try await operatorSide.overrides()["lapsed"] != nil)
-        try await Task.sleep(for: .milliseconds(300))
+        try await Task.sleep(until: setAt + .milliseconds(2200))
         #expect(try await operatorSide.override(of: "lapsed") == nil)
         #expect(try await operatorSide.overrides()["lapsed"] == nil)
         await #expect(throws: FuseboxError.self) {
