@@ -4,7 +4,9 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 openssl curl spin gcc iproute2
 
-.PHONY: deps browser-deps build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean lua lua-script docs
+PROMETHEUS_TOOLS := .build/prometheus/usr/bin
+
+.PHONY: deps browser-deps prometheus-tools build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean lua lua-script docs
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
 ## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test), spin and gcc (the protocol models),
@@ -29,6 +31,12 @@ deps:
 		echo "make deps: $(APT_PACKAGES) already installed"; \
 	fi
 
+## Debian's prometheus package's promtool and prometheus, for the operator kit's tests (Docs/prometheus,
+## Docs/grafana): the package is downloaded and unpacked into $(PROMETHEUS_TOOLS), not installed, so that no
+## Prometheus service starts on this machine; the tests start their own on a free loopback port.
+prometheus-tools:
+	@if [ -x $(PROMETHEUS_TOOLS)/promtool ] && [ -x $(PROMETHEUS_TOOLS)/prometheus ]; then 		echo "make prometheus-tools: $(PROMETHEUS_TOOLS) has promtool and prometheus"; 	else 		set -e; directory=$$(mktemp -d); 		( cd $$directory && apt-get download prometheus 2>/dev/null ) 			|| { $(SUDO) apt-get update -q && ( cd $$directory && apt-get download prometheus ); }; 		mkdir -p .build/prometheus && dpkg-deb -x $$directory/prometheus_*.deb .build/prometheus; 		rm -rf $$directory; 		echo "make prometheus-tools: unpacked Debian's prometheus into .build/prometheus"; 	fi
+
 ## What the dashboard's browser test needs: Debian's chromium and chromium-driver, Selenium from PyPI. When they
 ## cannot be installed, the browser test is skipped with a loud message (and only then).
 browser-deps:
@@ -51,7 +59,7 @@ build: deps
 ## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
 ## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
 TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests|OperatorActionTests
-test: deps browser-deps
+test: deps browser-deps prometheus-tools
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
 	$(SWIFT) test --skip-build --filter "$(TIMING_SUITES)"

@@ -170,9 +170,12 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             }
             status = .ok
         } catch {
+            // Answered 200: Prometheus drops a scrape that answers otherwise, and with it the one series that says
+            // why (alert on `fusebox_store_up == 0`, not only on the target being down).
             buffer += Array("# the breakers cannot be read: \(error.message.replacingOccurrences(of: "\n", with: " "))\n".utf8)
-            buffer += Array("# TYPE fusebox_health gauge\nfusebox_health 2\n".utf8)
-            status = .serviceUnavailable
+            buffer += Array("# HELP fusebox_health 0 healthy, 1 degraded, 2 critical (the rule of GET /health).\n# TYPE fusebox_health gauge\nfusebox_health 2\n".utf8)
+            buffer += Array("# HELP fusebox_store_up 1: the breakers' store could be read for this scrape; 0: it could not.\n# TYPE fusebox_store_up gauge\nfusebox_store_up 0\n".utf8)
+            status = .ok
         }
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"

@@ -6,8 +6,10 @@ import Prometheus
 /// Two sets (Docs/http-api.md maps every name to the `circuit_breaker_*` names of the usage guides):
 /// - **derived**, always: `fusebox_breaker_failure_rate`, `fusebox_breaker_slow_call_rate`,
 ///   `fusebox_breaker_window_calls`, `fusebox_breaker_time_in_state_seconds`, `fusebox_breaker_health_score`,
-///   `fusebox_breaker_throttle_probability`, `fusebox_breakers` (by `state`),
-///   `fusebox_health` (0 healthy, 1 degraded, 2 critical);
+///   `fusebox_breaker_throttle_probability`, `fusebox_breaker_isolated` (0 or 1),
+///   `fusebox_breaker_store_down_fallback` (0 or 1), `fusebox_breaker_recent_transitions`, `fusebox_breakers` (by
+///   `state`), `fusebox_health` (0 healthy, 1 degraded, 2 critical), `fusebox_store_up` (1: the breakers could be
+///   read; a scrape while they cannot writes 0, see `AdminRoutes`);
 /// - **counted**, when no registry of the breakers' own metrics is exported beside them (`fusebox serve`): the
 ///   names the breakers record through swift-metrics, `fusebox_breaker_state`, `fusebox_calls_total` (by
 ///   `outcome`), `fusebox_slow_calls_total`, `fusebox_rejections_total`, `fusebox_would_reject_total`, here fleet-wide from the totals in Redis,
@@ -26,6 +28,10 @@ enum FleetMetrics {
         let timeInState = descriptor("breaker_time_in_state", "seconds", "Time since the breaker entered its state.")
         let healthScore = descriptor("breaker_health_score", "", "0-100: the breaker's health score (Docs/semantics.md).")
         let throttle = descriptor("breaker_throttle_probability", "", "0-1: the share of calls adaptive throttling sheds now.")
+        let isolated = descriptor("breaker_isolated", "", "1 while an operator isolates the breaker, else 0.")
+        let fallback = descriptor(
+            "breaker_store_down_fallback", "", "1 while the instance serving the scrape decides the breaker without Redis, else 0.")
+        let recent = descriptor("breaker_recent_transitions", "", "Transitions in the last 10 minutes (fleet-wide with Redis, up to 30).")
         let state = descriptor("breaker_state", "", "0 closed, 1 half-open, 2 open or isolated.")
         let calls = descriptor("calls", "total", "Calls whose outcome was recorded, by outcome.")
         let slow = descriptor("slow_calls", "total", "Calls slower than the policy's slow-call duration.")
@@ -40,6 +46,9 @@ enum FleetMetrics {
             registry.makeGauge(descriptor: timeInState, labels: breaker).set(snapshot.timeInState.seconds)
             registry.makeGauge(descriptor: healthScore, labels: breaker).set(Int64(snapshot.healthScore))
             registry.makeGauge(descriptor: throttle, labels: breaker).set(snapshot.throttleProbability)
+            registry.makeGauge(descriptor: isolated, labels: breaker).set(Int64(snapshot.state == .isolated ? 1 : 0))
+            registry.makeGauge(descriptor: fallback, labels: breaker).set(Int64(snapshot.isOnStoreDownFallback ? 1 : 0))
+            registry.makeGauge(descriptor: recent, labels: breaker).set(Int64(snapshot.recentTransitions))
             guard counted else { continue }
             registry.makeGauge(descriptor: state, labels: breaker).set(Int64(snapshot.state.gaugeValue))
             let totals = snapshot.totals
@@ -66,6 +75,7 @@ enum FleetMetrics {
         }
         let verdict = descriptor("health", "", "0 healthy, 1 degraded, 2 critical (the rule of GET /health).")
         registry.makeGauge(descriptor: verdict).set(Int64(health.verdict == .healthy ? 0 : health.verdict == .degraded ? 1 : 2))
+        registry.makeGauge(descriptor: descriptor("store_up", "", "1: the breakers' store could be read for this scrape; 0: it could not.")).set(Int64(1))
         registry.emit(into: &buffer)
     }
 }

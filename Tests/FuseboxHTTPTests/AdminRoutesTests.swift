@@ -435,6 +435,13 @@ struct AdminRoutesTests {
             let response = try await client.execute(uri: "/admin/metrics", method: .get)
             #expect(response.status == .ok)
             #expect(response.headers[.contentType]?.hasPrefix("text/plain; version=0.0.4") == true)
+            // Debian's promtool lints the scrape of an application's mounted routes (and of a fleet's namespace).
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            let scrape = FileManager.default.temporaryDirectory.appendingPathComponent("scrape-\(UUID().uuidString).txt").path
+            defer { try? FileManager.default.removeItem(atPath: scrape) }
+            try String(buffer: response.body).write(toFile: scrape, atomically: true, encoding: .utf8)
+            let linted = try await PrometheusTools(repositoryRoot: root.path).promtool(["check", "metrics"], input: scrape)
+            #expect(linted.status == 0, "promtool check metrics: \(linted.output)")
             let samples = try PrometheusText.parse(String(buffer: response.body))
             func value(_ name: String, _ labels: [String: String]) -> Double? {
                 samples.first { $0.name == name && $0.labels == labels }?.value
@@ -484,8 +491,9 @@ struct AdminRoutesTests {
             #expect(health.status == .serviceUnavailable)
             #expect(try object(health)["status"] as? String == "critical")
             let metrics = try await client.execute(uri: "/metrics", method: .get)
-            #expect(metrics.status == .serviceUnavailable)
+            #expect(metrics.status == .ok, "a scrape Prometheus keeps, so that it records why")
             #expect(String(buffer: metrics.body).contains("fusebox_health 2"))
+            #expect(String(buffer: metrics.body).contains("fusebox_store_up 0"))
         }
     }
 
