@@ -16,7 +16,10 @@ let package = Package(
         .library(name: "FuseboxRedis", targets: ["FuseboxRedis"]),
         .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
         .executable(name: "fusebox", targets: ["FuseboxCLI"]),
-    ] + (withHTTP ? [.library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"])] : []),
+    ] + (withHTTP ? [
+        .library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"]),
+        .library(name: "FuseboxHTTPClient", targets: ["FuseboxHTTPClient"]),
+    ] : []),
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
@@ -138,6 +141,25 @@ if withHTTP {
                 .embedInCode("Dashboard/dashboard.html"),
                 .embedInCode("Dashboard/dashboard.css"),
                 .embedInCode("Dashboard/dashboard.js"),
+            ]
+        ),
+        // AsyncHTTPClient through a breaker per destination, with retries that honour Retry-After: its own product,
+        // so that an application that makes no HTTP calls builds none of it.
+        .target(
+            name: "FuseboxHTTPClient",
+            dependencies: [
+                "Fusebox", "FuseboxLocking",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "FuseboxHTTPClientTests",
+            dependencies: [
+                "Fusebox", "FuseboxHTTPClient", "FuseboxRedis", "FuseboxTestKit",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
