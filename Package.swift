@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Fusebox", targets: ["Fusebox"]),
         .library(name: "FuseboxRedis", targets: ["FuseboxRedis"]),
         .library(name: "FuseboxTestKit", targets: ["FuseboxTestKit"]),
+        .library(name: "FuseboxTracing", targets: ["FuseboxTracing"]),
         .executable(name: "fusebox", targets: ["FuseboxCLI"]),
     ] + (withHTTP ? [
         .library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"]),
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: [.defaults, "Reloading", "YAML"]),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.0"),
         // `make docs`: the DocC catalogs of the public modules (Sources/*/*.docc).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ] + (withHTTP ? [
@@ -70,6 +72,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The breaker's attributes and events on the caller's active span: its own product, so that only an
+        // application that traces builds swift-distributed-tracing.
+        .target(
+            name: "FuseboxTracing",
+            dependencies: ["Fusebox", .product(name: "Tracing", package: "swift-distributed-tracing")]
+        ),
         .target(
             name: "FuseboxTestKit",
             dependencies: [
@@ -107,6 +115,15 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ] + (withHTTP ? [.product(name: "AsyncHTTPClient", package: "async-http-client")] : []),
             swiftSettings: httpSettings
+        ),
+        .testTarget(
+            name: "FuseboxTracingTests",
+            dependencies: [
+                "Fusebox", "FuseboxTracing", "FuseboxRedis", "FuseboxTestKit",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "FuseboxTests",

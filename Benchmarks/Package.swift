@@ -37,6 +37,7 @@ let package = Package(
             name: "fusebox-bench",
             dependencies: [
                 .product(name: "Fusebox", package: "fusebox"),
+                .product(name: "FuseboxTracing", package: "fusebox"),
                 .product(name: "FuseboxRedis", package: "fusebox"),
                 .product(name: "Hiredis", package: "fusebox"),
                 .product(name: "FuseboxTestKit", package: "fusebox"),

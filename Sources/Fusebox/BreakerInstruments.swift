@@ -98,6 +98,7 @@ public final class BreakerInstruments: Sendable {
         Counter(label: "fusebox_transitions_total", dimensions: [("breaker", name), ("from", transition.from.rawValue), ("to", transition.to.rawValue)])
             .increment()
         events.publish(.stateChanged(transition))
+        if !observedRemotely, let observer = BreakerCallObservation.current { observer.transitioned(breaker: name, transition) }
     }
 
     /// Counts and publishes a rejection.

@@ -35,8 +35,8 @@ public struct CircuitBreaker: Sendable {
     public func acquire() throws(FuseboxError) -> BreakerPermit {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
         switch lanes.backend.acquire() {
-        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
-        case .rejected(let error): throw error
+        case .admitted(let token): return permit(token)
+        case .rejected(let error): throw rejection(error)
         }
     }
 
@@ -45,8 +45,8 @@ public struct CircuitBreaker: Sendable {
     public func acquireAsync() async throws(FuseboxError) -> BreakerPermit {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
         switch await lanes.backend.admit() {
-        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
-        case .rejected(let error): throw error
+        case .admitted(let token): return permit(token)
+        case .rejected(let error): throw rejection(error)
         }
     }
 
@@ -57,8 +57,8 @@ public struct CircuitBreaker: Sendable {
     func acquireWithoutWaiting() throws(FuseboxError) -> BreakerPermit? {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
         switch lanes.backend.admitWithoutWaiting() {
-        case .admitted(let token): return BreakerPermit(lane: lanes.current, token: token, classification: classification)
-        case .rejected(let error): throw error
+        case .admitted(let token): return permit(token)
+        case .rejected(let error): throw rejection(error)
         case nil: return nil
         }
     }
@@ -66,11 +66,30 @@ public struct CircuitBreaker: Sendable {
     /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
     public func tryAcquire() -> BreakerPermit? {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
-        if case .admitted(let token) = lanes.backend.acquire() {
-            return BreakerPermit(lane: lanes.current, token: token, classification: classification)
+        switch lanes.backend.acquire() {
+        case .admitted(let token): return permit(token)
+        case .rejected(let error):
+            _ = rejection(error)
+            return nil
         }
-        return nil
     }
+
+    /// The permit of an admitted call; the installed ``BreakerCallObserver`` (if any) is told.
+    @inline(__always)
+    private func permit(_ token: PermitToken) -> BreakerPermit {
+        if let observer = BreakerCallObservation.current { observer.admitted(breaker: name, adapter: adapterKind, token: token) }
+        return BreakerPermit(lane: lanes.current, token: token, classification: classification)
+    }
+
+    /// A rejection, after the installed ``BreakerCallObserver`` (if any) is told.
+    @inline(__always)
+    private func rejection(_ error: FuseboxError) -> FuseboxError {
+        if let observer = BreakerCallObservation.current { observer.rejected(breaker: name, adapter: adapterKind, error: error) }
+        return error
+    }
+
+    /// Which adapter keeps this breaker (for observers; not on the hot path).
+    var adapterKind: AdapterKind { lanes.backend is LocalBackend ? .local : .distributed }
 
     // MARK: - Running calls
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Fusebox
+import FuseboxTracing
 import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
@@ -76,6 +77,8 @@ struct Figures: Codable {
     var guarded_call_ns_p50 = 0.0
     var guarded_call_two_tasks_ns_p50 = 0.0
     var local_call_ns_p50 = 0.0
+    /// A local guarded call with FuseboxTracing installed and no span active (no tracer bootstrapped).
+    var local_call_tracing_installed_ns_p50 = 0.0
     var local_call_coarse_clock_ns_p50 = 0.0
     var local_rejected_call_ns_p50 = 0.0
     var rejected_call_ns_p50 = 0.0
@@ -131,6 +134,10 @@ struct Coordinate: AsyncParsableCommand {
         note(String(format: "EVALSHA round trip:            %9.0f ns (median of 2,000)", figures.redis_roundtrip_ns_p50))
         figures.local_call_ns_p50 = try measureLocal(LocalAdapter())
         figures.local_call_coarse_clock_ns_p50 = try measureLocal(LocalAdapter(clock: CoarseMonotonicClock()))
+        FuseboxTracing.install()
+        figures.local_call_tracing_installed_ns_p50 = try measureLocal(LocalAdapter())
+        FuseboxTracing.uninstall()
+        note(String(format: "local call, tracing installed: %9.1f ns (no span active; %.1f ns without it)", figures.local_call_tracing_installed_ns_p50, figures.local_call_ns_p50))
         figures.local_rejected_call_ns_p50 = try await measureLocalRejection()
         note(String(format: "local call (closed):           %9.1f ns; with CoarseMonotonicClock %.1f ns", figures.local_call_ns_p50, figures.local_call_coarse_clock_ns_p50))
         note(String(format: "local rejection (open):        %9.1f ns", figures.local_rejected_call_ns_p50))
