@@ -125,7 +125,7 @@ test-tsan: deps
 
 ## The DocC documentation of the public modules (their Sources/*/*.docc catalogs), into .build/docs; fails on a
 ## broken link and on a public symbol written here without a doc comment (.ci/undocumented.awk).
-DOC_TARGETS = Fusebox FuseboxRedis Hiredis FuseboxHTTP FuseboxHTTPClient FuseboxTestKit
+DOC_TARGETS = Fusebox FuseboxRedis Hiredis FuseboxHTTP FuseboxHTTPClient FuseboxGRPC FuseboxTracing FuseboxTestKit
 docs: deps
 	@mkdir -p .build/docs; status=0; for target in $(DOC_TARGETS); do \
 	  echo "make docs: $$target"; \

@@ -20,6 +20,7 @@ let package = Package(
     ] + (withHTTP ? [
         .library(name: "FuseboxHTTP", targets: ["FuseboxHTTP"]),
         .library(name: "FuseboxHTTPClient", targets: ["FuseboxHTTPClient"]),
+        .library(name: "FuseboxGRPC", targets: ["FuseboxGRPC"]),
     ] : []),
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -35,6 +36,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
     ] : []),
     targets: [
         // No `pkgConfig:` here: Debian's hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM drops with a
@@ -167,6 +170,23 @@ if withHTTP {
             dependencies: [
                 "Fusebox", "FuseboxLocking",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A grpc-swift 2 client interceptor guarding each call by a breaker per service: its own product.
+        .target(
+            name: "FuseboxGRPC",
+            dependencies: [
+                "Fusebox", "FuseboxLocking",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+            ]
+        ),
+        .testTarget(
+            name: "FuseboxGRPCTests",
+            dependencies: [
+                "Fusebox", "FuseboxGRPC", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
