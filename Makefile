@@ -58,7 +58,7 @@ build: deps
 ## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
 ## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
 ## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests|OperatorActionTests
+TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests|OperatorActionTests|ResilientHTTPClientTests
 test: deps browser-deps prometheus-tools
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"

@@ -99,6 +99,10 @@ local function with_mark(marks, seq)
   return string.sub(marks, 1, at - 1) .. record
 end
 
+-- A totals value Fusebox could have written: a whole number of at most 18 digits (HINCRBY stops at 2^63, and Swift
+-- reads these as Int).
+local WHOLE = '^%-?' .. string.rep('%d?', 17) .. '%d$'
+
 -- A number that Fusebox could have written: nil for anything else, NaN and infinities included (redis-cli can
 -- write `nan`, and Lua's tonumber takes it).
 local function finite(text)
@@ -416,8 +420,9 @@ local function make_rules()
       for i = 1, #NUMERIC do
         local field = NUMERIC[i]
         -- Counters, versions and times are whole numbers ≥ 0: a negative version would put the breaker below what
-        -- the instances have cached, and they would ignore it.
-        if st[field] ~= nil and (st[field] < 0 or st[field] ~= math.floor(st[field])) then st[field] = nil end
+        -- the instances have cached, and they would ignore it. Above 2^53 a double no longer counts by one (a version
+        -- of 1e23 + 1 is 1e23) and Swift cannot read it as an integer: such a value is corrupt too.
+        if st[field] ~= nil and (st[field] < 0 or st[field] ~= math.floor(st[field]) or st[field] > 9007199254740991) then st[field] = nil end
         if st[field] == nil then
           if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
           st[field] = 0
@@ -913,7 +918,7 @@ local function make_rules()
       -- Totals that are whole numbers stay; any other value goes (the key itself, when of another type, went above).
       local all = redis.call('HGETALL', K[3])
       for i = 1, #all, 2 do
-        if not string.match(all[i + 1], '^%-?%d+$') then
+        if not string.match(all[i + 1], WHOLE) then
           redis.call('HDEL', K[3], all[i])
           local what = "totals field '" .. all[i] .. "' was '" .. string.sub(all[i + 1], 1, 40) .. "'"
           corrupt = corrupt and (corrupt .. '; ' .. what) or what
@@ -1108,7 +1113,7 @@ local function make_rules()
         repaired = repaired or (K[3] .. ' is a ' .. redis.call('TYPE', K[3])['ok'] .. ', not a hash (the next write makes it anew)')
       else
         for i = 1, #all, 2 do
-          if string.match(all[i + 1], '^%-?%d+$') then
+          if string.match(all[i + 1], WHOLE) then
             totals[#totals + 1] = all[i]; totals[#totals + 1] = all[i + 1]
           else
             repaired = repaired or (K[3] .. " field '" .. all[i] .. "' is '" .. string.sub(all[i + 1], 1, 40)

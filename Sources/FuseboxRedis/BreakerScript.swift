@@ -5,7 +5,7 @@ import Hiredis
 enum BreakerScript {
     /// lua/breaker.lua: every change to a breaker's state in Redis.
     /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.
-    static let script = RedisScript(source, sha1: "f3ba62b4cc6bd222dc81caa8b8e0d4116c6a3c8b")
+    static let script = RedisScript(source, sha1: "eb400a0b2d740d1e67126fcaa682f65e2b1f136a")
 
     static let source = #"""
     -- Fusebox key schema 2: every change to a breaker's shared state goes through this script.
@@ -108,6 +108,10 @@ enum BreakerScript {
       if after then return string.sub(marks, 1, at - 1) .. record .. string.sub(marks, after) end
       return string.sub(marks, 1, at - 1) .. record
     end
+
+    -- A totals value Fusebox could have written: a whole number of at most 18 digits (HINCRBY stops at 2^63, and Swift
+    -- reads these as Int).
+    local WHOLE = '^%-?' .. string.rep('%d?', 17) .. '%d$'
 
     -- A number that Fusebox could have written: nil for anything else, NaN and infinities included (redis-cli can
     -- write `nan`, and Lua's tonumber takes it).
@@ -426,8 +430,9 @@ enum BreakerScript {
           for i = 1, #NUMERIC do
             local field = NUMERIC[i]
             -- Counters, versions and times are whole numbers ≥ 0: a negative version would put the breaker below what
-            -- the instances have cached, and they would ignore it.
-            if st[field] ~= nil and (st[field] < 0 or st[field] ~= math.floor(st[field])) then st[field] = nil end
+            -- the instances have cached, and they would ignore it. Above 2^53 a double no longer counts by one (a version
+            -- of 1e23 + 1 is 1e23) and Swift cannot read it as an integer: such a value is corrupt too.
+            if st[field] ~= nil and (st[field] < 0 or st[field] ~= math.floor(st[field]) or st[field] > 9007199254740991) then st[field] = nil end
             if st[field] == nil then
               if corrupt == nil then corrupt = "field '" .. field .. "' is '" .. tostring(v[NUMERIC_INDEX[field]] or nil) .. "'" end
               st[field] = 0
@@ -923,7 +928,7 @@ enum BreakerScript {
           -- Totals that are whole numbers stay; any other value goes (the key itself, when of another type, went above).
           local all = redis.call('HGETALL', K[3])
           for i = 1, #all, 2 do
-            if not string.match(all[i + 1], '^%-?%d+$') then
+            if not string.match(all[i + 1], WHOLE) then
               redis.call('HDEL', K[3], all[i])
               local what = "totals field '" .. all[i] .. "' was '" .. string.sub(all[i + 1], 1, 40) .. "'"
               corrupt = corrupt and (corrupt .. '; ' .. what) or what
@@ -1118,7 +1123,7 @@ enum BreakerScript {
             repaired = repaired or (K[3] .. ' is a ' .. redis.call('TYPE', K[3])['ok'] .. ', not a hash (the next write makes it anew)')
           else
             for i = 1, #all, 2 do
-              if string.match(all[i + 1], '^%-?%d+$') then
+              if string.match(all[i + 1], WHOLE) then
                 totals[#totals + 1] = all[i]; totals[#totals + 1] = all[i + 1]
               else
                 repaired = repaired or (K[3] .. " field '" .. all[i] .. "' is '" .. string.sub(all[i + 1], 1, 40)

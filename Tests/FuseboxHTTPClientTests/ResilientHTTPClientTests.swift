@@ -243,9 +243,10 @@ struct ResilientHTTPClientTests {
         policy.breakDuration = .fixed(.seconds(1))
         let client = try ResilientHTTPClient(registry: BreakerRegistry(adapter: LocalAdapter()), options: clientOptions(policy))
         server.set("/quota", .init(status: 429, retryAfter: "3", times: 1))
-        let started = ContinuousClock.now
         #expect(try await client.execute(HTTPClientRequest(url: server.base + "/quota"), deadline: .seconds(5)).status == .tooManyRequests)
-        try await Task.sleep(until: started + .milliseconds(1500))
+        // The break (1 s) and the hold (3 s) both began before the answer came back.
+        let answered = ContinuousClock.now
+        try await Task.sleep(until: answered + .milliseconds(1500))
         do {
             _ = try await client.execute(HTTPClientRequest(url: server.base + "/quota"), deadline: .seconds(5))
             Issue.record("admitted after the break although the dependency asked for 3 s")
@@ -254,7 +255,7 @@ struct ResilientHTTPClientTests {
             #expect(error.retryAfter.map { $0 > .milliseconds(500) && $0 <= .milliseconds(1700) } == true, "\(String(describing: error.retryAfter))")
         }
         #expect(server.requests("/quota").count == 1)
-        try await Task.sleep(until: started + .milliseconds(3100))
+        try await Task.sleep(until: answered + .milliseconds(3100))
         #expect(try await client.execute(HTTPClientRequest(url: server.base + "/quota"), deadline: .seconds(5)).status == .ok)
     }
 

@@ -153,7 +153,7 @@ struct RepairPropertyTests {
         let operatorSide = BreakerOperator(connection: redis, namespace: options.namespace)
         var failures: [String] = []
         for field in Self.fields {
-            for value in ["-1", "nan", "1e999", "abc", "", "3.5"] {
+            for value in ["-1", "nan", "1e999", "abc", "", "3.5", "99999999999999999999999"] {
                 let name = "each-\(key)-\(field)-\(value)"
                 let breaker = try instance.registry.breaker(name, policy: tripsOnFirstFailure())
                 try await breaker.acquireAsync().success()
