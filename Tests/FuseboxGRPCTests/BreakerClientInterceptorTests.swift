@@ -225,16 +225,10 @@ struct BreakerClientInterceptorTests {
 
     @Test("the README shows the code this file runs, and it works")
     func readmeExample() async throws {
-        func lines(_ text: String, after start: String, before end: String) throws -> [String] {
-            let all = text.components(separatedBy: "\n")
-            let first = try #require(all.firstIndex { $0.hasPrefix(start) }, "no line starts with \(start)")
-            let last = try #require(all[(first + 1)...].firstIndex { $0.hasPrefix(end) })
-            return all[(first + 1)..<last].map { $0.trimmingCharacters(in: .whitespaces) }
-        }
         let readme = try String(contentsOf: repositoryRoot.appendingPathComponent("README.md"), encoding: .utf8)
-        let shown = try lines(readme, after: "```swift grpc", before: "```")
+        let shown = try DocumentedCode.lines(of: readme, after: "```swift grpc", before: "```")
         #expect(shown.count > 5)
-        #expect(shown == (try lines(try String(contentsOfFile: #filePath, encoding: .utf8), after: "// README: grpc (begin)", before: "// README: grpc (end)")))
+        #expect(shown == (try DocumentedCode.lines(of: try String(contentsOfFile: #filePath, encoding: .utf8), after: "// README: grpc (begin)", before: "// README: grpc (end)")))
 
         let fixture = try await Fixture()
         defer { fixture.stop() }

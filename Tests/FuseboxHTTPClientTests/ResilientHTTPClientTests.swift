@@ -98,17 +98,11 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 struct ResilientHTTPClientTests {
     @Test("the README shows the code this file runs, and it works: a provider's breaker, named by the closure")
     func readmeExample() async throws {
-        func lines(_ text: String, after start: String, before end: String) throws -> [String] {
-            let all = text.components(separatedBy: "\n")
-            let first = try #require(all.firstIndex { $0.hasPrefix(start) }, "no line starts with \(start)")
-            let last = try #require(all[(first + 1)...].firstIndex { $0.hasPrefix(end) })
-            return all[(first + 1)..<last].map { $0.trimmingCharacters(in: .whitespaces) }
-        }
         let readme = try String(contentsOf: repositoryRoot.appendingPathComponent("README.md"), encoding: .utf8)
         let source = try String(contentsOfFile: #filePath, encoding: .utf8)
-        let shown = try lines(readme, after: "```swift http-client", before: "```")
+        let shown = try DocumentedCode.lines(of: readme, after: "```swift http-client", before: "```")
         #expect(shown.count > 5)
-        #expect(shown == (try lines(source, after: "// README: http client (begin)", before: "// README: http client (end)")))
+        #expect(shown == (try DocumentedCode.lines(of: source, after: "// README: http client (begin)", before: "// README: http client (end)")))
 
         let server = try await DependencyServer()
         defer { server.stop() }

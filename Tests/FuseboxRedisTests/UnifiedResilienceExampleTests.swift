@@ -43,16 +43,10 @@ func makeQuotes(config: ConfigReader, logger: Logger) throws -> (BreakerRegistry
 struct UnifiedResilienceExampleTests {
     @Test("the README shows the code this file runs")
     func sameCode() throws {
-        func lines(_ text: String, after start: String, before end: String) throws -> [String] {
-            let all = text.components(separatedBy: "\n")
-            let first = try #require(all.firstIndex { $0.hasPrefix(start) }, "no line starts with \(start)")
-            let last = try #require(all[(first + 1)...].firstIndex { $0.hasPrefix(end) })
-            return all[(first + 1)..<last].map { $0.trimmingCharacters(in: .whitespaces) }
-        }
         let readme = try String(contentsOf: repositoryRoot.appendingPathComponent("README.md"), encoding: .utf8)
         let source = try String(contentsOfFile: #filePath, encoding: .utf8)
-        let shown = try lines(readme, after: "```swift unified-resilience", before: "```")
-        let run = try lines(source, after: "// README: unified resilience (begin)", before: "// README: unified resilience (end)")
+        let shown = try DocumentedCode.lines(of: readme, after: "```swift unified-resilience", before: "```")
+        let run = try DocumentedCode.lines(of: source, after: "// README: unified resilience (begin)", before: "// README: unified resilience (end)")
         #expect(shown.count > 5)
         #expect(shown == run, "the README's unified-resilience block and this file differ")
     }
