@@ -112,10 +112,14 @@ public final class LocalBackend: BreakerBackend {
         instruments.transitioned(machine.withLock { $0.isolate(reason: reason, until: duration.map { now + $0.nanoseconds }, now: now) })
     }
 
+    /// Whether `duration` may be the time of an operator's action that ends by itself (an isolation, an override):
+    /// more than zero and at most a year. The one rule the library, `fusebox` and the HTTP routes check.
+    package static func isValidActionTime(_ duration: Duration) -> Bool { duration > .zero && duration <= .seconds(366 * 86_400) }
+
     /// Refuses an isolation time that is not positive or longer than a year.
     package static func checkIsolation(_ duration: Duration?) throws(FuseboxError) {
         guard let duration else { return }
-        guard duration > .zero, duration <= .seconds(366 * 86_400) else {
+        guard isValidActionTime(duration) else {
             throw FuseboxError(code: .invalidPolicy, message: "an isolation's time must be > 0 and at most a year; got \(FuseboxError.format(duration))")
         }
     }

@@ -113,7 +113,7 @@ struct IsolateCommand: AsyncParsableCommand {
             guard !reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw CLIError.usage("--reason must not be empty") }
             let duration = try lasting.map { text throws -> Duration in
                 let duration = try parseDuration(text)
-                guard duration > .zero, duration <= .seconds(366 * 86_400) else {
+                guard LocalBackend.isValidActionTime(duration) else {
                     throw CLIError.usage("--for is '\(text)'; it must be more than 0 and at most a year")
                 }
                 return duration

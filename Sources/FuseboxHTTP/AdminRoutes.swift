@@ -301,12 +301,12 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         if let lasting = object["for"], !(lasting is NSNull) {
             let parsed: Duration? = if let text = lasting as? String {
                 Duration(parsing: text)
-            } else if let seconds = lasting as? NSNumber, seconds.doubleValue.isFinite {
-                seconds.doubleValue > 0 && seconds.doubleValue <= 366 * 86_400 ? .milliseconds(Int64(seconds.doubleValue * 1000)) : .zero
+            } else if let seconds = lasting as? NSNumber, seconds.doubleValue.isFinite, abs(seconds.doubleValue) < 1e12 {
+                .milliseconds(Int64(seconds.doubleValue * 1000))
             } else {
                 nil
             }
-            guard let parsed, parsed > .zero, parsed <= .seconds(366 * 86_400) else {
+            guard let parsed, LocalBackend.isValidActionTime(parsed) else {
                 throw Refusal(
                     status: .badRequest, code: "bad_request",
                     message: #"'for' must be a duration such as "30m" or "2h", or a number of seconds, more than 0 and at most a year"#)

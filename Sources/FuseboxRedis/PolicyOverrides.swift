@@ -257,7 +257,7 @@ extension BreakerOperator {
         try BreakerRegistry.validate(name: name)
         var checked = override
         if let lasting {
-            guard lasting > .zero, lasting <= .seconds(366 * 86_400) else {
+            guard LocalBackend.isValidActionTime(lasting) else {
                 throw FuseboxError(code: .invalidPolicy, message: "an override's time must be > 0 and at most a year; got \(FuseboxError.format(lasting))")
             }
             checked.expiresAtMilliseconds = try await redisTime() + lasting.milliseconds
