@@ -8,7 +8,7 @@
 -- KEYS[4i-3] NS:{NAME}:state   hash    KEYS[4i-2] NS:{NAME}:window  hash
 -- KEYS[4i-1] NS:{NAME}:totals  hash    KEYS[4i]   NS:{NAME}:events  stream
 -- The state hash's fields `marks:C` hold, per sender (one adapter object, named by the nonce after the last ':' of
--- its id; C is the nonce's first character), ' NONCE:SEQ:LAST_S': the highest batch sequence applied (a batch sent
+-- its id; C is the nonce's last character), ' NONCE:SEQ:LAST_S': the highest batch sequence applied (a batch sent
 -- again after a timeout is applied once) and when (s) it was last heard from; about 30 bytes a sender, in at most 36
 -- fields, so a write copies a few senders' marks rather than all of them. Field `leases` holds the half-open probe permits,
 -- ' NONCE:EXPIRES_MS' each: a permit whose holder neither reports nor renews it by then is free again.
@@ -72,7 +72,7 @@ local live_senders, live_instances = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) o
 if sender == '' then sender = nil end
 -- The sender's name in `marks` and `leases`: the nonce after the last ':' of its id.
 local SENDER_KEY = sender and (string.match(sender, '([^: ]+)$') or sender) or '-'
-local MARKS_FIELD = 'marks:' .. string.sub(SENDER_KEY, 1, 1)
+local MARKS_FIELD = 'marks:' .. string.sub(SENDER_KEY, -1)
 
 local now = tonumber(ARGV[3])
 if now == nil then
@@ -150,10 +150,22 @@ local function lean_record(A, K)
     or A[24] ~= '0' or A[25] ~= '0' or A[29] ~= '0' or string.find(A[3], '~', 1, true) then
     return nil
   end
-  local n = 0
+  local width, size, seq = tonumber(A[9]), tonumber(A[8]), tonumber(A[19])
+  if not (width and size and seq) then return nil end
+  local bucket = math.floor(now / width)
+  -- One pass over the groups: plain successes only, summed per window bucket (a group the sender could not place,
+  -- 0, or ahead of Redis' clock belongs to the current bucket; one older than the window counts in the totals only).
+  local n, adds, order = 0, {}, {}
   for i = 30, #A, 5 do
     if A[i + 2] ~= '0' or A[i + 3] ~= '0' or A[i + 4] ~= '0' then return nil end
-    n = n + (tonumber(A[i + 1]) or 0)
+    local b, c = tonumber(A[i]), tonumber(A[i + 1])
+    if b == nil or c == nil then return nil end
+    n = n + c
+    if b <= 0 or b > bucket then b = bucket end
+    if b > bucket - size then
+      local had = adds[b]
+      if had then adds[b] = had + c else adds[b] = c; order[#order + 1] = b end
+    end
   end
   if n <= 0 then return nil end
   local v = redis.pcall('HMGET', K[1], unpack(LEAN_READ))
@@ -170,24 +182,16 @@ local function lean_record(A, K)
   local since, open_until, attempt = finite(v[3]), finite(v[4]), finite(v[5])
   local probes, probe_successes = finite(v[9]), finite(v[10])
   if not (since and open_until and attempt and probes and probe_successes) then return nil end
-  local seq = tonumber(A[19])
-  local high = mark_of(v[#LEAN_READ])
-  if high == nil or seq == nil or seq <= high then return nil end
-  local width, size = tonumber(A[9]), tonumber(A[8])
-  local bucket = math.floor(now / width)
-  local names, buckets = { 'newest', 'calls', 'failures', 'slow' }, {}
-  for i = 30, #A, 5 do
-    local b = tonumber(A[i])
-    if b <= 0 or b > bucket then b = bucket end
-    if b > bucket - size then
-      local slot = tostring(b % size)
-      for j = 5, #names do if names[j] == slot then return nil end end
-      names[#names + 1] = slot
-      buckets[#buckets + 1] = b
-    end
-  end
+  local marks = v[#LEAN_READ]
+  local high = mark_of(marks)
+  if high == nil or seq <= high then return nil end
+  -- One read of the window: its sums and the slots of the buckets written (a quiet instance's batch spans them all).
+  local names = { 'newest', 'calls', 'failures', 'slow' }
+  local text_of = {}
+  for j = 1, #order do names[4 + j] = tostring(order[j] % size) end
   local w = redis.pcall('HMGET', K[2], unpack(names))
   if w.err then return nil end
+  for j = 5, #names do text_of[names[j]] = w[j] or false end
   local newest = finite(w[1])
   local calls, failures, slow = finite(w[2]), finite(w[3]), finite(w[4])
   if newest == nil or newest > bucket or calls == nil or failures ~= 0 or slow == nil or (A[5] ~= '' and slow > 0) then
@@ -197,52 +201,49 @@ local function lean_record(A, K)
     calls, slow = 0, 0
   elseif newest < bucket then
     -- Buckets newest+1 .. bucket take the slots of buckets leaving the window: what those still counted goes
-    -- (calls and slow calls only: the window holds no failure).
-    local leaving = {}
-    for b = newest + 1, bucket do leaving[#leaving + 1] = tostring(b % size) end
-    local old = redis.pcall('HMGET', K[2], unpack(leaving))
-    if old.err then return nil end
-    for j = 1, #leaving do
-      if old[j] then
-        local pb, pc, pf, ps = string.match(old[j], '^(%-?%d+) (%d+) (%d+) (%d+)$')
+    -- (calls and slow calls only: the window holds no failure). Slots not read above are read now.
+    local missing = {}
+    for b = newest + 1, bucket do
+      local slot = tostring(b % size)
+      if text_of[slot] == nil then missing[#missing + 1] = slot end
+    end
+    if #missing > 0 then
+      local old = redis.pcall('HMGET', K[2], unpack(missing))
+      if old.err then return nil end
+      for j = 1, #missing do text_of[missing[j]] = old[j] or false end
+    end
+    for b = newest + 1, bucket do
+      local text = text_of[tostring(b % size)]
+      if text then
+        local pb, pc, pf, ps = string.match(text, '^(%-?%d+) (%d+) (%d+) (%d+)$')
         if pb == nil then return nil end
         pb = tonumber(pb)
         if pb > newest - size and pb <= newest then calls = calls - tonumber(pc); slow = slow - tonumber(ps) end
       end
     end
   end
-  local set, group = { 'calls', 0, 'newest', bucket, 'slow', slow }, 30
-  for j = 1, #buckets do
-    local b = buckets[j]
-    while true do
-      local at = tonumber(A[group])
-      if at <= 0 or at > bucket then at = bucket end
-      if at == b then break end
-      group = group + 5
-    end
-    local held, c = 0, tonumber(A[group + 1])
-    local text = w[4 + j]
+  local set = { 'calls', 0, 'newest', bucket, 'slow', slow }
+  for j = 1, #order do
+    local b, slot = order[j], names[4 + j]
+    local c = adds[b]
+    local text = text_of[slot]
+    local value = b .. ' ' .. c .. ' 0 0'
     if text then
       local pb, pc, pf, ps = string.match(text, '^(%-?%d+) (%d+) (%d+) (%d+)$')
       if pb == nil then return nil end
       if tonumber(pb) == b then
         if pf ~= '0' or (A[5] ~= '' and ps ~= '0') then return nil end
-        held = tonumber(pc)
-        set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. (held + c) .. ' 0 ' .. ps
-      else
-        set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. c .. ' 0 0'
+        value = b .. ' ' .. (tonumber(pc) + c) .. ' 0 ' .. ps
       end
-    else
-      set[#set + 1] = names[4 + j]; set[#set + 1] = b .. ' ' .. c .. ' 0 0'
     end
+    set[#set + 1] = slot; set[#set + 1] = value
     calls = calls + c
-    group = group + 5
   end
   set[2] = calls
   count_total(K[3], 'calls', n)
   count_total(K[3], 'successes', n)
   redis.call('HSET', K[2], unpack(set))
-  redis.call('HSET', K[1], MARKS_FIELD, with_mark(v[#LEAN_READ], seq))
+  redis.call('HSET', K[1], MARKS_FIELD, with_mark(marks, seq))
   local budget = -1
   if state == 'closed' then budget = 0 end
   return { state, version, since, open_until, now, attempt, v[6] or '', v[7] or '', 0, probes, probe_successes, 0,

@@ -13,7 +13,8 @@ import Synchronization
 /// buffered outcomes every ``DistributedOptions/flushInterval`` (failures at once when they exceed the budget
 /// Redis granted, or may cross a threshold), a pub/sub subscriber on `NAMESPACE:transitions` that applies
 /// transitions and budget recalls, and a refresher that reads every state once per
-/// ``DistributedOptions/refreshInterval`` (a slice each second, one pipeline of plain reads) and all of them
+/// ``DistributedOptions/refreshInterval`` (a slice each second, or, with more than 32 breakers, slices of at least
+/// 32 spread over the interval; one pipeline of plain reads each) and all of them
 /// after the subscriber reconnects. On cancellation it writes what is still buffered, then returns.
 /// See Docs/architecture.md.
 public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
@@ -115,6 +116,9 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
 
     private var allBackends: [DistributedBackend] { backends.withLock { Array($0.values) } }
 
+    /// The fewest breakers the refresher reads in one pipeline, unless the adapter has fewer.
+    static var refreshSlice: Int { 32 }
+
     /// Writes every buffered outcome and waits until Redis has applied it (or refused it).
     public func flush() async {
         await withTaskGroup(of: Void.self) { group in
@@ -133,9 +137,14 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.addTask { await self.listen() }
             group.addTask {
                 // Membership: this adapter is up (lua/members.lua); the counts come back with each beat.
+                // In a large fleet both the beat and the subscriber's ping come less often (DistributedCore.beatInterval).
+                let ping = min(self.options.refreshInterval, .seconds(1))
                 while !Task.isCancelled {
                     self.core.beat()
-                    try? await Task.sleep(for: self.options.membershipInterval)
+                    let interval = self.core.beatInterval
+                    let pingEvery = interval > self.options.membershipInterval ? max(ping, interval) : ping
+                    if self.subscriber.healthCheckInterval != pingEvery { self.subscriber.setHealthCheckInterval(pingEvery) }
+                    try? await Task.sleep(for: interval)
                 }
             }
             group.addTask {
@@ -166,11 +175,15 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 }
             }
             group.addTask {
-                // Every breaker is read once per refreshInterval, a slice each tick, in one pipeline per tick.
+                // Every breaker is read once per refreshInterval: a slice a tick, one pipeline each; with more than
+                // `refreshSlice` breakers, slices of at least that many spread over the interval, since each
+                // pipeline costs Redis a round trip (an adapter with 100 breakers sends 3 a round rather than 30).
                 let tick = min(self.options.refreshInterval, .seconds(1))
                 let ticksPerRound = max(1, Int((self.options.refreshInterval / tick).rounded(.up)))
                 var round: [DistributedBackend] = []
-                var perTick = 1
+                var perSlice = 1
+                var ticksPerSlice = 1
+                var sinceSlice = 0
                 var sinceOverrides = Duration.zero
                 while !Task.isCancelled {
                     try? await Task.sleep(for: tick)
@@ -183,11 +196,21 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     }
                     // An override set for a time ends here when Redis' clock passes its expiry.
                     self.overrides.expireDue()
+                    sinceSlice += 1
+                    guard sinceSlice >= ticksPerSlice else { continue }
+                    sinceSlice = 0
                     if round.isEmpty {
                         round = self.allBackends
-                        perTick = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
+                        if round.count > Self.refreshSlice {
+                            let slices = max(1, min(ticksPerRound, round.count / Self.refreshSlice))
+                            perSlice = (round.count + slices - 1) / slices
+                            ticksPerSlice = max(1, ticksPerRound / slices)
+                        } else {
+                            perSlice = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
+                            ticksPerSlice = 1
+                        }
                     }
-                    let slice = Array(round.suffix(perTick))
+                    let slice = Array(round.suffix(perSlice))
                     round.removeLast(slice.count)
                     self.refreshStates(slice)
                 }

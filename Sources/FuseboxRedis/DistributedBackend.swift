@@ -98,10 +98,22 @@ final class DistributedCore: Sendable {
         self.membershipKeys = ["\(options.namespace):{members}:senders", "\(options.namespace):{members}:instances"]
     }
 
-    /// Tells Redis this adapter is up until three membership intervals from now, and learns how many senders and
+    /// The membership beats (and the subscribers' pings) a fleet sends Redis each second, about, however many
+    /// adapters are up: each is a round trip, which costs Redis more than the little work it asks for.
+    static let fleetBeatsPerSecond = 100
+
+    /// How often this adapter beats: ``DistributedOptions/membershipInterval``, or, with more than
+    /// ``fleetBeatsPerSecond`` senders up, (senders ÷ that) seconds (2 s at 200 senders), so that the fleet's beats
+    /// stay near ``fleetBeatsPerSecond`` a second. A sender drops out three of its own intervals after its last beat.
+    var beatInterval: Duration {
+        let senders = liveSenders.load(ordering: .relaxed)
+        return max(options.membershipInterval, .milliseconds(senders * 1000 / Self.fleetBeatsPerSecond))
+    }
+
+    /// Tells Redis this adapter is up until three beat intervals from now, and learns how many senders and
     /// instances are (lua/members.lua).
     func beat() {
-        let ttl = max(1, (options.membershipInterval * 3).milliseconds)
+        let ttl = max(1, (beatInterval * 3).milliseconds)
         connection.submit(MembersScript.script, keys: membershipKeys, arguments: ["beat", senderID, options.instanceID, String(ttl)]) {
             [self] result in
             if case .success(let reply) = result, let counts = reply.array, counts.count == 2,
@@ -130,13 +142,13 @@ final class DistributedCore: Sendable {
 
     /// How long a quiet breaker's successes may wait (ns): `base` (the policy's), or longer when many senders are
     /// up and the window is a time window, so that the fleet writes it about ``DistributedOptions/quietFleetWritesPerSecond``
-    /// times a second (at most 60 s).
+    /// times a second (at most 120 s).
     /// Each adapter's hold is its own fraction (``holdSpread``) of that, so that instances started together do not
     /// write together.
     func quietHold(base: Int64, isTimeWindow: Bool) -> Int64 {
         let senders = Int64(liveSenders.load(ordering: .relaxed))
         guard isTimeWindow, senders > 0 else { return base }
-        let grown = min(senders * 1_000_000_000 / Int64(options.quietFleetWritesPerSecond), 60_000_000_000)
+        let grown = min(senders * 1_000_000_000 / Int64(options.quietFleetWritesPerSecond), 120_000_000_000)
         return max(base, grown / 1_000 * holdSpread)
     }
 

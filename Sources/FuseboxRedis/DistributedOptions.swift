@@ -31,14 +31,15 @@ public struct DistributedOptions: Sendable {
     public var quietFlushInterval: Duration = .seconds(5)
     /// How often, at most, the whole fleet writes one quiet breaker that has a time window (writes per second,
     /// summed over the instances that are up): each instance holds a quiet breaker's successes for
-    /// (senders up) ÷ this seconds, at most 60 s (each adapter 80–100 % of that, drawn once, so that instances
+    /// (senders up) ÷ this seconds, at most 120 s (each adapter 80–100 % of that, drawn once, so that instances
     /// started together do not write together), so a quiet breaker costs Redis about the same however many
     /// instances share it. Successes that leave the window meanwhile count in the totals only; the write that ends
-    /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 3.
-    public var quietFleetWritesPerSecond = 3
+    /// the quiet recalls the rest, as for ``quietFlushInterval``. Default 2.
+    public var quietFleetWritesPerSecond = 2
     /// How often this adapter tells Redis it is up (`NAMESPACE:{members}:senders` and `:instances`, sorted sets
     /// of who is up until when). An adapter that stops beating (a killed process, a lost host) drops out after three
-    /// intervals. The failure budget is shared among the senders that are up, and a quorum
+    /// intervals. With more than 100 senders up, each beats (and pings its subscriber) every (senders ÷ 100) s when
+    /// that is longer, so that the fleet's beats stay near 100 a second. The failure budget is shared among the senders that are up, and a quorum
     /// (``minimumInstances``) larger than the instances that are up is lowered to them. Default 1 s.
     public var membershipInterval: Duration = .seconds(1)
     /// Write every outcome as soon as it is recorded (still without waiting for the reply).

@@ -51,8 +51,8 @@ public enum SubscriberEvent: Sendable {
 public final class RedisSubscriber: Sendable {
     /// Every event, in order; finishes when ``run()`` returns.
     public let events: AsyncStream<SubscriberEvent>
-    /// How often an idle connection is pinged.
-    public let healthCheckInterval: Duration
+    /// How often the connection is pinged (set at `init`, changed by ``setHealthCheckInterval(_:)``).
+    public var healthCheckInterval: Duration { loop.healthCheckInterval }
     private let loop: SubscriberLoop
 
     /// Makes a subscriber; it connects when ``run()`` starts.
@@ -79,7 +79,6 @@ public final class RedisSubscriber: Sendable {
     ) throws(RedisError) {
         let (stream, continuation) = AsyncStream.makeStream(of: SubscriberEvent.self, bufferingPolicy: .bufferingNewest(4096))
         self.events = stream
-        self.healthCheckInterval = healthCheckInterval
         self.loop = try SubscriberLoop(
             configuration: configuration, connect: connect, channels: channels, patterns: patterns,
             healthCheckInterval: healthCheckInterval, continuation: continuation, onMessage: onMessage)
@@ -111,6 +110,10 @@ public final class RedisSubscriber: Sendable {
 
     deinit { loop.shutdown() }
 
+    /// Pings every `interval` from the next pong on (a client of a large fleet pings less often, so that the
+    /// fleet's pings cost the server about the same whatever its size).
+    public func setHealthCheckInterval(_ interval: Duration) { loop.setHealthCheckInterval(interval) }
+
     /// Adds channels; subscribes at once when connected, and on every reconnect.
     public func subscribe(_ channels: [String]) { loop.add(channels: channels, patterns: []) }
 
@@ -140,11 +143,11 @@ final class SubscriberLoop: Sendable {
         var patterns: [String]
         var isShuttingDown = false
         var hasStarted = false
+        var healthCheckInterval: Duration
     }
 
     private let configuration: RedisConfiguration
     private let connect: Connector
-    private let healthCheckInterval: Duration
     private let continuation: AsyncStream<SubscriberEvent>.Continuation
     private let onMessage: (@Sendable (RedisMessage) -> Void)?
     private let shared: Locked<Shared>
@@ -156,11 +159,16 @@ final class SubscriberLoop: Sendable {
     ) throws(RedisError) {
         self.configuration = configuration
         self.connect = connect
-        self.healthCheckInterval = healthCheckInterval
         self.continuation = continuation
         self.onMessage = onMessage
-        self.shared = Locked(Shared(channels: channels, patterns: patterns))
+        self.shared = Locked(Shared(channels: channels, patterns: patterns, healthCheckInterval: healthCheckInterval))
         self.wakeup = try WakeupPipe()
+    }
+
+    var healthCheckInterval: Duration { shared.withLock { $0.healthCheckInterval } }
+
+    func setHealthCheckInterval(_ interval: Duration) {
+        shared.withLock { $0.healthCheckInterval = max(.milliseconds(1), interval) }
     }
 
     func add(channels: [String], patterns: [String]) {

@@ -13,7 +13,7 @@ struct ConfigurationTests {
         "FUSEBOX_ENABLED": "true", "FUSEBOX_ADAPTER": "distributed", "FUSEBOX_REDIS_URL": "redis://r:7000",
         "FUSEBOX_NAMESPACE": "shop", "FUSEBOX_STORE_DOWN_POLICY": "fail_closed", "FUSEBOX_FLUSH_INTERVAL": "250ms",
         "FUSEBOX_QUIET_FLUSH_INTERVAL": "3s", "FUSEBOX_REFRESH_INTERVAL": "1m", "FUSEBOX_MINIMUM_INSTANCES": "2",
-        "FUSEBOX_QUIET_FLEET_WRITES_PER_SECOND": "2", "FUSEBOX_MEMBERSHIP_INTERVAL": "500ms", "FUSEBOX_ADMISSION_BUDGET": "20ms",
+        "FUSEBOX_QUIET_FLEET_WRITES_PER_SECOND": "4", "FUSEBOX_MEMBERSHIP_INTERVAL": "500ms", "FUSEBOX_ADMISSION_BUDGET": "20ms",
         "FUSEBOX_DEFAULT_POLICY_FAILURE_RATIO": "0.4", "FUSEBOX_DEFAULT_POLICY_MINIMUM_THROUGHPUT": "20",
         "FUSEBOX_BREAKERS_PAYMENTS_FAILURE_RATIO": "0.3",
         "FUSEBOX_BREAKERS_PAYMENTS_CONSECUTIVE_FAILURES": "5",
@@ -51,7 +51,7 @@ struct ConfigurationTests {
         #expect(configuration.quietFlushInterval == .seconds(3))
         #expect(configuration.refreshInterval == .seconds(60))
         #expect(configuration.minimumInstances == 2)
-        #expect(configuration.quietFleetWritesPerSecond == 2)
+        #expect(configuration.quietFleetWritesPerSecond == 4)
         #expect(configuration.membershipInterval == .milliseconds(500))
         #expect(configuration.admissionBudget == .milliseconds(20))
         #expect(configuration.defaultPolicy.failureRateThreshold == 0.4)
@@ -100,7 +100,7 @@ struct ConfigurationTests {
             {"fusebox": {
               "enabled": true, "adapter": "distributed", "redis": {"url": "redis://r:7000"}, "namespace": "shop",
               "storeDownPolicy": "failClosed", "flushInterval": "250ms", "quietFlushInterval": 3, "refreshInterval": "1m",
-              "minimumInstances": 2, "quietFleetWritesPerSecond": 2, "membershipInterval": "500ms", "admissionBudget": "20ms",
+              "minimumInstances": 2, "quietFleetWritesPerSecond": 4, "membershipInterval": "500ms", "admissionBudget": "20ms",
               "defaultPolicy": {"failureRatio": 0.4, "minimumThroughput": 20},
               "breakers": {
                 "payments": {"failureRatio": 0.3, "consecutiveFailures": 5, "slowCallRatio": 0.8, "slowCallDuration": "2s",
@@ -134,7 +134,7 @@ struct ConfigurationTests {
               quietFlushInterval: 3
               refreshInterval: 1m
               minimumInstances: 2
-              quietFleetWritesPerSecond: 2
+              quietFleetWritesPerSecond: 4
               membershipInterval: 500ms
               admissionBudget: 20ms
               defaultPolicy:

@@ -17,9 +17,9 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "Instances (adapters), spread over the worker processes.") var instances = 200
     @Option(help: "Breakers per instance.") var breakers = 100
     @Option(help: "Calls per second per breaker per instance.") var rate = 1
-    @Option(help: "Measured seconds of the steady state (default: two quiet holds at the default quietFleetWritesPerSecond, 2 × min(instances ÷ 3, 60), at least 20): a window shorter than the hold can miss every write.")
+    @Option(help: "Measured seconds of the steady state (default: two quiet holds at the default quietFleetWritesPerSecond, 2 × min(instances ÷ 2, 120), at least 20): a window shorter than the hold can miss every write.")
     var seconds: Int?
-    @Option(help: "Seconds of calls before the steady state is measured (default: the quiet hold at the default quietFleetWritesPerSecond, min(instances ÷ 3, 60), plus 5).")
+    @Option(help: "Seconds of calls before the steady state is measured (default: the quiet hold at the default quietFleetWritesPerSecond, min(instances ÷ 2, 120), plus 5).")
     var warmup: Int?
     @Option(help: "Worker processes (default: up to 4).") var processes: Int?
     @Option(help: "End-of-break trials (probes counted fleet-wide each time; 0 skips the trip).") var probeTrials = 20
@@ -61,8 +61,8 @@ struct Fleet: AsyncParsableCommand {
 
     var processCount: Int { processes ?? min(instances, 4) }
     var measuredSeconds: Int { seconds ?? max(20, 2 * quietHoldSeconds) }
-    /// The quiet hold at the default ``DistributedOptions/quietFleetWritesPerSecond`` (3): senders ÷ 3 s, at most 60.
-    var quietHoldSeconds: Int { min(60, instances / 3) }
+    /// The quiet hold at the default ``DistributedOptions/quietFleetWritesPerSecond`` (2): senders ÷ 2 s, at most 120.
+    var quietHoldSeconds: Int { min(120, instances / 2) }
 
     /// Starts the workers for `phase` and waits for them; returns their reports.
     func spawn(_ phase: String, namespace: String, instances: Int, startAt: Int64, measureMs: Int, warmupMs: Int64 = 2000) async throws -> [[String: Any]] {
@@ -95,7 +95,7 @@ struct Fleet: AsyncParsableCommand {
     func runPhase(_ phase: String, redis: RedisClient, scale: Scale, floor: Double) async throws -> [String: Any] {
         let namespace = "fleet\(UInt32.random(in: 0...UInt32.max))"
         // Time to start every instance and settle (first reads, the first quiet holds) before measuring.
-        // Calls start `warmupMs` before it: a quiet breaker's successes wait (instances ÷ 3 s by default, at most 60) before
+        // Calls start `warmupMs` before it: a quiet breaker's successes wait (instances ÷ 2 s by default, at most 120) before
         // their first write, so the measured window must come after one whole hold.
         let warmupMs = phase == "steady" ? Int64(1000 * (warmup ?? max(2, quietHoldSeconds + 5))) : 2000
         let startAt = wallMilliseconds() + 8000 + Int64(instances * breakers / 20) + warmupMs

@@ -43,7 +43,7 @@ public struct FuseboxConfiguration: Sendable {
     public var refreshInterval: Duration = .seconds(30)
     /// How often, at most, the fleet writes one quiet breaker (`fusebox.quietFleetWritesPerSecond`): the quiet hold
     /// grows with the instances up.
-    public var quietFleetWritesPerSecond = 3
+    public var quietFleetWritesPerSecond = 2
     /// How often each instance tells Redis it is up (`fusebox.membershipInterval`).
     public var membershipInterval: Duration = .seconds(1)
     /// Distinct failing instances needed to trip, for breakers whose policy does not say (`fusebox.minimumInstances`).
