@@ -13,8 +13,6 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op, sender, instance = ARGV[1], ARGV[2], ARGV[3]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 
 if op == 'leave' then
   redis.call('ZREM', KEYS[1], sender)
@@ -22,14 +20,18 @@ if op == 'leave' then
 elseif op == 'beat' then
   local ttl = tonumber(ARGV[4])
   if ttl == nil or ttl < 1 then return redis.error_reply('BADARG time to live must be a positive number of ms') end
-  redis.call('ZADD', KEYS[1], now + ttl, sender)
-  redis.call('ZADD', KEYS[2], 'GT', now + ttl, instance)
-  -- Each key lives as long as its longest entry.
+  local until_ms = now + ttl
+  redis.call('ZADD', KEYS[1], until_ms, sender)
+  redis.call('ZADD', KEYS[2], 'GT', until_ms, instance)
+  -- Each key lives as long as its longest entry: its expiry only moves later (GT), and a key without one (just
+  -- made) gets this entry's (NX).
   for i = 1, 2 do
-    local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
-    redis.call('PEXPIREAT', KEYS[i], last[2])
+    if redis.call('PEXPIREAT', KEYS[i], until_ms, 'GT') == 0 then redis.call('PEXPIREAT', KEYS[i], until_ms, 'NX') end
   end
 else
   return redis.error_reply('BADARG op must be beat or leave')
 end
+-- Entries whose time has passed go; the counts are of those left.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }

@@ -13,8 +13,8 @@ import Synchronization
 /// buffered outcomes every ``DistributedOptions/flushInterval`` (failures at once when they exceed the budget
 /// Redis granted, or may cross a threshold), a pub/sub subscriber on `NAMESPACE:transitions` that applies
 /// transitions and budget recalls, and a refresher that reads every state once per
-/// ``DistributedOptions/refreshInterval`` (a slice each second, or, with more than 32 breakers, slices of at least
-/// 32 spread over the interval; one pipeline of plain reads each) and all of them
+/// ``DistributedOptions/refreshInterval`` (in slices of at least 32 breakers spread over the interval, one pipeline
+/// of plain reads each) and all of them
 /// after the subscriber reconnects. On cancellation it writes what is still buffered, then returns.
 /// See Docs/architecture.md.
 public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration == Duration {
@@ -137,13 +137,17 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
             group.addTask { await self.listen() }
             group.addTask {
                 // Membership: this adapter is up (lua/members.lua); the counts come back with each beat.
-                // In a large fleet both the beat and the subscriber's ping come less often (DistributedCore.beatInterval).
+                // The subscriber's health-check ping goes with each beat, so that Redis serves both in one wakeup
+                // (Docs/performance.md); its own timer is then a fallback. In a large fleet both come less often
+                // (DistributedCore.beatInterval).
                 let ping = min(self.options.refreshInterval, .seconds(1))
                 while !Task.isCancelled {
                     self.core.beat()
+                    self.subscriber.pingNow()
                     let interval = self.core.beatInterval
                     let pingEvery = interval > self.options.membershipInterval ? max(ping, interval) : ping
-                    if self.subscriber.healthCheckInterval != pingEvery { self.subscriber.setHealthCheckInterval(pingEvery) }
+                    let fallback = interval <= pingEvery ? pingEvery * 3 / 2 : pingEvery
+                    if self.subscriber.healthCheckInterval != fallback { self.subscriber.setHealthCheckInterval(fallback) }
                     try? await Task.sleep(for: interval)
                 }
             }
@@ -175,9 +179,9 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 }
             }
             group.addTask {
-                // Every breaker is read once per refreshInterval: a slice a tick, one pipeline each; with more than
-                // `refreshSlice` breakers, slices of at least that many spread over the interval, since each
-                // pipeline costs Redis a round trip (an adapter with 100 breakers sends 3 a round rather than 30).
+                // Every breaker is read once per refreshInterval, in slices of at least `refreshSlice` breakers
+                // (all of them when fewer) spread over the interval, one pipeline each: each pipeline costs Redis a
+                // wakeup, so an adapter with 100 breakers sends 3 a round rather than 30, one with 3 breakers 1.
                 let tick = min(self.options.refreshInterval, .seconds(1))
                 let ticksPerRound = max(1, Int((self.options.refreshInterval / tick).rounded(.up)))
                 var round: [DistributedBackend] = []
@@ -201,14 +205,9 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                     sinceSlice = 0
                     if round.isEmpty {
                         round = self.allBackends
-                        if round.count > Self.refreshSlice {
-                            let slices = max(1, min(ticksPerRound, round.count / Self.refreshSlice))
-                            perSlice = (round.count + slices - 1) / slices
-                            ticksPerSlice = max(1, ticksPerRound / slices)
-                        } else {
-                            perSlice = max(1, (round.count + ticksPerRound - 1) / ticksPerRound)
-                            ticksPerSlice = 1
-                        }
+                        let slices = max(1, min(ticksPerRound, round.count / Self.refreshSlice))
+                        perSlice = max(1, (round.count + slices - 1) / slices)
+                        ticksPerSlice = max(1, ticksPerRound / slices)
                     }
                     let slice = Array(round.suffix(perSlice))
                     round.removeLast(slice.count)

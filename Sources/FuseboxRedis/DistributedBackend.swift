@@ -100,10 +100,10 @@ final class DistributedCore: Sendable {
 
     /// The membership beats (and the subscribers' pings) a fleet sends Redis each second, about, however many
     /// adapters are up: each is a round trip, which costs Redis more than the little work it asks for.
-    static let fleetBeatsPerSecond = 100
+    static let fleetBeatsPerSecond = 50
 
     /// How often this adapter beats: ``DistributedOptions/membershipInterval``, or, with more than
-    /// ``fleetBeatsPerSecond`` senders up, (senders ÷ that) seconds (2 s at 200 senders), so that the fleet's beats
+    /// ``fleetBeatsPerSecond`` senders up, (senders ÷ that) seconds (4 s at 200 senders), so that the fleet's beats
     /// stay near ``fleetBeatsPerSecond`` a second. A sender drops out three of its own intervals after its last beat.
     var beatInterval: Duration {
         let senders = liveSenders.load(ordering: .relaxed)

@@ -38,8 +38,8 @@ public struct DistributedOptions: Sendable {
     public var quietFleetWritesPerSecond = 2
     /// How often this adapter tells Redis it is up (`NAMESPACE:{members}:senders` and `:instances`, sorted sets
     /// of who is up until when). An adapter that stops beating (a killed process, a lost host) drops out after three
-    /// intervals. With more than 100 senders up, each beats (and pings its subscriber) every (senders ÷ 100) s when
-    /// that is longer, so that the fleet's beats stay near 100 a second. The failure budget is shared among the senders that are up, and a quorum
+    /// intervals. With more than 50 senders up, each beats (and pings its subscriber) every (senders ÷ 50) s when
+    /// that is longer, so that the fleet's beats stay near 50 a second. The failure budget is shared among the senders that are up, and a quorum
     /// (``minimumInstances``) larger than the instances that are up is lowered to them. Default 1 s.
     public var membershipInterval: Duration = .seconds(1)
     /// Write every outcome as soon as it is recorded (still without waiting for the reply).
