@@ -54,6 +54,44 @@ struct RedisSubscriberTests {
         }
     }
 
+    @Test("pingNow() sends a ping at once; setHealthCheckInterval changes how often it pings by itself")
+    func drivenAndRetimedPings() async throws {
+        try await RedisServerProcess.with { server in
+            // An hour: no ping comes by itself during the test until the interval is changed.
+            let subscriber = try RedisSubscriber(configuration: server.configuration(), channels: ["c"], healthCheckInterval: .seconds(3600))
+            let runner = Task { await subscriber.run() }
+            defer { runner.cancel() }
+            var events = subscriber.events.makeAsyncIterator()
+            #expect(try await next(&events) { if case .subscribed = $0 { true } else { false } })
+            let admin = try RedisClient(configuration: server.configuration())
+            func pings() async throws -> Int {
+                let stats = try await admin.send("INFO", "commandstats").string ?? ""
+                guard let line = stats.split(separator: "\r\n").first(where: { $0.hasPrefix("cmdstat_ping:") }),
+                    let calls = line.split(separator: ",").first?.split(separator: "=").last else { return 0 }
+                return Int(calls) ?? 0
+            }
+            func waitUntil(_ condition: () async throws -> Bool) async throws -> Bool {
+                let deadline = ContinuousClock.now + .seconds(5)
+                while ContinuousClock.now < deadline {
+                    if try await condition() { return true }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                return try await condition()
+            }
+            let before = try await pings()  // the test kit's own, made while starting the server
+            subscriber.pingNow()
+            #expect(try await waitUntil { try await pings() == before + 1 })
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await pings() == before + 1, "one ping per request")
+
+            subscriber.setHealthCheckInterval(.milliseconds(50))
+            #expect(subscriber.healthCheckInterval == .milliseconds(50))
+            // The hour-long wait ends at the next pong, which a request brings; from then on it pings by itself.
+            subscriber.pingNow()
+            #expect(try await waitUntil { try await pings() >= before + 6 })
+        }
+    }
+
     @Test("subscribe() adds a channel while running; cancellation ends run() and the event stream")
     func dynamicSubscribeAndCancel() async throws {
         try await RedisServerProcess.with { server in
