@@ -6,7 +6,7 @@ APT_PACKAGES := libhiredis-dev redis-server redis-tools docker-compose stunnel4 
 
 PROMETHEUS_TOOLS := .build/prometheus/usr/bin
 
-.PHONY: deps browser-deps prometheus-tools build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean lua lua-script docs
+.PHONY: deps browser-deps prometheus-tools build test test-browser test-faults test-soak test-asan test-tsan model demo bench clean docs
 
 ## Installs what is missing: hiredis headers, redis-server, redis-cli, docker-compose (only to validate
 ## docker-compose.yml in the tests), stunnel4 and openssl (the TLS tunnel test), spin and gcc (the protocol models),
@@ -154,30 +154,3 @@ bench: deps
 clean:
 	rm -rf .build .build-asan .build-tsan Benchmarks/.build
 
-## Regenerates Sources/FuseboxRedis/BreakerScript.swift, LeaseScript.swift, MembersScript.swift and OverrideScript.swift
-## from lua/*.lua
-## (a test fails if they differ).
-lua:
-	@$(MAKE) --no-print-directory lua-script LUA=breaker TYPE=BreakerScript WHAT="every change to a breaker'\''s state in Redis."
-	@$(MAKE) --no-print-directory lua-script LUA=lease TYPE=LeaseScript WHAT="fleet-wide concurrency leases (fusebox run --max-concurrent)."
-	@$(MAKE) --no-print-directory lua-script LUA=members TYPE=MembersScript WHAT="live membership (senders and instances that are up)."
-	@$(MAKE) --no-print-directory lua-script LUA=override TYPE=OverrideScript WHAT="the end of a policy override set for a time."
-
-lua-script:
-	@{ \
-	  echo '// Generated from lua/$(LUA).lua by `make lua`: edit the Lua file, then run `make lua`.'; \
-	  echo '// A test (FuseboxRedisTests) fails when the two differ.'; \
-	  echo 'import Hiredis'; \
-	  echo; \
-	  echo 'enum $(TYPE) {'; \
-	  echo '    /// lua/$(LUA).lua: $(WHAT)'; \
-	  echo '    /// Its SHA-1, computed by sha1sum when generated; a test checks that Redis agrees.'; \
-	  echo "    static let script = RedisScript(source, sha1: \"$$(sha1sum lua/$(LUA).lua | cut -c1-40)\")"; \
-	  echo; \
-	  echo '    static let source = #"""'; \
-	  sed 's/^\(.\)/    \1/' lua/$(LUA).lua; \
-	  echo; \
-	  echo '    """#'; \
-	  echo '}'; \
-	} > Sources/FuseboxRedis/$(TYPE).swift
-	@echo "wrote Sources/FuseboxRedis/$(TYPE).swift"

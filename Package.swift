@@ -73,6 +73,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            // The Lua scripts, embedded as they are in lua/ (Scripts is a link to it): no generated copy to keep in step.
+            resources: [
+                .embedInCode("Scripts/breaker.lua"),
+                .embedInCode("Scripts/lease.lua"),
+                .embedInCode("Scripts/members.lua"),
+                .embedInCode("Scripts/override.lua"),
             ]
         ),
         // The breaker's attributes and events on the caller's active span: its own product, so that only an
@@ -81,17 +88,23 @@ let package = Package(
             name: "FuseboxTracing",
             dependencies: ["Fusebox", .product(name: "Tracing", package: "swift-distributed-tracing")]
         ),
+        // Child processes: the runner behind `fusebox run` (posix_spawn, reaped at once) and the private
+        // redis-server `fusebox demo` starts. In the product, so that the `fusebox` binary links no test kit.
+        .target(
+            name: "FuseboxProcess",
+            dependencies: ["CFusebox", "FuseboxLocking", "Hiredis"]
+        ),
         .target(
             name: "FuseboxTestKit",
             dependencies: [
-                "Hiredis", "Fusebox", "CFusebox", "FuseboxLocking",
+                "Hiredis", "Fusebox", "CFusebox", "FuseboxLocking", "FuseboxProcess",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "FuseboxCLI",
             dependencies: [
-                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
+                "Hiredis", "Fusebox", "FuseboxLocking", "FuseboxRedis", "FuseboxProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -150,7 +163,7 @@ if withHTTP {
         .target(
             name: "FuseboxHTTP",
             dependencies: [
-                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis",
+                "Fusebox", "FuseboxLocking",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),

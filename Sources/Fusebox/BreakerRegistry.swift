@@ -44,19 +44,6 @@ public final class BreakerRegistry: Service {
         switchboard.isEnabled = configuration.isEnabled
     }
 
-    /// Makes a registry with the `local` adapter when the configuration says `local`.
-    ///
-    /// For `distributed`, import `FuseboxRedis` and use its `BreakerRegistry.make(configuration:logger:)`,
-    /// which handles both.
-    public convenience init(configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
-        guard configuration.adapter == .local else {
-            throw FuseboxError(
-                code: .invalidConfiguration,
-                message: "adapter 'distributed' is provided by the FuseboxRedis module: import it and call BreakerRegistry.make(configuration:logger:)")
-        }
-        self.init(adapter: LocalAdapter(), configuration: configuration, logger: logger)
-    }
-
     /// The breaker `name`, made on first request with `policy`, or when `policy` is `nil`, with the configured
     /// one (``FuseboxConfiguration/policy(for:)``; `BreakerPolicy()` when nothing is configured).
     public func breaker(_ name: String, policy: BreakerPolicy? = nil) throws(FuseboxError) -> CircuitBreaker {

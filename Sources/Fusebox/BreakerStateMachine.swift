@@ -11,13 +11,13 @@ import Darwin
 /// period, and a probe's outcome cannot land in a later half-open period.
 public struct PermitToken: Sendable, Hashable {
     /// The breaker's version when the call was admitted.
-    public var version: Int
+    public package(set) var version: Int
     /// `true` for a half-open probe: its outcome closes or reopens the breaker, and it holds a permit.
-    public var isProbe: Bool
+    public package(set) var isProbe: Bool
     /// `false` in mode `disabled` and when Fusebox is switched off: the outcome is not recorded at all.
-    public var isRecorded: Bool
+    public package(set) var isRecorded: Bool
     /// When the call was admitted, in nanoseconds since the backend's epoch (for the slow-call rule).
-    public var startedAt: Int64
+    public package(set) var startedAt: Int64
 
     /// Makes a token.
     public init(version: Int, isProbe: Bool, isRecorded: Bool, startedAt: Int64) {
@@ -55,7 +55,9 @@ public enum BreakerAdmission: Sendable {
 /// transition it caused, if any; the owner logs it, publishes it and updates metrics outside its lock.
 /// The `local` adapter holds one of these behind a `Mutex`; `lua/breaker.lua` implements the same rules for
 /// Redis, and the conformance suite runs the same scenarios against both.
-public struct BreakerStateMachine: Sendable {
+///
+/// `package`: the machinery behind ``LocalAdapter`` and the distributed adapter's fallback, not an API of its own.
+package struct BreakerStateMachine: Sendable {
     /// The breaker's name.
     public let name: String
     /// Its policy (validated by the caller); ``replacePolicy(_:now:)`` changes it.
@@ -283,8 +285,10 @@ public struct BreakerStateMachine: Sendable {
             // The baseline learns the call after the rules have judged it against what it knew before.
             defer { learnBaseline(calls: 1, failures: isFailure ? 1 : 0, now: now) }
             // Only a failure can complete a streak; the ratio rules need the minimum throughput first.
-            guard state == .closed, isFailure || window.calls >= policy.minimumThroughput, let reason = tripReason() else { return nil }
-            return trip(reason: reason, now: now)
+            guard state == .closed, isFailure || window.calls >= policy.minimumThroughput,
+                let rule = brokenRule(streak: consecutiveFailures)
+            else { return nil }
+            return trip(reason: rule.description, now: now)
         case .halfOpen where token.isProbe:
             probesInFlight -= 1
             if isFailure {
@@ -339,20 +343,15 @@ public struct BreakerStateMachine: Sendable {
             consecutiveFailures += failures
             peak = consecutiveFailures
         }
-        guard state == .closed else { return nil }
-        if let threshold = policy.consecutiveFailureThreshold, peak >= threshold {
-            return trip(reason: "\(peak) consecutive failures ≥ \(threshold)", now: now)
-        }
-        guard let reason = ratioReason() else { return nil }
-        return trip(reason: reason, now: now)
+        guard state == .closed, let rule = brokenRule(streak: peak) else { return nil }
+        return trip(reason: rule.description, now: now)
     }
 
-    /// The first trip rule the window breaks, as the reason to log; `nil` when none does.
-    private func tripReason() -> String? {
-        if let threshold = policy.consecutiveFailureThreshold, consecutiveFailures >= threshold {
-            return "\(consecutiveFailures) consecutive failures ≥ \(threshold)"
-        }
-        return ratioReason()
+    /// The first trip rule the window and `streak` break (``TripRule``); `nil` when none does.
+    private func brokenRule(streak: Int) -> TripRule? {
+        TripRule.broken(
+            calls: window.calls, failures: window.failures, slow: window.slow, streak: streak, policy: policy,
+            failureRateThreshold: failureRateThresholdInForce)
     }
 
     /// The failure-ratio threshold in force: relative to the baseline once it has learned enough, else the fixed one.
@@ -370,25 +369,6 @@ public struct BreakerStateMachine: Sendable {
 
     /// Forgets the baseline (an operator's `reset --baseline`).
     public mutating func resetBaseline() { baseline = (0, 0, 0) }
-
-    /// The first ratio rule the window breaks (with the minimum throughput met), as the reason to log.
-    private func ratioReason() -> String? {
-        let calls = window.calls
-        guard calls >= policy.minimumThroughput else { return nil }
-        if let threshold = failureRateThresholdInForce {
-            let ratio = Double(window.failures) / Double(calls)
-            if ratio >= threshold {
-                return "failure ratio \(Self.twoDecimals(ratio)) ≥ \(Self.twoDecimals(threshold)) over \(calls) calls"
-            }
-        }
-        if let threshold = policy.slowCallRateThreshold {
-            let ratio = Double(window.slow) / Double(calls)
-            if ratio >= threshold {
-                return "slow-call ratio \(Self.twoDecimals(ratio)) ≥ \(Self.twoDecimals(threshold)) over \(calls) calls"
-            }
-        }
-        return nil
-    }
 
     // MARK: - Manual control
 
@@ -503,13 +483,6 @@ public struct BreakerStateMachine: Sendable {
     private func errorName(of outcome: CallOutcome) -> String {
         if case .failure(let type) = outcome { return errorNames[ObjectIdentifier(type)] ?? String(describing: type) }
         return "ignored"
-    }
-
-    /// `0.62` for 0.6154: two decimals, no Foundation.
-    static func twoDecimals(_ value: Double) -> String {
-        let hundredths = Int((value * 100).rounded())
-        let fraction = hundredths % 100
-        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
     }
 }
 

@@ -155,12 +155,14 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+// Conversions the package uses everywhere; `package`, not `public`: a library does not add members to the standard
+// library's types in its users' code.
 extension Duration {
     /// Whole milliseconds, rounded down (saturating at ±292 million years).
-    public var milliseconds: Int64 { wholeUnits(perSecond: 1000) }
+    package var milliseconds: Int64 { wholeUnits(perSecond: 1000) }
 
     /// Whole nanoseconds, rounded down (saturating at ±292 years).
-    public var nanoseconds: Int64 { wholeUnits(perSecond: 1_000_000_000) }
+    package var nanoseconds: Int64 { wholeUnits(perSecond: 1_000_000_000) }
 
     /// Whole units of which `perSecond` make a second (a divisor of 10¹⁸), rounded down, saturating at `Int64`'s ends.
     private func wholeUnits(perSecond: Int64) -> Int64 {
@@ -172,7 +174,7 @@ extension Duration {
     }
 
     /// The duration in seconds as a `Double`.
-    public var seconds: Double {
+    package var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }

@@ -229,7 +229,7 @@ struct WatchCommand: AsyncParsableCommand {
                 case .message(let message):
                     // Recalls ask instances to write what they hold, override notes to read NS:overrides again:
                     // not transitions, not shown.
-                    guard isTransition(message.text) else { continue }
+                    guard BreakerMessage.isTransition(message.text) else { continue }
                     if isTerminal {
                         await redraw()
                     } else if json {
@@ -258,10 +258,4 @@ struct WatchCommand: AsyncParsableCommand {
             }
         }
     }
-}
-
-/// Whether a message on the transitions channel is a transition, rather than a budget recall or an override note.
-func isTransition(_ text: String) -> Bool {
-    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return true }
-    return object["recall"] == nil && object["override"] == nil
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import Fusebox
-import FuseboxTestKit
+import FuseboxProcess
 import Hiredis
 
 /// `fusebox demo`: N instance processes call a failing dependency through one breaker; the summary shows

@@ -149,8 +149,8 @@ struct DemoInstanceCommand: AsyncParsableCommand {
         let probeHold = Duration.milliseconds(probeHoldMs)
         let shared = SharedStats(InstanceStats(index: index))
         let statsPath = stats
-        let outageStart = start.addingTimeInterval(schedule.healthy.inSeconds)
-        let end = start.addingTimeInterval(schedule.total.inSeconds)
+        let outageStart = start.addingTimeInterval(schedule.healthy.seconds)
+        let end = start.addingTimeInterval(schedule.total.seconds)
         if start > Date() { try await Task.sleep(for: .seconds(start.timeIntervalSinceNow)) }
 
         let watcher = Task {
@@ -268,11 +268,6 @@ final class SharedStats: Sendable {
     private let stats: Locked<InstanceStats>
     init(_ stats: InstanceStats) { self.stats = Locked(stats) }
     func withLock<T>(_ body: (inout InstanceStats) -> T) -> T { stats.withLock { body(&$0) } }
-}
-
-extension Duration {
-    /// The duration in seconds, for `Date` arithmetic.
-    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 extension Optional {

@@ -3,7 +3,7 @@ import ArgumentParser
 import Configuration
 import Fusebox
 import FuseboxRedis
-import FuseboxTestKit
+import FuseboxProcess
 import Logging
 
 /// A command that exited with a non-zero status: the failure `fusebox run` records.

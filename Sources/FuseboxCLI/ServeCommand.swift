@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import Fusebox
 import FuseboxHTTP
+import FuseboxRedis
 import Hiredis
 import Logging
 

@@ -1,12 +1,13 @@
 import Foundation
 import Fusebox
-import Hiredis
+import ServiceLifecycle
 import Hummingbird
 import Logging
 import NIOCore
 
-/// `fusebox serve`: the admin routes over every breaker of a Redis namespace, as a Hummingbird application whose
-/// services include the ``RedisAdministration`` (its subscription to the transitions channel).
+/// `fusebox serve`: the admin routes over an administration (every breaker of a Redis namespace, for `serve`), as a
+/// Hummingbird application whose services include the administration (a Redis one's subscription to the
+/// transitions channel).
 public enum AdminServer {
     /// Whether `host` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
     public static func isLoopback(_ host: String) -> Bool {
@@ -31,7 +32,7 @@ public enum AdminServer {
     /// Without a token the server refuses a host that is not loopback: the mutating routes would be open to
     /// the network. Throws `FuseboxError/Code/invalidConfiguration` saying so.
     public static func makeApplication(
-        administration: RedisAdministration, host: String, port: Int, token: String?, logger: Logger,
+        administration: some BreakerAdministration & Service, host: String, port: Int, token: String?, logger: Logger,
         onListening: @escaping @Sendable (String, Int) -> Void = { _, _ in }
     ) throws(FuseboxError) -> some ApplicationProtocol {
         try validate(host: host, port: port, token: token)

@@ -228,7 +228,7 @@ public struct BreakerOperator: Sendable {
         let arguments: [any RedisArgument] = [channel, actor, "", "1000", "", "0", "0", breaker.count] + breaker
         let value: RESPValue
         do throws(RedisError) {
-            let replies = try await connection.run(BreakerScript.script, keys: keys(of: name), arguments: arguments)
+            let replies = try await connection.run(LuaScript.breaker, keys: keys(of: name), arguments: arguments)
             guard let reply = replies.array?.first, replies.array?.count == 1 else {
                 throw RedisError(code: .unexpectedReply, message: "the breaker script answered \(replies) for one breaker")
             }

@@ -57,7 +57,7 @@ public final class DistributedAdapter<C: Clock>: BreakerAdapter where C.Duration
                 configuration: configuration, channels: [core.channel],
                 healthCheckInterval: min(options.refreshInterval, .seconds(1)),
                 onMessage: { message in
-                    guard let decoded = try? JSONDecoder().decode(BreakerMessage.self, from: Data(message.payload)) else {
+                    guard let decoded = BreakerMessage(json: message.payload) else {
                         logger.debug("ignored a malformed message on \(message.channel): \(message.text.prefix(200))")
                         return
                     }
@@ -301,11 +301,7 @@ extension DistributedOptions {
     public init(configuration: FuseboxConfiguration) throws(FuseboxError) {
         try self.init(url: configuration.redisURL)
         namespace = configuration.namespace
-        whenUnavailable = switch configuration.storeDownPolicy {
-        case .local: .local
-        case .failOpen: .failOpen
-        case .failClosed: .failClosed
-        }
+        whenUnavailable = configuration.storeDownPolicy
         admissionBudget = configuration.admissionBudget
         flushInterval = configuration.flushInterval
         quietFlushInterval = configuration.quietFlushInterval

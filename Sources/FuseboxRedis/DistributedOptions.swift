@@ -3,16 +3,6 @@ import Hiredis
 
 /// How the `distributed` adapter talks to Redis and behaves when Redis is not well.
 public struct DistributedOptions: Sendable {
-    /// What to do while Redis cannot be reached (or a breaker's keys are corrupt).
-    public enum UnavailablePolicy: String, Sendable, Hashable, CaseIterable {
-        /// Keep protecting this instance with an in-process breaker of the same policy until Redis is back.
-        case local
-        /// Admit every call.
-        case failOpen
-        /// Reject every call (with code `FuseboxError/Code/backendUnavailable`).
-        case failClosed
-    }
-
     /// Where Redis is; its timeouts bound every wait of the adapter.
     public var redis: RedisConfiguration
     /// The key prefix: keys are `NAMESPACE:{NAME}:state`, …, the set `NAMESPACE:breakers` and the channel
@@ -48,8 +38,8 @@ public struct DistributedOptions: Sendable {
     /// one pipeline), covering anything pub/sub could not deliver. Also the subscriber's health-check period,
     /// capped at 1 s. Default 30 s.
     public var refreshInterval: Duration = .seconds(30)
-    /// What to do while Redis is unreachable. Default ``UnavailablePolicy/local``.
-    public var whenUnavailable: UnavailablePolicy = .local
+    /// What to do while Redis is unreachable (or a breaker's keys are corrupt). Default `StoreDownPolicy.local`.
+    public var whenUnavailable: StoreDownPolicy = .local
     /// Trip only when failures in the window come from at least this many distinct instances (time windows
     /// only). Default 1: any instance's failures count.
     public var minimumInstances = 1

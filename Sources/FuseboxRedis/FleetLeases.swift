@@ -66,7 +66,7 @@ public struct FleetBulkhead: Sendable {
 
     func call(_ arguments: any RedisArgument...) async throws(FuseboxError) -> RESPValue {
         do {
-            return try await connection.run(LeaseScript.script, keys: [key], arguments: arguments)
+            return try await connection.run(LuaScript.lease, keys: [key], arguments: arguments)
         } catch {
             throw BreakerOperator.unavailable(error)
         }

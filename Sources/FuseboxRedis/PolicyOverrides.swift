@@ -391,7 +391,7 @@ final class OverrideTable: Sendable {
             if let backend = backends.withLock({ $0[name] }) { apply(text, to: backend) }
             let message = BreakerOperator.overrideMessage(name, "expired")
             core.connection.submit(
-                OverrideScript.script, keys: [key], arguments: [name, text, String(expires), core.channel, message]
+                LuaScript.override, keys: [key], arguments: [name, text, String(expires), core.channel, message]
             ) { [self] result in
                 guard case .success(let reply) = result, reply.int == 1 else { return }
                 let setBy = (try? PolicyOverride(json: text))?.setBy ?? "unknown"

@@ -1,3 +1,4 @@
+import Foundation
 import Fusebox
 import FuseboxLocking
 import Hiredis
@@ -149,16 +150,18 @@ struct StateReply: Sendable {
 }
 
 /// A message on `NAMESPACE:transitions`: a transition, or a recall of failure budgets.
-struct BreakerMessage: Decodable, Sendable {
+package struct BreakerMessage: Decodable, Sendable {
     var name: String
     var version: Int
     var created: Int64?
     // A transition.
     var state: String?
+    /// The state before the transition.
+    var from: String?
     /// Open: the time until the break ends; isolated for a time: until the isolation ends; else 0.
-    var probe_in_ms: Int64?
+    var probeInMilliseconds: Int64?
     var reason: String?
-    var isolation_reason: String?
+    var isolationReason: String?
     var attempt: Int?
     /// A recall: every instance holding more failures than this for `version` writes them now.
     var recall: Int?
@@ -169,6 +172,26 @@ struct BreakerMessage: Decodable, Sendable {
     var at: Int64?
     /// An operator set or cleared the breaker's policy override (`set` or `cleared`): read `NS:overrides` again.
     var override: String?
+
+    /// The channel's keys are snake_case (lua/breaker.lua writes them; Docs/redis-keys.md lists them).
+    enum CodingKeys: String, CodingKey {
+        case name, version, created, state, from, reason, attempt, recall, quiet, at, override
+        case probeInMilliseconds = "probe_in_ms"
+        case isolationReason = "isolation_reason"
+    }
+
+    /// The message in `text`, or `nil` when it is not one (another publisher's, or garbage).
+    init?(json text: some Collection<UInt8>) {
+        guard let message = try? JSONDecoder().decode(Self.self, from: Data(text)) else { return nil }
+        self = message
+    }
+
+    /// Whether a message on the transitions channel is (or may be) a transition, rather than a budget recall or an
+    /// override note: what makes `fusebox watch` draw again.
+    package static func isTransition(_ text: String) -> Bool {
+        guard let message = BreakerMessage(json: Array(text.utf8)) else { return true }
+        return message.recall == nil && message.override == nil
+    }
 }
 
 /// Wakes the flusher: the ticker rings it every flush interval, and the hot path when an outcome may cross a

@@ -175,13 +175,12 @@ final class ClusterRouter: Sendable {
         var commands: [RedisCommand] = []
         var loadIndex: Int?
         if let (script, tail) = routed.script {
-            let sha = script.sha1
-            if load || sha == nil {
+            if load {
                 loadIndex = 0
                 commands.append(RedisCommand("SCRIPT", "LOAD", script.source))
             }
             if asking { commands.append(RedisCommand("ASKING")) }
-            commands.append(sha.map { RedisCommand("EVALSHA", arguments: [$0] + tail) } ?? RedisCommand("EVAL", arguments: [script.source] + tail))
+            commands.append(RedisCommand("EVALSHA", arguments: [script.sha1] + tail))
         } else if let command = routed.command {
             if asking { commands.append(RedisCommand("ASKING")) }
             commands.append(command)
@@ -189,7 +188,7 @@ final class ClusterRouter: Sendable {
         send(commands.flatMap(\.encoded), replyCount: commands.count, to: endpoint, failing: { routed.completion(.failure($0)) }) { [self, loadIndex] replies in
             if let loadIndex, let (script, _) = routed.script {
                 do throws(RedisError) {
-                    _ = try script.record(loadReply: try replies[loadIndex].get(endpoint: endpoint.description), endpoint: endpoint.description)
+                    try script.check(loadReply: try replies[loadIndex].get(endpoint: endpoint.description), endpoint: endpoint.description)
                 } catch {
                     return routed.completion(.failure(error))
                 }

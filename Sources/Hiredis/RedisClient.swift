@@ -126,8 +126,8 @@ public final class RedisClient: Sendable {
         return try result.get()
     }
 
-    /// Runs a script with `EVALSHA`. Before its SHA-1 is known it sends `SCRIPT LOAD` and `EVAL` together; when the
-    /// server (in a cluster, the node) answers `NOSCRIPT`, it sends `SCRIPT LOAD` and `EVALSHA` again.
+    /// Runs a script with `EVALSHA`; when the server (in a cluster, the node) answers `NOSCRIPT`, it sends
+    /// `SCRIPT LOAD` and `EVALSHA` again, in one write.
     ///
     /// A script error (a Lua `error_reply` or runtime error) throws ``RedisError/Code/serverError`` with the
     /// server's message.
@@ -157,9 +157,8 @@ public final class RedisClient: Sendable {
         loop.submit(CommandLoop.Request(bytes: bytes, replyCount: commands.count, complete: completion))
     }
 
-    /// Runs a script and calls `completion` with its reply on the connection's thread. Before its SHA-1 is known
-    /// it sends `SCRIPT LOAD` and `EVAL` in one write (the script runs in submission order); on `NOSCRIPT` it sends
-    /// `SCRIPT LOAD` and `EVALSHA` again in one write. An error reply is delivered as ``RedisError/Code/serverError``.
+    /// Runs a script with `EVALSHA` and calls `completion` with its reply on the connection's thread; on `NOSCRIPT`
+    /// it sends `SCRIPT LOAD` and `EVALSHA` again in one write. An error reply is delivered as ``RedisError/Code/serverError``.
     public func submit(
         _ script: RedisScript, keys: [String], arguments: [any RedisArgument],
         completion: @escaping @Sendable (Result<RESPValue, RedisError>) -> Void
@@ -170,22 +169,16 @@ public final class RedisClient: Sendable {
         }
         let endpoint = configuration.endpoint.description
         let load = RedisCommand("SCRIPT", "LOAD", script.source)
-        /// Delivers the script's reply after a `SCRIPT LOAD` sent with it, recording the SHA-1 it returned.
+        /// Delivers the script's reply after a `SCRIPT LOAD` sent with it, checking the SHA-1 it returned.
         @Sendable func afterLoad(_ result: Result<[RESPValue], RedisError>) {
             completion(result.flatMap { replies in
                 Result { () throws(RedisError) in
-                    _ = try script.record(loadReply: try replies[0].get(endpoint: endpoint), endpoint: endpoint)
+                    try script.check(loadReply: try replies[0].get(endpoint: endpoint), endpoint: endpoint)
                     return try replies[1].get(endpoint: endpoint)
                 }
             })
         }
-        guard let sha = script.sha1 else {
-            loop.submit(CommandLoop.Request(
-                bytes: load.encoded + RedisCommand("EVAL", arguments: [script.source, keys.count] + keys + arguments).encoded,
-                replyCount: 2, complete: afterLoad))
-            return
-        }
-        let command = RedisCommand("EVALSHA", arguments: [sha, keys.count] + keys + arguments)
+        let command = RedisCommand("EVALSHA", arguments: [script.sha1, keys.count] + keys + arguments)
         loop.submit(CommandLoop.Request(bytes: command.encoded, replyCount: 1) { result in
             switch result {
             case .failure(let error):

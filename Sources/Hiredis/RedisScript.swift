@@ -1,45 +1,26 @@
-import FuseboxLocking
-import Synchronization
-
 /// A Lua script: its source, and the SHA-1 Redis knows it by.
 ///
 /// ``RedisClient/run(_:keys:arguments:)`` and ``RedisClient/submit(_:keys:arguments:completion:)`` run it
-/// with `EVALSHA`. The SHA-1 is never computed here: it is either given (a build step hashed the source with a
-/// standard tool, and `SCRIPT LOAD` must agree) or learnt from the first `SCRIPT LOAD`. Whenever the server answers
-/// `NOSCRIPT` (a restart, a `SCRIPT FLUSH`), the call sends `SCRIPT LOAD` and retries once, so callers never see it.
-public final class RedisScript: Sendable {
+/// with `EVALSHA`, from the first call: the SHA-1 is the hash of the source, computed here as Redis computes it, and
+/// a `SCRIPT LOAD` that names the script otherwise is an error. Whenever the server answers `NOSCRIPT` (a restart, a
+/// `SCRIPT FLUSH`, a node that has not seen it), the call sends `SCRIPT LOAD` and retries once, so callers never see it.
+public struct RedisScript: Sendable {
     /// The Lua source.
     public let source: String
-    private let expected: String?
-    private let loaded: Locked<String?>
+    /// The lowercase hex SHA-1 of ``source``: the name `EVALSHA` and `SCRIPT LOAD` use.
+    public let sha1: String
 
-    /// Makes a script value; nothing is sent until it is first run. `sha1`, when given, is the lowercase hex
-    /// SHA-1 of `source` as a build step computed it: calls use it from the first, and a `SCRIPT LOAD` that
-    /// returns another is an error.
-    public init(_ source: String, sha1: String? = nil) {
+    /// Makes a script value and hashes its source (once; nothing is sent until it is first run).
+    public init(_ source: String) {
         self.source = source
-        self.expected = sha1
-        self.loaded = Locked(sha1)
+        self.sha1 = SHA1.hex(of: source.utf8)
     }
 
-    /// The lowercase hex SHA-1 of ``source``: the one given, or the one `SCRIPT LOAD` returned; `nil` before either.
-    public var sha1: String? { loaded.withLock { $0 } }
-
-    /// Records what `SCRIPT LOAD` returned; anything but 40 hex digits, or another SHA-1 than the one given, is
-    /// refused.
-    func record(loadReply reply: RESPValue, endpoint: String) throws(RedisError) -> String {
-        guard let sha = reply.string, sha.utf8.count == 40, sha.utf8.allSatisfy({ isHexDigit($0) }) else {
-            throw RedisError(code: .unexpectedReply, message: "SCRIPT LOAD returned \(reply.summary), not a SHA-1", endpoint: endpoint)
-        }
-        if let expected, expected != sha {
+    /// Checks what `SCRIPT LOAD` returned: anything but this script's SHA-1 is refused.
+    func check(loadReply reply: RESPValue, endpoint: String) throws(RedisError) {
+        guard let sha = reply.string, sha == sha1 else {
             throw RedisError(
-                code: .unexpectedReply, message: "SCRIPT LOAD returned \(sha), expected SHA-1 \(expected)", endpoint: endpoint)
+                code: .unexpectedReply, message: "SCRIPT LOAD returned \(reply.summary), expected SHA-1 \(sha1)", endpoint: endpoint)
         }
-        loaded.withLock { $0 = sha }
-        return sha
-    }
-
-    private func isHexDigit(_ byte: UInt8) -> Bool {
-        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
     }
 }

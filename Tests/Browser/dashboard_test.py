@@ -161,6 +161,15 @@ def main():
             "Array.from(document.querySelectorAll('.card')).find(e => e.dataset.name === 'payments')"
             ".querySelector('button[data-action=reset]').click()")
         check(wait_for(lambda: card_state(driver, "payments") == "closed", 5), "Reset turns the card CLOSED")
+        header = driver.execute_script(
+            "const spans = Array.from(document.querySelectorAll('#summary span'));"
+            "const count = label => spans.find(s => s.textContent.trim().split(' ').slice(1).join(' ') === label)"
+            ".querySelector('b').textContent;"
+            "const cards = state => Array.from(document.querySelectorAll('.card')).filter(c => c.dataset.state === state).length;"
+            "return [count('open'), String(cards('open')), count('closed'), String(cards('closed'))]")
+        check(header[0] == header[1] and header[2] == header[3],
+              f"and the header agrees with the cards at once (open {header[0]} in the header, {header[1]} cards; "
+              f"closed {header[2]}, {header[3]} cards)")
         shown = json.loads(fusebox("show", "payments", "--redis", url, "--json").stdout)
         check(shown["breaker"]["state"] == "closed", "and the breaker is closed in Redis, for every instance")
         if not arguments.showcase:

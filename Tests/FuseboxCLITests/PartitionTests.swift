@@ -198,7 +198,9 @@ struct PartitionTests {
             })
             let samples = MemoryTests.samples(stats)
             let learned = samples.first { $0.elapsed > healedElapsed && $0.rejecting.contains(1) }.map { $0.elapsed - healedElapsed }
-            #expect((learned ?? 99) < 1.0, "the trip reached the cut instance \(learned ?? -1) s after the heal")
+            // Within a second (the subscriber's health check) as the samples tell it: they are 50 ms apart and timed
+            // from the last one before the heal, so the figure reads up to two sample intervals late (1.003 s seen once).
+            #expect((learned ?? 99) < 1.1, "the trip reached the cut instance \(learned ?? -1) s after the heal")
 
             // Every outcome of the cut instance counted once, with the other side's.
             #expect(await cutOff.waitForExit(upTo: .seconds(30)) == 0)

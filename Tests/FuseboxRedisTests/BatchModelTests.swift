@@ -158,7 +158,7 @@ struct BatchModelTests {
             breaker += [rules.fingerprint, policyStored ? "" : rules.json, model.attempt, durations.joined(separator: ",")] as [any RedisArgument]
             breaker += extra
             let header: [any RedisArgument] = ["\(options.namespace):transitions", "instance-\(sender)", String(milliseconds), "1000", "sender-\(sender)", "0", "0"]
-            let reply = try await redis.run(BreakerScript.script, keys: keys, arguments: header + [breaker.count] + breaker)
+            let reply = try await redis.run(LuaScript.breaker, keys: keys, arguments: header + [breaker.count] + breaker)
             guard let first = reply.array?.first else { throw RedisError(code: .unexpectedReply, message: "\(reply)") }
             if case .error(let message) = first { throw RedisError(code: .serverError, message: message) }
             let parsed = try StateReply(first, key: keys[0])

@@ -438,7 +438,7 @@ struct FaultTests {
                 arguments += [breaker.count] as [any RedisArgument]
                 arguments += breaker
             }
-            let reply = try await redis.run(BreakerScript.script, keys: keys, arguments: arguments)
+            let reply = try await redis.run(LuaScript.breaker, keys: keys, arguments: arguments)
             return try (reply.array ?? []).enumerated().map { index, element in try StateReply(element, key: keys[4 * index]) }
         }
         _ = try await call(["first", "second"], sequence: 1)

@@ -13,7 +13,7 @@ struct MembershipScriptTests {
         let namespace = uniqueNamespace("members")
         let keys = ["\(namespace):{members}:senders", "\(namespace):{members}:instances"]
         func beat(_ sender: String, _ instance: String, ttl: Int) async throws -> [Int] {
-            try await redis.run(MembersScript.script, keys: keys, arguments: ["beat", sender, instance, String(ttl)]).array?.compactMap(\.int) ?? []
+            try await redis.run(LuaScript.members, keys: keys, arguments: ["beat", sender, instance, String(ttl)]).array?.compactMap(\.int) ?? []
         }
         func expiry() async throws -> [Int] {
             var left: [Int] = []
@@ -31,7 +31,7 @@ struct MembershipScriptTests {
         #expect(try await beat("a:1", "a", ttl: 30000) == [2, 2])
         #expect(try await expiry().allSatisfy { $0 > 60000 })
 
-        let leave = try await redis.run(MembersScript.script, keys: keys, arguments: ["leave", "b:1", "b", "1"]).array?.compactMap(\.int)
+        let leave = try await redis.run(LuaScript.members, keys: keys, arguments: ["leave", "b:1", "b", "1"]).array?.compactMap(\.int)
         #expect(leave == [1, 2], "the instance stays until its entry expires")
 
         #expect(try await beat("c:1", "c", ttl: 1) == [2, 3])
@@ -39,7 +39,7 @@ struct MembershipScriptTests {
         #expect(try await beat("a:1", "a", ttl: 30000) == [1, 2], "c's entries have expired")
 
         await #expect(throws: RedisError.self) {
-            try await redis.run(MembersScript.script, keys: keys, arguments: ["beat", "a:1", "a", "0"])
+            try await redis.run(LuaScript.members, keys: keys, arguments: ["beat", "a:1", "a", "0"])
         }
     }
 }

@@ -137,7 +137,7 @@ struct ScaleTests {
                 + ["fp", "", 0, "30000,30000,30000,30000", sequence,
                    Int(state["version"]!)!, Int(state["created"]!)!, "1", "0", 1, 0, 0, 2, 2, 1, "Boom", 2, 0, 5, 0, 2, 0]
             let header: [any RedisArgument] = ["\(options.namespace):transitions", "probe-sender", "", "1000", "probe-sender:nonce", "0", "0"]
-            let replies = try await redis.run(BreakerScript.script, keys: keys, arguments: header + [breaker.count] + breaker)
+            let replies = try await redis.run(LuaScript.breaker, keys: keys, arguments: header + [breaker.count] + breaker)
             return try StateReply(try #require(replies.array?.first), key: keys[0])
         }
         #expect(try await record(sequence: 7).duplicate == false)

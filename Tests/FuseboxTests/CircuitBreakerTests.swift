@@ -234,9 +234,6 @@ struct CircuitBreakerTests {
         #expect(try await registry.snapshots().map(\.state) == [.open, .closed])
         try await registry.resetAll()
         #expect(try await registry.snapshots().map(\.state) == [.closed, .closed])
-        #expect {
-            try BreakerRegistry(configuration: FuseboxConfiguration(adapter: .distributed))
-        } throws: { ($0 as! FuseboxError).code == .invalidConfiguration }
     }
 
     @Test("the global switch: off admits everything and records nothing")

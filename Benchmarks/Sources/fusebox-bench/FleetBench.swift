@@ -52,7 +52,9 @@ func percentile(_ values: [Double], _ p: Double) -> Double {
     return sorted[min(sorted.count - 1, rank)]
 }
 
-func nanoseconds(_ duration: Duration) -> Double { Double(duration.nanoseconds) }
+func nanoseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e9 + Double(duration.components.attoseconds) / 1e9
+}
 
 /// Wall-clock time in ns, comparable across processes on one machine.
 func wallNanoseconds() -> Int64 {

@@ -56,16 +56,6 @@ public struct FuseboxConfiguration: Sendable {
     /// The reader the policies of named breakers are read from, and watched by the registry for changes.
     public private(set) var reader: ConfigReader?
 
-    /// What to do while Redis cannot be reached.
-    public enum StoreDownPolicy: String, Sendable, Hashable, CaseIterable, Codable {
-        /// Keep protecting this instance with an in-process breaker of the same policy.
-        case local
-        /// Admit every call.
-        case failOpen
-        /// Reject every call.
-        case failClosed
-    }
-
     /// Makes a configuration in code.
     public init(adapter: AdapterKind = .local, redisURL: String = "redis://127.0.0.1:6379", namespace: String = "fusebox") {
         self.adapter = adapter
@@ -354,7 +344,7 @@ extension Duration {
     /// (decimals allowed; case and surrounding spaces ignored). `nil` for anything else, a negative or non-finite
     /// number, or more than ``BreakerPolicy/longestDuration`` (ten years). Configuration and the `fusebox` command
     /// read durations with it.
-    public init?(parsing text: String) {
+    package init?(parsing text: String) {
         let trimmed = text.trimmed.lowercased()
         let units: [(suffix: String, seconds: Double)] = [("us", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
         let unit = units.first { trimmed.hasSuffix($0.suffix) } ?? ("", 1)
@@ -375,4 +365,16 @@ extension StringProtocol {
     var trimmed: String {
         String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
+}
+
+/// What the `distributed` adapter does while Redis cannot be reached, or a breaker's keys in it are corrupt: the
+/// one type for it, in configuration (`fusebox.storeDownPolicy`) and in `DistributedOptions.whenUnavailable`.
+public enum StoreDownPolicy: String, Sendable, Hashable, CaseIterable, Codable {
+    /// Keep protecting this instance with an in-process breaker of the same policy until Redis is back; it takes up
+    /// the state Redis last had (a breaker known open stays open until its break ends).
+    case local
+    /// Admit every call.
+    case failOpen
+    /// Reject every call (with code `FuseboxError/Code/backendUnavailable`).
+    case failClosed
 }

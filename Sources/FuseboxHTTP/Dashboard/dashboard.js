@@ -99,11 +99,13 @@
       $("problem").hidden = true;
       render(data);
       refreshAudit();
+      return true;
     } catch (error) {
       $("problem").hidden = false;
       $("problem").textContent = "Cannot read the breakers: " + error.message;
       $("health").textContent = "unknown";
       $("health").dataset.health = "critical";
+      return false;
     }
   }
 
@@ -149,8 +151,10 @@
       }
       const data = await response.json();
       if (!response.ok) { alert(data.message || response.statusText); return; }
-      draw(name, data);
-      refreshSoon();
+      // The card and the header (counts, verdict) change together: both are drawn from one fresh listing, so the
+      // page never shows a CLOSED card under a header that still counts it open. The action's own reply draws the
+      // card only when the listing cannot be read.
+      if (!(await refresh())) draw(name, data);
       return;
     }
   }

@@ -1,8 +1,12 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
-import Fusebox
+#endif
 
-/// What the admin routes read and steer: the breakers of one process (``RegistryAdministration``) or of a whole
-/// Redis namespace, whichever instance made them (``RedisAdministration``).
+/// What the admin routes read and steer: the breakers of one process (`RegistryAdministration`, in FuseboxHTTP) or
+/// of a whole Redis namespace, whichever instance made them (`RedisAdministration`, in FuseboxRedis). Here, in the
+/// core, so that the HTTP surface needs no Redis client and the Redis administration no HTTP server.
 ///
 /// ## Requirements for implementers
 /// - Every method names breakers by their registered name; a name that does not exist throws
@@ -147,51 +151,7 @@ public struct BreakerThresholds: Sendable, Hashable {
         relativeFailureRate = policy.relativeFailureRate
     }
 
-    /// The thresholds of a policy stored in Redis as JSON (the `policy` field of `NS:{NAME}:state`); `nil` when
-    /// the text is not such a policy.
-    public init?(storedPolicyJSON text: String) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return nil }
-        func number(_ key: String) -> Double? { (object[key] as? NSNumber).map(\.doubleValue) }
-        func milliseconds(_ value: Any?) -> Duration? { (value as? NSNumber).map { .milliseconds($0.int64Value) } }
-        guard let throughput = number("minimumThroughput"), let permitted = number("permittedCallsInHalfOpen"),
-            let success = number("successThreshold"), let slow = milliseconds(object["slowCallDurationMs"]),
-            let maxHalfOpen = milliseconds(object["maxHalfOpenDurationMs"]), let mode = object["mode"] as? String
-        else { return nil }
-        failureRate = number("failureRateThreshold")
-        consecutiveFailures = number("consecutiveFailureThreshold").map { Int($0) }
-        slowCallRate = number("slowCallRateThreshold")
-        slowCallDuration = slow
-        minimumThroughput = Int(throughput)
-        permittedCallsInHalfOpen = Int(permitted)
-        successThreshold = Int(success)
-        maxHalfOpenDuration = maxHalfOpen
-        self.mode = mode
-        adaptiveThrottling = ((object["adaptiveThrottling"] as? [String: Any])?["multiplier"] as? NSNumber)?.doubleValue
-        if let relative = object["relativeFailureRate"] as? [String: Any], let factor = relative["factor"] as? NSNumber,
-            let floor = relative["floor"] as? NSNumber, let horizon = milliseconds(relative["horizonMs"]),
-            let warmup = relative["warmupCalls"] as? NSNumber
-        {
-            relativeFailureRate = .init(factor: factor.doubleValue, floor: floor.doubleValue, horizon: horizon, warmupCalls: warmup.intValue)
-        }
-        let window = object["window"] as? [String: Any] ?? [:]
-        if window["kind"] as? String == "count" {
-            self.window = "count(\((window["size"] as? NSNumber)?.intValue ?? 0))"
-        } else {
-            let sampling = milliseconds(window["samplingMs"]) ?? .zero
-            self.window = "time(\(Self.format(sampling)), \((window["buckets"] as? NSNumber)?.intValue ?? 0) buckets)"
-        }
-        let rule = object["breakDuration"] as? [String: Any] ?? [:]
-        let ms = { (key: String) in Self.format(milliseconds(rule[key]) ?? .zero) }
-        breakDuration = switch rule["kind"] as? String {
-        case "fixed": "fixed(\(ms("ms")))"
-        case "exponential": "exponential(\(ms("baseMs")) × \((rule["factor"] as? NSNumber)?.doubleValue ?? 0), at most \(ms("maximumMs")))"
-        case "linear": "linear(\(ms("baseMs")) + \(ms("incrementMs")), at most \(ms("maximumMs")))"
-        case "custom": "custom(\(rule["id"] as? String ?? "?"))"
-        default: (rule["kind"] as? String) ?? "unknown"
-        }
-    }
-
-    static func format(_ duration: Duration) -> String {
+    package static func format(_ duration: Duration) -> String {
         let ms = duration.milliseconds
         if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
         if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }

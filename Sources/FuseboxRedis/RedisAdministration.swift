@@ -1,7 +1,6 @@
 import Foundation
 import Fusebox
 import FuseboxLocking
-import FuseboxRedis
 import Hiredis
 import Logging
 import ServiceLifecycle
@@ -77,15 +76,14 @@ public final class RedisAdministration: BreakerAdministration, Service {
 
     /// Handles one message of `NS:transitions`: recalls are for instances and are skipped.
     func received(_ text: String) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-            object["recall"] == nil, let name = object["name"] as? String,
-            let to = (object["state"] as? String).flatMap(BreakerState.init(rawValue:))
+        guard let message = BreakerMessage(json: Array(text.utf8)), message.recall == nil,
+            let to = message.state.flatMap(BreakerState.init(rawValue:))
         else { return }
-        let from = (object["from"] as? String).flatMap(BreakerState.init(rawValue:))
-        let probeIn = (object["probe_in_ms"] as? NSNumber)?.int64Value ?? 0
+        let from = message.from.flatMap(BreakerState.init(rawValue:))
+        let name = message.name
         let notice = TransitionNotice(
-            name: name, from: from, to: to, version: (object["version"] as? NSNumber)?.intValue ?? 0,
-            reason: object["reason"] as? String ?? "", timeUntilProbe: to == .open ? .milliseconds(probeIn) : nil)
+            name: name, from: from, to: to, version: message.version, reason: message.reason ?? "",
+            timeUntilProbe: to == .open ? .milliseconds(message.probeInMilliseconds ?? 0) : nil)
         shared.withLock { shared in
             shared.generation += 1
             shared.counts[TransitionKey(name: name, from: from?.rawValue ?? "unknown", to: to.rawValue), default: 0] += 1
@@ -107,7 +105,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
             if let inFlight = shared.inFlight, inFlight.generation == shared.generation { return .wait(inFlight.task) }
             let generation = shared.generation
             let task = Task { [breakers] () -> Result<BreakerSurvey, FuseboxError> in
-                let result = await Result { () async throws(FuseboxError) in try await Self.read(breakers) }
+                let result = await Result(awaiting: { () async throws(FuseboxError) in try await Self.read(breakers) })
                 self.shared.withLock { shared in
                     if case .success(let survey) = result { shared.last = (survey, generation, .now) }
                     if shared.inFlight?.generation == generation { shared.inFlight = nil }
@@ -230,7 +228,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
 
 extension Result where Failure == FuseboxError {
     /// The result of an async throwing body.
-    init(_ body: () async throws(FuseboxError) -> Success) async {
+    fileprivate init(awaiting body: () async throws(FuseboxError) -> Success) async {
         do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }

@@ -1,0 +1,44 @@
+import Testing
+
+@testable import Fusebox
+
+/// The trip rules on counts alone (``TripRule``): the rule the state machine trips by and the distributed adapter
+/// decides its urgent writes by.
+@Suite("Trip rule: which rule a window breaks, in order")
+struct TripRuleTests {
+    static func policy(_ configure: (inout BreakerPolicy) -> Void) -> BreakerPolicy {
+        var policy = BreakerPolicy()
+        configure(&policy)
+        return policy
+    }
+
+    @Test("the streak is judged first and whatever the throughput; the ratios only from the minimum throughput on")
+    func order() {
+        let policy = Self.policy {
+            $0.consecutiveFailureThreshold = 3
+            $0.failureRateThreshold = 0.5
+            $0.slowCallRateThreshold = 0.5
+            $0.minimumThroughput = 10
+        }
+        #expect(TripRule.broken(calls: 3, failures: 3, slow: 0, streak: 3, policy: policy, failureRateThreshold: 0.5)
+            == .consecutiveFailures(3, threshold: 3))
+        #expect(TripRule.broken(calls: 9, failures: 9, slow: 9, streak: 2, policy: policy, failureRateThreshold: 0.5) == nil)
+        #expect(TripRule.broken(calls: 10, failures: 5, slow: 10, streak: 0, policy: policy, failureRateThreshold: 0.5)
+            == .failureRatio(0.5, threshold: 0.5, calls: 10))
+        #expect(TripRule.broken(calls: 10, failures: 4, slow: 5, streak: 0, policy: policy, failureRateThreshold: 0.5)
+            == .slowCallRatio(0.5, threshold: 0.5, calls: 10))
+        #expect(TripRule.broken(calls: 10, failures: 4, slow: 4, streak: 2, policy: policy, failureRateThreshold: 0.5) == nil)
+        // The ratio in force is the caller's (a relative threshold's current value), not the policy's fixed one.
+        #expect(TripRule.broken(calls: 10, failures: 2, slow: 0, streak: 0, policy: policy, failureRateThreshold: 0.2)
+            == .failureRatio(0.2, threshold: 0.2, calls: 10))
+        #expect(TripRule.broken(calls: 0, failures: 0, slow: 0, streak: 0, policy: Self.policy { $0.minimumThroughput = 1 },
+            failureRateThreshold: 0.5) == nil)
+    }
+
+    @Test("the reason a transition carries")
+    func reasons() {
+        #expect("\(TripRule.consecutiveFailures(5, threshold: 5))" == "5 consecutive failures ≥ 5")
+        #expect("\(TripRule.failureRatio(8.0 / 13.0, threshold: 0.5, calls: 13))" == "failure ratio 0.62 ≥ 0.50 over 13 calls")
+        #expect("\(TripRule.slowCallRatio(1, threshold: 0.05, calls: 20))" == "slow-call ratio 1.00 ≥ 0.05 over 20 calls")
+    }
+}
