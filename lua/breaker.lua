@@ -302,7 +302,11 @@ local function make_rules()
     return math.max(1, math.ceil(n - 1e-9))
   end
 
-  -- One breaker: A its arguments, K its five keys.
+  -- One breaker: A its arguments, K its four keys. In order: the state read and checked (a corrupt key refused, or
+  -- repaired by reset), the policy from A (or, for the fusebox command, the stored JSON), the window and its
+  -- helpers, transitions, then one function per operation (acquire_or_renew, record with apply_probe_outcomes and
+  -- add_to_window, isolate, reset, force_half_open, read), and, common to all, the failure budget, the writes and
+  -- the reply.
   local function run(A, K)
     local op = A[1]
 
@@ -735,7 +739,9 @@ local function make_rules()
     local duplicate = false
     local sender_seq = nil
     local sender_known = true
-    if op == 'acquire' or op == 'renew' then
+    -- acquire: may a call run? In half-open it takes a probe permit (a lease) if one is free; renew: extends the
+    -- leases this sender holds.
+    local function acquire_or_renew()
       advance()
       local lease = tonumber(A[19] or '') or 5000
       if st.state == 'half_open' then
@@ -756,7 +762,135 @@ local function make_rules()
       elseif granted == 0 then
         add_total(rejected_field, 1)
       end
-    elseif op == 'record' then
+    end
+
+    -- record, half-open probes' outcomes under the state that admitted them: they free this sender's permits; then
+    -- a failure reopens the breaker, and enough successes close it.
+    local function apply_probe_outcomes(successes, failures, ignored, first_error)
+      -- The outcomes free this sender's permits (not another's: a permit whose lease ran out may be held
+      -- by someone else now).
+      local held, freeing, kept = live_leases(), ignored + successes + failures, {}
+      for i = 1, #held do
+        if freeing > 0 and (held[i][1] == SENDER_KEY or not sender) then freeing = freeing - 1 else kept[#kept + 1] = held[i] end
+      end
+      set_leases(kept)
+      if failures > 0 then
+        trip('probe failed (' .. (first_error or 'Error') .. ')')
+      elseif successes > 0 then
+        st.probe_successes = st.probe_successes + successes
+        if st.probe_successes >= successes_needed then
+          local n = st.probe_successes
+          local plural = 'es'
+          if n == 1 then plural = '' end
+          transition(base_state, n .. ' probe success' .. plural .. ' ≥ ' .. successes_needed)
+        end
+      end
+    end
+
+    -- record, closed (or metrics-only), same state: the outcomes enter the window (a time window by the bucket they
+    -- happened in, a count window as its last `size`), the streak follows the batch's failure runs, then the trip rules.
+    local function add_to_window(successes, failures, leading, longest, trailing)
+      load_window(true, wanted)
+      quiet_before = quiet()
+      local added_c, added_f, added_s = 0, 0, 0
+      if not is_time then
+        -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
+        -- A batch may carry more calls than the ring holds (successes held while the breaker was quiet): only its
+        -- last `size` enter, and the sums are counted from the ring itself, never added, so they cannot drift.
+        local size = window_size
+        local keep_F = math.min(F, size)
+        local keep_f = math.min(f, size - keep_F)
+        local keep_S = math.min(S, size - keep_F - keep_f)
+        local keep_s = math.min(s, size - keep_F - keep_f - keep_S)
+        local entries = string.rep('0', keep_s) .. string.rep('2', keep_S) .. string.rep('1', keep_f) .. string.rep('3', keep_F)
+        local ring, nxt = win.ring, win.next
+        if #ring > size then ring = string.sub(ring, 1, size) end
+        if nxt >= size then nxt = 0 end
+        if #entries >= size then
+          ring = string.sub(entries, #entries - size + 1)
+          nxt = 0
+        else
+          if #ring < size then
+            local take = math.min(size - #ring, #entries)
+            ring = ring .. string.sub(entries, 1, take)
+            entries = string.sub(entries, take + 1)
+            nxt = #ring % size
+          end
+          while #entries > 0 do
+            local n = math.min(#entries, size - nxt)
+            ring = string.sub(ring, 1, nxt) .. string.sub(entries, 1, n) .. string.sub(ring, nxt + n + 1)
+            entries = string.sub(entries, n + 1)
+            nxt = (nxt + n) % size
+          end
+        end
+        win.ring, win.next = ring, nxt
+        count_ring()
+      else
+        -- Calls count in the bucket they happened in; those older than the window count in the totals only.
+        win.adds = {}             -- slot -> its new content
+        for i = 1, #groups do
+          local g = groups[i]
+          local b = g[1]
+          if b <= 0 or b > bucket then b = bucket end
+          if b > bucket - window_size then
+            local slot = b % window_size
+            local held = slots[slot]
+            if held == nil or held[1] ~= b then held = { b, 0, 0, 0 }; slots[slot] = held end
+            win.adds[slot] = held
+            local c, fl, sl = g[2] + g[3] + g[4] + g[5], g[4] + g[5], g[3] + g[5]
+            held[2] = held[2] + c; held[3] = held[3] + fl; held[4] = held[4] + sl
+            added_c = added_c + c; added_f = added_f + fl; added_s = added_s + sl
+          end
+        end
+      end
+      window.calls = window.calls + added_c
+      window.failures = window.failures + added_f
+      window.slow = window.slow + added_s
+      win.dirty = true
+      if added_f > 0 then failing_instances[instance] = true end
+      win.failed = added_f > 0
+      -- The baseline learns the batch; the rules below judge it against what it knew before.
+      learn_baseline(successes + failures, failures)
+      -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
+      -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
+      local streak_before = st.consecutive_failures
+      local newest_success, oldest_failure = nil, nil
+      if is_time then
+        for i = 1, #groups do
+          local g = groups[i]
+          local b = g[1]
+          if b <= 0 or b > bucket then b = bucket end
+          if g[2] + g[3] > 0 and (newest_success == nil or b > newest_success) then newest_success = b end
+          if g[4] + g[5] > 0 and (oldest_failure == nil or b < oldest_failure) then oldest_failure = b end
+        end
+      end
+      local peak
+      if failures == 0 and streak_before > 0 and newest_success ~= nil and newest_success < (st.streak_at or 0) then
+        peak = streak_before
+      elseif successes > 0 then
+        peak = math.max(st.consecutive_failures + leading, longest)
+        st.consecutive_failures = trailing
+        if trailing > 0 and newest_success ~= nil then st.streak_at = newest_success end
+      else
+        st.consecutive_failures = st.consecutive_failures + failures
+        peak = st.consecutive_failures
+        if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
+      end
+      quiet_after = quiet()
+      if st.state == 'closed' and trips and not (instances > 1 and count_instances() < quorum) then
+        local reason = nil
+        if consecutive and peak >= consecutive then
+          reason = peak .. ' consecutive failures ≥ ' .. consecutive
+        else
+          reason = ratio_reason()
+        end
+        if reason then trip(reason) end
+      end
+    end
+
+    -- record: a sender's batch of outcome counts, applied once (its sequence number against the sender's high-water
+    -- mark); its totals always count, its window and probe effects only under the state that admitted the calls.
+    local function record()
       local same_state = tonumber(A[20]) == st.version and tonumber(A[21]) == st.created
       -- 'R/W' (any form of R): W calls ran in shadow mode although the breaker rejected them.
       local counted, would_reject = string.match(A[25], '^([^/]*)/(%d+)$')
@@ -777,9 +911,7 @@ local function make_rules()
         sender_known = high ~= nil
         duplicate = sender_seq <= (high or 0)
       end
-      if duplicate then
-        same_state = false
-      else
+      if not duplicate then
         local successes, failures = s + S, f + F
         add_total('calls', successes + failures + ignored)
         add_total('successes', successes)
@@ -791,131 +923,23 @@ local function make_rules()
         if throttled and throttled > 0 and st.state == 'closed' then throttle_add = throttled end
 
         if A[23] == '1' then
-          if same_state and st.state == 'half_open' then
-            -- The outcomes free this sender's permits (not another's: a permit whose lease ran out may be held
-            -- by someone else now).
-            local held, freeing, kept = live_leases(), ignored + successes + failures, {}
-            for i = 1, #held do
-              if freeing > 0 and (held[i][1] == SENDER_KEY or not sender) then freeing = freeing - 1 else kept[#kept + 1] = held[i] end
-            end
-            set_leases(kept)
-            if failures > 0 then
-              trip('probe failed (' .. (first_error or 'Error') .. ')')
-            elseif successes > 0 then
-              st.probe_successes = st.probe_successes + successes
-              if st.probe_successes >= successes_needed then
-                local n = st.probe_successes
-                local plural = 'es'
-                if n == 1 then plural = '' end
-                transition(base_state, n .. ' probe success' .. plural .. ' ≥ ' .. successes_needed)
-              end
-            end
-          end
+          if same_state and st.state == 'half_open' then apply_probe_outcomes(successes, failures, ignored, first_error) end
         elseif same_state and A[22] == '1' and (st.state == 'closed' or st.state == 'metrics_only') and successes + failures > 0 then
-          load_window(true, wanted)
-          quiet_before = quiet()
-          local added_c, added_f, added_s = 0, 0, 0
-          if not is_time then
-            -- Within one batch, successes enter the ring before failures (the order inside a batch is not shipped).
-            -- A batch may carry more calls than the ring holds (successes held while the breaker was quiet): only its
-            -- last `size` enter, and the sums are counted from the ring itself, never added, so they cannot drift.
-            local size = window_size
-            local keep_F = math.min(F, size)
-            local keep_f = math.min(f, size - keep_F)
-            local keep_S = math.min(S, size - keep_F - keep_f)
-            local keep_s = math.min(s, size - keep_F - keep_f - keep_S)
-            local entries = string.rep('0', keep_s) .. string.rep('2', keep_S) .. string.rep('1', keep_f) .. string.rep('3', keep_F)
-            local ring, nxt = win.ring, win.next
-            if #ring > size then ring = string.sub(ring, 1, size) end
-            if nxt >= size then nxt = 0 end
-            if #entries >= size then
-              ring = string.sub(entries, #entries - size + 1)
-              nxt = 0
-            else
-              if #ring < size then
-                local take = math.min(size - #ring, #entries)
-                ring = ring .. string.sub(entries, 1, take)
-                entries = string.sub(entries, take + 1)
-                nxt = #ring % size
-              end
-              while #entries > 0 do
-                local n = math.min(#entries, size - nxt)
-                ring = string.sub(ring, 1, nxt) .. string.sub(entries, 1, n) .. string.sub(ring, nxt + n + 1)
-                entries = string.sub(entries, n + 1)
-                nxt = (nxt + n) % size
-              end
-            end
-            win.ring, win.next = ring, nxt
-            count_ring()
-          else
-            -- Calls count in the bucket they happened in; those older than the window count in the totals only.
-            win.adds = {}             -- slot -> its new content
-            for i = 1, #groups do
-              local g = groups[i]
-              local b = g[1]
-              if b <= 0 or b > bucket then b = bucket end
-              if b > bucket - window_size then
-                local slot = b % window_size
-                local held = slots[slot]
-                if held == nil or held[1] ~= b then held = { b, 0, 0, 0 }; slots[slot] = held end
-                win.adds[slot] = held
-                local c, fl, sl = g[2] + g[3] + g[4] + g[5], g[4] + g[5], g[3] + g[5]
-                held[2] = held[2] + c; held[3] = held[3] + fl; held[4] = held[4] + sl
-                added_c = added_c + c; added_f = added_f + fl; added_s = added_s + sl
-              end
-            end
-          end
-          window.calls = window.calls + added_c
-          window.failures = window.failures + added_f
-          window.slow = window.slow + added_s
-          win.dirty = true
-          if added_f > 0 then failing_instances[instance] = true end
-          win.failed = added_f > 0
-          -- The baseline learns the batch; the rules below judge it against what it knew before.
-          learn_baseline(successes + failures, failures)
-          -- The streak: successes in the batch end it; the batch's own runs say how far it went. Successes that all
-          -- happened in buckets before the streak's first failure (held by a quiet instance) leave it as it is.
-          local streak_before = st.consecutive_failures
-          local newest_success, oldest_failure = nil, nil
-          if is_time then
-            for i = 1, #groups do
-              local g = groups[i]
-              local b = g[1]
-              if b <= 0 or b > bucket then b = bucket end
-              if g[2] + g[3] > 0 and (newest_success == nil or b > newest_success) then newest_success = b end
-              if g[4] + g[5] > 0 and (oldest_failure == nil or b < oldest_failure) then oldest_failure = b end
-            end
-          end
-          local peak
-          if failures == 0 and streak_before > 0 and newest_success ~= nil and newest_success < (st.streak_at or 0) then
-            peak = streak_before
-          elseif successes > 0 then
-            peak = math.max(st.consecutive_failures + leading, longest)
-            st.consecutive_failures = trailing
-            if trailing > 0 and newest_success ~= nil then st.streak_at = newest_success end
-          else
-            st.consecutive_failures = st.consecutive_failures + failures
-            peak = st.consecutive_failures
-            if streak_before == 0 and oldest_failure ~= nil then st.streak_at = oldest_failure end
-          end
-          quiet_after = quiet()
-          if st.state == 'closed' and trips and not (instances > 1 and count_instances() < quorum) then
-            local reason = nil
-            if consecutive and peak >= consecutive then
-              reason = peak .. ' consecutive failures ≥ ' .. consecutive
-            else
-              reason = ratio_reason()
-            end
-            if reason then trip(reason) end
-          end
+          add_to_window(successes, failures, leading, longest, trailing)
         end
       end
-    elseif op == 'isolate' then
+    end
+
+    -- isolate: forced open until reset, or until A[20] ms from now.
+    local function isolate()
       st.isolation_reason = A[19]
       transition('isolated', 'isolated: ' .. A[19])
       local lasting = tonumber(A[20] or '')
       if lasting and lasting > 0 then st.open_until = now + math.floor(lasting) end
-    elseif op == 'reset' then
+    end
+
+    -- reset: the base state with an empty window, after repairing whatever Fusebox did not write.
+    local function reset()
       -- Totals that are whole numbers stay; any other value goes (the key itself, when of another type, went above).
       local all = redis.call('HGETALL', K[3])
       for i = 1, #all, 2 do
@@ -945,12 +969,25 @@ local function make_rules()
         redis.call('HDEL', K[1], 'baseline')
         st.baseline = nil; old.baseline = nil; baseline = nil
       end
-    elseif op == 'half_open' then
+    end
+
+    -- half_open: forced half-open, every probe permit free.
+    local function force_half_open()
       transition('half_open', 'forced half-open')
-    elseif op == 'read' then
+    end
+
+    -- read: the state as of now (a transition time made due is applied), with the window for a closed breaker.
+    local function read()
       advance()
       if st.state == 'closed' or st.state == 'metrics_only' then load_window(false, wanted) end
     end
+
+    -- The operation, by name; the failure budget, the writes and the reply below are common to all.
+    local OPERATIONS = { acquire = acquire_or_renew, renew = acquire_or_renew, record = record, isolate = isolate,
+      reset = reset, half_open = force_half_open, read = read }
+    local operation = OPERATIONS[op]
+    if operation then operation() end
+
 
     -- The failure budget: how many failures (or slow calls) each live sender may hold before it must write them,
     -- so that all of them together cannot cross a threshold unseen (Docs/architecture.md, "Failure budget").

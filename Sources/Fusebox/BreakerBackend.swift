@@ -5,10 +5,11 @@ import ServiceLifecycle
 /// ``CircuitBreaker`` handle and the ``BreakerRegistry`` work with either unchanged.
 ///
 /// ## Requirements for implementers
-/// - ``acquire()`` and ``record(_:for:)`` are the hot path: synchronous, they must not block on I/O, must not
-///   allocate in the closed state, and must take a lock for nanoseconds at most. An implementation backed by a
-///   remote store serves them from a local cache and writes behind.
-/// - The rules are those of ``BreakerStateMachine``: same trip rules with `≥` thresholds, same window, same
+/// - ``admitWithoutWaiting()`` and ``record(_:for:)`` are the hot path: synchronous, they never block or do I/O,
+///   must not allocate in the closed state, and take a lock for nanoseconds at most. An implementation backed by a
+///   remote store serves them from a local cache and writes behind; ``admit()`` is the one place it may wait for
+///   the store (one bounded round trip), suspended, never blocking a thread.
+/// - The rules are those of `BreakerStateMachine`: same trip rules with `≥` thresholds, same window, same
 ///   half-open permits, same versioning of tokens, same manual transitions. The conformance suite
 ///   (`Tests/FuseboxTests/Conformance`) checks an implementation against them scenario by scenario.
 /// - Every admitted call's token must be accepted by ``record(_:for:)`` exactly once; a token whose version is
@@ -24,24 +25,23 @@ public protocol BreakerBackend: AnyObject, Sendable {
     /// The validated policy it runs.
     var policy: BreakerPolicy { get }
 
-    /// Decides whether a call may run now. Hot path: synchronous; no I/O in the closed and open states.
-    ///
-    /// A backend whose decision sometimes needs its store (the distributed adapter when a break ends and probe
-    /// permits are handed out fleet-wide) may wait here for one bounded round trip; ``admit()`` is the variant
-    /// that suspends instead of blocking.
-    func acquire() -> BreakerAdmission
-    /// Like ``acquire()``, but suspends rather than blocks when the decision needs the store.
-    /// The default implementation calls ``acquire()``.
-    func admit() async -> BreakerAdmission
-    /// The decision if it can be made now, without waiting; `nil` when it needs the store (then ask ``admit()``).
-    /// Lets an async caller skip a suspension point on the common path. The default implementation answers `nil`,
-    /// which is always correct: a backend implements it only where it can answer without blocking.
+    /// Decides whether a call may run now, if that needs no word from the store; `nil` when it does (the
+    /// distributed adapter when a break has ended and probe permits are handed out fleet-wide, or before its first
+    /// reply): then ``admit()`` decides. Hot path: synchronous, never blocks. The local adapter always decides.
     func admitWithoutWaiting() -> BreakerAdmission?
+    /// Decides whether a call may run, asking the store when it must, suspended meanwhile (bounded by the
+    /// adapter's admission budget). ``CircuitBreaker/acquireAsync()`` and ``CircuitBreaker/run(isFailure:_:)`` use it
+    /// when ``admitWithoutWaiting()`` answers `nil`.
+    func admit() async -> BreakerAdmission
+    /// Decides now, whatever the store would have said: what ``admitWithoutWaiting()`` cannot decide is decided as
+    /// if the store had not answered in time. ``CircuitBreaker/acquire()`` uses it inside a task, which it never
+    /// blocks. The default rejects such a call with ``FuseboxError/Code/wouldWait``.
+    func admitNow() -> BreakerAdmission
     /// Records the outcome of a call admitted with `token`. Hot path: synchronous, no I/O.
     func record(_ outcome: CallOutcome, for token: PermitToken)
 
     /// Runs `policy`'s state rules from now on (a reloaded configuration, an operator's override), keeping the
-    /// state: see ``BreakerStateMachine/replacePolicy(_:now:)``. `policy` is validated; a backend that cannot
+    /// state: see `BreakerStateMachine/replacePolicy(_:now:)`. `policy` is validated; a backend that cannot
     /// honour it throws ``FuseboxError/Code/invalidPolicy`` and keeps the rules it has. Not the hot path.
     func updatePolicy(_ policy: BreakerPolicy) throws(FuseboxError)
     /// Whether an operator's fleet-wide override is in force rather than the policy this process gave.
@@ -69,9 +69,7 @@ extension BreakerBackend {
     /// Forces the breaker open until reset; rejections carry `reason`.
     public func isolate(reason: String) async throws(FuseboxError) { try await isolate(reason: reason, for: nil) }
 
-    public func admit() async -> BreakerAdmission { acquire() }
-    /// `nil`: ask ``admit()``.
-    public func admitWithoutWaiting() -> BreakerAdmission? { nil }
+    public func admitNow() -> BreakerAdmission { admitWithoutWaiting() ?? .rejected(.wouldWait(name: name)) }
     /// `false`: only the distributed adapter knows operators' overrides.
     public var isOverridden: Bool { false }
     /// ``reset()``: a backend without a baseline has none to forget.

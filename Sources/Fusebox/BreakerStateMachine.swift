@@ -4,50 +4,6 @@ import Glibc
 import Darwin
 #endif
 
-/// Proof that a call was admitted: what it was admitted under, and when it started.
-///
-/// An outcome counts toward transitions only while the breaker is still at the ``version`` that admitted the
-/// call; later it counts in the totals only. So a slow straggler from before a reset cannot trip the new closed
-/// period, and a probe's outcome cannot land in a later half-open period.
-public struct PermitToken: Sendable, Hashable {
-    /// The breaker's version when the call was admitted.
-    public package(set) var version: Int
-    /// `true` for a half-open probe: its outcome closes or reopens the breaker, and it holds a permit.
-    public package(set) var isProbe: Bool
-    /// `false` in mode `disabled` and when Fusebox is switched off: the outcome is not recorded at all.
-    public package(set) var isRecorded: Bool
-    /// When the call was admitted, in nanoseconds since the backend's epoch (for the slow-call rule).
-    public package(set) var startedAt: Int64
-
-    /// Makes a token.
-    public init(version: Int, isProbe: Bool, isRecorded: Bool, startedAt: Int64) {
-        self.version = version
-        self.isProbe = isProbe
-        self.isRecorded = isRecorded
-        self.startedAt = startedAt
-    }
-
-    /// The token of a call that is neither limited nor recorded.
-    public static let unrecorded = PermitToken(version: -1, isProbe: false, isRecorded: false, startedAt: 0)
-
-    /// The token of a call that mode ``BreakerPolicy/Mode/shadow`` let run although the breaker at `version`
-    /// rejected it: not recorded.
-    public static func shadow(version: Int, startedAt: Int64) -> PermitToken {
-        PermitToken(version: version, isProbe: false, isRecorded: false, startedAt: startedAt)
-    }
-
-    /// Whether mode ``BreakerPolicy/Mode/shadow`` let this call run although the breaker rejected it.
-    public var ranInShadow: Bool { !isRecorded && version >= 0 }
-}
-
-/// The answer to "may this call run?".
-public enum BreakerAdmission: Sendable {
-    /// It may; report its outcome with this token.
-    case admitted(PermitToken)
-    /// It may not; the error says why (code ``FuseboxError/Code/circuitOpen``).
-    case rejected(FuseboxError)
-}
-
 /// Every rule of the breaker, as a pure value: no clock, no lock, no I/O.
 ///
 /// Time comes in as `now`, in nanoseconds from an epoch the owner chooses (integers keep the hot path free of
@@ -484,50 +440,4 @@ package struct BreakerStateMachine: Sendable {
         if case .failure(let type) = outcome { return errorNames[ObjectIdentifier(type)] ?? String(describing: type) }
         return "ignored"
     }
-}
-
-/// Outcomes of calls admitted under one version, as counts: what one instance sends in one write of the
-/// distributed adapter (see ``BreakerStateMachine/record(_:now:)``).
-package struct OutcomeBatch: Sendable, Equatable {
-    /// The version that admitted the calls.
-    package var version: Int
-    /// Half-open probes' outcomes.
-    package var isProbe = false
-    package var successes = 0
-    package var slowSuccesses = 0
-    package var failures = 0
-    package var slowFailures = 0
-    package var ignored = 0
-    /// Failures before the first success, the longest run of failures, failures after the last success.
-    package var leadingFailures = 0
-    package var longestFailureRun = 0
-    package var trailingFailures = 0
-    /// The first failure's error type name, for a probe failure's reason.
-    package var firstError: String?
-
-    package init(version: Int, isProbe: Bool = false) {
-        self.version = version
-        self.isProbe = isProbe
-    }
-}
-
-/// A small, fast pseudo-random generator (SplitMix64, Steele, Lea and Flood 2014): adaptive throttling draws one
-/// number per call, and the system generator costs a system call each.
-package struct SplitMix64: Sendable {
-    private var state: UInt64
-
-    /// A generator started at `seed`.
-    package init(seed: UInt64) { state = seed }
-
-    /// The next 64 random bits.
-    package mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// A number in [0, 1).
-    package mutating func nextUnitInterval() -> Double { Double(next() >> 11) * 0x1.0p-53 }
 }

@@ -1,3 +1,5 @@
+import Dispatch
+import FuseboxLocking
 import Synchronization
 
 /// A handle on one named breaker: run calls through it, or take permits for code that cannot wrap a closure.
@@ -27,21 +29,29 @@ public struct CircuitBreaker: Sendable {
 
     // MARK: - Permits
 
-    /// Asks to run one call now; throws a rejection (code ``FuseboxError/Code/circuitOpen``) when the breaker
-    /// will not let it through.
+    /// Asks to run one call now, synchronously; throws a rejection (code ``FuseboxError/Code/circuitOpen``) when
+    /// the breaker will not let it through.
     ///
-    /// Synchronous and allocation-free: use it where a call cannot be wrapped in a closure, then report the
-    /// outcome on the permit. A permit dropped without an outcome is released as ignored.
+    /// For code that cannot wrap a call in a closure: report the outcome on the permit (a permit dropped without one
+    /// is released as ignored). Allocation-free, and it never blocks a task. When the decision needs the store (the
+    /// distributed adapter when a break has ended and probe permits are handed out fleet-wide, or before its first
+    /// reply), a call made inside a task is decided without it (``BreakerBackend/admitNow()``): a probe permit is
+    /// not waited for (``FuseboxError/Code/wouldWait``), and a state not known yet is decided by the store-down
+    /// policy, as past the admission budget. A call made on a thread of its own (no task) waits for the store's
+    /// answer, at most the adapter's admission budget. In async code ``acquireAsync()`` and ``run(isFailure:_:)``
+    /// wait without blocking a thread.
     public func acquire() throws(FuseboxError) -> BreakerPermit {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
-        switch lanes.backend.acquire() {
+        let admission = lanes.backend.admitWithoutWaiting() ?? waitOffTask()
+        switch admission {
         case .admitted(let token): return permit(token)
         case .rejected(let error): throw rejection(error)
         }
     }
 
-    /// Like ``acquire()``, but suspends instead of blocking when the backend must ask its store (the distributed
-    /// adapter in half-open). ``run(isFailure:_:)`` uses it.
+    /// Asks to run one call, suspending (never blocking a thread) while the store decides; throws a rejection
+    /// (code ``FuseboxError/Code/circuitOpen``) when the breaker will not let it through.
+    /// ``run(isFailure:_:)`` uses it when the breaker cannot decide at once.
     public func acquireAsync() async throws(FuseboxError) -> BreakerPermit {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
         switch await lanes.backend.admit() {
@@ -63,15 +73,15 @@ public struct CircuitBreaker: Sendable {
         }
     }
 
-    /// Like ``acquire()``, but returns `nil` instead of throwing a rejection.
-    public func tryAcquire() -> BreakerPermit? {
-        guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
-        switch lanes.backend.acquire() {
-        case .admitted(let token): return permit(token)
-        case .rejected(let error):
-            _ = rejection(error)
-            return nil
-        }
+    /// What ``acquire()`` does when the backend needs its store: inside a task, the backend decides without it
+    /// (``BreakerBackend/admitNow()``: blocking would stall the cooperative pool's thread, and every task queued on
+    /// it); on a thread of its own, the store's answer, waited for while a task asks (bounded by the admission budget).
+    private func waitOffTask() -> BreakerAdmission {
+        let backend = lanes.backend
+        if withUnsafeCurrentTask(body: { $0 != nil }) { return backend.admitNow() }
+        let answer = AdmissionAnswer()
+        Task { answer.give(await backend.admit()) }
+        return answer.wait()
     }
 
     /// The permit of an admitted call; the installed ``BreakerCallObserver`` (if any) is told.
@@ -275,5 +285,21 @@ func withTimeout<T: Sendable>(
         defer { group.cancelAll() }
         guard let first = try await group.next(), let value = first else { throw timedOut() }
         return value
+    }
+}
+
+/// One admission handed from a task to a thread (not a task) that waits for it.
+private final class AdmissionAnswer: Sendable {
+    private let ready = DispatchSemaphore(value: 0)
+    private let admission = Locked<BreakerAdmission?>(nil)
+
+    func give(_ value: BreakerAdmission) {
+        admission.withLock { $0 = value }
+        ready.signal()
+    }
+
+    func wait() -> BreakerAdmission {
+        ready.wait()
+        return admission.withLock { $0! }
     }
 }

@@ -32,6 +32,11 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         /// A closed breaker shed the call: its policy's ``BreakerPolicy/adaptiveThrottling`` rejects a share of
         /// calls while the dependency accepts too few of those sent. Not an open circuit: most calls still pass.
         public static let throttled = Code(11)
+        /// A synchronous ``CircuitBreaker/acquire()`` made inside a task needed the store's answer (the distributed
+        /// adapter when a break has ended and probe permits are handed out fleet-wide, or before its first reply)
+        /// and does not block a task for it: the call did not run. ``CircuitBreaker/acquireAsync()`` and
+        /// ``CircuitBreaker/run(isFailure:_:)`` wait for the answer instead.
+        public static let wouldWait = Code(12)
 
         /// The code in words, e.g. `circuit open`.
         public var description: String {
@@ -46,6 +51,7 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
             case 9: "unknown breaker"
             case 10: "bulkhead full"
             case 11: "throttled"
+            case 12: "would wait"
             default: "invalid configuration"
             }
         }
@@ -107,6 +113,15 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
     /// Makes a throttling rejection (code ``Code/throttled``); its message is built when read.
     public static func throttling(name: String) -> FuseboxError {
         FuseboxError(code: .throttled, state: .closed, breakerName: name, isolationReason: nil, retryAfterNanoseconds: -1)
+    }
+
+    /// The error of a synchronous ``CircuitBreaker/acquire()`` inside a task whose decision needs the store
+    /// (code ``Code/wouldWait``).
+    public static func wouldWait(name: String) -> FuseboxError {
+        FuseboxError(
+            code: .wouldWait,
+            message: "circuit '\(name)' needs Redis to decide this call (a probe permit handed out fleet-wide), and acquire() does not block a task: use acquireAsync() or run()",
+            breakerName: name)
     }
 
     private init(code: Code, state: BreakerState, breakerName: String, isolationReason: String?, retryAfterNanoseconds: Int64) {

@@ -34,7 +34,7 @@ extension LocalAdapter where C == ContinuousClock {
     }
 }
 
-/// One breaker of the `local` adapter: a ``BreakerStateMachine`` behind a `Mutex`.
+/// One breaker of the `local` adapter: a `BreakerStateMachine` behind a `Mutex`.
 ///
 /// The lock is held only for the state machine's arithmetic (tens of nanoseconds); logging, metrics and events
 /// happen after it is released. Not generic: the clock is reduced to a ``NanosecondClock`` when the backend is
@@ -62,10 +62,14 @@ public final class LocalBackend: BreakerBackend {
 
     private var now: Int64 { clock.now }
 
-    /// ``acquire()``: the local adapter never waits.
-    public func admitWithoutWaiting() -> BreakerAdmission? { acquire() }
+    /// The local adapter always decides at once.
+    public func admitWithoutWaiting() -> BreakerAdmission? { decide() }
 
-    public func acquire() -> BreakerAdmission {
+    /// ``admitWithoutWaiting()``: the local adapter never waits.
+    public func admit() async -> BreakerAdmission { decide() }
+
+    /// The state machine's answer, the common cases under one short lock (`BreakerStateMachine/quickAdmission(now:)`).
+    private func decide() -> BreakerAdmission {
         let now = self.now
         switch machine.withLock({ $0.quickAdmission(now: now) }) {
         case .admitted(let token):

@@ -8,7 +8,7 @@ import Prometheus
 import ServiceLifecycle
 import FuseboxLocking
 
-/// The operator's HTTP surface over any ``BreakerAdministration``: the admin API, `/health`, `/metrics`, the
+/// The operator's HTTP surface over any `BreakerAdministration`: the admin API, `/health`, `/metrics`, the
 /// live event stream and the dashboard, as one Hummingbird route collection an application mounts where it likes.
 ///
 /// ```swift

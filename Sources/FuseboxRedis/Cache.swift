@@ -302,7 +302,7 @@ extension Cache {
     /// The store-down policy's answer (Redis unavailable, the breaker's keys corrupt, or an admission overdue). The
     /// in-process fallback of policy `local` takes up the state last known from Redis: a breaker known open stays
     /// open until its break ends and then sends this process's own probes; one known isolated stays isolated.
-    private mutating func withoutRedis(
+    mutating func withoutRedis(
         name: String, reason: String, now: Int64, storeDown: StoreDownPolicy
     ) -> (Decision, BreakerTransition?) {
         switch storeDown {

@@ -11,26 +11,35 @@ import Synchronization
 /// fleet-wide) or a state not known yet asks Redis, for at most the admission budget. While Redis is unavailable,
 /// the store-down policy decides. What the cache decides is ``Cache/admission(name:now:storeDown:admissionBudget:)``.
 extension DistributedBackend {
-    func acquire() -> BreakerAdmission {
+    /// The answer when Redis is not needed (``admitWhileClosed()``, then the cache); `nil` when it is.
+    func admitWithoutWaiting() -> BreakerAdmission? {
         if let token = admitWhileClosed() { return .admitted(token) }
-        switch decide() {
-        case .decided(let admission): return admission
-        case .askRedis:
-            // Half-open, or the state is not known yet: wait for Redis, at most the admission budget. The reply arrives
-            // on the connection's own thread, so this wait never needs Swift's cooperative pool to make progress.
-            let done = DispatchSemaphore(value: 0)
-            let request = AdmissionRequest()
-            askRedis { [self] admission in
-                if request.answer(admission) { done.signal() } else { giveBack(admission) }
-            }
-            if done.wait(timeout: .now() + .nanoseconds(Int(admissionWait.nanoseconds))) == .timedOut, request.answer(nil) {
-                return overBudget()
-            }
-            if request.admission == nil { done.wait() }  // answered just as the budget ran out
-            return request.admission!
-        }
+        if case .decided(let admission) = decide() { return admission }
+        return nil
     }
 
+    /// The answer without Redis, for a caller that does not wait (a synchronous acquire inside a task): what the cache
+    /// cannot decide is decided as past the admission budget, for this call only: a state not known yet by the
+    /// store-down policy; a break that has ended rejects (``FuseboxError/Code/wouldWait``), since the fleet's probe
+    /// permits are Redis' to hand out.
+    func admitNow() -> BreakerAdmission {
+        if let admission = admitWithoutWaiting() { return admission }
+        let now = self.now
+        let (admission, transition) = cache.withLock { cache -> (BreakerAdmission, BreakerTransition?) in
+            guard !cache.isKnown else { return (.rejected(.wouldWait(name: name)), nil) }
+            let (decision, transition) = cache.withoutRedis(
+                name: name, reason: "its first read from Redis is not back, and acquire() does not block a task", now: now,
+                storeDown: whenUnavailable)
+            guard case .decided(let admission) = decision else { return (.rejected(.wouldWait(name: name)), transition) }
+            return (admission, transition)
+        }
+        if let transition { instruments.transitioned(transition) }
+        if case .rejected(let error) = admission, error.code == .circuitOpen { instruments.rejected(in: error.state ?? .open) }
+        return admission
+    }
+
+    /// The answer, asking Redis when the cache cannot decide (half-open, or a state not known yet): the reply
+    /// arrives on the connection's own thread; past the admission budget, the store-down policy decides.
     func admit() async -> BreakerAdmission {
         if let token = admitWhileClosed() { return .admitted(token) }
         switch decide() {
@@ -76,12 +85,6 @@ extension DistributedBackend {
     /// frees it for another caller), anything else needs nothing.
     private func giveBack(_ admission: BreakerAdmission) {
         if case .admitted(let token) = admission, token.isProbe { record(.ignored, for: token) }
-    }
-
-    func admitWithoutWaiting() -> BreakerAdmission? {
-        if let token = admitWhileClosed() { return .admitted(token) }
-        if case .decided(let admission) = decide() { return admission }
-        return nil
     }
 
     /// The common case, kept small: a healthy, known, closed (or metrics-only) breaker admits at once.
@@ -162,9 +165,6 @@ extension DistributedBackend {
 /// One request for admission that Redis or the admission budget answers, whichever comes first.
 private final class AdmissionRequest: Sendable {
     private let state = Locked<(isAnswered: Bool, admission: BreakerAdmission?)>((false, nil))
-
-    /// Redis's answer, once it is in.
-    var admission: BreakerAdmission? { state.withLock { $0.admission } }
 
     /// Answers the request with Redis's `admission`, or `nil` when the budget ran out; `false` when it was
     /// answered already (the other side won).

@@ -34,10 +34,12 @@ public struct PolicyOverride: Sendable {
     /// The JSON stored in `NS:overrides`: `{"policy": {…the policy JSON…}, "set_by": …, "set_at_ms": …, "reason": …,
     /// "expires_at_ms": …}` (the last two only when set).
     public var json: String {
-        var text = #"{"policy":\#(PolicyJSON.encode(policy)),"set_by":\#(DistributedBackend.jsonString(setBy)),"set_at_ms":\#(setAtMilliseconds)"#
-        if let reason { text += #","reason":\#(DistributedBackend.jsonString(reason))"# }
-        if let expiresAtMilliseconds { text += #","expires_at_ms":\#(expiresAtMilliseconds)"# }
-        return text + "}"
+        let document = Document(
+            policy: PolicyDocument(policy, minimumInstances: policy.minimumInstances), setBy: setBy, setAtMilliseconds: setAtMilliseconds,
+            reason: reason, expiresAtMilliseconds: expiresAtMilliseconds)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(document)) ?? Data(), as: UTF8.self)
     }
 
     /// Whether it has ended at `redisMilliseconds` (Redis time).
@@ -45,133 +47,60 @@ public struct PolicyOverride: Sendable {
 
     /// Reads what ``json`` wrote; anything else throws `FuseboxError/Code/corruptState` saying what is wrong.
     public init(json text: String) throws(FuseboxError) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-            let policy = object["policy"] as? [String: Any]
-        else {
+        let document: Document
+        do {
+            document = try JSONDecoder().decode(Document.self, from: Data(text.utf8))
+        } catch let error as FuseboxError {
+            throw error
+        } catch let DecodingError.typeMismatch(_, context) where context.codingPath.first?.stringValue == "expires_at_ms",
+            let DecodingError.dataCorrupted(context) where context.codingPath.first?.stringValue == "expires_at_ms"
+        {
+            throw FuseboxError(code: .corruptState, message: "the override's 'expires_at_ms' is not a time in ms: \(text.prefix(200))")
+        } catch {
             throw FuseboxError(code: .corruptState, message: "the override is not the JSON Fusebox writes: \(text.prefix(200))")
         }
-        self.policy = try PolicyJSON.decode(policy)
-        self.setBy = object["set_by"] as? String ?? "unknown"
-        self.setAtMilliseconds = (object["set_at_ms"] as? NSNumber)?.int64Value ?? 0
-        self.reason = object["reason"] as? String
-        if let expires = object["expires_at_ms"], !(expires is NSNull) {
-            guard let number = expires as? NSNumber, number.doubleValue >= 0, number.doubleValue < 1e15 else {
+        self.policy = try document.policy.policy()
+        self.setBy = document.setBy ?? "unknown"
+        self.setAtMilliseconds = document.setAtMilliseconds ?? 0
+        self.reason = document.reason
+        if let expires = document.expiresAtMilliseconds {
+            guard expires >= 0, expires < 1_000_000_000_000_000 else {
                 throw FuseboxError(code: .corruptState, message: "the override's 'expires_at_ms' is not a time in ms: \(text.prefix(200))")
             }
-            self.expiresAtMilliseconds = number.int64Value
+            self.expiresAtMilliseconds = expires
+        }
+    }
+
+    /// The stored form: snake_case keys, as `redis-cli HGET NS:overrides NAME` shows them.
+    private struct Document: Codable {
+        var policy: PolicyDocument
+        var setBy: String?
+        var setAtMilliseconds: Int64?
+        var reason: String?
+        var expiresAtMilliseconds: Int64?
+
+        enum CodingKeys: String, CodingKey {
+            case policy
+            case setBy = "set_by"
+            case setAtMilliseconds = "set_at_ms"
+            case reason
+            case expiresAtMilliseconds = "expires_at_ms"
         }
     }
 }
 
-/// The policy as the JSON Fusebox stores (the `policy` field of a state hash, an override's `policy`), and back.
+/// The policy as the JSON Fusebox stores (the `policy` field of a state hash, an override's `policy`), and back:
+/// ``PolicyDocument`` in text.
 public enum PolicyJSON {
     /// `policy` as JSON; `minimumInstances` is written when the policy or the caller sets it.
     public static func encode(_ policy: BreakerPolicy, minimumInstances: Int? = nil) -> String {
-        var text = DistributedBackend.policyJSON(policy, minimumInstances: minimumInstances ?? policy.minimumInstances ?? 1)
-        if minimumInstances == nil, policy.minimumInstances == nil {
-            text = text.replacingOccurrences(of: #"{"minimumInstances":1,"#, with: "{")
-        }
-        return text
+        PolicyDocument(policy, minimumInstances: minimumInstances ?? policy.minimumInstances).text
     }
 
     /// The policy in `text`; throws `FuseboxError/Code/corruptState` for JSON Fusebox did not write, and
-    /// `FuseboxError/Code/invalidPolicy` for values out of range.
+    /// `FuseboxError/Code/invalidPolicy` for values out of range or a field this build does not know.
     public static func decode(_ text: String) throws(FuseboxError) -> BreakerPolicy {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
-            throw FuseboxError(code: .corruptState, message: "the policy is not the JSON Fusebox writes: \(text.prefix(200))")
-        }
-        return try decode(object)
-    }
-
-    static func decode(_ object: [String: Any]) throws(FuseboxError) -> BreakerPolicy {
-        func corrupt(_ field: String) -> FuseboxError {
-            FuseboxError(code: .corruptState, message: "the policy's field '\(field)' is missing or not what Fusebox writes")
-        }
-        func number(_ field: String) throws(FuseboxError) -> Double {
-            guard let value = object[field] as? NSNumber else { throw corrupt(field) }
-            return value.doubleValue
-        }
-        func optionalNumber(_ field: String) throws(FuseboxError) -> Double? {
-            guard let value = object[field] else { throw corrupt(field) }
-            if value is NSNull { return nil }
-            guard let number = value as? NSNumber else { throw corrupt(field) }
-            return number.doubleValue
-        }
-        func milliseconds(_ value: Any?, _ field: String) throws(FuseboxError) -> Duration {
-            guard let number = value as? NSNumber, number.doubleValue >= 0, number.doubleValue < 1e15 else { throw corrupt(field) }
-            return .milliseconds(number.int64Value)
-        }
-        var policy = BreakerPolicy()
-        policy.failureRateThreshold = try optionalNumber("failureRateThreshold")
-        policy.consecutiveFailureThreshold = try optionalNumber("consecutiveFailureThreshold").map { Int($0) }
-        policy.slowCallRateThreshold = try optionalNumber("slowCallRateThreshold")
-        policy.slowCallDuration = try milliseconds(object["slowCallDurationMs"], "slowCallDurationMs")
-        policy.minimumThroughput = Int(try number("minimumThroughput"))
-        guard let window = object["window"] as? [String: Any] else { throw corrupt("window") }
-        switch window["kind"] as? String {
-        case "time":
-            guard let buckets = window["buckets"] as? NSNumber else { throw corrupt("window.buckets") }
-            policy.window = .time(samplingDuration: try milliseconds(window["samplingMs"], "window.samplingMs"), buckets: buckets.intValue)
-        case "count":
-            guard let size = window["size"] as? NSNumber else { throw corrupt("window.size") }
-            policy.window = .count(size.intValue)
-        default:
-            throw corrupt("window.kind")
-        }
-        guard let breakDuration = object["breakDuration"] as? [String: Any] else { throw corrupt("breakDuration") }
-        switch breakDuration["kind"] as? String {
-        case "fixed":
-            policy.breakDuration = .fixed(try milliseconds(breakDuration["ms"], "breakDuration.ms"))
-        case "exponential":
-            guard let factor = breakDuration["factor"] as? NSNumber else { throw corrupt("breakDuration.factor") }
-            policy.breakDuration = .exponential(
-                base: try milliseconds(breakDuration["baseMs"], "breakDuration.baseMs"), factor: factor.doubleValue,
-                maximum: try milliseconds(breakDuration["maximumMs"], "breakDuration.maximumMs"))
-        case "linear":
-            policy.breakDuration = .linear(
-                base: try milliseconds(breakDuration["baseMs"], "breakDuration.baseMs"),
-                increment: try milliseconds(breakDuration["incrementMs"], "breakDuration.incrementMs"),
-                maximum: try milliseconds(breakDuration["maximumMs"], "breakDuration.maximumMs"))
-        case "adaptive":
-            policy.breakDuration = .adaptive
-        case "custom":
-            // A function cannot travel through Redis: an instance keeps its own.
-            throw FuseboxError(code: .invalidPolicy, message: "a custom break duration cannot be stored or applied from Redis")
-        default:
-            throw corrupt("breakDuration.kind")
-        }
-        policy.permittedCallsInHalfOpen = Int(try number("permittedCallsInHalfOpen"))
-        policy.successThreshold = Int(try number("successThreshold"))
-        policy.maxHalfOpenDuration = try milliseconds(object["maxHalfOpenDurationMs"], "maxHalfOpenDurationMs")
-        guard let mode = (object["mode"] as? String).flatMap(BreakerPolicy.Mode.init(rawValue:)) else { throw corrupt("mode") }
-        policy.mode = mode
-        if let throttling = object["adaptiveThrottling"] {
-            guard let fields = throttling as? [String: Any], let multiplier = fields["multiplier"] as? NSNumber else {
-                throw corrupt("adaptiveThrottling")
-            }
-            policy.adaptiveThrottling = .init(multiplier: multiplier.doubleValue)
-        }
-        if let relative = object["relativeFailureRate"] {
-            guard let fields = relative as? [String: Any], let factor = fields["factor"] as? NSNumber, let floor = fields["floor"] as? NSNumber,
-                let warmup = fields["warmupCalls"] as? NSNumber
-            else { throw corrupt("relativeFailureRate") }
-            policy.relativeFailureRate = .init(
-                factor: factor.doubleValue, floor: floor.doubleValue, horizon: try milliseconds(fields["horizonMs"], "relativeFailureRate.horizonMs"),
-                warmupCalls: warmup.intValue)
-        }
-        if let instances = object["minimumInstances"] {
-            guard let number = instances as? NSNumber else { throw corrupt("minimumInstances") }
-            policy.minimumInstances = number.intValue
-        }
-        let known: Set<String> = [
-            "failureRateThreshold", "consecutiveFailureThreshold", "slowCallRateThreshold", "slowCallDurationMs",
-            "minimumThroughput", "window", "breakDuration", "permittedCallsInHalfOpen", "successThreshold",
-            "maxHalfOpenDurationMs", "mode", "minimumInstances", "adaptiveThrottling", "relativeFailureRate",
-        ]
-        if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
-            throw FuseboxError(code: .invalidPolicy, message: "the policy has a field this build does not know: '\(unknown)'")
-        }
-        return try policy.validated()
+        try PolicyDocument(text: text).policy()
     }
 }
 
@@ -290,8 +219,9 @@ extension BreakerOperator {
         return removed > 0
     }
 
+    /// The message on the transitions channel that tells instances an override was set or cleared.
     static func overrideMessage(_ name: String, _ change: String) -> String {
-        #"{"name":\#(DistributedBackend.jsonString(name)),"version":0,"override":"\#(change)"}"#
+        BreakerMessage(override: change, of: name).text
     }
 }
 

@@ -150,7 +150,7 @@ struct StateReply: Sendable {
 }
 
 /// A message on `NAMESPACE:transitions`: a transition, or a recall of failure budgets.
-package struct BreakerMessage: Decodable, Sendable {
+package struct BreakerMessage: Codable, Sendable {
     var name: String
     var version: Int
     var created: Int64?
@@ -178,6 +178,20 @@ package struct BreakerMessage: Decodable, Sendable {
         case name, version, created, state, from, reason, attempt, recall, quiet, at, override
         case probeInMilliseconds = "probe_in_ms"
         case isolationReason = "isolation_reason"
+    }
+
+    /// An operator set (`set`) or cleared (`cleared`) the policy override of `name`.
+    init(override change: String, of name: String) {
+        self.name = name
+        self.version = 0
+        self.override = change
+    }
+
+    /// The message as published (keys of unset fields left out).
+    var text: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
     }
 
     /// The message in `text`, or `nil` when it is not one (another publisher's, or garbage).

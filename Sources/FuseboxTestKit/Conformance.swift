@@ -152,7 +152,7 @@ public struct ConformanceScenario: Sendable {
             func problem(_ text: String) { problems.append("\(name), step \(index + 1) (\(step)): \(text)") }
 
             func call(_ outcome: CallOutcome, taking duration: Duration) async throws {
-                guard case .admitted(let token) = backend.acquire() else { return problem("a call was rejected") }
+                guard case .admitted(let token) = await backend.admit() else { return problem("a call was rejected") }
                 if duration > .zero { try await subject.advance(by: duration) }
                 backend.record(outcome, for: token)
             }
@@ -166,7 +166,7 @@ public struct ConformanceScenario: Sendable {
                 for _ in 0..<count { try await call(.ignored, taking: .zero) }
             case .rejected(let count, let state, let retryAfter, let reason):
                 for _ in 0..<count {
-                    switch backend.acquire() {
+                    switch await backend.admit() {
                     case .admitted(let token):
                         backend.record(.ignored, for: token)
                         problem("admitted, expected a rejection in \(state)")
@@ -183,7 +183,7 @@ public struct ConformanceScenario: Sendable {
                     }
                 }
             case .hold(let label, let probe):
-                switch backend.acquire() {
+                switch await backend.admit() {
                 case .admitted(let token):
                     if token.isProbe != probe { problem("permit isProbe \(token.isProbe), expected \(probe)") }
                     held[label] = token
@@ -281,7 +281,7 @@ public enum ConformanceChecks {
                 group.addTask {
                     var rejected = 0
                     for call in 0..<callsPerTask {
-                        guard case .admitted(let token) = backend.acquire() else { rejected += 1; continue }
+                        guard case .admitted(let token) = await backend.admit() else { rejected += 1; continue }
                         switch (task + call) % 3 {
                         case 0: backend.record(.success, for: token)
                         case 1: backend.record(.failure(ConformanceErrorA.self), for: token)

@@ -30,7 +30,7 @@ struct ProcessFaultInjectionTests {
                 for _ in 0..<8 {
                     group.addTask {
                         while ContinuousClock.now < end {
-                            if let permit = breaker.tryAcquire() {
+                            if let permit = (try? await breaker.acquireAsync()) {
                                 if permit.token.isProbe {
                                     probes.saw()
                                     // Held until every task has stopped asking: giving it back would let another
@@ -65,7 +65,7 @@ struct ProcessFaultInjectionTests {
             let end = ContinuousClock.now + .seconds(7)
             var others = 0
             while ContinuousClock.now < end {
-                if let permit = breaker.tryAcquire() {
+                if let permit = (try? await breaker.acquireAsync()) {
                     if permit.token.isProbe { others += 1 }
                     permit.ignore()
                 }

@@ -165,7 +165,7 @@ struct FaultInjectionTests {
             defer { server.resume() }
             let asking = ContinuousClock.now
             do {
-                let permit = try breaker.acquire()
+                let permit = try await breaker.acquireAsync()
                 permit.ignore()
                 Issue.record("a half-open call was admitted while Redis could not count its probe")
             } catch let error as FuseboxError {
@@ -288,7 +288,7 @@ struct FaultInjectionTests {
             let workers = breakers.enumerated().map { index, breaker in
                 Task {
                     while !Task.isCancelled {
-                        if let permit = breaker.tryAcquire() {
+                        if let permit = (try? breaker.acquire()) {
                             if Int.random(in: 0..<10) == 0 { permit.failure(Boom()) } else { permit.success() }
                             made.add(1, at: index)
                         }
@@ -603,7 +603,7 @@ struct FaultInjectionTests {
             try await nearBreaker.acquireAsync().failure(Boom())
             await near.adapter.flush()
             let tripped = ContinuousClock.now
-            #expect(await eventually(within: .seconds(3)) { farBreaker.tryAcquire() == nil })
+            #expect(await eventually(within: .seconds(3)) { (try? farBreaker.acquire()) == nil })
             let seenAfter = ContinuousClock.now - tripped
             #expect(seenAfter < delay * 2 + .seconds(1))
             report("slow network, \(milliseconds) ms each way, connections dropped once", "longest call \(figures.longestWait); \(figures.successes) successes counted once; a trip seen across the link \(seenAfter) after it")

@@ -75,11 +75,11 @@ struct FaultTests {
 
             // Once the adapter notices (a flush fails), the in-process fallback counts and trips on its own.
             #expect(await eventually(within: .seconds(3)) {
-                for _ in 0..<3 { if let permit = breaker.tryAcquire() { permit.failure(Boom()) } }
-                return breaker.tryAcquire() == nil
+                for _ in 0..<3 { if let permit = (try? breaker.acquire()) { permit.failure(Boom()) } }
+                return (try? breaker.acquire()) == nil
             })
             let rejection = ContinuousClock.now
-            for _ in 0..<1000 { _ = breaker.tryAcquire() }
+            for _ in 0..<1000 { _ = (try? breaker.acquire()) }
             #expect(ContinuousClock.now - rejection < .milliseconds(500))
 
             try await server.restart()
@@ -110,7 +110,7 @@ struct FaultTests {
 
             // The fallback takes up the break where Redis left it (a fresh, closed one would let every call through).
             func admits() -> Bool {
-                guard let permit = breaker.tryAcquire() else { return false }
+                guard let permit = (try? breaker.acquire()) else { return false }
                 permit.ignore()
                 return true
             }
@@ -120,10 +120,10 @@ struct FaultTests {
             }
             // After the break: this process's own probe (one permit), and nobody else while it runs.
             let deadline = ContinuousClock.now + .seconds(3)
-            var probe = breaker.tryAcquire()
+            var probe = (try? breaker.acquire())
             while probe == nil && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(10))
-                probe = breaker.tryAcquire()
+                probe = (try? breaker.acquire())
             }
             guard let probe else {
                 Issue.record("no probe within 3 s of the break's end")
@@ -277,7 +277,7 @@ struct FaultTests {
         // Two seconds of calls (ten refreshes), each failure a write the script refuses.
         let until = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < until {
-            if let permit = breaker.tryAcquire() { permit.failure(Boom()) }
+            if let permit = (try? breaker.acquire()) { permit.failure(Boom()) }
             try await Task.sleep(for: .milliseconds(50))
         }
         let lines = sink.lines.map(\.message)

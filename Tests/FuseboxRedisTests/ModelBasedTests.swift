@@ -126,7 +126,7 @@ struct ModelBasedTests {
         }
         /// Both adapters' admission; `nil` (and a problem) when they disagree.
         func admit(at step: Int, _ operation: Operation) async -> (PermitToken, PermitToken)?? {
-            switch (model.acquire(), await script.admit()) {
+            switch (await model.admit(), await script.admit()) {
             case (.admitted(let a), .admitted(let b)):
                 if a.isProbe != b.isProbe { problems.append("step \(step) \(operation): isProbe \(a.isProbe) (Swift) vs \(b.isProbe) (Lua)") }
                 if a.isRecorded != b.isRecorded {

@@ -47,7 +47,7 @@ struct RedisPropertyTests {
             let name = "json-\(index)"
             let subject = try DistributedSubject(server: server)
             let backend = try await subject.makeBackend(name: name, policy: policy)
-            if case .admitted(let token) = backend.acquire() { backend.record(.success, for: token) }
+            if case .admitted(let token) = await backend.admit() { backend.record(.success, for: token) }
             await subject.adapter.flush()
 
             let namespace = subject.adapter.options.namespace

@@ -24,7 +24,7 @@ private func tripsOnFirstFailure(_ edit: (inout BreakerPolicy) -> Void = { _ in 
 
 /// `true` when the breaker rejects a call now (an admitted permit is dropped, i.e. released as ignored).
 private func isRejected(_ breaker: CircuitBreaker) -> Bool {
-    if case .none = breaker.tryAcquire() { true } else { false }
+    if case .none = (try? breaker.acquire()) { true } else { false }
 }
 
 @Suite("Breaker handle and registry")
@@ -195,11 +195,11 @@ struct CircuitBreakerTests {
             // From many tasks, so that permits come from more than one CPU's lane where there are several CPUs.
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<64 {
-                    group.addTask { if let permit = breaker.tryAcquire() { permit.ignore() } }
+                    group.addTask { if let permit = (try? breaker.acquire()) { permit.ignore() } }
                 }
             }
-            first = breaker.tryAcquire()
-            second = breaker.tryAcquire()
+            first = (try? breaker.acquire())
+            second = (try? breaker.acquire())
         }
         #expect(backend != nil)
         first.take()?.success()
@@ -254,7 +254,7 @@ struct CircuitBreakerTests {
         var iterator = breaker.events().makeAsyncIterator()
         try breaker.acquire().success()
         try breaker.acquire().failure(ServiceUnavailable())
-        _ = breaker.tryAcquire()
+        _ = (try? breaker.acquire())
         var received: [BreakerEvent] = []
         for _ in 0..<4 { if let event = await iterator.next() { received.append(event) } }
         guard received.count == 4 else { Issue.record("got \(received)"); return }
@@ -293,7 +293,7 @@ struct CircuitBreakerTests {
         try breaker.acquire().success()
         try breaker.acquire().ignore()
         try breaker.acquire().failure(ServiceUnavailable())
-        _ = breaker.tryAcquire()
+        _ = (try? breaker.acquire())
         let dims = [("breaker", "metered")]
         #expect(try metrics.expectCounter("fusebox_calls_total", dims + [("outcome", "success")]).totalValue == 1)
         #expect(try metrics.expectCounter("fusebox_calls_total", dims + [("outcome", "ignored")]).totalValue == 1)

@@ -86,7 +86,7 @@ struct FuseboxPropertyTests {
             let clock = ManualClock()
             let backend = try LocalAdapter(clock: clock).makeBackend(name: "p", policy: valid, logger: Logger(label: "test"))
             for call in 0..<50 {
-                guard case .admitted(let token) = backend.acquire() else {
+                guard case .admitted(let token) = backend.admitWithoutWaiting() else {
                     clock.advance(by: .seconds(1))
                     continue
                 }

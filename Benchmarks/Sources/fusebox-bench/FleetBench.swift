@@ -210,7 +210,7 @@ struct Coordinate: AsyncParsableCommand {
         let breaker = try BreakerRegistry(adapter: LocalAdapter()).breaker("local-open")
         try await breaker.isolate(reason: "benchmark")
         return rounds {
-            if let permit = breaker.tryAcquire() { permit.ignore() }
+            if let permit = (try? breaker.acquire()) { permit.ignore() }
         }
     }
 
@@ -240,7 +240,7 @@ struct Coordinate: AsyncParsableCommand {
         let open = try registry.breaker("rejecting")
         try await open.isolate(reason: "benchmark")
         let rejected = rounds {
-            if let permit = open.tryAcquire() { permit.ignore() }
+            if let permit = (try? open.acquire()) { permit.ignore() }
         }
         await adapter.flush()
         return (guarded, twoTasks, rejected, perCall)
@@ -372,13 +372,13 @@ struct Worker: AsyncParsableCommand {
             for _ in 0..<trials {
                 // Wait until the reset has reached this process, then spin until the trip does.
                 while true {
-                    if let permit = breaker.tryAcquire() { permit.ignore(); break }
+                    if let permit = (try? breaker.acquire()) { permit.ignore(); break }
                     try await Task.sleep(for: .microseconds(200))
                 }
                 _ = try await control.send("RPUSH", "\(namespace):bench:ready", "1")
                 // Poll as a busy service would see it: a call every 50 µs, not a spinning core.
                 while true {
-                    if let permit = breaker.tryAcquire() { permit.ignore() } else { break }
+                    if let permit = (try? breaker.acquire()) { permit.ignore() } else { break }
                     usleep(UInt32(ProcessInfo.processInfo.environment["FUSEBOX_BENCH_POLL_US"] ?? "50") ?? 50)
                 }
                 _ = try await control.send("RPUSH", "\(namespace):bench:seen", String(wallNanoseconds()))
@@ -387,7 +387,7 @@ struct Worker: AsyncParsableCommand {
             let breaker = try registry.breaker("probes", policy: tripPolicy(breakMs: 150, permits: 2))
             for _ in 0..<trials {
                 while true {
-                    if let permit = breaker.tryAcquire() { permit.ignore(); break }
+                    if let permit = (try? breaker.acquire()) { permit.ignore(); break }
                     try await Task.sleep(for: .milliseconds(1))
                 }
                 _ = try await control.send("RPUSH", "\(namespace):bench:ready:\(index)", "1")

@@ -362,7 +362,7 @@ struct FleetWorker: AsyncParsableCommand {
                 let targets = instance.breakers
                 group.addTask {
                     try await Self.pace(perSecond: Double(breakers * rate), begin: startAt - warmupMs, measured: startAt..<(startAt + Int64(measureMs)), end: end, tally: tally) { call in
-                        if let permit = targets[call % targets.count].tryAcquire() { permit.success() }
+                        if let permit = (try? targets[call % targets.count].acquire()) { permit.success() }
                     }
                 }
             }
@@ -442,7 +442,7 @@ struct FleetWorker: AsyncParsableCommand {
                             // The breaker is idle until its dependency starts failing every call.
                             let now = Double(wallNanoseconds()) / 1e6
                             guard now >= Double(failAt) else { return }
-                            if let permit = local.tryAcquire() {
+                            if let permit = (try? local.acquire()) {
                                 permit.failure(Failure())
                                 if record.localFirstRejection == nil { record.localWasted += 1 }
                             } else if record.localFirstRejection == nil {

@@ -8,7 +8,7 @@ import Hiredis
 /// `fusebox-bench scale`: what sharing breakers costs Redis, across breakers × calls/s × instance processes.
 ///
 /// Starts its own redis-server. Each point runs P real instance processes (`scale-worker`) that drive B breakers
-/// through the public API at R calls/s each (`tryAcquire` → `success()`), and the same rates again as the baseline:
+/// through the public API at R calls/s each (`acquire` → `success()`), and the same rates again as the baseline:
 /// two plain commands per call (GET + SET of a small key) through the project's own connection. Redis' own counters
 /// (INFO cpu, commandstats with commands run inside scripts, stats) are read at the start and end of the measured
 /// window. One JSON line per point.
@@ -383,7 +383,7 @@ struct ScaleWorker: AsyncParsableCommand {
             report["bytes_per_breaker"] = Double(residentBytes() - before) / Double(breakers)
             let targets = Array(all.prefix(active))
             report["calls"] = try await pace(until: end + 300) { index in
-                if let permit = targets[index % targets.count].tryAcquire() { permit.success() }
+                if let permit = (try? targets[index % targets.count].acquire()) { permit.success() }
             }
             runner.cancel()
             await adapter.flush()
@@ -407,7 +407,7 @@ struct ScaleWorker: AsyncParsableCommand {
             var firstRejection: Double?
             _ = try await pace(warmup: 0, until: end) { _ in
                 let now = Double(wallNanoseconds()) / 1e6
-                guard let permit = breaker.tryAcquire() else {
+                guard let permit = (try? breaker.acquire()) else {
                     if firstRejection == nil && now >= Double(switchAt) { firstRejection = now }
                     return
                 }

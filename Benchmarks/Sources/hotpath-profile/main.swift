@@ -79,7 +79,7 @@ if let kind = arguments.compactMap({ $0.hasPrefix("async=") ? String($0.dropFirs
 let start = ContinuousClock.now
 DispatchQueue.concurrentPerform(iterations: threads) { _ in
     for _ in 0..<iterations {
-        guard let permit = breaker.tryAcquire() else { continue }
+        guard let permit = (try? breaker.acquire()) else { continue }
         permit.success()
     }
 }
