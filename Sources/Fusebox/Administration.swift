@@ -151,13 +151,7 @@ public struct BreakerThresholds: Sendable, Hashable {
         relativeFailureRate = policy.relativeFailureRate
     }
 
-    package static func format(_ duration: Duration) -> String {
-        let ms = duration.milliseconds
-        if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
-        if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
-        if ms % 1000 == 0 { return "\(ms / 1000)s" }
-        return "\(ms)ms"
-    }
+    package static func format(_ duration: Duration) -> String { DurationText.setting(duration) }
 }
 
 /// A transition with the wall-clock time it happened.

@@ -306,8 +306,9 @@ package struct BreakerStateMachine: Sendable {
     /// The first trip rule the window and `streak` break (``TripRule``); `nil` when none does.
     private func brokenRule(streak: Int) -> TripRule? {
         TripRule.broken(
-            calls: window.calls, failures: window.failures, slow: window.slow, streak: streak, policy: policy,
-            failureRateThreshold: failureRateThresholdInForce)
+            calls: window.calls, failures: window.failures, slow: window.slow, streak: streak,
+            consecutiveFailureThreshold: policy.consecutiveFailureThreshold, failureRateThreshold: failureRateThresholdInForce,
+            slowCallRateThreshold: policy.slowCallRateThreshold, minimumThroughput: policy.minimumThroughput)
     }
 
     /// The failure-ratio threshold in force: relative to the baseline once it has learned enough, else the fixed one.

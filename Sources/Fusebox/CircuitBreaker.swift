@@ -42,8 +42,17 @@ public struct CircuitBreaker: Sendable {
     /// wait without blocking a thread.
     public func acquire() throws(FuseboxError) -> BreakerPermit {
         guard switchboard.isEnabled else { return BreakerPermit(lane: lanes.current, token: .unrecorded, classification: classification) }
-        let admission = lanes.backend.admitWithoutWaiting() ?? waitOffTask()
+        guard let admission = lanes.backend.admitWithoutWaiting() else { return try acquireNeedingStore() }
         switch admission {
+        case .admitted(let token): return permit(token)
+        case .rejected(let error): throw rejection(error)
+        }
+    }
+
+    /// ``acquire()`` when the backend needs its store: kept out of line, off the common path.
+    @inline(never)
+    private func acquireNeedingStore() throws(FuseboxError) -> BreakerPermit {
+        switch waitOffTask() {
         case .admitted(let token): return permit(token)
         case .rejected(let error): throw rejection(error)
         }

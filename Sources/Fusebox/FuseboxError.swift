@@ -158,16 +158,8 @@ public struct FuseboxError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// A duration for people: `1.3 s`, `320 ms`, `2 min 5 s`.
-    public static func format(_ duration: Duration) -> String {
-        let millis = duration.milliseconds
-        if millis < 1000 { return "\(millis) ms" }
-        if millis < 60_000 {
-            let tenths = (millis + 50) / 100
-            return "\(tenths / 10).\(tenths % 10) s"
-        }
-        return "\(millis / 60_000) min \((millis % 60_000) / 1000) s"
-    }
+    /// A duration for people, as messages show it: `1.3 s`, `320 ms`, `2 min 5 s`.
+    public static func format(_ duration: Duration) -> String { DurationText.spoken(duration) }
 }
 
 // Conversions the package uses everywhere; `package`, not `public`: a library does not add members to the standard

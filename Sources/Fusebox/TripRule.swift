@@ -15,19 +15,22 @@ package enum TripRule: Sendable, Equatable, CustomStringConvertible {
 
     /// The first rule that `calls`, `failures`, `slow` (a window's counts) and `streak` (failures in a row) break;
     /// `nil` when none does. `failureRateThreshold` is the failure ratio in force (a relative threshold's current
-    /// value, or the fixed one); the other thresholds are the policy's. Allocates nothing.
+    /// value, or the fixed one); the other thresholds are the policy's. Allocates nothing, and takes the thresholds
+    /// one by one: copying a whole policy (it holds closures) would cost reference counting on the hot path.
+    @inline(__always)
     package static func broken(
-        calls: Int, failures: Int, slow: Int, streak: Int, policy: BreakerPolicy, failureRateThreshold: Double?
+        calls: Int, failures: Int, slow: Int, streak: Int, consecutiveFailureThreshold: Int?, failureRateThreshold: Double?,
+        slowCallRateThreshold: Double?, minimumThroughput: Int
     ) -> TripRule? {
-        if let threshold = policy.consecutiveFailureThreshold, streak >= threshold {
+        if let threshold = consecutiveFailureThreshold, streak >= threshold {
             return .consecutiveFailures(streak, threshold: threshold)
         }
-        guard calls > 0, calls >= policy.minimumThroughput else { return nil }
+        guard calls > 0, calls >= minimumThroughput else { return nil }
         if let threshold = failureRateThreshold {
             let ratio = Double(failures) / Double(calls)
             if ratio >= threshold { return .failureRatio(ratio, threshold: threshold, calls: calls) }
         }
-        if let threshold = policy.slowCallRateThreshold {
+        if let threshold = slowCallRateThreshold {
             let ratio = Double(slow) / Double(calls)
             if ratio >= threshold { return .slowCallRatio(ratio, threshold: threshold, calls: calls) }
         }

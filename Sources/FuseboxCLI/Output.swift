@@ -62,11 +62,7 @@ struct SnapshotJSON: Codable {
 }
 
 /// `date` in ISO 8601, UTC, to the millisecond (`2026-12-03T21:40:00.000Z`).
-func isoTimestamp(_ date: Date) -> String {
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return formatter.string(from: date)
-}
+func isoTimestamp(_ date: Date) -> String { Timestamps.iso8601(date) }
 
 /// The `--json` shape of a transition.
 struct TransitionJSON: Codable {
@@ -137,13 +133,7 @@ func renderTable(_ header: [String], _ rows: [[String]]) -> String {
     return ([line(header)] + rows.map(line)).joined(separator: "\n")
 }
 
-func formatDuration(_ duration: Duration) -> String {
-    let millis = duration.milliseconds
-    if millis < 1000 { return "\(millis)ms" }
-    if millis < 60_000 { return String(format: "%.1fs", Double(millis) / 1000) }
-    if millis < 3_600_000 { return "\(millis / 60_000)m\((millis % 60_000) / 1000)s" }
-    return "\(millis / 3_600_000)h\((millis % 3_600_000) / 60_000)m"
-}
+func formatDuration(_ duration: Duration) -> String { DurationText.compact(duration) }
 
 func percent(_ ratio: Double) -> String { String(format: "%.1f%%", ratio * 100) }
 

@@ -76,15 +76,7 @@ enum JSON: Sendable {
 /// The JSON shapes of the admin API (Docs/http-api.md lists every field).
 enum AdminJSON {
     /// `2026-12-01T19:20:03.120Z`.
-    static func timestamp(_ date: Date) -> JSON {
-        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-        var seconds = time_t(milliseconds >= 0 ? milliseconds / 1000 : (milliseconds - 999) / 1000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        return .string(String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
-            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), Int(((milliseconds % 1000) + 1000) % 1000)))
-    }
+    static func timestamp(_ date: Date) -> JSON { .string(Timestamps.iso8601(date)) }
 
     static func ratio(_ part: Int, of whole: Int) -> Double { whole == 0 ? 0 : Double(part) / Double(whole) }
 

@@ -30,14 +30,17 @@ public struct RegistryAdministration: BreakerAdministration {
         }
     }
 
+    /// The last `limit` operator actions (of `name` only, when given), newest first.
     public func audit(of name: String?, limit: Int) async throws(FuseboxError) -> [AuditEntry] {
         Array(trail.entries.withLock { $0.reversed().filter { name == nil || $0.breaker == name }.prefix(max(0, limit)) })
     }
 
+    /// Where the breakers live, for people.
     public var scope: String {
         registry.adapter.kind == .local ? "this process (local adapter)" : "this application's breakers (distributed adapter)"
     }
 
+    /// Every breaker, sorted by name.
     public func survey() async throws(FuseboxError) -> BreakerSurvey {
         var statuses: [BreakerStatus] = []
         var unreadable: [(name: String, error: FuseboxError)] = []
@@ -51,6 +54,7 @@ public struct RegistryAdministration: BreakerAdministration {
         return BreakerSurvey(breakers: statuses, unreadable: unreadable)
     }
 
+    /// One breaker; an unknown name throws `unknownBreaker`.
     public func status(of name: String) async throws(FuseboxError) -> BreakerStatus {
         let breaker = try existing(name)
         let inForce = registry.policyInForce(of: name)
@@ -59,6 +63,7 @@ public struct RegistryAdministration: BreakerAdministration {
             policyOrigin: inForce?.origin.rawValue)
     }
 
+    /// The last transitions of `name` (up to 100), oldest first, with wall-clock times.
     public func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition] {
         let breaker = try existing(name)
         let transitions = try await breaker.timeline()
@@ -75,30 +80,35 @@ public struct RegistryAdministration: BreakerAdministration {
         return transitions.map { TimedTransition($0, at: now.addingTimeInterval(-(clockNow - $0.at).seconds)) }
     }
 
+    /// Forces `name` open until reset, or for `duration` when given; records the action.
     public func isolate(_ name: String, reason: String, for duration: Duration?) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).backend.isolate(reason: reason, for: duration)
         record("isolate", name, reason: duration.map { "\(reason) (for \(FuseboxError.format($0)))" } ?? reason)
         return try await status(of: name)
     }
 
+    /// Closes `name` with an empty window; records the action.
     public func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).reset()
         record("reset", name)
         return try await status(of: name)
     }
 
+    /// Closes `name` and forgets its relative threshold's baseline; records the action.
     public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).resetWithBaseline()
         record("reset-baseline", name)
         return try await status(of: name)
     }
 
+    /// Moves `name` to half-open; records the action.
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         try await existing(name).forceHalfOpen()
         record("half-open", name)
         return try await status(of: name)
     }
 
+    /// Resets every breaker; returns them afterwards.
     public func resetAll() async throws(FuseboxError) -> BreakerSurvey {
         try await registry.resetAll()
         for name in registry.names { record("reset", name) }
@@ -135,6 +145,7 @@ public struct RegistryAdministration: BreakerAdministration {
         return stream
     }
 
+    /// Transitions counted since this administration started, or `nil` where the breakers' metrics count them.
     public func transitionCounts() -> [TransitionKey: Int]? { nil }
 
     private func existing(_ name: String) throws(FuseboxError) -> CircuitBreaker {

@@ -231,8 +231,9 @@ struct Cache: Sendable {
             ?? policy.failureRateThreshold
         return TripRule.broken(
             calls: windowCalls + batch.calls, failures: windowFailures + batch.failures + batch.slowFailures,
-            slow: windowSlow + batch.slowSuccesses + batch.slowFailures, streak: streak, policy: policy,
-            failureRateThreshold: lowestFailureRate) != nil
+            slow: windowSlow + batch.slowSuccesses + batch.slowFailures, streak: streak,
+            consecutiveFailureThreshold: policy.consecutiveFailureThreshold, failureRateThreshold: lowestFailureRate,
+            slowCallRateThreshold: policy.slowCallRateThreshold, minimumThroughput: policy.minimumThroughput) != nil
     }
 
     /// The name recorded for an error type (`String(describing:)`, computed once per type).

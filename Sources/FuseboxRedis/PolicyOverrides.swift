@@ -90,7 +90,7 @@ public struct PolicyOverride: Sendable {
 }
 
 /// The policy as the JSON Fusebox stores (the `policy` field of a state hash, an override's `policy`), and back:
-/// ``PolicyDocument`` in text.
+/// `PolicyDocument` in text.
 public enum PolicyJSON {
     /// `policy` as JSON; `minimumInstances` is written when the policy or the caller sets it.
     public static func encode(_ policy: BreakerPolicy, minimumInstances: Int? = nil) -> String {

@@ -39,7 +39,7 @@ extension DistributedBackend {
         return String(hash, radix: 16)
     }
 
-    /// The policy as JSON (``PolicyDocument``), for operators reading the `policy` field with redis-cli.
+    /// The policy as JSON (`PolicyDocument`), for operators reading the `policy` field with redis-cli.
     static func policyJSON(_ policy: BreakerPolicy, minimumInstances: Int = 1) -> String {
         PolicyDocument(policy, minimumInstances: minimumInstances).text
     }
@@ -87,7 +87,7 @@ struct PolicyRules: Sendable {
 
 extension BreakerThresholds {
     /// The thresholds of a policy stored in Redis as JSON (the `policy` field of `NS:{NAME}:state`, a
-    /// ``PolicyDocument``); `nil` when the text is not such a policy.
+    /// `PolicyDocument`); `nil` when the text is not such a policy.
     public init?(storedPolicyJSON text: String) {
         guard let stored = try? PolicyDocument(text: text) else { return nil }
         func format(_ milliseconds: Int64?) -> String { Self.format(.milliseconds(milliseconds ?? 0)) }

@@ -49,6 +49,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
         self.logger = logger
     }
 
+    /// Where the breakers live, for people.
     public var scope: String { "namespace '\(breakers.namespace)' at \(breakers.connection.configuration.redactedURL)" }
 
     /// Subscribes to the transitions channel and fans its messages out until cancelled or shut down gracefully.
@@ -93,6 +94,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
 
     private func invalidate() { shared.withLock { $0.generation += 1 } }
 
+    /// Every breaker, sorted by name.
     public func survey() async throws(FuseboxError) -> BreakerSurvey {
         enum Next {
             case cached(BreakerSurvey)
@@ -140,6 +142,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return BreakerSurvey(breakers: statuses, unreadable: unreadable, observedAt: now)
     }
 
+    /// One breaker; an unknown name throws `unknownBreaker`.
     public func status(of name: String) async throws(FuseboxError) -> BreakerStatus {
         try BreakerRegistry.validate(name: name)
         guard try await breakers.contains(name) else { throw unknown(name) }
@@ -163,10 +166,12 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return (stored, stored == nil ? nil : "instances")
     }
 
+    /// The last transitions of `name` (up to 100), oldest first, with wall-clock times.
     public func timeline(of name: String) async throws(FuseboxError) -> [TimedTransition] {
         try await breakers.timeline(of: name).map { TimedTransition($0, at: Date(timeIntervalSince1970: $0.at.seconds)) }
     }
 
+    /// Forces `name` open until reset, or for `duration` when given; records the action.
     public func isolate(_ name: String, reason: String, for duration: Duration?) async throws(FuseboxError) -> BreakerStatus {
         // `BreakerOperator.isolate` makes an unknown breaker isolated (operators may isolate before first use);
         // the HTTP route answers 404 instead.
@@ -177,34 +182,40 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return try await status(of: name)
     }
 
+    /// Closes `name` with an empty window; records the action.
     public func reset(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         _ = try await breakers.reset(name)
         invalidate()
         return try await status(of: name)
     }
 
+    /// The last `limit` operator actions (of `name` only, when given), newest first.
     public func audit(of name: String?, limit: Int) async throws(FuseboxError) -> [AuditEntry] {
         try await breakers.auditTrail(of: name, limit: limit)
     }
 
+    /// Closes `name` and forgets its relative threshold's baseline; records the action.
     public func resetWithBaseline(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         _ = try await breakers.reset(name, baseline: true)
         invalidate()
         return try await status(of: name)
     }
 
+    /// Moves `name` to half-open; records the action.
     public func forceHalfOpen(_ name: String) async throws(FuseboxError) -> BreakerStatus {
         _ = try await breakers.forceHalfOpen(name)
         invalidate()
         return try await status(of: name)
     }
 
+    /// Resets every breaker; returns them afterwards.
     public func resetAll() async throws(FuseboxError) -> BreakerSurvey {
         for name in try await breakers.names() { _ = try await breakers.reset(name) }
         invalidate()
         return try await survey()
     }
 
+    /// Transitions from now on, as they happen.
     public func transitions() -> AsyncStream<TransitionNotice> {
         let (stream, continuation) = AsyncStream.makeStream(of: TransitionNotice.self, bufferingPolicy: .bufferingNewest(1024))
         let id = shared.withLock { shared in
@@ -216,6 +227,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
         return stream
     }
 
+    /// Transitions counted since this administration started, or `nil` where the breakers' metrics count them.
     public func transitionCounts() -> [TransitionKey: Int]? { shared.withLock { $0.counts } }
 
     /// Closes the Redis connection.

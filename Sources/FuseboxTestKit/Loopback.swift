@@ -18,7 +18,7 @@ func acceptConnections(on listener: Int32, until isStopped: () -> Bool, _ handle
     }
 }
 
-/// Checks `condition` every 100 ms until it holds; throws ``RedisServerProcess/Failure`` naming `what` once `timeout`
+/// Checks `condition` every 100 ms until it holds; throws `RedisServerProcess.Failure` naming `what` once `timeout`
 /// has passed.
 public func waitUntil(_ what: String, timeout: Duration, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout

@@ -2,7 +2,7 @@ import Foundation
 import Hiredis
 
 /// A Redis Cluster on loopback for tests: `primaries` nodes (each with `replicasPerPrimary` replicas), every node a
-/// ``RedisServerProcess`` started with `--cluster-enabled yes`, joined by `redis-cli --cluster create`.
+/// `RedisServerProcess` started with `--cluster-enabled yes`, joined by `redis-cli --cluster create`.
 public final class RedisClusterProcess: Sendable {
     /// Every node, primaries first as `redis-cli` was given them.
     public let nodes: [RedisServerProcess]

@@ -145,3 +145,21 @@ struct CLIDocsError: Error {}
 private func executable(_ url: URL, _ text: String) throws {
     try ChildProcess.writeExecutable(url.path, text)
 }
+
+@Suite("The README's figures")
+struct ReadmeFiguresTests {
+    /// The README quotes measured figures in its cost paragraph; each must be one Docs/performance.md holds now (a
+    /// figure measured again there and not here, or the other way round, fails this).
+    @Test("every decimal figure of the README's cost paragraph is on Docs/performance.md")
+    func figuresMatch() throws {
+        let readme = try String(contentsOf: repositoryRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let performance = try String(contentsOf: repositoryRoot.appendingPathComponent("Docs/performance.md"), encoding: .utf8)
+        let start = try #require(readme.range(of: "A guarded call costs"))
+        let paragraph = readme[start.lowerBound...].prefix { $0 != "[" }
+        let figures = paragraph.matches(of: /\d+\.\d+/).map { String($0.output) }
+        #expect(figures.count >= 6, "figures found: \(figures)")
+        for figure in figures {
+            #expect(performance.contains(figure), "README quotes \(figure), which Docs/performance.md does not hold")
+        }
+    }
+}

@@ -12,6 +12,12 @@ struct TripRuleTests {
         return policy
     }
 
+    func broken(_ calls: Int, _ failures: Int, _ slow: Int, _ streak: Int, _ policy: BreakerPolicy, _ rate: Double) -> TripRule? {
+        TripRule.broken(
+            calls: calls, failures: failures, slow: slow, streak: streak, consecutiveFailureThreshold: policy.consecutiveFailureThreshold,
+            failureRateThreshold: rate, slowCallRateThreshold: policy.slowCallRateThreshold, minimumThroughput: policy.minimumThroughput)
+    }
+
     @Test("the streak is judged first and whatever the throughput; the ratios only from the minimum throughput on")
     func order() {
         let policy = Self.policy {
@@ -20,19 +26,18 @@ struct TripRuleTests {
             $0.slowCallRateThreshold = 0.5
             $0.minimumThroughput = 10
         }
-        #expect(TripRule.broken(calls: 3, failures: 3, slow: 0, streak: 3, policy: policy, failureRateThreshold: 0.5)
+        #expect(broken(3, 3, 0, 3, policy, 0.5)
             == .consecutiveFailures(3, threshold: 3))
-        #expect(TripRule.broken(calls: 9, failures: 9, slow: 9, streak: 2, policy: policy, failureRateThreshold: 0.5) == nil)
-        #expect(TripRule.broken(calls: 10, failures: 5, slow: 10, streak: 0, policy: policy, failureRateThreshold: 0.5)
+        #expect(broken(9, 9, 9, 2, policy, 0.5) == nil)
+        #expect(broken(10, 5, 10, 0, policy, 0.5)
             == .failureRatio(0.5, threshold: 0.5, calls: 10))
-        #expect(TripRule.broken(calls: 10, failures: 4, slow: 5, streak: 0, policy: policy, failureRateThreshold: 0.5)
+        #expect(broken(10, 4, 5, 0, policy, 0.5)
             == .slowCallRatio(0.5, threshold: 0.5, calls: 10))
-        #expect(TripRule.broken(calls: 10, failures: 4, slow: 4, streak: 2, policy: policy, failureRateThreshold: 0.5) == nil)
+        #expect(broken(10, 4, 4, 2, policy, 0.5) == nil)
         // The ratio in force is the caller's (a relative threshold's current value), not the policy's fixed one.
-        #expect(TripRule.broken(calls: 10, failures: 2, slow: 0, streak: 0, policy: policy, failureRateThreshold: 0.2)
+        #expect(broken(10, 2, 0, 0, policy, 0.2)
             == .failureRatio(0.2, threshold: 0.2, calls: 10))
-        #expect(TripRule.broken(calls: 0, failures: 0, slow: 0, streak: 0, policy: Self.policy { $0.minimumThroughput = 1 },
-            failureRateThreshold: 0.5) == nil)
+        #expect(broken(0, 0, 0, 0, Self.policy { $0.minimumThroughput = 1 }, 0.5) == nil)
     }
 
     @Test("the reason a transition carries")
