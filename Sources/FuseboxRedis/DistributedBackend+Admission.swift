@@ -25,13 +25,17 @@ extension DistributedBackend {
     func admitNow() -> BreakerAdmission {
         if let admission = admitWithoutWaiting() { return admission }
         let now = self.now
-        let (admission, transition) = cache.withLock { cache -> (BreakerAdmission, BreakerTransition?) in
-            guard !cache.isKnown else { return (.rejected(.wouldWait(name: name)), nil) }
+        let fallback = cache.withLock { cache -> (BreakerAdmission, BreakerTransition?)? in
+            guard !cache.isKnown else { return nil }
             let (decision, transition) = cache.withoutRedis(
                 name: name, reason: "its first read from Redis is not back, and acquire() does not block a task", now: now,
                 storeDown: whenUnavailable)
             guard case .decided(let admission) = decision else { return (.rejected(.wouldWait(name: name)), transition) }
             return (admission, transition)
+        }
+        guard let (admission, transition) = fallback else {
+            // Known by now: a reply came in since the first look (decide again), or a probe permit is wanted.
+            return admitWithoutWaiting() ?? .rejected(.wouldWait(name: name))
         }
         if let transition { instruments.transitioned(transition) }
         if case .rejected(let error) = admission, error.code == .circuitOpen { instruments.rejected(in: error.state ?? .open) }
