@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The rules that open a closed breaker, judged on counts: the one place in Swift that says whether a window trips.
 ///
 /// The state machine (the `local` adapter, and the model the distributed adapter is tested against) asks it with its
@@ -49,10 +55,15 @@ package enum TripRule: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// `0.62` for 0.6154: two decimals, no Foundation.
+    /// `0.62` for 0.6154: two decimals, formatted by C's `%.2f` as `lua/breaker.lua`'s `string.format('%.2f')` is,
+    /// so a reason reads the same whichever adapter tripped (5 of 8 calls is `0.62` in both: printf rounds the exact
+    /// binary 0.625 to even; rounding 62.5 in Swift gave `0.63`). Only when a breaker trips: not the hot path.
     package static func twoDecimals(_ value: Double) -> String {
-        let hundredths = Int((value * 100).rounded())
-        let fraction = hundredths % 100
-        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+        var buffer = [CChar](repeating: 0, count: 48)
+        let written = buffer.withUnsafeMutableBufferPointer { text in
+            withVaList([value]) { vsnprintf(text.baseAddress, text.count, "%.2f", $0) }
+        }
+        guard written > 0 else { return "\(value)" }
+        return String(decoding: buffer.prefix(Int(min(written, 47))).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

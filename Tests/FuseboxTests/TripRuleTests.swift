@@ -45,5 +45,7 @@ struct TripRuleTests {
         #expect("\(TripRule.consecutiveFailures(5, threshold: 5))" == "5 consecutive failures ≥ 5")
         #expect("\(TripRule.failureRatio(8.0 / 13.0, threshold: 0.5, calls: 13))" == "failure ratio 0.62 ≥ 0.50 over 13 calls")
         #expect("\(TripRule.slowCallRatio(1, threshold: 0.05, calls: 20))" == "slow-call ratio 1.00 ≥ 0.05 over 20 calls")
+        // As lua/breaker.lua's string.format('%.2f') writes it: 5 of 8 is 0.625 exactly, which printf rounds to even.
+        #expect("\(TripRule.failureRatio(5.0 / 8.0, threshold: 0.5, calls: 8))" == "failure ratio 0.62 ≥ 0.50 over 8 calls")
     }
 }
