@@ -54,16 +54,13 @@ browser-deps:
 build: deps
 	$(SWIFT) build
 
-## Builds and runs every test against real redis-server processes the tests start themselves, in three runs: the
-## suites whose figures are timing bounds (faults, scale, the fleet's eight-instance races, the Redis client's
-## reconnects) run apart from the suites that start many processes, and `fusebox serve`'s tests (200 concurrent
-## clients) run last, alone: on two cores the load of one group breaks the timing bounds of the other.
-TIMING_SUITES = FaultTests|FaultInjectionTests|ProcessFaultInjectionTests|ScaleTests|FleetTests|RedisClientTests|PartitionTests|ThrottlingTests|AdaptiveLimitTimingTests|OperatorActionTests|ResilientHTTPClientTests
+## Builds and runs every test against real redis-server processes the tests start themselves: one plain `swift test`.
+## Each suite names its kind (unit, integration, timing-bound, alone; Tests/TestKinds) and kinds take turns, so that on
+## two cores the suites that start many processes never run beside the suites whose figures are timing bounds. Then
+## the dashboard in a real browser and the protocol models.
 test: deps browser-deps prometheus-tools
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --skip "ServeTests|$(TIMING_SUITES)"
-	$(SWIFT) test --skip-build --filter "$(TIMING_SUITES)"
-	$(SWIFT) test --skip-build --filter ServeTests
+	$(SWIFT) test --skip-build
 	@$(MAKE) --no-print-directory test-browser
 	@$(MAKE) --no-print-directory model
 

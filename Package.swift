@@ -111,14 +111,16 @@ let package = Package(
             ] + (withHTTP ? ["FuseboxHTTP"] : []),
             swiftSettings: httpSettings
         ),
+        // The kinds of test suite and the turns they take (Tests/TestKinds): only the test targets depend on it.
+        .target(name: "TestKinds", path: "Tests/TestKinds"),
         .testTarget(
             name: "HiredisTests",
-            dependencies: ["Hiredis", "FuseboxTestKit", .product(name: "PropertyBased", package: "swift-property-based")]
+            dependencies: ["Hiredis", "FuseboxTestKit", "TestKinds", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
         .testTarget(
             name: "FuseboxRedisTests",
             dependencies: [
-                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                "Fusebox", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit", "TestKinds",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
@@ -127,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "FuseboxCLITests",
             dependencies: [
-                "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                "Fusebox", "FuseboxCLI", "FuseboxLocking", "FuseboxRedis", "Hiredis", "FuseboxTestKit", "TestKinds",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ] + (withHTTP ? [.product(name: "AsyncHTTPClient", package: "async-http-client")] : []),
             swiftSettings: httpSettings
@@ -135,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "FuseboxTracingTests",
             dependencies: [
-                "Fusebox", "FuseboxTracing", "FuseboxRedis", "FuseboxTestKit",
+                "Fusebox", "FuseboxTracing", "FuseboxRedis", "FuseboxTestKit", "TestKinds",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
@@ -144,7 +146,7 @@ let package = Package(
         .testTarget(
             name: "FuseboxTests",
             dependencies: [
-                "Fusebox", "FuseboxLocking", "FuseboxTestKit",
+                "Fusebox", "FuseboxLocking", "FuseboxTestKit", "TestKinds",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -197,7 +199,7 @@ if withHTTP {
         .testTarget(
             name: "FuseboxGRPCTests",
             dependencies: [
-                "Fusebox", "FuseboxGRPC", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit",
+                "Fusebox", "FuseboxGRPC", "FuseboxLocking", "FuseboxRedis", "FuseboxTestKit", "TestKinds",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
@@ -206,7 +208,7 @@ if withHTTP {
         .testTarget(
             name: "FuseboxHTTPClientTests",
             dependencies: [
-                "Fusebox", "FuseboxHTTPClient", "FuseboxRedis", "FuseboxTestKit",
+                "Fusebox", "FuseboxHTTPClient", "FuseboxRedis", "FuseboxTestKit", "TestKinds",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -215,7 +217,7 @@ if withHTTP {
         .testTarget(
             name: "FuseboxHTTPTests",
             dependencies: [
-                "Fusebox", "FuseboxHTTP", "FuseboxRedis", "Hiredis", "FuseboxTestKit",
+                "Fusebox", "FuseboxHTTP", "FuseboxRedis", "Hiredis", "FuseboxTestKit", "TestKinds",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

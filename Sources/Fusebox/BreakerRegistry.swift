@@ -29,15 +29,17 @@ public final class BreakerRegistry: Service {
     /// The configuration policies come from when code gives none.
     public let configuration: FuseboxConfiguration
 
-    /// Makes a registry with an adapter; transitions are logged through `logger` (default: not logged).
-    public init(adapter: any BreakerAdapter, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) {
+    /// Makes a registry with an adapter; transitions are logged through `logger`: by default `Logger.current`, the
+    /// logger the application bound with swift-log's `withLogger` (else its bootstrapped default), as swift-log asks
+    /// of libraries.
+    public init(adapter: any BreakerAdapter, logger: Logger = Logger.current) {
         self.adapter = adapter
         self.logger = logger
         self.configuration = FuseboxConfiguration(adapter: adapter.kind)
     }
 
     /// Makes a registry with an adapter, taking policies and the global switch from `configuration`.
-    public init(adapter: any BreakerAdapter, configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) {
+    public init(adapter: any BreakerAdapter, configuration: FuseboxConfiguration, logger: Logger = Logger.current) {
         self.adapter = adapter
         self.logger = logger
         self.configuration = configuration

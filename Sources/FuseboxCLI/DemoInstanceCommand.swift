@@ -92,19 +92,21 @@ struct DemoInstanceCommand: AsyncParsableCommand {
             let kind = try AdapterKind(rawValue: adapter).orThrow(CLIError.usage("adapter '\(adapter)': use distributed or local"))
             var logger = Logger(label: "demo-\(index)")
             logger.logLevel = .info
+            // The demo prints its own lines; the breakers' log stays out of them.
+            let quiet = Logger(label: "demo-\(index)", factory: { _ in SwiftLogNoOpLogHandler() })
             let registry: BreakerRegistry
             var distributed: DistributedAdapter<ContinuousClock>?
             switch kind {
             case .local:
-                registry = BreakerRegistry(adapter: LocalAdapter())
+                registry = BreakerRegistry(adapter: LocalAdapter(), logger: quiet)
             case .distributed:
                 var options = try DistributedOptions(url: redis ?? ProcessInfo.processInfo.environment["FUSEBOX_REDIS_URL"] ?? "redis://127.0.0.1:6379")
                 options.namespace = namespace
                 options.instanceID = "demo-\(index)-\(getpid())"
                 options.refreshInterval = .milliseconds(max(1, refreshMs))
-                let made = try DistributedAdapter(options: options)
+                let made = try DistributedAdapter(options: options, logger: quiet)
                 distributed = made
-                registry = BreakerRegistry(adapter: made)
+                registry = BreakerRegistry(adapter: made, logger: quiet)
             }
             let background = Task { try? await registry.run() }
             defer { background.cancel() }

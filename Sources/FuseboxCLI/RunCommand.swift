@@ -102,8 +102,10 @@ struct RunCommand: AsyncParsableCommand {
             if let id = instanceID ?? ProcessInfo.processInfo.environment["FUSEBOX_INSTANCE_ID"].flatMap({ $0.isEmpty ? nil : $0 }) {
                 options.instanceID = id
             }
-            let adapter = try DistributedAdapter(options: options)
-            let registry = BreakerRegistry(adapter: adapter, configuration: configuration)
+            // The command's own output and `fusebox run`'s messages are what the terminal shows, not the breaker's log.
+            let quiet = Logger(label: "fusebox-run", factory: { _ in SwiftLogNoOpLogHandler() })
+            let adapter = try DistributedAdapter(options: options, logger: quiet)
+            let registry = BreakerRegistry(adapter: adapter, configuration: configuration, logger: quiet)
             // A command that cannot be started says nothing of the dependency: it counts neither way.
             policy.classification = .ignoring([CannotStart.self])
             let breaker = try registry.breaker(name, policy: policy)

@@ -60,25 +60,22 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         routes.post("circuit-breakers/reset-all") { request, context in
             try self.authorize(request)
             return try await AuditContext.withActor(Self.actor(request, context)) {
-                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.survey(try await administration.resetAll(), scope: administration.scope) }
+                try await self.answer { () async throws(FuseboxError) in SurveyBody(try await administration.resetAll(), scope: administration.scope) }
             }
         }
         routes.get("circuit-breakers/:name") { _, context in
             let name = try Self.name(context)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in
+            return try await self.answer { () async throws(FuseboxError) in
                 let status = try await administration.status(of: name)
                 let timeline = try await administration.timeline(of: name)
-                return .object([
-                    ("timestamp", AdminJSON.timestamp(Date())),
-                    ("breaker", AdminJSON.breaker(status)),
-                    ("transitions", .array(timeline.map(AdminJSON.transition))),
-                ])
+                return BreakerDetailBody(
+                    timestamp: AdminJSON.timestamp(Date()), breaker: BreakerBody(status), transitions: timeline.map(TransitionBody.init))
             }
         }
         routes.get("circuit-breakers/:name/health") { _, context in
             let name = try Self.name(context)
-            return try await self.answer { () async throws(FuseboxError) -> JSON in
-                AdminJSON.health(of: try await administration.status(of: name), at: Date())
+            return try await self.answer { () async throws(FuseboxError) in
+                BreakerHealthBody(try await administration.status(of: name), at: Date())
             }
         }
         routes.post("circuit-breakers/:name/reset") { request, context in
@@ -87,8 +84,8 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             // `?baseline=true` forgets the relative threshold's baseline too.
             let baseline = request.uri.queryParameters.get("baseline") == "true"
             return try await AuditContext.withActor(Self.actor(request, context)) {
-                try await self.answer { () async throws(FuseboxError) -> JSON in
-                    AdminJSON.breaker(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
+                try await self.answer { () async throws(FuseboxError) in
+                    BreakerBody(try await baseline ? administration.resetWithBaseline(name) : administration.reset(name))
                 }
             }
         }
@@ -96,7 +93,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             try self.authorize(request)
             let name = try Self.name(context)
             return try await AuditContext.withActor(Self.actor(request, context)) {
-                try await self.answer { () async throws(FuseboxError) -> JSON in AdminJSON.breaker(try await administration.forceHalfOpen(name)) }
+                try await self.answer { () async throws(FuseboxError) in BreakerBody(try await administration.forceHalfOpen(name)) }
             }
         }
         routes.post("circuit-breakers/:name/isolate") { request, context in
@@ -105,8 +102,8 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             var request = request
             let (reason, duration) = try await Self.isolation(&request)
             return try await AuditContext.withActor(Self.actor(request, context)) {
-                try await self.answer { () async throws(FuseboxError) -> JSON in
-                    AdminJSON.breaker(try await administration.isolate(name, reason: reason, for: duration))
+                try await self.answer { () async throws(FuseboxError) in
+                    BreakerBody(try await administration.isolate(name, reason: reason, for: duration))
                 }
             }
         }
@@ -120,11 +117,8 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             if let breaker {
                 do { try BreakerRegistry.validate(name: breaker) } catch let error as FuseboxError { return Self.failure(error) }
             }
-            return try await self.answer { () async throws(FuseboxError) -> JSON in
-                .object([
-                    ("timestamp", AdminJSON.timestamp(Date())),
-                    ("entries", .array(try await administration.audit(of: breaker, limit: limit).map(AdminJSON.audit))),
-                ])
+            return try await self.answer { () async throws(FuseboxError) in
+                AuditBody(timestamp: AdminJSON.timestamp(Date()), entries: try await administration.audit(of: breaker, limit: limit).map(AuditBody.Entry.init))
             }
         }
         routes.get("health") { _, _ in await self.health() }
@@ -138,7 +132,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     private func list() async throws -> Response {
         do {
             let survey = try await administration.survey()
-            let bytes = rendered.bytes(for: "list", survey: survey) { AdminJSON.survey(survey, scope: administration.scope).bytes }
+            let bytes = rendered.bytes(for: "list", survey: survey) { AdminJSON.bytes(SurveyBody(survey, scope: administration.scope)) }
             return Self.json(bytes: bytes)
         } catch {
             return Self.failure(error)
@@ -152,7 +146,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         } catch {
             health = FleetHealth(unavailable: error)
         }
-        return Self.json(AdminJSON.health(health, at: Date()), status: health.verdict == .critical ? .serviceUnavailable : .ok)
+        return Self.json(FleetHealthBody(health, at: Date()), status: health.verdict == .critical ? .serviceUnavailable : .ok)
     }
 
     private func scrape() async -> Response {
@@ -182,7 +176,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
     }
 
-    /// `text/event-stream`: an `event: transition` per transition (its data the JSON of ``AdminJSON/notice(_:)``),
+    /// `text/event-stream`: an `event: transition` per transition (its data a `NoticeBody`),
     /// and a comment every ``heartbeatInterval``.
     private func events() -> Response {
         let notices = administration.transitions()
@@ -195,7 +189,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await notice in notices {
-                        sink.yield("event: transition\ndata: " + String(decoding: AdminJSON.notice(notice).bytes, as: UTF8.self) + "\n\n")
+                        sink.yield("event: transition\ndata: " + String(decoding: AdminJSON.bytes(NoticeBody(notice)), as: UTF8.self) + "\n\n")
                     }
                     sink.finish()
                 }
@@ -219,7 +213,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
     // MARK: - Helpers
 
     /// Runs `body` and answers its JSON with 200, or the error's JSON with its status.
-    private func answer(_ body: () async throws(FuseboxError) -> JSON) async throws -> Response {
+    private func answer(_ body: () async throws(FuseboxError) -> some Encodable) async throws -> Response {
         do {
             return Self.json(try await body())
         } catch {
@@ -235,10 +229,10 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         case .corruptState: (.internalServerError, "corrupt_state")
         default: (.internalServerError, "error")
         }
-        return json(AdminJSON.error(code, error.message), status: status)
+        return json(ErrorBody(error: code, message: error.message), status: status)
     }
 
-    static func json(_ value: JSON, status: HTTPResponse.Status = .ok) -> Response { json(bytes: value.bytes, status: status) }
+    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response { json(bytes: AdminJSON.bytes(value), status: status) }
 
     static func json(bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {
         var headers = HTTPFields()
@@ -255,7 +249,7 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         var headers: HTTPFields = [:]
 
         func response(from request: Request, context: some RequestContext) throws -> Response {
-            var response = AdminRoutes.json(AdminJSON.error(code, message), status: status)
+            var response = AdminRoutes.json(ErrorBody(error: code, message: message), status: status)
             for field in headers { response.headers.append(field) }
             return response
         }
@@ -282,7 +276,6 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         return name
     }
 
-    /// The isolation reason from a body `{"reason": "…"}`.
     /// The isolate body: `{"reason": "…"}`, with `"for": "30m"` (a duration as `fusebox isolate --for` takes it, or
     /// a number of seconds) for an isolation that ends by itself.
     static func isolation(_ request: inout Request) async throws -> (reason: String, duration: Duration?) {
@@ -294,26 +287,19 @@ public struct AdminRoutes<Context: RequestContext>: Sendable {
         }
         let usage = #"send a JSON body such as {"reason": "database maintenance"}"#
         guard body.readableBytes > 0 else { throw Refusal(status: .badRequest, code: "bad_request", message: "isolate needs a reason: \(usage)") }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+        guard let body = try? JSONDecoder().decode(IsolateRequest.self, from: Data(body.readableBytesView)) else {
             throw Refusal(status: .badRequest, code: "bad_request", message: "the body is not a JSON object: \(usage)")
         }
         var duration: Duration?
-        if let lasting = object["for"], !(lasting is NSNull) {
-            let parsed: Duration? = if let text = lasting as? String {
-                Duration(parsing: text)
-            } else if let seconds = lasting as? NSNumber, seconds.doubleValue.isFinite, abs(seconds.doubleValue) < 1e12 {
-                .milliseconds(Int64(seconds.doubleValue * 1000))
-            } else {
-                nil
-            }
-            guard let parsed, LocalBackend.isValidActionTime(parsed) else {
+        if body.lastingIsMalformed || body.lasting != nil {
+            guard let parsed = body.lasting?.duration, LocalBackend.isValidActionTime(parsed) else {
                 throw Refusal(
                     status: .badRequest, code: "bad_request",
                     message: #"'for' must be a duration such as "30m" or "2h", or a number of seconds, more than 0 and at most a year"#)
             }
             duration = parsed
         }
-        guard let reason = object["reason"] as? String else {
+        guard let reason = body.reason else {
             throw Refusal(status: .badRequest, code: "bad_request", message: "the body has no string field 'reason': \(usage)")
         }
         let trimmed = reason.trimmingCharacters(in: .whitespacesAndNewlines)

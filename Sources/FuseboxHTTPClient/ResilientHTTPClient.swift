@@ -136,7 +136,7 @@ public final class ResilientHTTPClient: Sendable {
                         wait = after
                         await hold(name, breaker: breaker, for: after, clock: clock)
                     } else if warned.withLock({ $0.insert(name).inserted }) {
-                        (logger ?? breakerLogger).info("breaker '\(name)': ignored a Retry-After that is neither seconds nor an HTTP date: '\(header.prefix(100))'")
+                        (logger ?? Logger.current).info("breaker '\(name)': ignored a Retry-After that is neither seconds nor an HTTP date: '\(header.prefix(100))'")
                     }
                 }
                 guard mayRetry, attempt < options.retry.maxAttempts, wait.map({ $0 <= options.maxRetryAfter }) ?? true,
@@ -166,7 +166,6 @@ public final class ResilientHTTPClient: Sendable {
         }
     }
 
-    private var breakerLogger: Logger { Logger(label: "fusebox.http-client") }
 
     private func timedOut(_ name: String, _ deadline: Duration) -> FuseboxError {
         FuseboxError(code: .callTimedOut, message: "request through circuit '\(name)' did not finish within its deadline of \(FuseboxError.format(deadline))", breakerName: name)

@@ -275,7 +275,7 @@ final class BackendTable: Sendable {
 extension DistributedAdapter where C == ContinuousClock {
     /// Makes the adapter; each breaker's clock (for call durations) is picked from its policy, as
     /// `LocalAdapter()` does (`NanosecondClock/automatic(for:)`).
-    public convenience init(options: DistributedOptions, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })) throws(FuseboxError) {
+    public convenience init(options: DistributedOptions, logger: Logger = Logger.current) throws(FuseboxError) {
         try self.init(options: options, clock: ContinuousClock(), choosesClockPerPolicy: true, logger: logger)
     }
 }
@@ -284,7 +284,7 @@ extension BreakerRegistry {
     /// Makes a registry with the adapter the configuration names: `local`, or `distributed` on
     /// `FuseboxConfiguration/redisURL` with `FuseboxConfiguration/namespace`. Start it with `run()`.
     public static func make(
-        configuration: FuseboxConfiguration, logger: Logger = Logger(label: "fusebox", factory: { _ in SwiftLogNoOpLogHandler() })
+        configuration: FuseboxConfiguration, logger: Logger = Logger.current
     ) throws(FuseboxError) -> BreakerRegistry {
         switch configuration.adapter {
         case .local:

@@ -36,7 +36,7 @@ public final class RedisAdministration: BreakerAdministration, Service {
     /// Administers `namespace` on the Redis `configuration` names (any topology).
     public init(
         configuration: RedisConfiguration, namespace: String = "fusebox", actor: String = "fusebox-serve",
-        surveyMaxAge: Duration = .milliseconds(250), logger: Logger = Logger(label: "fusebox-serve")
+        surveyMaxAge: Duration = .milliseconds(250), logger: Logger = Logger.current
     ) throws(FuseboxError) {
         do {
             let client = try RedisClient(configuration: configuration)

@@ -2,11 +2,12 @@ import ArgumentParser
 import Foundation
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import FuseboxCLI
 
 /// Random command lines and durations, checked against what the `fusebox` command must make of them.
-@Suite("Properties of the command line")
+@Suite("Properties of the command line", .kind(.unit))
 struct ArgumentPropertyTests {
     /// One breaker command with its own arguments, and the global options in any order, before or after it.
     struct Line: Sendable, CustomStringConvertible {

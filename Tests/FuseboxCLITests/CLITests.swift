@@ -4,6 +4,7 @@ import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// The built `fusebox` executable, beside the test bundle.
 let fuseboxExecutable: String = {
@@ -31,7 +32,7 @@ func fusebox(_ arguments: [String], environment: [String: String] = [:], limit: 
     return Finished(status: status, output: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
-@Suite("The fusebox command", .timeLimit(.minutes(3)))
+@Suite("The fusebox command", .kind(.integration), .timeLimit(.minutes(3)))
 struct CLITests {
     @Test("bad input: one clear line and the documented exit code, never a stack trace")
     func badInput() async throws {

@@ -4,6 +4,7 @@ import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// The repository's root.
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -38,7 +39,7 @@ func documentedCommandLines() throws -> [(file: String, line: String)] {
     return lines
 }
 
-@Suite("Every documented command line", .timeLimit(.minutes(3)))
+@Suite("Every documented command line", .kind(.integration), .timeLimit(.minutes(3)))
 struct DocumentedCommandsTests {
     /// Lines that a test here does not start, each with what runs it: the lines that build and run everything.
     static let runElsewhere: [String: String] = [
@@ -146,7 +147,7 @@ private func executable(_ url: URL, _ text: String) throws {
     try ChildProcess.writeExecutable(url.path, text)
 }
 
-@Suite("The README's figures")
+@Suite("The README's figures", .kind(.unit))
 struct ReadmeFiguresTests {
     /// The README quotes measured figures in its cost paragraph; each must be one Docs/performance.md holds now (a
     /// figure measured again there and not here, or the other way round, fails this).

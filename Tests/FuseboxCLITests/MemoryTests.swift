@@ -2,10 +2,11 @@ import Foundation
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// An instance's memory while Redis is away: it must level off, whatever the call rate and however long the
 /// outage, because what it holds is counts (one batch per breaker and version), not calls or attempts.
-@Suite("Memory while Redis is away", .timeLimit(.minutes(8)))
+@Suite("Memory while Redis is away", .kind(.integration), .timeLimit(.minutes(8)))
 struct MemoryTests {
     /// One line of `fusebox load --stats`.
     struct Sample: Decodable {

@@ -4,10 +4,11 @@ import Foundation
 import FuseboxTestKit
 import NIOCore
 import Testing
+import TestKinds
 
 /// Docs/prometheus and Docs/grafana, checked by the real tools: Debian's promtool and a prometheus server scraping
 /// `fusebox serve` on loopback.
-@Suite("The operator's kit: alert rules, their tests, a real Prometheus, the Grafana dashboard", .timeLimit(.minutes(3)))
+@Suite("The operator's kit: alert rules, their tests, a real Prometheus, the Grafana dashboard", .kind(.integration), .timeLimit(.minutes(3)))
 struct OperatorKitTests {
     static let tools = Result { try PrometheusTools(repositoryRoot: repositoryRoot.path) }
 

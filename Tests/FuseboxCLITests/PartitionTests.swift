@@ -4,6 +4,7 @@ import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// Network namespaces joined by veth links, made by the test and removed by it (iproute2, as root; nothing leaves
 /// the machine): `redis` holds the servers, `cut` one instance process. The test process stays in its own namespace,
@@ -140,7 +141,7 @@ struct OtherSide {
     }
 }
 
-@Suite("Network partitions (network namespaces)", .timeLimit(.minutes(3)))
+@Suite("Network partitions (network namespaces)", .kind(.timingBound), .timeLimit(.minutes(3)))
 struct PartitionTests {
     @Test("an instance cut off from Redis protects itself, its outcomes count once after the heal, and a trip made meanwhile reaches it within a second of the heal")
     func partition() async throws {

@@ -6,11 +6,12 @@ import FuseboxTestKit
 import Hiredis
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxCLI
 
 /// Faults that need a whole process to die: a `fusebox run` process is an instance like any other.
-@Suite("Fault injection: instance processes killed", .timeLimit(.minutes(2)))
+@Suite("Fault injection: instance processes killed", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct ProcessFaultInjectionTests {
     @Test("the process holding the only half-open permit is SIGKILLed: its lease ends within 5 s and exactly one new probe follows, long before the half-open maximum")
     func probeHolderKilled() async throws {

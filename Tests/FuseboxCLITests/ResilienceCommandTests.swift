@@ -4,6 +4,7 @@ import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// A shell command that counts its runs in `file` and fails until run `succeedAt` (never, by default).
 private func counting(_ file: String, succeedAt: Int = .max) -> [String] {
@@ -18,7 +19,7 @@ private func temporary(_ name: String) -> String {
     FileManager.default.temporaryDirectory.appendingPathComponent("fusebox-\(name)-\(UUID().uuidString)").path
 }
 
-@Suite("fusebox run: retries, configuration, fleet-wide limit; fusebox policy", .timeLimit(.minutes(3)))
+@Suite("fusebox run: retries, configuration, fleet-wide limit; fusebox policy", .kind(.integration), .timeLimit(.minutes(3)))
 struct ResilienceCommandTests {
     @Test("--retries N --retry-backoff D retries a failed run through the breaker, and never a rejection")
     func retries() async throws {

@@ -7,6 +7,7 @@ import FuseboxTestKit
 import Hiredis
 import NIOCore
 import Testing
+import TestKinds
 
 /// A running `fusebox serve`, its address read from what it prints.
 final class ServeProcess: Sendable {
@@ -53,7 +54,7 @@ func redisCost(_ client: RedisClient) async throws -> (commands: Int, cpu: Doubl
     return (counts.values.reduce(0, +), try await cpuSeconds(client), (counts["evalsha"] ?? 0) + (counts["eval"] ?? 0))
 }
 
-@Suite("fusebox serve", .timeLimit(.minutes(3)))
+@Suite("fusebox serve", .kind(.alone), .timeLimit(.minutes(3)))
 struct ServeTests {
     @Test("the event stream carries a trip made by another process within a second, and the routes show it")
     func liveTrip() async throws {

@@ -4,10 +4,11 @@ import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 /// The documented way to a TLS server with this build's hiredis (0.14, no TLS): a local stunnel, started exactly as
 /// Docs/operations.md shows, in front of a real `redis-server --tls-port` that asks for client certificates.
-@Suite("TLS through the documented stunnel tunnel", .timeLimit(.minutes(2)))
+@Suite("TLS through the documented stunnel tunnel", .kind(.integration), .timeLimit(.minutes(2)))
 struct TLSTunnelTests {
     /// The ```ini block of Docs/operations.md: the tunnel's configuration as documented.
     private func documentedConfiguration() throws -> String {

@@ -8,6 +8,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import Testing
+import TestKinds
 
 /// Messages as UTF-8 text: the test service needs no protocol buffers.
 struct TextCoder: MessageSerializer, MessageDeserializer {
@@ -121,7 +122,7 @@ func makeQuotesClient(registry: BreakerRegistry, port: Int) throws -> GRPCClient
 
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-@Suite("gRPC: a breaker per service in a client interceptor", .timeLimit(.minutes(2)))
+@Suite("gRPC: a breaker per service in a client interceptor", .kind(.integration), .timeLimit(.minutes(2)))
 struct BreakerClientInterceptorTests {
     @Test("unavailable trips the service's breaker, not another service's; open, no call reaches the server and the caller sees unavailable with the breaker's message; notFound counts as an answer")
     func breakerPerService() async throws {

@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+import TestKinds
 
 @testable import FuseboxHTTPClient
 
@@ -94,7 +95,7 @@ func makePaymentsClient(registry: BreakerRegistry) throws -> ResilientHTTPClient
 
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-@Suite("The resilient HTTP client: a breaker per destination over AsyncHTTPClient", .timeLimit(.minutes(2)))
+@Suite("The resilient HTTP client: a breaker per destination over AsyncHTTPClient", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct ResilientHTTPClientTests {
     @Test("the README shows the code this file runs, and it works: a provider's breaker, named by the closure")
     func readmeExample() async throws {

@@ -11,6 +11,7 @@ import Logging
 import NIOCore
 import Prometheus
 import Testing
+import TestKinds
 
 /// One redis-server shared by this module's tests (each uses its own namespace).
 enum SharedServer {
@@ -122,7 +123,20 @@ func object(_ response: TestResponse) throws -> [String: Any] {
 
 func dictionary(_ value: Any?) throws -> [String: Any] { try #require(value as? [String: Any]) }
 
-@Suite("The admin routes", .timeLimit(.minutes(2)))
+/// The field names of the table "A breaker:" in Docs/http-api.md (first column, each name in backticks).
+func documentedBreakerFields() throws -> Set<String> {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let text = try String(contentsOf: root.appendingPathComponent("Docs/http-api.md"), encoding: .utf8)
+    let table = try #require(text.components(separatedBy: "\nA breaker:\n").last?.components(separatedBy: "\n\n").first)
+    var fields: Set<String> = []
+    for row in table.split(separator: "\n").dropFirst(2) {
+        let cell = row.split(separator: "|", omittingEmptySubsequences: true).first ?? ""
+        for name in cell.split(separator: "`").enumerated() where name.offset % 2 == 1 { fields.insert(String(name.element)) }
+    }
+    return fields
+}
+
+@Suite("The admin routes", .kind(.integration), .timeLimit(.minutes(2)))
 struct AdminRoutesTests {
     @Test("an operator's override shows as the policy in force, on an instance's registry and fleet-wide", arguments: [Subject.distributedRegistry, .redisNamespace])
     func overrideOrigin(subject: Subject) async throws {
@@ -209,6 +223,10 @@ struct AdminRoutesTests {
             #expect(try object(isolated)["isolation_reason"] as? String == "db maintenance")
             #expect(try object(isolated)["isolation_ends_in_ms"] is NSNull && object(isolated)["isolated_until"] is NSNull)
             #expect(try object(isolated)["would_reject"] as? Int == 0)
+            // Every field Docs/http-api.md lists for a breaker is there (absent values as null), and no other.
+            let fields = try Set(object(isolated).keys)
+            #expect(try fields == documentedBreakerFields(), "\(fields.sorted())")
+            #expect(try Set(dictionary(object(isolated)["thresholds"]).keys).count == 13)
             // For a time: the time left and when, as `"30m"` or a number of seconds.
             for (lasting, milliseconds) in [(#""30m""#, 1_800_000), ("90", 90_000)] {
                 let timed = try object(try await client.execute(
@@ -218,7 +236,7 @@ struct AdminRoutesTests {
                 #expect(left > milliseconds - 5000 && left <= milliseconds, "\(lasting): \(timed)")
                 #expect((timed["isolated_until"] as? String)?.hasSuffix("Z") == true, "\(timed)")
             }
-            for lasting in [#""0s""#, #""soon""#, "-1", "0", #""400d""#, "[]"] {
+            for lasting in [#""0s""#, #""soon""#, "-1", "0", #""400d""#, "[]", "true", "{}"] {
                 let refused = try await client.execute(
                     uri: "/admin/circuit-breakers/payments/isolate", method: .post, body: ByteBuffer(string: #"{"reason": "x", "for": \#(lasting)}"#))
                 #expect(refused.status == .badRequest, "for \(lasting)")
@@ -521,7 +539,7 @@ struct AdminRoutesTests {
     }
 }
 
-@Suite("The health verdict")
+@Suite("The health verdict", .kind(.unit))
 struct FleetHealthTests {
     static func survey(_ states: [BreakerState], unreadable: Int = 0) -> BreakerSurvey {
         let statuses = states.enumerated().map { index, state in
@@ -554,7 +572,7 @@ struct FleetHealthTests {
     }
 }
 
-@Suite("Thresholds")
+@Suite("Thresholds", .kind(.unit))
 struct ThresholdsTests {
     /// The JSON an instance stores (FuseboxRedis) and its reading here are two places that know one shape.
     @Test("read from the policy JSON an instance stores, they are those of the policy itself")

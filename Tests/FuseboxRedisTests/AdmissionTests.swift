@@ -3,12 +3,13 @@ import Fusebox
 import FuseboxTestKit
 import Logging
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// The handle's two ways to take a permit, on a distributed breaker whose decision needs Redis (half-open: probe
 /// permits are handed out fleet-wide).
-@Suite("Admission: acquire() never blocks a task; acquireAsync() waits for Redis")
+@Suite("Admission: acquire() never blocks a task; acquireAsync() waits for Redis", .kind(.integration))
 struct AdmissionTests {
     @Test("half-open: acquire() in a task throws wouldWait at once; on a thread of its own it waits and gets a probe; acquireAsync() gets one")
     func synchronousAdmission() async throws {

@@ -3,6 +3,7 @@ import FuseboxTestKit
 import Hiredis
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -13,7 +14,7 @@ import Testing
 ///
 /// It found a count window whose `calls` grew by every call of a batch while only the last `size` entered the
 /// ring: the ratio then never reached its threshold again (Docs/architecture.md, "Exactly once").
-@Suite("Model-based: batches from several senders, Swift and Lua agree", .timeLimit(.minutes(3)))
+@Suite("Model-based: batches from several senders, Swift and Lua agree", .kind(.integration), .timeLimit(.minutes(3)))
 struct BatchModelTests {
     enum Step: Sendable, CustomStringConvertible {
         /// Sender `sender` writes a batch admitted under the current version (or the one before, `stale`).

@@ -1,13 +1,14 @@
 import Fusebox
 import Hiredis
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// The distributed adapter's decisions, on its cache alone: no Redis, no threads, the clock a number. What Redis would
 /// answer is a script reply made here; the rules checked are the ones in `Cache.swift` and `PendingOutcomes.swift`,
 /// the same code the adapter runs under its lock.
-@Suite("Cache decisions without Redis: admission, writing at once, flush urgency, recall, retransmission")
+@Suite("Cache decisions without Redis: admission, writing at once, flush urgency, recall, retransmission", .kind(.unit))
 struct CacheDecisionTests {
     struct PaymentError: Error {}
 

@@ -4,6 +4,7 @@ import FuseboxTestKit
 import Hiredis
 import Logging
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -32,7 +33,7 @@ func slotMap(_ cluster: RedisClusterProcess) async throws -> ClusterSlotMap {
 
 /// The distributed adapter on a real Redis Cluster (3 primaries, 3 replicas): breakers on every primary, a primary
 /// killed under load, slots resharded under load.
-@Suite("The distributed adapter on a Redis Cluster", .timeLimit(.minutes(4)))
+@Suite("The distributed adapter on a Redis Cluster", .kind(.integration), .timeLimit(.minutes(4)))
 struct ClusterTests {
     static let timeout = Duration.milliseconds(500)
     static let bound = timeout * 4

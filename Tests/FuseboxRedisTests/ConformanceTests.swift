@@ -3,10 +3,11 @@ import Fusebox
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
-@Suite("Conformance: the distributed adapter against Redis", .timeLimit(.minutes(2)))
+@Suite("Conformance: the distributed adapter against Redis", .kind(.integration), .timeLimit(.minutes(2)))
 struct DistributedConformanceTests {
     @Test("scenario", arguments: ConformanceScenario.all.map(\.name))
     func scenario(name: String) async throws {

@@ -5,6 +5,7 @@ import Hiredis
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -94,7 +95,7 @@ func totalsReach(_ breaker: CircuitBreaker, _ instance: Instance, successes: Int
 /// Faults injected into a real redis-server while instances drive breakers through the public API. Each test
 /// asserts: no crash, no wait past the configured timeout (with a stated margin), the store-down policy covers the
 /// outage, shared state works again within a stated bound, and no outcome is lost or counted twice.
-@Suite("Fault injection under load", .timeLimit(.minutes(3)))
+@Suite("Fault injection under load", .kind(.timingBound), .timeLimit(.minutes(3)))
 struct FaultInjectionTests {
     /// The command timeout the instances use, and the margin every bounded wait is checked against.
     static let timeout = Duration.milliseconds(300)

@@ -3,6 +3,7 @@ import FuseboxTestKit
 import Hiredis
 import Logging
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -16,7 +17,7 @@ let adapterCommands = [
 /// An ACL user (`fusebox-app`, password `app-secret`) limited to the namespace `fusebox` and those commands.
 let appUser = ["fusebox-app", "on", ">app-secret", "resetkeys", "~fusebox:*", "resetchannels", "&fusebox:*", "-@all"] + adapterCommands
 
-@Suite("When Redis is not well", .timeLimit(.minutes(2)))
+@Suite("When Redis is not well", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct FaultTests {
     @Test("Redis restarted: scripts reloaded, state refreshed, a new trip works")
     func restart() async throws {

@@ -4,6 +4,7 @@ import Hiredis
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -52,7 +53,7 @@ func isRejected(_ breaker: CircuitBreaker) async -> Bool {
     }
 }
 
-@Suite("Several instances share one breaker", .timeLimit(.minutes(2)))
+@Suite("Several instances share one breaker", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct FleetTests {
     @Test("a trip in one instance is seen by another within milliseconds")
     func tripPropagates() async throws {

@@ -1,11 +1,12 @@
 import FuseboxTestKit
 import Hiredis
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// lua/members.lua on its own: the counts it answers, and that each key lives as long as its longest entry.
-@Suite("Membership script")
+@Suite("Membership script", .kind(.integration))
 struct MembershipScriptTests {
     @Test("beats count senders and instances; a key's expiry only moves later; leave and expiry drop a sender")
     func beatsLeavesAndExpiry() async throws {

@@ -4,13 +4,14 @@ import FuseboxTestKit
 import Hiredis
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// The conformance suite generalised: random policies and random operation sequences run in lockstep against the
 /// Swift state machine (the `local` adapter) and `lua/breaker.lua` (the `distributed` adapter), which must agree on
 /// every admission and on the state and counters after every step.
-@Suite("Model-based: the state machine and the Lua script agree on random sequences", .timeLimit(.minutes(3)))
+@Suite("Model-based: the state machine and the Lua script agree on random sequences", .kind(.integration), .timeLimit(.minutes(3)))
 struct ModelBasedTests {
     enum Outcome: Sendable, CaseIterable { case success, failure, ignored }
 

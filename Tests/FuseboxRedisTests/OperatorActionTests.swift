@@ -3,11 +3,12 @@ import FuseboxTestKit
 import Hiredis
 import Logging
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// Operator actions that end by themselves, fleet-wide, on Redis' clock, and shadow mode set by an override.
-@Suite("Operator actions that expire, and shadow mode, across instances", .timeLimit(.minutes(2)))
+@Suite("Operator actions that expire, and shadow mode, across instances", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct OperatorActionTests {
     @Test("an isolation for a time rejects on every instance with the time left, then ends by itself everywhere")
     func isolationForATime() async throws {

@@ -1,10 +1,11 @@
 import Fusebox
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// The policy's stored JSON (`PolicyDocument`), without Redis: its text, and what reading it refuses.
-@Suite("Policy document: the stored policy JSON and its errors")
+@Suite("Policy document: the stored policy JSON and its errors", .kind(.unit))
 struct PolicyDocumentTests {
     static var everything: BreakerPolicy {
         var policy = BreakerPolicy()

@@ -4,11 +4,12 @@ import FuseboxTestKit
 import Hiredis
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
 /// Random policies and names through Redis: what an instance writes, the script and operators must read back.
-@Suite("Properties of the Redis layout", .timeLimit(.minutes(2)))
+@Suite("Properties of the Redis layout", .kind(.integration), .timeLimit(.minutes(2)))
 struct RedisPropertyTests {
     /// Valid policies with every kind of window and break duration, and custom names with any character.
     static let policies: Generator<BreakerPolicy, Shrink.None<BreakerPolicy>> = Generator { rng in
@@ -98,7 +99,7 @@ struct RedisPropertyTests {
 }
 
 /// Whatever redis-cli can write into a breaker's keys, `reset` repairs it and the breaker works again.
-@Suite("Repair by reset", .timeLimit(.minutes(3)))
+@Suite("Repair by reset", .kind(.integration), .timeLimit(.minutes(3)))
 struct RepairPropertyTests {
     /// Values a person or a script gone wrong may write: not numbers, not finite, too large, not JSON, empty.
     static let garbage = [
@@ -239,7 +240,7 @@ struct RepairPropertyTests {
 }
 
 /// The buffer of outcomes an instance holds for a breaker between writes (`PendingOutcomes`), alone.
-@Suite("Outcomes held between writes")
+@Suite("Outcomes held between writes", .kind(.unit))
 struct PendingOutcomesTests {
     struct Failure: Error {}
 

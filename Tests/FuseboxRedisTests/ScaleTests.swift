@@ -5,6 +5,7 @@ import Hiredis
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -49,7 +50,7 @@ func quietBreakerWithHeldSuccesses(_ name: String, policy: BreakerPolicy, server
     return (a, b, successesInRedis)
 }
 
-@Suite("What sharing costs Redis", .timeLimit(.minutes(2)))
+@Suite("What sharing costs Redis", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct ScaleTests {
     @Test("a success-only breaker sends at most one script call per second, whatever its call rate")
     func successesAreCheap() async throws {
@@ -477,7 +478,7 @@ struct ScaleTests {
     }
 }
 
-@Suite("Which breakers a flush writes")
+@Suite("Which breakers a flush writes", .kind(.unit))
 struct FlushPlanTests {
     @Test("what is due goes; quiet breakers past half their hold ride along only with a quiet breaker whose hold is up")
     func quietBreakersShareCalls() {

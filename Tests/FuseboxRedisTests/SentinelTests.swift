@@ -5,6 +5,7 @@ import Hiredis
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -41,7 +42,7 @@ final class SwitchWatch: Sendable {
 }
 
 /// The client and the distributed adapter behind Redis Sentinel: 1 primary, 1 replica, 3 sentinels, all real.
-@Suite("Redis Sentinel: the primary found, followed after a failover", .timeLimit(.minutes(3)))
+@Suite("Redis Sentinel: the primary found, followed after a failover", .kind(.integration), .timeLimit(.minutes(3)))
 struct SentinelTests {
     static let timeout = Duration.milliseconds(500)
     static let bound = timeout * 4

@@ -3,6 +3,7 @@ import FuseboxTestKit
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import FuseboxRedis
 
@@ -92,7 +93,7 @@ private func throttlingPolicy() -> BreakerPolicy {
     return policy
 }
 
-@Suite("Adaptive throttling", .timeLimit(.minutes(2)))
+@Suite("Adaptive throttling", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct ThrottlingTests {
     static let seconds = 12
     static let offered = 100  // calls a second, per instance

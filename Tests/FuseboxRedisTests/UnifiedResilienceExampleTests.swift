@@ -6,6 +6,7 @@ import FuseboxTestKit
 import Logging
 import Synchronization
 import Testing
+import TestKinds
 
 struct Quote: Sendable, Equatable {
     var price: Int
@@ -39,7 +40,7 @@ func makeQuotes(config: ConfigReader, logger: Logger) throws -> (BreakerRegistry
 // In a request: let quote = try await quotes.run { try await pricing.quote(for: item) }
 // README: unified resilience (end)
 
-@Suite("The README's unified-resilience example", .timeLimit(.minutes(1)))
+@Suite("The README's unified-resilience example", .kind(.integration), .timeLimit(.minutes(1)))
 struct UnifiedResilienceExampleTests {
     @Test("the README shows the code this file runs")
     func sameCode() throws {

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import TestKinds
 
 @testable import Fusebox
 
@@ -22,7 +23,7 @@ final class KneeDependency: Sendable {
     }
 }
 
-@Suite("Adaptive concurrency limit (the controller, on simulated time)")
+@Suite("Adaptive concurrency limit (the controller, on simulated time)", .kind(.unit))
 struct AdaptiveLimitTests {
     /// Rounds of `limit` calls started together against the knee model; returns the limit after each round and when.
     private func simulate(
@@ -105,7 +106,7 @@ private final class Tally: Sendable {
     init(seconds: Int) { completed = Mutex([Int](repeating: 0, count: seconds + 1)) }
 }
 
-@Suite("Adaptive concurrency limit (a bulkhead in real time)", .timeLimit(.minutes(2)))
+@Suite("Adaptive concurrency limit (a bulkhead in real time)", .kind(.timingBound), .timeLimit(.minutes(2)))
 struct AdaptiveLimitTimingTests {
     /// 64 tasks call `dependency` through `bulkhead` in a closed loop for `seconds`; returns completed calls per
     /// second and, every 250 ms, the limit.
@@ -157,7 +158,7 @@ struct AdaptiveLimitTimingTests {
     }
 }
 
-@Suite("Adaptive concurrency limit in a pipeline")
+@Suite("Adaptive concurrency limit in a pipeline", .kind(.integration))
 struct AdaptiveLimitPipelineTests {
     @Test("a pipeline's adaptive bulkhead learns from the calls it runs (it times them in its own frame)")
     func pipelineLearns() async throws {

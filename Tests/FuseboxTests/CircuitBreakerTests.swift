@@ -6,6 +6,7 @@ import Metrics
 import MetricsTestKit
 import Synchronization
 import Testing
+import TestKinds
 
 struct ServiceUnavailable: Error {}
 struct BadRequest: Error {}
@@ -27,7 +28,7 @@ private func isRejected(_ breaker: CircuitBreaker) -> Bool {
     if case .none = (try? breaker.acquire()) { true } else { false }
 }
 
-@Suite("Breaker handle and registry")
+@Suite("Breaker handle and registry", .kind(.integration))
 struct CircuitBreakerTests {
     @Test("run returns the value, rethrows the error, and rejects with name, state and time to the next probe")
     func runAndReject() async throws {

@@ -3,10 +3,11 @@ import Foundation
 import Fusebox
 import FuseboxTestKit
 import Testing
+import TestKinds
 
 /// `FuseboxConfiguration(config:)`: every key from the environment and from a JSON and a YAML file, precedence, reload, and
 /// each kind of bad value.
-@Suite("Configuration")
+@Suite("Configuration", .kind(.integration))
 struct ConfigurationTests {
     /// Every global key and every policy key, as environment variables.
     static let everyKey: [String: String] = [

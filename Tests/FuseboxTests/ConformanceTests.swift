@@ -2,8 +2,9 @@ import Fusebox
 import FuseboxTestKit
 import Logging
 import Testing
+import TestKinds
 
-@Suite("Conformance: the local adapter")
+@Suite("Conformance: the local adapter", .kind(.unit))
 struct LocalConformanceTests {
     @Test("scenario", arguments: ConformanceScenario.all.map(\.name))
     func scenario(name: String) async throws {

@@ -1,5 +1,6 @@
 import Fusebox
 import Testing
+import TestKinds
 
 /// One row of the table in Docs/semantics.md ("Health score").
 struct HealthCase: Sendable, CustomTestStringConvertible {
@@ -27,7 +28,7 @@ struct HealthCase: Sendable, CustomTestStringConvertible {
     }
 }
 
-@Suite("Health score")
+@Suite("Health score", .kind(.unit))
 struct HealthScoreTests {
     @Test("each row of the table in Docs/semantics.md", arguments: [
         HealthCase(what: "closed, nothing in the window", score: 100),

@@ -1,7 +1,8 @@
 import Fusebox
 import Testing
+import TestKinds
 
-@Suite("Policy validation and names")
+@Suite("Policy validation and names", .kind(.unit))
 struct PolicyTests {
     private static func policy(_ edit: @Sendable (inout BreakerPolicy) -> Void) -> BreakerPolicy {
         var policy = BreakerPolicy()

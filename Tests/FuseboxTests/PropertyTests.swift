@@ -3,9 +3,10 @@ import FuseboxTestKit
 import Logging
 import PropertyBased
 import Testing
+import TestKinds
 
 /// Random names and policies, checked against the rules the registry states.
-@Suite("Properties of names and policies")
+@Suite("Properties of names and policies", .kind(.unit))
 struct FuseboxPropertyTests {
     @Test("a name is accepted exactly when it is 1…200 bytes without control characters or braces")
     func namesFollowTheRule() async {

@@ -1,9 +1,10 @@
 import Foundation
 import Testing
+import TestKinds
 
 @testable import Fusebox
 
-@Suite("Relative failure threshold")
+@Suite("Relative failure threshold", .kind(.unit))
 struct RelativeThresholdTests {
     private struct Failure: Error {}
 

@@ -4,6 +4,7 @@ import FuseboxTestKit
 import PropertyBased
 import Synchronization
 import Testing
+import TestKinds
 
 private struct Flaky: Error {}
 
@@ -28,7 +29,7 @@ private final class Events: Sendable {
     }
 }
 
-@Suite("Retry")
+@Suite("Retry", .kind(.integration))
 struct RetryTests {
     @Test("attempts and delays on a manual clock: exponential, capped by maxDelay")
     func exponential() async throws {
@@ -117,7 +118,7 @@ struct RetryTests {
     }
 }
 
-@Suite("Bulkhead")
+@Suite("Bulkhead", .kind(.integration))
 struct BulkheadTests {
     @Test("at most maxConcurrent run; beyond the queue, bulkheadFull at once; the peak is kept")
     func limits() async throws {
@@ -280,7 +281,7 @@ fileprivate struct Trace: Equatable, CustomStringConvertible {
     var description: String { "\(answer), \(attempts) attempts, breaker \(breaker), bulkheads \(bulkheads)" }
 }
 
-@Suite("Resilience pipeline")
+@Suite("Resilience pipeline", .kind(.integration))
 struct PipelineTests {
     /// Up to one retry and one breaker (the one-frame path's limit), up to two bulkheads and two fallbacks, in any
     /// order; a breaker isolated and a bulkhead full one time in four.

@@ -1,10 +1,11 @@
 import Testing
+import TestKinds
 
 @testable import Fusebox
 
 /// The trip rules on counts alone (``TripRule``): the rule the state machine trips by and the distributed adapter
 /// decides its urgent writes by.
-@Suite("Trip rule: which rule a window breaks, in order")
+@Suite("Trip rule: which rule a window breaks, in order", .kind(.unit))
 struct TripRuleTests {
     static func policy(_ configure: (inout BreakerPolicy) -> Void) -> BreakerPolicy {
         var policy = BreakerPolicy()

@@ -5,6 +5,7 @@ import FuseboxTracing
 import InMemoryTracing
 import Logging
 import Testing
+import TestKinds
 import Tracing
 
 struct Unavailable: Error {}
@@ -28,7 +29,7 @@ func attribute(_ attributes: SpanAttributes, _ name: String) -> String? {
     }
 }
 
-@Suite("Tracing: the breaker's attributes and events on the caller's active span", .serialized, .timeLimit(.minutes(1)))
+@Suite("Tracing: the breaker's attributes and events on the caller's active span", .kind(.integration), .serialized, .timeLimit(.minutes(1)))
 struct FuseboxTracingTests {
     init() { FuseboxTracing.install() }
 

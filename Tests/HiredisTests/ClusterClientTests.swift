@@ -1,10 +1,11 @@
 import FuseboxTestKit
 import Testing
+import TestKinds
 @testable import Hiredis
 
 /// The client against the run's real cluster (3 primaries, 3 replicas): every command's node is the one the cluster
 /// itself says serves its slot.
-@Suite("The client in a Redis Cluster: routing, redirections, scripts per node", .timeLimit(.minutes(3)))
+@Suite("The client in a Redis Cluster: routing, redirections, scripts per node", .kind(.integration), .timeLimit(.minutes(3)))
 struct ClusterClientTests {
     /// A client of one node, alone (no routing), to look at what that node holds.
     private func direct(_ endpoint: RedisConfiguration.Endpoint, in cluster: RedisClusterProcess) throws -> RedisClient {

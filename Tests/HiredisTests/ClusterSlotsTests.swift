@@ -1,10 +1,11 @@
 import FuseboxTestKit
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import Hiredis
 
-@Suite("Redis Cluster slots, slot maps and redirections", .timeLimit(.minutes(2)))
+@Suite("Redis Cluster slots, slot maps and redirections", .kind(.integration), .timeLimit(.minutes(2)))
 struct ClusterSlotsTests {
     @Test("CRC16 and key slots match the cluster specification's examples")
     func specificationVectors() {

@@ -1,11 +1,12 @@
 import FuseboxTestKit
 import PropertyBased
 import Testing
+import TestKinds
 
 @testable import Hiredis
 
 /// Random RESP replies, URLs and garbage, checked against what the client must make of them.
-@Suite("Properties of the Redis client", .timeLimit(.minutes(2)))
+@Suite("Properties of the Redis client", .kind(.integration), .timeLimit(.minutes(2)))
 struct HiredisPropertyTests {
     // MARK: RESP replies
 

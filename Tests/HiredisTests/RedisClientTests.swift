@@ -1,5 +1,6 @@
 import FuseboxTestKit
 import Testing
+import TestKinds
 
 @testable import Hiredis
 
@@ -7,7 +8,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Redis connection, against a real redis-server", .timeLimit(.minutes(1)))
+@Suite("Redis connection, against a real redis-server", .kind(.timingBound), .timeLimit(.minutes(1)))
 struct RedisClientTests {
     @Test("every reply type converts")
     func replyTypes() async throws {

@@ -1,8 +1,9 @@
 import Testing
+import TestKinds
 
 @testable import Hiredis
 
-@Suite("Redis URLs")
+@Suite("Redis URLs", .kind(.unit))
 struct RedisConfigurationTests {
     @Test("good URLs", arguments: [
         ("redis://localhost", RedisConfiguration.Endpoint.tcp(host: "localhost", port: 6379), nil as String?, nil as String?, 0),

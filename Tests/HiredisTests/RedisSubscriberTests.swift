@@ -1,9 +1,10 @@
 import FuseboxTestKit
 import Testing
+import TestKinds
 
 @testable import Hiredis
 
-@Suite("Redis pub/sub subscriber", .timeLimit(.minutes(1)))
+@Suite("Redis pub/sub subscriber", .kind(.integration), .timeLimit(.minutes(1)))
 struct RedisSubscriberTests {
     @Test("messages on channels and patterns, then a restart: disconnected, reconnected, resubscribed")
     func reconnectsAfterRestart() async throws {

@@ -5,6 +5,7 @@ import FuseboxTracing
 import FuseboxRedis
 import FuseboxTestKit
 import Hiredis
+import Logging
 import Synchronization
 
 /// `fusebox-bench`: the fleet benchmark. The same executable is the coordinator and, with `worker`, each of the
@@ -16,6 +17,26 @@ struct FleetBench: AsyncParsableCommand {
         abstract: "Measure Fusebox's hot path and its fleet behaviour across processes.",
         subcommands: [Coordinate.self, Worker.self, PubSubLatency.self, Scale.self, ScaleWorker.self, Fleet.self, FleetWorker.self],
         defaultSubcommand: Coordinate.self)
+
+    /// The breakers log through `Logger.current`: here warnings and errors only, to standard error, so that the
+    /// thousands of transitions a run makes do not bury its figures.
+    static func main() async {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct Failure: Error {}

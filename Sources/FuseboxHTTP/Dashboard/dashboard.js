@@ -77,16 +77,27 @@
     $("health").textContent = s.health;
     $("health").dataset.health = s.health;
     $("summary").innerHTML = "";
-    for (const [label, value] of [["breakers", s.total_breakers], ["closed", s.closed], ["open", s.open],
-      ["half-open", s.half_open], ["isolated", s.isolated]]) {
+    for (const [label, value, state] of [["breakers", s.total_breakers], ["closed", s.closed, "closed"], ["open", s.open, "open"],
+      ["half-open", s.half_open, "half_open"], ["isolated", s.isolated, "isolated"]]) {
       const span = document.createElement("span");
       span.innerHTML = "<b></b> " + label;
       span.querySelector("b").textContent = value;
+      if (state) span.dataset.state = state;
       $("summary").appendChild(span);
     }
     for (const [name, breaker] of Object.entries(data.breakers)) draw(name, breaker);
     for (const name of Array.from(cards.keys())) {
       if (!(name in data.breakers)) { cards.get(name).element.remove(); cards.delete(name); }
+    }
+  }
+
+  // A transition notice redraws one card before the next listing arrives: the header's counts by state follow the
+  // cards at once, so the two never disagree (the verdict waits for the listing, which applies its rule).
+  function recount() {
+    for (const span of document.querySelectorAll("#summary span[data-state]")) {
+      let count = 0;
+      for (const entry of cards.values()) if (entry.element.dataset.state === span.dataset.state) count++;
+      span.querySelector("b").textContent = count;
     }
   }
 
@@ -177,6 +188,7 @@
       list.insertBefore(line, list.firstChild);
       while (list.children.length > 5) list.lastChild.remove();
       tick(entry);
+      recount();
       refreshSoon();
     });
   }

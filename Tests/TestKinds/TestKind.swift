@@ -1,0 +1,94 @@
+import Testing
+
+/// What a suite asks of the machine, and so with which suites it may run at once.
+///
+/// `swift test` runs every suite of every test target in one process, all at once. On two cores that mixes suites
+/// that start dozens of processes with suites whose assertions are timing bounds (a failover seen within 1.2 s, a
+/// lease that ends within 5 s), and the bounds break for want of a core, not for a fault. Each suite names its kind
+/// (`@Suite("…", .kind(.timingBound))`); suites of one kind run together, and kinds take turns: the first kind to
+/// arrive runs, the others wait until its last suite has ended, then the longest waiting kind goes. A plain
+/// `swift test` (an IDE, a newcomer, `make test`) therefore passes as it is, and no list of suite names is kept
+/// anywhere. `TestKindTests` fails when a suite names no kind.
+public enum TestKind: String, Sendable, CaseIterable {
+    /// No server, no process, no clock but a manual one: decisions, parsing, formatting, models.
+    case unit
+    /// Real servers (redis-server, Cluster, Sentinels, Prometheus, the `fusebox` binary) with bounds loose enough
+    /// to hold while other such suites run beside them.
+    case integration
+    /// Bounds that hold on a quiet machine only: failover and fault timings, exact counts under races, the fleet's
+    /// propagation. Run beside each other, never beside the integration suites.
+    case timingBound = "timing-bound"
+    /// A suite that needs the machine to itself (`fusebox serve` under 200 concurrent clients).
+    case alone
+}
+
+/// The trait that runs a suite in its kind's turn. Held around the whole suite, outside its tests' time limits: a
+/// suite that waits for its turn does not use up its tests' `.timeLimit`.
+public struct TestKindTrait: SuiteTrait, TestScoping {
+    public let kind: TestKind
+
+    public var isRecursive: Bool { false }
+
+    public func scopeProvider(for test: Test, testCase: Test.Case?) -> Self? {
+        test.isSuite && testCase == nil ? self : nil
+    }
+
+    public func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
+        await MachineTurns.shared.enter(kind, suite: test.name)
+        do {
+            try await function()
+        } catch {
+            await MachineTurns.shared.leave()
+            throw error
+        }
+        await MachineTurns.shared.leave()
+    }
+}
+
+extension Trait where Self == TestKindTrait {
+    /// Runs the suite in the turn of `kind` (see ``TestKind``).
+    public static func kind(_ kind: TestKind) -> Self { TestKindTrait(kind: kind) }
+}
+
+/// Whose turn it is. Suites of the running kind enter at once, unless another kind is already waiting (then they
+/// wait too, so that no kind waits for ever); when the last one leaves, every waiting suite of the kind that has
+/// waited longest enters.
+actor MachineTurns {
+    static let shared = MachineTurns()
+
+    private var running: TestKind?
+    private var inside = 0
+    private var waiting: [(kind: TestKind, resume: CheckedContinuation<Void, Never>)] = []
+
+    func enter(_ kind: TestKind, suite: String) async {
+        if running == nil {
+            begin(kind)
+            inside = 1
+            return
+        }
+        if running == kind, !waiting.contains(where: { $0.kind != kind }) {
+            inside += 1
+            return
+        }
+        await withCheckedContinuation { waiting.append((kind, $0)) }
+    }
+
+    func leave() {
+        inside -= 1
+        guard inside == 0 else { return }
+        running = nil
+        guard let next = waiting.first?.kind else { return }
+        let entering = waiting.filter { $0.kind == next }
+        waiting.removeAll { $0.kind == next }
+        begin(next)
+        inside = entering.count
+        for suite in entering { suite.resume.resume() }
+    }
+
+    private func begin(_ kind: TestKind) {
+        running = kind
+        print("── test turn: the \(kind.rawValue) suites; suites of other kinds wait ──")
+    }
+}
