@@ -61,7 +61,11 @@ struct OperatorActionTests {
         // Before any instance used it: the isolation is stored and ends all the same.
         let isolatedAt = ContinuousClock.now
         _ = try await operatorSide.isolate("quiet", reason: "before first use", for: .seconds(2))
-        #expect(try await operatorSide.snapshot(of: "quiet").state == .isolated)
+        // Read before the 2 s are over (a loaded two-core machine once took 2 s to answer the read: then it says
+        // nothing of the isolation, and the elapsed time is in the message).
+        let read = try await operatorSide.snapshot(of: "quiet").state
+        let elapsed = ContinuousClock.now - isolatedAt
+        #expect(read == .isolated || elapsed >= .milliseconds(1900), "\(read) after \(elapsed)")
         try await Task.sleep(until: isolatedAt + .milliseconds(2200))
         #expect(try await operatorSide.snapshot(of: "quiet").state == .closed)
 

@@ -5,8 +5,8 @@ import Testing
 /// `swift test` runs every suite of every test target in one process, all at once. On two cores that mixes suites
 /// that start dozens of processes with suites whose assertions are timing bounds (a failover seen within 1.2 s, a
 /// lease that ends within 5 s), and the bounds break for want of a core, not for a fault. Each suite names its kind
-/// (`@Suite("…", .kind(.timingBound))`); suites of one kind run together, and kinds take turns: the first kind to
-/// arrive runs, the others wait until its last suite has ended, then the longest waiting kind goes. A plain
+/// (`@Suite("…", .kind(.timingBound))`); suites of one kind run together, and kinds take turns (``MachineTurns``):
+/// the others wait until the running kind's last suite has ended. A plain
 /// `swift test` (an IDE, a newcomer, `make test`) therefore passes as it is, and no list of suite names is kept
 /// anywhere. `TestKindTests` fails when a suite names no kind.
 public enum TestKind: String, Sendable, CaseIterable {
@@ -52,43 +52,67 @@ extension Trait where Self == TestKindTrait {
     public static func kind(_ kind: TestKind) -> Self { TestKindTrait(kind: kind) }
 }
 
-/// Whose turn it is. Suites of the running kind enter at once, unless another kind is already waiting (then they
-/// wait too, so that no kind waits for ever); when the last one leaves, every waiting suite of the kind that has
-/// waited longest enters.
+/// Whose turn it is. The suites that arrive in the first moments of the run are gathered, then kinds go in the order
+/// of ``TestKind/turnOrder``: the suites that need a quiet machine run first, in a process that nothing has loaded
+/// yet (no adapter of an earlier suite still reconnecting, no child process still exiting). Suites of the running
+/// kind enter at once unless another kind is waiting (then they wait too, so that no kind waits for ever); when the
+/// last one leaves, every waiting suite of the next kind in that order enters.
 actor MachineTurns {
     static let shared = MachineTurns()
 
+    /// How long the first suite to arrive waits for the others before a turn begins.
+    static let gathering = Duration.milliseconds(200)
+
     private var running: TestKind?
     private var inside = 0
+    private var gathered = false
+    private var gatheringIsOver = false
     private var waiting: [(kind: TestKind, resume: CheckedContinuation<Void, Never>)] = []
 
     func enter(_ kind: TestKind, suite: String) async {
-        if running == nil {
-            begin(kind)
-            inside = 1
-            return
-        }
-        if running == kind, !waiting.contains(where: { $0.kind != kind }) {
+        if !gathered {
+            gathered = true
+            Task {
+                try? await Task.sleep(for: Self.gathering)
+                await self.endGathering()
+            }
+        } else if running == kind, !waiting.contains(where: { $0.kind != kind }) {
             inside += 1
             return
         }
-        await withCheckedContinuation { waiting.append((kind, $0)) }
+        await withCheckedContinuation {
+            waiting.append((kind, $0))
+            // A suite that arrives when nothing runs (after the gathering) need not wait for a leave.
+            if gatheringIsOver { dispatch() }
+        }
+    }
+
+    private func endGathering() {
+        gatheringIsOver = true
+        dispatch()
     }
 
     func leave() {
         inside -= 1
-        guard inside == 0 else { return }
-        running = nil
-        guard let next = waiting.first?.kind else { return }
-        let entering = waiting.filter { $0.kind == next }
-        waiting.removeAll { $0.kind == next }
-        begin(next)
-        inside = entering.count
-        for suite in entering { suite.resume.resume() }
+        if inside == 0 {
+            running = nil
+            dispatch()
+        }
     }
 
-    private func begin(_ kind: TestKind) {
-        running = kind
-        print("── test turn: the \(kind.rawValue) suites; suites of other kinds wait ──")
+    /// Lets in every waiting suite of the first kind in turn order that has any, when no kind is running.
+    private func dispatch() {
+        guard running == nil, let next = TestKind.turnOrder.first(where: { kind in waiting.contains { $0.kind == kind } }) else { return }
+        let entering = waiting.filter { $0.kind == next }
+        waiting.removeAll { $0.kind == next }
+        running = next
+        inside = entering.count
+        print("── test turn: the \(next.rawValue) suites (\(entering.count)); suites of other kinds wait ──")
+        for suite in entering { suite.resume.resume() }
     }
+}
+
+extension TestKind {
+    /// The order in which kinds take their turns: what needs the machine most first.
+    static let turnOrder: [TestKind] = [.alone, .timingBound, .unit, .integration]
 }
