@@ -164,3 +164,42 @@ struct ReadmeFiguresTests {
         }
     }
 }
+
+/// The README's table of what `make demo` shows, against a run of the command it runs (`fusebox demo --compare`).
+@Suite("The README's demo table", .kind(.alone), .timeLimit(.minutes(3)))
+struct ReadmeDemoTests {
+    typealias Row = (label: String, distributed: Int, local: Int)
+
+    /// The comparison table after its title line, in the README or in the demo's output.
+    static func comparison(in text: String) throws -> [Row] {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let title = try #require(lines.firstIndex(of: "Shared breaker vs one breaker per process"), "no comparison table")
+        return try lines[(title + 2)...].prefix(3).map { line in
+            let words = line.split(separator: " ")
+            let distributed = try #require(words.dropLast().last.flatMap { Int($0) }, "\(line)")
+            let local = try #require(words.last.flatMap { Int($0) }, "\(line)")
+            return (words.dropLast(2).joined(separator: " "), distributed, local)
+        }
+    }
+
+    @Test("the labels and the probe counts are what a run prints; the reached calls are in the README's ranges; the shared breaker lets fewer through")
+    func demoTable() async throws {
+        let readme = try String(contentsOf: repositoryRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let quoted = try Self.comparison(in: readme)
+        let ranges = try #require(readme.firstMatch(of: /(\d+)–(\d+)\s+with the shared breaker and (\d+)–(\d+) with one breaker per process/))
+        let shared = try #require(Int(ranges.output.1))...(try #require(Int(ranges.output.2)))
+        let perProcess = try #require(Int(ranges.output.3))...(try #require(Int(ranges.output.4)))
+        #expect(quoted.count == 3 && shared.contains(quoted[0].distributed) && perProcess.contains(quoted[0].local), "\(quoted)")
+
+        let run = try await fusebox(["demo", "--compare"], limit: .seconds(120))
+        #expect(run.status == 0, "\(run.output)")
+        let printed = try Self.comparison(in: run.output)
+        print("demo-figure | \(printed.map { "\($0.label): \($0.distributed) / \($0.local)" }.joined(separator: "; "))")
+        #expect(printed.map(\.label) == quoted.map(\.label))
+        for (row, expected) in zip(printed.dropFirst(), quoted.dropFirst()) {
+            #expect(row.distributed == expected.distributed && row.local == expected.local, "\(row.label): printed \(row), README \(expected)")
+        }
+        let reached = try #require(printed.first)
+        #expect(reached.distributed < reached.local, "the shared breaker let \(reached.distributed) calls through, one per process \(reached.local)")
+    }
+}

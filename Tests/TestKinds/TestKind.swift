@@ -18,7 +18,8 @@ public enum TestKind: String, Sendable, CaseIterable {
     /// Bounds that hold on a quiet machine only: failover and fault timings, exact counts under races, the fleet's
     /// propagation. Run beside each other, never beside the integration suites.
     case timingBound = "timing-bound"
-    /// A suite that needs the machine to itself (`fusebox serve` under 200 concurrent clients).
+    /// A suite that needs the machine to itself (`fusebox serve` under 200 concurrent clients, `make demo`'s
+    /// comparison): it runs by itself, not even beside another `alone` suite.
     case alone
 }
 
@@ -76,7 +77,7 @@ actor MachineTurns {
                 try? await Task.sleep(for: Self.gathering)
                 await self.endGathering()
             }
-        } else if running == kind, !waiting.contains(where: { $0.kind != kind }) {
+        } else if running == kind, kind != .alone, !waiting.contains(where: { $0.kind != kind }) {
             inside += 1
             return
         }
@@ -103,8 +104,16 @@ actor MachineTurns {
     /// Lets in every waiting suite of the first kind in turn order that has any, when no kind is running.
     private func dispatch() {
         guard running == nil, let next = TestKind.turnOrder.first(where: { kind in waiting.contains { $0.kind == kind } }) else { return }
-        let entering = waiting.filter { $0.kind == next }
-        waiting.removeAll { $0.kind == next }
+        // The suites of one kind enter together, but an `alone` suite enters by itself.
+        var entering = waiting.filter { $0.kind == next }
+        if next == .alone { entering = Array(entering.prefix(1)) }
+        let admitted = entering.count
+        var skipped = 0
+        waiting.removeAll { entry in
+            guard entry.kind == next, skipped < admitted else { return false }
+            skipped += 1
+            return true
+        }
         running = next
         inside = entering.count
         print("── test turn: the \(next.rawValue) suites (\(entering.count)); suites of other kinds wait ──")
