@@ -61,6 +61,9 @@ public struct CoarseMonotonicClock: Clock, Sendable {
 ///
 /// For ``CoarseMonotonicClock`` and `ContinuousClock` it reads the kernel clock directly, skipping `Duration`'s
 /// 128-bit arithmetic; any other clock (a test's manual clock) goes through the `Clock` protocol.
+///
+/// Public because `LocalBackend`'s initializer takes one: a test, or an adapter of one's own, builds a backend that
+/// runs on a manual clock with it.
 public struct NanosecondClock: Sendable {
     private enum Source: Sendable {
         case coarse(epoch: Int64)

@@ -83,7 +83,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
     @Option(help: "The longest half-open period in ms.") var maxHalfOpenMs: Int64 = 5000
     @Option(help: "The call timeout in ms (a probe permit's lease is twice it); 0: none.") var callTimeoutMs: Int64 = 0
     @Option(help: "How long a probe runs before its outcome, in ms.") var probeHoldMs: Int64 = 0
-    @Option(help: "An append-only journal, written before each event takes effect (survives SIGKILL): 'c' per outcome, 'p VERSION' per probe granted, 'e' when its outcome is recorded, 'f N' after a flush covering N outcomes, 'done'.")
+    @Option(help: "An append-only journal, written before each event takes effect (survives SIGKILL): 'c' per outcome, 'p VERSION MS' per probe granted, 'e MS' when its outcome is recorded (MS: milliseconds since 1970), 'f N' after a flush covering N outcomes, 'done'.")
     var journal = ""
 
     func run() async throws {
@@ -191,7 +191,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                         do {
                             let permit = try await breaker.acquireAsync()
                             let isProbe = permit.token.isProbe
-                            if isProbe { journal?.write("p \(permit.token.version)") }
+                            if isProbe { journal?.write("p \(permit.token.version) \(Journal.milliseconds())") }
                             shared.withLock { stats in
                                 stats.phase = phase
                                 stats.calls += 1
@@ -207,7 +207,7 @@ struct DemoInstanceCommand: AsyncParsableCommand {
                             if ended == "outage" { permit.failure(DependencyDown()) } else { permit.success() }
                             if let journal {
                                 journal.recorded.add(1, ordering: .relaxed)
-                                if isProbe { journal.write("e") }
+                                if isProbe { journal.write("e \(Journal.milliseconds())") }
                             }
                             try? await Task.sleep(for: .milliseconds(15))
                         } catch {
@@ -258,6 +258,9 @@ final class Journal: Sendable {
     }
 
     deinit { close(descriptor) }
+
+    /// Now, in milliseconds since 1970: when a probe was granted and when its outcome was recorded.
+    static func milliseconds() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     func write(_ line: String) {
         var bytes = Array((line + "\n").utf8)

@@ -206,15 +206,33 @@ extension ProcessFaultInjectionTests {
         #expect(counted >= exact + lower && counted <= exact + upper,
                 "Redis counted \(counted); the instances that flushed recorded \(exact), the killed ones between \(lower) and \(upper)")
 
-        // Probes: per half-open period (its version), at most one plus the holders killed in it.
+        // Probes: per half-open period (its version), at most one plus the holders killed in it, plus the live
+        // holders that stalled past the point where their lease needed a renewal (half the 600 ms lease): a holder
+        // that cannot renew in time loses its permit, as Docs/architecture.md's "Probe leases" says any lease must.
+        // On an unloaded machine a probe takes its 250 ms and none is excused.
         var granted: [Int: Int] = [:]
         var orphaned: [Int: Int] = [:]
+        var stalled: [Int: Int] = [:]
+        var slowest: [Int: Int64] = [:]
         for journal in live.map(\.journal) + killed {
-            for entry in Journal.read(journal) where entry.hasPrefix("p ") { granted[Int(entry.dropFirst(2)) ?? -1, default: 0] += 1 }
+            let wasKilled = killed.contains(journal)
+            for probe in Journal.probes(in: journal) {
+                granted[probe.version, default: 0] += 1
+                guard let ended = probe.ended else {
+                    // A live instance reports every probe it was granted; only a killed one leaves one open.
+                    if wasKilled { orphaned[probe.version, default: 0] += 1 }
+                    continue
+                }
+                slowest[probe.version] = max(slowest[probe.version] ?? 0, ended - probe.granted)
+                if ended - probe.granted > 300 { stalled[probe.version, default: 0] += 1 }
+            }
         }
-        for journal in killed { for version in Journal.openProbes(in: journal) { orphaned[version, default: 0] += 1 } }
+        print("fault-figure | rolling restart | \(granted.values.reduce(0, +)) probes in \(granted.count) half-open periods, \(orphaned.values.reduce(0, +)) holders killed, \(stalled.values.reduce(0, +)) held past half their lease")
         for (version, count) in granted {
-            #expect(count <= 1 + orphaned[version, default: 0], "half-open version \(version): \(count) probes, \(orphaned[version, default: 0]) holders killed")
+            let excused = orphaned[version, default: 0] + stalled[version, default: 0]
+            #expect(
+                count <= 1 + excused,
+                "half-open version \(version): \(count) probes, \(orphaned[version, default: 0]) holders killed, \(stalled[version, default: 0]) held past 300 ms (slowest \(slowest[version] ?? 0) ms)")
         }
 
         // No stall: each half-open period ended within a lease (600 ms) per holder killed in it, plus the probe's
@@ -282,14 +300,23 @@ private enum Journal {
         ((try? String(contentsOf: url, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 
-    /// The half-open versions of the probes the journal shows granted and not yet ended.
-    static func openProbes(in url: URL) -> [Int] {
-        var open: [Int] = []
+    /// The probes the journal shows: each one's half-open version, when it was granted and when its outcome was
+    /// recorded (`nil`: not yet), in milliseconds since 1970. An `e` ends the earliest probe still open.
+    static func probes(in url: URL) -> [(version: Int, granted: Int64, ended: Int64?)] {
+        var probes: [(version: Int, granted: Int64, ended: Int64?)] = []
         for entry in read(url) {
-            if entry.hasPrefix("p ") { open.append(Int(entry.dropFirst(2)) ?? -1) } else if entry == "e", !open.isEmpty { open.removeFirst() }
+            let words = entry.split(separator: " ")
+            if words.first == "p", words.count == 3 {
+                probes.append((Int(words[1]) ?? -1, Int64(words[2]) ?? 0, nil))
+            } else if words.first == "e", words.count == 2, let open = probes.firstIndex(where: { $0.ended == nil }) {
+                probes[open].ended = Int64(words[1]) ?? 0
+            }
         }
-        return open
+        return probes
     }
+
+    /// The half-open versions of the probes the journal shows granted and not yet ended.
+    static func openProbes(in url: URL) -> [Int] { probes(in: url).filter { $0.ended == nil }.map(\.version) }
 }
 
 /// Probe permits seen by racing tasks: how many, and when the first came.
