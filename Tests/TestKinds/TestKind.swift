@@ -122,6 +122,8 @@ actor MachineTurns {
 }
 
 extension TestKind {
-    /// The order in which kinds take their turns: what needs the machine most first.
-    static let turnOrder: [TestKind] = [.alone, .timingBound, .unit, .integration]
+    /// The order in which kinds take their turns: the timing bounds first, in a process that nothing has run in yet
+    /// (a clean-clone run failed two of them by a few percent when `make demo`'s comparison had run just before),
+    /// then what needs the machine to itself, then the rest.
+    static let turnOrder: [TestKind] = [.timingBound, .alone, .unit, .integration]
 }
