@@ -229,10 +229,9 @@ struct IsolateRequest: Decodable, Sendable {
         }
     }
 
+    /// `nil` when absent or not a string (the route answers both with one message).
     var reason: String?
     var lasting: Lasting?
-    /// Whether `reason` was there but not a string (told apart from absent for the message).
-    var reasonIsNotText = false
     /// Whether `for` was there but neither a string nor a number.
     var lastingIsMalformed = false
 
@@ -243,11 +242,7 @@ struct IsolateRequest: Decodable, Sendable {
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        do {
-            reason = try container.decodeIfPresent(String.self, forKey: .reason)
-        } catch {
-            reasonIsNotText = true
-        }
+        reason = (try? container.decodeIfPresent(String.self, forKey: .reason)) ?? nil
         do {
             lasting = try container.decodeIfPresent(Lasting.self, forKey: .lasting)
         } catch {

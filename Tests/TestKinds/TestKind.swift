@@ -37,7 +37,7 @@ public struct TestKindTrait: SuiteTrait, TestScoping {
     public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
-        await MachineTurns.shared.enter(kind, suite: test.name)
+        await MachineTurns.shared.enter(kind)
         do {
             try await function()
         } catch {
@@ -70,7 +70,7 @@ actor MachineTurns {
     private var gatheringIsOver = false
     private var waiting: [(kind: TestKind, resume: CheckedContinuation<Void, Never>)] = []
 
-    func enter(_ kind: TestKind, suite: String) async {
+    func enter(_ kind: TestKind) async {
         if !gathered {
             gathered = true
             Task {
