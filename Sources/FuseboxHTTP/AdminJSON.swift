@@ -26,6 +26,8 @@ enum AdminJSON {
 
     static func ratio(_ part: Int, of whole: Int) -> Double { whole == 0 ? 0 : Double(part) / Double(whole) }
 
+    /// Seconds to the millisecond, so that `time_until_retry` agrees with `time_until_retry_ms` (the core's
+    /// `Duration.seconds` keeps every digit).
     static func seconds(_ duration: Duration) -> Double { Double(duration.milliseconds) / 1000 }
 }
 
